@@ -1,0 +1,133 @@
+//! Bearer JWT authentication (HS256) and the caller's identity; a user is
+//! created on their first authenticated call.
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts};
+use genq_shared::store::{self, Identity};
+use jsonwebtoken::{decode, encode, Algorithm, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The claims genq reads. `sub` is the identity provider's user ID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+pub const ADMIN_ROLE: &str = "admin";
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub external_id: String,
+    pub is_admin: bool,
+}
+
+impl AuthUser {
+    /// How this caller is named in audit entries and timelines.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.external_id)
+    }
+}
+
+/// An authenticated caller with the admin role.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+fn validation(leeway_secs: u64) -> Validation {
+    // Only HS256: `alg: none` and every other algorithm are refused.
+    let mut v = Validation::new(Algorithm::HS256);
+    v.leeway = leeway_secs;
+    v.set_required_spec_claims(&["exp", "sub"]);
+    v.validate_exp = true;
+    v
+}
+
+/// Checks a token and returns its claims; every failure is a 401.
+pub fn verify(token: &str, state: &AppState) -> Result<Claims, ApiError> {
+    let data = decode::<Claims>(token, &state.jwt_key, &validation(state.settings.auth.leeway_secs))
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => "The token has expired.",
+                ErrorKind::InvalidSignature => "The token's signature is invalid.",
+                ErrorKind::MissingRequiredClaim(_) => "The token lacks a required claim (sub, exp).",
+                ErrorKind::InvalidAlgorithm => "The token's algorithm is not accepted.",
+                _ => "The token is malformed.",
+            };
+            ApiError::Unauthorized(why.into())
+        })?;
+    let claims = data.claims;
+    let bounded = |v: &Option<String>, max: usize| v.as_ref().is_none_or(|s| s.chars().count() <= max);
+    if claims.sub.trim().is_empty()
+        || claims.sub.len() > 255
+        || !bounded(&claims.email, 320)
+        || !bounded(&claims.name, 200)
+    {
+        return Err(ApiError::Unauthorized("The token's claims are invalid.".into()));
+    }
+    Ok(claims)
+}
+
+/// Mints a token; for development and tests (`genq-api token`).
+pub fn mint(secret: &[u8], claims: &Claims) -> anyhow::Result<String> {
+    Ok(encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )?)
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("Send Authorization: Bearer <token>.".into()))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::Unauthorized("Send Authorization: Bearer <token>.".into()))?;
+        let claims = verify(token, state)?;
+        let identity = Identity {
+            external_id: claims.sub.clone(),
+            email: claims.email.clone(),
+            name: claims.name.clone(),
+        };
+        let id = store::ensure_user(&state.pool, &identity, state.settings.credits.initial).await?;
+        let user = AuthUser {
+            id,
+            external_id: claims.sub,
+            is_admin: claims.role.as_deref() == Some(ADMIN_ROLE),
+        };
+        tracing::Span::current().record("user_id", tracing::field::display(id));
+        Ok(user)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !user.is_admin {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(AdminUser(user))
+    }
+}

@@ -1,0 +1,76 @@
+//! `genq-api`: serves the HTTP API; `genq-api token` mints a development JWT.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use genq_api::auth::{mint, Claims, ADMIN_ROLE};
+use genq_api::Application;
+use genq_shared::config::Settings;
+use genq_shared::telemetry;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "genq-api", about = "genq's HTTP API", version)]
+struct Cli {
+    /// A TOML configuration file (else $GENQ_CONFIG, else defaults and environment).
+    #[arg(long, global = true)]
+    config: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print a bearer token signed with auth.jwt_secret, for development.
+    Token {
+        /// The user's external ID (`sub`).
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Give the token the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token {
+            sub,
+            email,
+            name,
+            admin,
+            ttl,
+        } => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let claims = Claims {
+                sub,
+                exp: now + ttl,
+                email,
+                name,
+                role: admin.then(|| ADMIN_ROLE.to_owned()),
+            };
+            println!("{}", mint(settings.auth.jwt_secret.expose_secret().as_bytes(), &claims)?);
+            Ok(())
+        }
+        Command::Serve => {
+            telemetry::init_tracing(&settings.log);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(genq_shared::shutdown::on_signal(shutdown.clone()));
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown).await
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `/v1/admin`: operator endpoints (admin role): credit grants and purchases.
+
+use axum::extract::State;
+use axum::Json;
+use genq_shared::domain::{Credits, LedgerKind};
+use genq_shared::store::{self, CreditGrant, GrantOutcome, UserRef};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::AdminUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::routes::credits::{credits_view, CreditsView, LedgerEntryView};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    Grant,
+    Purchase,
+}
+
+/// Credits to add to one user, named by `email` or `user_id` (genq's ID or
+/// the identity provider's `sub`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCreditRequest {
+    pub email: Option<String>,
+    pub user_id: Option<String>,
+    /// 1 to 1,000,000,000.
+    pub amount: i64,
+    /// Why, for the ledger and the audit log.
+    pub reason: String,
+    pub kind: GrantKind,
+    /// A payment ID; a reference already applied is not applied again.
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminCreditResponse {
+    /// False when the reference had already been applied: nothing changed.
+    pub applied: bool,
+    pub user_id: Uuid,
+    pub entry: LedgerEntryView,
+    pub credits: CreditsView,
+}
+
+fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() || v.chars().count() > max {
+        return Err(ApiError::invalid(field, format!("{field} must have 1 to {max} characters.")));
+    }
+    Ok(v.to_owned())
+}
+
+/// Add credits to a user (grant or purchase), audited with the admin as actor.
+#[utoipa::path(
+    post, path = "/v1/admin/credits", tag = "admin",
+    request_body = AdminCreditRequest,
+    responses(
+        (status = 200, description = "Applied, or already applied for this reference", body = AdminCreditResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "Ambiguous email, or reference used for another user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(actor = %admin.0.external_id))]
+pub async fn add_credits(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    ApiJson(body): ApiJson<AdminCreditRequest>,
+) -> Result<Json<AdminCreditResponse>, ApiError> {
+    let target = match (&body.email, &body.user_id) {
+        (Some(email), None) => UserRef::Email(bounded_text(email, "email", 320)?),
+        (None, Some(id)) => match Uuid::parse_str(id) {
+            Ok(uuid) => UserRef::Id(uuid),
+            Err(_) => UserRef::ExternalId(bounded_text(id, "user_id", 255)?),
+        },
+        _ => return Err(ApiError::invalid("email", "Name the user by exactly one of email or user_id.")),
+    };
+    let amount = Credits::parse_grant(body.amount, "amount")?;
+    let reason = bounded_text(&body.reason, "reason", 500)?;
+    let reference = body
+        .reference
+        .as_deref()
+        .map(|r| bounded_text(r, "reference", 200))
+        .transpose()?;
+    let user = store::find_user(&state.pool, &target)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user.".into()))?;
+    let grant = CreditGrant {
+        user_id: user.id,
+        kind: match body.kind {
+            GrantKind::Grant => LedgerKind::Grant,
+            GrantKind::Purchase => LedgerKind::Purchase,
+        },
+        amount: amount.get(),
+        reason,
+        reference,
+        actor: admin.0.actor(),
+    };
+    let (applied, entry) = match store::add_credits(&state.pool, &grant).await? {
+        GrantOutcome::Applied(e) => (true, e),
+        GrantOutcome::AlreadyApplied(e) => (false, e),
+    };
+    tracing::info!(user_id = %user.id, amount = grant.amount, applied, "credits added");
+    Ok(Json(AdminCreditResponse {
+        applied,
+        user_id: user.id,
+        entry: entry.into(),
+        credits: credits_view(&state, user.id).await?,
+    }))
+}

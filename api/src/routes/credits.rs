@@ -1,0 +1,133 @@
+//! `/v1/credits`: the caller's balance (can they afford a video?) and ledger.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use genq_shared::store::{self, LedgerEntry};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiQuery;
+use crate::routes::page_limit;
+use crate::state::AppState;
+
+/// The caller's credits, with what a video costs, so a front end can
+/// disable its button and say why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreditsView {
+    pub available: i64,
+    pub reserved: i64,
+    pub spent: i64,
+    pub video_cost: i64,
+    pub can_generate: bool,
+}
+
+/// The caller's balance.
+#[utoipa::path(
+    get, path = "/v1/credits", tag = "credits",
+    responses(
+        (status = 200, description = "Balance and the cost of a video", body = CreditsView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn balance(State(state): State<AppState>, user: AuthUser) -> Result<Json<CreditsView>, ApiError> {
+    Ok(Json(credits_view(&state, user.id).await?))
+}
+
+pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView, ApiError> {
+    let a = store::account(&state.pool, user_id).await?;
+    let cost = state.settings.credits.video_cost;
+    Ok(CreditsView {
+        available: a.available,
+        reserved: a.reserved,
+        spent: a.spent,
+        video_cost: cost,
+        can_generate: a.available >= cost,
+    })
+}
+
+/// One ledger entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerEntryView {
+    pub id: i64,
+    /// grant, purchase, reserve, commit, refund or adjust.
+    pub kind: String,
+    pub amount: i64,
+    pub job_id: Option<Uuid>,
+    pub reference: Option<String>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<LedgerEntry> for LedgerEntryView {
+    fn from(e: LedgerEntry) -> Self {
+        Self {
+            id: e.id,
+            kind: e.kind,
+            amount: e.amount,
+            job_id: e.job_id,
+            reference: e.reference,
+            actor: e.actor,
+            reason: e.reason,
+            created_at: e.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerPage {
+    pub items: Vec<LedgerEntryView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerParams {
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The caller's ledger entries, newest first.
+#[utoipa::path(
+    get, path = "/v1/credits/ledger", tag = "credits",
+    params(LedgerParams),
+    responses(
+        (status = 200, description = "A page of ledger entries", body = LedgerPage),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn ledger(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(params): ApiQuery<LedgerParams>,
+) -> Result<Json<LedgerPage>, ApiError> {
+    let limit = page_limit(params.limit)?;
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "The cursor is not valid."))
+        })
+        .transpose()?;
+    let mut entries = store::ledger_entries(&state.pool, user.id, limit + 1, before).await?;
+    let next_cursor = if entries.len() as i64 > limit {
+        entries.truncate(limit as usize);
+        entries.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(LedgerPage {
+        items: entries.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}

@@ -1,0 +1,355 @@
+//! `/v1/generations`: submit a video, read the caller's jobs, cancel one.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use genq_shared::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
+use genq_shared::queue::PollMessage;
+use genq_shared::store::{self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::routes::page_limit;
+use crate::state::AppState;
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// A request for one video.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGeneration {
+    /// What the video shows; 1 to 2,000 characters.
+    pub prompt: String,
+    /// 1 to 60 seconds; 5 when absent.
+    pub duration_seconds: Option<i64>,
+    /// "16:9" (default), "9:16" or "1:1".
+    #[schema(example = "16:9")]
+    pub aspect_ratio: Option<String>,
+}
+
+impl CreateGeneration {
+    fn parse(self) -> Result<VideoRequest, ApiError> {
+        Ok(VideoRequest {
+            prompt: Prompt::parse(&self.prompt)?,
+            duration: match self.duration_seconds {
+                Some(d) => DurationSeconds::parse(d)?,
+                None => DurationSeconds::default(),
+            },
+            aspect_ratio: match self.aspect_ratio.as_deref() {
+                Some(a) => AspectRatio::parse(a)?,
+                None => AspectRatio::default(),
+            },
+        })
+    }
+}
+
+/// Why a job failed or was refused.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One entry of a job's timeline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobEventView {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub message: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
+}
+
+/// A video job as the caller sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub prompt: String,
+    pub cost: i64,
+    pub duration_seconds: Option<u32>,
+    pub aspect_ratio: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub provider_task_id: Option<String>,
+    pub result_url: Option<String>,
+    pub error: Option<JobError>,
+    /// The timeline; only on `GET /v1/generations/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<JobEventView>>,
+}
+
+impl JobView {
+    pub fn from_job(job: Job) -> Self {
+        let error = job.error_code.clone().map(|code| JobError {
+            code,
+            message: job.error_message.clone().unwrap_or_default(),
+        });
+        Self {
+            id: job.id,
+            status: job.status(),
+            duration_seconds: job
+                .params
+                .get("duration_seconds")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32),
+            aspect_ratio: job
+                .params
+                .get("aspect_ratio")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            prompt: job.prompt,
+            cost: job.cost,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            provider_task_id: job.provider_task_id,
+            result_url: job.result_url,
+            error,
+            events: None,
+        }
+    }
+
+    pub fn with_events(mut self, events: Vec<JobEvent>) -> Self {
+        self.events = Some(
+            events
+                .into_iter()
+                .map(|e| JobEventView {
+                    at: e.at,
+                    kind: e.kind,
+                    from_status: e.from_status,
+                    to_status: e.to_status,
+                    message: e.message,
+                    data: e.data,
+                })
+                .collect(),
+        );
+        self
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "The Idempotency-Key must be ASCII text."))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            format!("The Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY} characters."),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Submit a video: reserves its cost and queues it.
+#[utoipa::path(
+    post, path = "/v1/generations", tag = "generations",
+    request_body = CreateGeneration,
+    params(("Idempotency-Key" = Option<String>, Header,
+            description = "Repeat a request safely: the same key and body return the same job.")),
+    responses(
+        (status = 202, description = "Accepted and queued (or an idempotent replay)", body = JobView),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 402, description = "Not enough credits; the attempt is recorded as a rejected job", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, job_id))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateGeneration>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let request = body.parse()?;
+    let job_id = Uuid::now_v7();
+    tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    let outcome = store::submit(
+        &state.pool,
+        &NewSubmission {
+            job_id,
+            user_id: user.id,
+            request: &request,
+            cost: state.settings.credits.video_cost,
+            idempotency_key: key.as_deref(),
+            provider: &state.settings.provider.name,
+            start: state.topology.start_message(job_id),
+        },
+    )
+    .await?;
+    match outcome {
+        SubmitOutcome::Accepted { job, replayed } => {
+            metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);
+            if !replayed {
+                tracing::info!("job accepted");
+            }
+            Ok((StatusCode::ACCEPTED, Json(JobView::from_job(job))).into_response())
+        }
+        SubmitOutcome::Rejected {
+            job,
+            required,
+            available,
+        } => {
+            metrics::counter!("genq_submissions_total", "outcome" => "insufficient_credits").increment(1);
+            tracing::info!(required, available, "submission refused for credits");
+            Err(ApiError::InsufficientCredits {
+                required,
+                available,
+                job_id: job.id,
+            })
+        }
+        SubmitOutcome::IdempotencyConflict => Err(ApiError::IdempotencyConflict),
+    }
+}
+
+fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {
+    // A malformed ID names no job of the caller's: the same answer as another user's job.
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("No such job.".into()))
+}
+
+/// One of the caller's jobs, with its timeline.
+#[utoipa::path(
+    get, path = "/v1/generations/{id}", tag = "generations",
+    params(("id" = Uuid, Path, description = "The job's ID")),
+    responses(
+        (status = 200, description = "The job and its timeline", body = JobView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such job of the caller's", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let job = store::get_job(&state.pool, id)
+        .await?
+        .filter(|j| j.user_id == user.id)
+        .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
+    let events = store::job_events(&state.pool, id).await?;
+    Ok(Json(JobView::from_job(job).with_events(events)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only jobs in this status.
+    pub status: Option<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub items: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's jobs, newest first, refused attempts included.
+#[utoipa::path(
+    get, path = "/v1/generations", tag = "generations",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<JobPage>, ApiError> {
+    let limit = page_limit(params.limit)?;
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|c| JobCursor::decode(c).ok_or_else(|| ApiError::invalid("cursor", "The cursor is not valid.")))
+        .transpose()?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| {
+            JobStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid(
+                    "status",
+                    "status must be one of rejected, queued, submitting, running, succeeded, failed, canceled, dead.",
+                )
+            })
+        })
+        .transpose()?;
+    let (jobs, next) = store::list_jobs(&state.pool, user.id, limit, cursor, status).await?;
+    Ok(Json(JobPage {
+        items: jobs.into_iter().map(JobView::from_job).collect(),
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}
+
+/// Cancel a job that has not finished; its credits are refunded at once.
+#[utoipa::path(
+    post, path = "/v1/generations/{id}/cancel", tag = "generations",
+    params(("id" = Uuid, Path, description = "The job's ID")),
+    responses(
+        (status = 200, description = "Canceled and refunded", body = JobView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such job of the caller's", body = ErrorBody),
+        (status = 409, description = "The job has already finished", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, job_id = %id))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_job_id(&id)?;
+    match store::cancel_job(&state.pool, user.id, id, &user.actor()).await? {
+        CancelOutcome::Canceled(job) => {
+            if job.provider_task_id.is_some() || job.attempts > 0 {
+                // The provider may be working on it: ask a worker to cancel
+                // there. Best effort; the next poll of the job does it too.
+                let message = PollMessage::Cancel { job_id: id };
+                if let Err(e) = store::enqueue(
+                    &state.pool,
+                    id,
+                    &state.topology.work_exchange(),
+                    genq_shared::queue::POLL_KEY,
+                    &serde_json::to_value(&message).expect("message serializes"),
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "could not enqueue the provider cancel");
+                }
+            }
+            tracing::info!("job canceled");
+            Ok(Json(JobView::from_job(job)))
+        }
+        CancelOutcome::NotCancelable(job) => Err(ApiError::InvalidState(format!(
+            "The job is {} and can no longer be canceled.",
+            job.status()
+        ))),
+        CancelOutcome::NotFound => Err(ApiError::NotFound("No such job.".into())),
+    }
+}

@@ -1,0 +1,323 @@
+//! Layered settings: defaults in code → optional TOML file → `DATABASE_URL` /
+//! `AMQP_URL` → `GENQ__SECTION__KEY` environment variables, validated at load.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub api: ApiSettings,
+    pub auth: AuthSettings,
+    pub credits: CreditSettings,
+    pub queue: QueueSettings,
+    pub provider: ProviderSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// A secret because it may carry a password.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    pub addr: String,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 secret for bearer JWTs. Required: there is no usable default.
+    pub jwt_secret: SecretString,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreditSettings {
+    /// Granted to a user on their first authenticated call.
+    pub initial: i64,
+    /// What one video costs.
+    pub video_cost: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Every exchange and queue name starts with this, so deployments (and
+    /// test runs) sharing a broker never see each other's messages.
+    pub prefix: String,
+    /// Unacked deliveries a worker holds per consumer.
+    pub prefetch: u16,
+    /// Deliveries of one message before the broker dead-letters it (poison guard).
+    pub delivery_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    pub name: String,
+    pub base_url: String,
+    pub api_key: SecretString,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Where the worker serves `/metrics`; port 0 picks a free port.
+    pub metrics_addr: String,
+    /// Provider calls one worker makes at once.
+    pub concurrency: usize,
+    /// Attempts of one provider call before the job is dead.
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub poll_initial_ms: u64,
+    pub poll_max_ms: u64,
+    /// A job still unfinished this long after its submission is canceled and refunded.
+    pub job_timeout_secs: u64,
+    /// How long shutdown waits for in-flight deliveries before handing them back.
+    pub shutdown_grace_secs: u64,
+    /// Safety-net interval of the outbox relay (it is woken by NOTIFY otherwise).
+    pub relay_interval_ms: u64,
+    pub relay_batch: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub json: bool,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: DatabaseSettings::default(),
+            amqp: AmqpSettings::default(),
+            api: ApiSettings::default(),
+            auth: AuthSettings::default(),
+            credits: CreditSettings::default(),
+            queue: QueueSettings::default(),
+            provider: ProviderSettings::default(),
+            worker: WorkerSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/genq"),
+            max_connections: 20,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            body_limit_bytes: 16 * 1024,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: SecretString::from(""),
+            leeway_secs: 5,
+        }
+    }
+}
+
+impl Default for CreditSettings {
+    fn default() -> Self {
+        Self {
+            initial: 8,
+            video_cost: 10,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            prefix: "genq".into(),
+            prefetch: 32,
+            delivery_limit: 5,
+        }
+    }
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            name: "sim".into(),
+            base_url: "http://127.0.0.1:8090".into(),
+            api_key: SecretString::from(""),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            metrics_addr: "127.0.0.1:9091".into(),
+            concurrency: 32,
+            max_attempts: 6,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            poll_initial_ms: 1_000,
+            poll_max_ms: 30_000,
+            job_timeout_secs: 15 * 60,
+            shutdown_grace_secs: 20,
+            relay_interval_ms: 1_000,
+            relay_batch: 200,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            json: false,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the layers in order, `file` (if given and present) overriding the
+    /// defaults, then the usual `DATABASE_URL` / `AMQP_URL`, then `GENQ__*`.
+    pub fn load(file: Option<&str>) -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::with_name(path).required(true));
+        } else if let Ok(path) = std::env::var("GENQ_CONFIG") {
+            builder = builder.add_source(config::File::with_name(&path).required(true));
+        }
+        for (env, key) in [("DATABASE_URL", "database.url"), ("AMQP_URL", "amqp.url")] {
+            if let Ok(value) = std::env::var(env) {
+                builder = builder.set_override(key, value)?;
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("GENQ")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone can't; each message names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        fn fail(key: &str, why: &str) -> anyhow::Result<()> {
+            let env = format!("GENQ__{}", key.replace('.', "__").to_uppercase());
+            bail!("invalid configuration: {key} ({env}) {why}")
+        }
+        if self.auth.jwt_secret.expose_secret().len() < 16 {
+            fail("auth.jwt_secret", "must be set to at least 16 bytes")?;
+        }
+        if self.credits.initial < 0 {
+            fail("credits.initial", "must be 0 or more")?;
+        }
+        if self.credits.video_cost <= 0 {
+            fail("credits.video_cost", "must be more than 0")?;
+        }
+        if self.api.addr.parse::<std::net::SocketAddr>().is_err() {
+            fail("api.addr", "must be an address such as 127.0.0.1:8080")?;
+        }
+        if self.worker.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
+            fail("worker.metrics_addr", "must be an address such as 127.0.0.1:9091")?;
+        }
+        if self.api.body_limit_bytes < 256 {
+            fail("api.body_limit_bytes", "must be at least 256")?;
+        }
+        if self.database.max_connections == 0 {
+            fail("database.max_connections", "must be more than 0")?;
+        }
+        let prefix_ok = !self.queue.prefix.is_empty()
+            && self
+                .queue
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !prefix_ok {
+            fail("queue.prefix", "must be non-empty ASCII letters, digits, '-', '_' or '.'")?;
+        }
+        if self.queue.prefetch == 0 {
+            fail("queue.prefetch", "must be more than 0")?;
+        }
+        if self.worker.concurrency == 0 {
+            fail("worker.concurrency", "must be more than 0")?;
+        }
+        if self.worker.max_attempts == 0 {
+            fail("worker.max_attempts", "must be more than 0")?;
+        }
+        if self.worker.poll_initial_ms == 0 || self.worker.poll_max_ms < self.worker.poll_initial_ms {
+            fail("worker.poll_max_ms", "must be at least worker.poll_initial_ms, which must be more than 0")?;
+        }
+        if self.worker.retry_base_ms == 0 || self.worker.retry_max_ms < self.worker.retry_base_ms {
+            fail("worker.retry_max_ms", "must be at least worker.retry_base_ms, which must be more than 0")?;
+        }
+        if self.worker.job_timeout_secs == 0 {
+            fail("worker.job_timeout_secs", "must be more than 0")?;
+        }
+        if self.worker.relay_batch <= 0 {
+            fail("worker.relay_batch", "must be more than 0")?;
+        }
+        if url::Url::parse(&self.provider.base_url).is_err() {
+            fail("provider.base_url", "must be a URL such as http://127.0.0.1:8090")?;
+        }
+        Ok(())
+    }
+
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_secs(self.worker.job_timeout_secs)
+    }
+}

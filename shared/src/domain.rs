@@ -1,0 +1,309 @@
+//! Domain types parsed at the edge, so the core never sees an unchecked value.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Longest prompt accepted, in characters.
+pub const PROMPT_MAX_CHARS: usize = 2_000;
+pub const DURATION_MIN_SECS: u32 = 1;
+pub const DURATION_MAX_SECS: u32 = 60;
+pub const DURATION_DEFAULT_SECS: u32 = 5;
+
+/// Why a value from outside was refused: the field and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidInput {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A video prompt: trimmed, non-empty, at most [`PROMPT_MAX_CHARS`] characters,
+/// no control characters other than newlines and tabs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Prompt(String);
+
+impl Prompt {
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(InvalidInput::new("prompt", "The prompt must not be empty."));
+        }
+        let chars = trimmed.chars().count();
+        if chars > PROMPT_MAX_CHARS {
+            return Err(InvalidInput::new(
+                "prompt",
+                format!("The prompt has {chars} characters; at most {PROMPT_MAX_CHARS} are allowed."),
+            ));
+        }
+        if trimmed
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+        {
+            return Err(InvalidInput::new(
+                "prompt",
+                "The prompt must not contain control characters.",
+            ));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The frame of the video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub enum AspectRatio {
+    #[default]
+    #[serde(rename = "16:9")]
+    Landscape,
+    #[serde(rename = "9:16")]
+    Portrait,
+    #[serde(rename = "1:1")]
+    Square,
+}
+
+impl AspectRatio {
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        match raw {
+            "16:9" => Ok(Self::Landscape),
+            "9:16" => Ok(Self::Portrait),
+            "1:1" => Ok(Self::Square),
+            _ => Err(InvalidInput::new(
+                "aspect_ratio",
+                "The aspect ratio must be one of \"16:9\", \"9:16\", \"1:1\".",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Landscape => "16:9",
+            Self::Portrait => "9:16",
+            Self::Square => "1:1",
+        }
+    }
+}
+
+/// Length of the video in seconds, within the provider's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurationSeconds(u32);
+
+impl DurationSeconds {
+    pub fn parse(raw: i64) -> Result<Self, InvalidInput> {
+        if (DURATION_MIN_SECS as i64..=DURATION_MAX_SECS as i64).contains(&raw) {
+            Ok(Self(raw as u32))
+        } else {
+            Err(InvalidInput::new(
+                "duration_seconds",
+                format!("The duration must be between {DURATION_MIN_SECS} and {DURATION_MAX_SECS} seconds."),
+            ))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for DurationSeconds {
+    fn default() -> Self {
+        Self(DURATION_DEFAULT_SECS)
+    }
+}
+
+/// A checked request for one video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoRequest {
+    pub prompt: Prompt,
+    pub duration: DurationSeconds,
+    pub aspect_ratio: AspectRatio,
+}
+
+/// What the provider needs besides the prompt, stored as the job's `params`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobParams {
+    pub duration_seconds: u32,
+    pub aspect_ratio: AspectRatio,
+}
+
+impl VideoRequest {
+    pub fn params(&self) -> JobParams {
+        JobParams {
+            duration_seconds: self.duration.get(),
+            aspect_ratio: self.aspect_ratio,
+        }
+    }
+
+    /// A stable digest of the request, to tell an idempotent replay from a
+    /// different request reusing the same key.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::json!({
+            "prompt": self.prompt.as_str(),
+            "duration_seconds": self.duration.get(),
+            "aspect_ratio": self.aspect_ratio.as_str(),
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// An amount of credits: never negative once parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Credits(i64);
+
+/// Largest single grant or purchase, to keep sums far from overflow.
+pub const CREDITS_MAX_GRANT: i64 = 1_000_000_000;
+
+impl Credits {
+    pub fn parse_grant(raw: i64, field: &str) -> Result<Self, InvalidInput> {
+        if raw <= 0 || raw > CREDITS_MAX_GRANT {
+            return Err(InvalidInput::new(
+                field,
+                format!("The amount must be between 1 and {CREDITS_MAX_GRANT}."),
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// Where a job is in its life. `rejected` was never reserved; the other
+/// terminal states other than `succeeded` carry a refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Rejected,
+    Queued,
+    Submitting,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    Dead,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 8] = [
+        Self::Rejected,
+        Self::Queued,
+        Self::Submitting,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Canceled,
+        Self::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Queued => "queued",
+            Self::Submitting => "submitting",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::Submitting | Self::Running)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A kind of credit ledger entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    Grant,
+    Purchase,
+    Reserve,
+    Commit,
+    Refund,
+    Adjust,
+}
+
+impl LedgerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Purchase => "purchase",
+            Self::Reserve => "reserve",
+            Self::Commit => "commit",
+            Self::Refund => "refund",
+            Self::Adjust => "adjust",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_is_trimmed_and_bounded() {
+        assert_eq!(Prompt::parse("  a cat  ").unwrap().as_str(), "a cat");
+        assert_eq!(Prompt::parse("   ").unwrap_err().field, "prompt");
+        assert!(Prompt::parse(&"x".repeat(PROMPT_MAX_CHARS)).is_ok());
+        assert!(Prompt::parse(&"x".repeat(PROMPT_MAX_CHARS + 1)).is_err());
+        assert!(Prompt::parse("a\u{0}b").is_err());
+        assert!(Prompt::parse("line\nnext").is_ok());
+    }
+
+    #[test]
+    fn aspect_ratio_and_duration_are_checked() {
+        assert_eq!(AspectRatio::parse("9:16").unwrap(), AspectRatio::Portrait);
+        assert!(AspectRatio::parse("4:3").is_err());
+        assert!(DurationSeconds::parse(0).is_err());
+        assert!(DurationSeconds::parse(61).is_err());
+        assert_eq!(DurationSeconds::parse(60).unwrap().get(), 60);
+    }
+
+    #[test]
+    fn fingerprint_depends_on_every_field() {
+        let a = VideoRequest {
+            prompt: Prompt::parse("a cat").unwrap(),
+            duration: DurationSeconds::default(),
+            aspect_ratio: AspectRatio::Landscape,
+        };
+        let mut b = a.clone();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.aspect_ratio = AspectRatio::Square;
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn grants_are_positive_and_bounded() {
+        assert!(Credits::parse_grant(0, "amount").is_err());
+        assert!(Credits::parse_grant(-5, "amount").is_err());
+        assert!(Credits::parse_grant(i64::MAX, "amount").is_err());
+        assert_eq!(Credits::parse_grant(10, "amount").unwrap().get(), 10);
+    }
+}

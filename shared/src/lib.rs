@@ -1,0 +1,11 @@
+//! genq's core library: configuration, domain types, the ledger and job store,
+//! queue topology and messages, the video provider client, telemetry.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod provider;
+pub mod queue;
+pub mod store;
+pub mod shutdown;
+pub mod telemetry;
