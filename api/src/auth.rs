@@ -56,26 +56,33 @@ fn validation(leeway_secs: u64) -> Validation {
 
 /// Checks a token and returns its claims; every failure is a 401.
 pub fn verify(token: &str, state: &AppState) -> Result<Claims, ApiError> {
-    let data = decode::<Claims>(token, &state.jwt_key, &validation(state.settings.auth.leeway_secs))
-        .map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            let why = match e.kind() {
-                ErrorKind::ExpiredSignature => "The token has expired.",
-                ErrorKind::InvalidSignature => "The token's signature is invalid.",
-                ErrorKind::MissingRequiredClaim(_) => "The token lacks a required claim (sub, exp).",
-                ErrorKind::InvalidAlgorithm => "The token's algorithm is not accepted.",
-                _ => "The token is malformed.",
-            };
-            ApiError::Unauthorized(why.into())
-        })?;
+    let data = decode::<Claims>(
+        token,
+        &state.jwt_key,
+        &validation(state.settings.auth.leeway_secs),
+    )
+    .map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind;
+        let why = match e.kind() {
+            ErrorKind::ExpiredSignature => "The token has expired.",
+            ErrorKind::InvalidSignature => "The token's signature is invalid.",
+            ErrorKind::MissingRequiredClaim(_) => "The token lacks a required claim (sub, exp).",
+            ErrorKind::InvalidAlgorithm => "The token's algorithm is not accepted.",
+            _ => "The token is malformed.",
+        };
+        ApiError::Unauthorized(why.into())
+    })?;
     let claims = data.claims;
-    let bounded = |v: &Option<String>, max: usize| v.as_ref().is_none_or(|s| s.chars().count() <= max);
+    let bounded =
+        |v: &Option<String>, max: usize| v.as_ref().is_none_or(|s| s.chars().count() <= max);
     if claims.sub.trim().is_empty()
         || claims.sub.len() > 255
         || !bounded(&claims.email, 320)
         || !bounded(&claims.name, 200)
     {
-        return Err(ApiError::Unauthorized("The token's claims are invalid.".into()));
+        return Err(ApiError::Unauthorized(
+            "The token's claims are invalid.".into(),
+        ));
     }
     Ok(claims)
 }
@@ -92,7 +99,10 @@ pub fn mint(secret: &[u8], claims: &Claims) -> anyhow::Result<String> {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -100,7 +110,10 @@ impl FromRequestParts<AppState> for AuthUser {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(|| ApiError::Unauthorized("Send Authorization: Bearer <token>.".into()))?;
         let claims = verify(token, state)?;
@@ -123,7 +136,10 @@ impl FromRequestParts<AppState> for AuthUser {
 impl FromRequestParts<AppState> for AdminUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if !user.is_admin {
             return Err(ApiError::Forbidden);

@@ -56,8 +56,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::invalid(&field, format!("Invalid request: {}", clean(&message)))
     })?;
-    de.end()
-        .map_err(|_| ApiError::invalid("body", "Invalid request: trailing characters after the JSON value."))?;
+    de.end().map_err(|_| {
+        ApiError::invalid(
+            "body",
+            "Invalid request: trailing characters after the JSON value.",
+        )
+    })?;
     Ok(value)
 }
 
@@ -79,7 +83,10 @@ pub struct ApiQuery<T>(pub T);
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(ApiQuery(v)),
             Err(e) => {
@@ -118,11 +125,23 @@ mod tests {
 
     #[test]
     fn names_the_failing_field() {
-        assert_eq!(field(parse_json::<Body>(br#"{"prompt": 1}"#).unwrap_err()), "prompt");
-        assert_eq!(field(parse_json::<Body>(br#"{"prompt": "a", "x": 1}"#).unwrap_err()), "x");
+        assert_eq!(
+            field(parse_json::<Body>(br#"{"prompt": 1}"#).unwrap_err()),
+            "prompt"
+        );
+        assert_eq!(
+            field(parse_json::<Body>(br#"{"prompt": "a", "x": 1}"#).unwrap_err()),
+            "x"
+        );
         assert_eq!(field(parse_json::<Body>(br#"{}"#).unwrap_err()), "prompt");
-        assert_eq!(field(parse_json::<Body>(br#"{"prompt": "a", "n": 1.5}"#).unwrap_err()), "n");
-        assert_eq!(field(parse_json::<Body>(b"{\"prompt\": \"a\"} x").unwrap_err()), "body");
+        assert_eq!(
+            field(parse_json::<Body>(br#"{"prompt": "a", "n": 1.5}"#).unwrap_err()),
+            "n"
+        );
+        assert_eq!(
+            field(parse_json::<Body>(b"{\"prompt\": \"a\"} x").unwrap_err()),
+            "body"
+        );
         let deep = "[".repeat(10_000);
         assert!(parse_json::<serde_json::Value>(deep.as_bytes()).is_err());
     }

@@ -62,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
                 name,
                 role: admin.then(|| ADMIN_ROLE.to_owned()),
             };
-            println!("{}", mint(settings.auth.jwt_secret.expose_secret().as_bytes(), &claims)?);
+            println!(
+                "{}",
+                mint(settings.auth.jwt_secret.expose_secret().as_bytes(), &claims)?
+            );
             Ok(())
         }
         Command::Serve => {

@@ -83,7 +83,11 @@ impl Application {
 }
 
 /// Declares the queues, retrying with backoff while the broker is away.
-async fn declare_topology(settings: Arc<Settings>, topology: Arc<Topology>, shutdown: CancellationToken) {
+async fn declare_topology(
+    settings: Arc<Settings>,
+    topology: Arc<Topology>,
+    shutdown: CancellationToken,
+) {
     let attempt = || async {
         let connection = queue::connect(&settings).await?;
         let channel = connection.create_channel().await?;
@@ -108,7 +112,10 @@ async fn declare_topology(settings: Arc<Settings>, topology: Arc<Topology>, shut
 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
-        .route("/generations", post(generations::create).get(generations::list))
+        .route(
+            "/generations",
+            post(generations::create).get(generations::list),
+        )
         .route("/generations/{id}", get(generations::get))
         .route("/generations/{id}/cancel", post(generations::cancel))
         .route("/credits", get(credits::balance))

@@ -1,1 +1,77 @@
-fn main(){}
+//! `genq-provider-sim`: runs the provider simulator until ctrl-c or SIGTERM.
+
+use std::time::Duration;
+
+use clap::Parser;
+use genq_provider_sim::{start, SimConfig, MARKERS_HELP};
+
+#[derive(Parser)]
+#[command(
+    name = "genq-provider-sim",
+    about = "A TaskID-style video provider for tests and demos: POST /v1/tasks, GET /v1/tasks/{id}, POST /v1/tasks/{id}/cancel, GET /v1/stats.",
+    after_help = MARKERS_HELP,
+    version
+)]
+struct Cli {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    addr: String,
+    /// Delay added to every response, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Time from submission to a finished task, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    generation_ms: u64,
+    /// Share of requests answered 503 (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Share of requests answered 429 with Retry-After (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    rate_limit_rate: f64,
+    /// Retry-After of a 429, in seconds.
+    #[arg(long, default_value_t = 1)]
+    retry_after_secs: u64,
+    /// Share of tasks that end failed (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    permanent_fail_rate: f64,
+    /// Share of tasks that never finish (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    for (name, rate) in [
+        ("--fail-rate", cli.fail_rate),
+        ("--rate-limit-rate", cli.rate_limit_rate),
+        ("--permanent-fail-rate", cli.permanent_fail_rate),
+        ("--hang-rate", cli.hang_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            anyhow::bail!("{name} must be between 0.0 and 1.0, not {rate}");
+        }
+    }
+    let handle = start(
+        SimConfig {
+            latency: Duration::from_millis(cli.latency_ms),
+            generation: Duration::from_millis(cli.generation_ms),
+            fail_rate: cli.fail_rate,
+            rate_limit_rate: cli.rate_limit_rate,
+            retry_after_secs: cli.retry_after_secs,
+            permanent_fail_rate: cli.permanent_fail_rate,
+            hang_rate: cli.hang_rate,
+        },
+        &cli.addr,
+    )
+    .await?;
+    tracing::info!(addr = %handle.addr, "genq-provider-sim listening");
+    tokio::signal::ctrl_c().await?;
+    handle.stop();
+    Ok(())
+}

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -112,22 +112,6 @@ pub struct LogSettings {
     pub json: bool,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub filter: String,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            database: DatabaseSettings::default(),
-            amqp: AmqpSettings::default(),
-            api: ApiSettings::default(),
-            auth: AuthSettings::default(),
-            credits: CreditSettings::default(),
-            queue: QueueSettings::default(),
-            provider: ProviderSettings::default(),
-            worker: WorkerSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
 }
 
 impl Default for DatabaseSettings {
@@ -272,8 +256,16 @@ impl Settings {
         if self.api.addr.parse::<std::net::SocketAddr>().is_err() {
             fail("api.addr", "must be an address such as 127.0.0.1:8080")?;
         }
-        if self.worker.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
-            fail("worker.metrics_addr", "must be an address such as 127.0.0.1:9091")?;
+        if self
+            .worker
+            .metrics_addr
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            fail(
+                "worker.metrics_addr",
+                "must be an address such as 127.0.0.1:9091",
+            )?;
         }
         if self.api.body_limit_bytes < 256 {
             fail("api.body_limit_bytes", "must be at least 256")?;
@@ -288,7 +280,10 @@ impl Settings {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !prefix_ok {
-            fail("queue.prefix", "must be non-empty ASCII letters, digits, '-', '_' or '.'")?;
+            fail(
+                "queue.prefix",
+                "must be non-empty ASCII letters, digits, '-', '_' or '.'",
+            )?;
         }
         if self.queue.prefetch == 0 {
             fail("queue.prefetch", "must be more than 0")?;
@@ -299,11 +294,18 @@ impl Settings {
         if self.worker.max_attempts == 0 {
             fail("worker.max_attempts", "must be more than 0")?;
         }
-        if self.worker.poll_initial_ms == 0 || self.worker.poll_max_ms < self.worker.poll_initial_ms {
-            fail("worker.poll_max_ms", "must be at least worker.poll_initial_ms, which must be more than 0")?;
+        if self.worker.poll_initial_ms == 0 || self.worker.poll_max_ms < self.worker.poll_initial_ms
+        {
+            fail(
+                "worker.poll_max_ms",
+                "must be at least worker.poll_initial_ms, which must be more than 0",
+            )?;
         }
         if self.worker.retry_base_ms == 0 || self.worker.retry_max_ms < self.worker.retry_base_ms {
-            fail("worker.retry_max_ms", "must be at least worker.retry_base_ms, which must be more than 0")?;
+            fail(
+                "worker.retry_max_ms",
+                "must be at least worker.retry_base_ms, which must be more than 0",
+            )?;
         }
         if self.worker.job_timeout_secs == 0 {
             fail("worker.job_timeout_secs", "must be more than 0")?;
@@ -312,7 +314,10 @@ impl Settings {
             fail("worker.relay_batch", "must be more than 0")?;
         }
         if url::Url::parse(&self.provider.base_url).is_err() {
-            fail("provider.base_url", "must be a URL such as http://127.0.0.1:8090")?;
+            fail(
+                "provider.base_url",
+                "must be a URL such as http://127.0.0.1:8090",
+            )?;
         }
         Ok(())
     }

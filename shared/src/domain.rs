@@ -43,7 +43,9 @@ impl Prompt {
         if chars > PROMPT_MAX_CHARS {
             return Err(InvalidInput::new(
                 "prompt",
-                format!("The prompt has {chars} characters; at most {PROMPT_MAX_CHARS} are allowed."),
+                format!(
+                    "The prompt has {chars} characters; at most {PROMPT_MAX_CHARS} are allowed."
+                ),
             ));
         }
         if trimmed

@@ -6,6 +6,6 @@ pub mod db;
 pub mod domain;
 pub mod provider;
 pub mod queue;
-pub mod store;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;

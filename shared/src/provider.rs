@@ -129,10 +129,13 @@ impl HttpProvider {
         })?;
         let status = response.status();
         if status.is_success() {
-            return response.json::<T>().await.map_err(|e| ProviderError::Transient {
-                message: format!("unreadable response: {}", e.without_url()),
-                retry_after: None,
-            });
+            return response
+                .json::<T>()
+                .await
+                .map_err(|e| ProviderError::Transient {
+                    message: format!("unreadable response: {}", e.without_url()),
+                    retry_after: None,
+                });
         }
         let retry_after = response
             .headers()

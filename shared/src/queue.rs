@@ -169,7 +169,10 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        for (queue, key) in [(self.start_queue(), START_KEY), (self.poll_queue(), POLL_KEY)] {
+        for (queue, key) in [
+            (self.start_queue(), START_KEY),
+            (self.poll_queue(), POLL_KEY),
+        ] {
             let mut args = FieldTable::default();
             args.insert("x-queue-type".into(), string("quorum"));
             // A message the broker had to redeliver this often (workers
@@ -213,7 +216,10 @@ impl Topology {
             args.insert("x-queue-type".into(), string("quorum"));
             // The delay itself: every message waits exactly this long.
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier as i64));
-            args.insert("x-dead-letter-exchange".into(), string(&self.work_exchange()));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                string(&self.work_exchange()),
+            );
             // Expired messages move only once the work exchange confirmed
             // them, so a delayed message is never dropped on the way back.
             args.insert("x-dead-letter-strategy".into(), string("at-least-once"));

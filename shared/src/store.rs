@@ -174,8 +174,7 @@ pub struct LedgerEntry {
     pub created_at: DateTime<Utc>,
 }
 
-const LEDGER_COLS: &str =
-    "id, user_id, kind, amount, job_id, reference, actor, reason, created_at";
+const LEDGER_COLS: &str = "id, user_id, kind, amount, job_id, reference, actor, reason, created_at";
 
 /// The user's ledger, newest first, `limit` entries below the `before` ID.
 pub async fn ledger_entries(
@@ -217,7 +216,10 @@ pub enum GrantOutcome {
 /// Adds credits with a ledger entry and an audit row, in one statement; a
 /// reference already in the ledger is not applied again.
 pub async fn add_credits(pool: &PgPool, grant: &CreditGrant) -> Result<GrantOutcome> {
-    debug_assert!(matches!(grant.kind, LedgerKind::Grant | LedgerKind::Purchase));
+    debug_assert!(matches!(
+        grant.kind,
+        LedgerKind::Grant | LedgerKind::Purchase
+    ));
     let applied: std::result::Result<Option<LedgerEntry>, sqlx::Error> = sqlx::query_as(&format!(
         "WITH l AS (
             INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
@@ -524,7 +526,11 @@ pub struct JobCursor {
 
 impl JobCursor {
     pub fn encode(&self) -> String {
-        format!("{}_{}", self.created_at.timestamp_micros(), self.id.simple())
+        format!(
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.id.simple()
+        )
     }
 
     pub fn decode(raw: &str) -> Option<Self> {
@@ -592,7 +598,12 @@ pub struct Transition<'a> {
 }
 
 impl<'a> Transition<'a> {
-    pub fn new(job_id: Uuid, from: &'a [JobStatus], to: JobStatus, message: impl Into<String>) -> Self {
+    pub fn new(
+        job_id: Uuid,
+        from: &'a [JobStatus],
+        to: JobStatus,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             job_id,
             from,
@@ -734,7 +745,12 @@ pub enum CancelOutcome {
 
 /// Cancels the caller's `queued`, `submitting` or `running` job and refunds
 /// it at once; a running job's provider task is canceled by the next poll.
-pub async fn cancel_job(pool: &PgPool, user_id: Uuid, job_id: Uuid, actor: &str) -> Result<CancelOutcome> {
+pub async fn cancel_job(
+    pool: &PgPool,
+    user_id: Uuid,
+    job_id: Uuid,
+    actor: &str,
+) -> Result<CancelOutcome> {
     let Some(job) = get_job(pool, job_id).await? else {
         return Ok(CancelOutcome::NotFound);
     };
@@ -742,7 +758,12 @@ pub async fn cancel_job(pool: &PgPool, user_id: Uuid, job_id: Uuid, actor: &str)
         return Ok(CancelOutcome::NotFound);
     }
     let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
-    let mut t = Transition::new(job_id, &from, JobStatus::Canceled, format!("Canceled by {actor}; credits refunded."));
+    let mut t = Transition::new(
+        job_id,
+        &from,
+        JobStatus::Canceled,
+        format!("Canceled by {actor}; credits refunded."),
+    );
     t.error = Some(("canceled", "The job was canceled.".into()));
     match transition(pool, &t).await? {
         Some((job, _)) => Ok(CancelOutcome::Canceled(job)),

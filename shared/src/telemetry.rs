@@ -9,8 +9,8 @@ use crate::config::LogSettings;
 
 /// Installs the tracing subscriber once; later calls (tests) are no-ops.
 pub fn init_tracing(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = if settings.json {
         builder.json().try_init()

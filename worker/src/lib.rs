@@ -1,1 +1,81 @@
+//! genq's worker: the outbox relay, the start/poll consumers, provider calls
+//! and settlement, and the worker's `/metrics`.
 
+pub mod handler;
+pub mod relay;
+pub mod runner;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use genq_shared::config::Settings;
+use genq_shared::provider::{HttpProvider, VideoProvider};
+use genq_shared::queue::Topology;
+use genq_shared::{db, telemetry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::Handler;
+pub use runner::Runner;
+
+pub struct Worker {
+    runner: Runner,
+    metrics_listener: TcpListener,
+}
+
+impl Worker {
+    /// Connects to the database (creating and migrating it if needed) and
+    /// binds the metrics address; the broker is connected when running.
+    pub async fn build(
+        settings: Settings,
+        provider: Option<Arc<dyn VideoProvider>>,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&settings.database).await?;
+        let provider = match provider {
+            Some(p) => p,
+            None => Arc::new(HttpProvider::new(&settings.provider)?),
+        };
+        let metrics_listener = TcpListener::bind(&settings.worker.metrics_addr).await?;
+        Ok(Self {
+            runner: Runner {
+                topology: Arc::new(Topology::new(&settings)),
+                settings: Arc::new(settings),
+                pool,
+                provider,
+            },
+            metrics_listener,
+        })
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    /// Runs until `shutdown` (drains) or `kill` (drops everything, as a crash).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+        kill: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let handle = telemetry::metrics_handle();
+        let metrics = Router::new()
+            .route("/metrics", get(move || std::future::ready(handle.render())))
+            .route("/healthz", get(|| std::future::ready("ok")));
+        let stop = shutdown.clone();
+        let kill2 = kill.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(self.metrics_listener, metrics)
+                .with_graceful_shutdown(async move {
+                    tokio::select! { _ = stop.cancelled() => {}, _ = kill2.cancelled() => {} }
+                })
+                .await
+        });
+        let result = self.runner.run(shutdown, kill).await;
+        server.abort();
+        result
+    }
+}

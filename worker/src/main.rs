@@ -1,1 +1,33 @@
-fn main(){}
+//! `genq-worker`: runs the relay and the consumers until SIGTERM or ctrl-c.
+
+use clap::Parser;
+use genq_shared::config::Settings;
+use genq_shared::telemetry;
+use genq_worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "genq-worker",
+    about = "genq's worker: outbox relay, provider submission and polling, settlement",
+    version
+)]
+struct Cli {
+    /// A TOML configuration file (else $GENQ_CONFIG, else defaults and environment).
+    #[arg(long)]
+    config: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init_tracing(&settings.log);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(genq_shared::shutdown::on_signal(shutdown.clone()));
+    let worker = Worker::build(settings, None).await?;
+    tracing::info!(metrics_port = worker.metrics_port(), "genq-worker starting");
+    worker
+        .run_until_stopped(shutdown, CancellationToken::new())
+        .await
+}

@@ -49,7 +49,10 @@ pub struct AdminCreditResponse {
 fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max {
-        return Err(ApiError::invalid(field, format!("{field} must have 1 to {max} characters.")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must have 1 to {max} characters."),
+        ));
     }
     Ok(v.to_owned())
 }
@@ -80,7 +83,12 @@ pub async fn add_credits(
             Ok(uuid) => UserRef::Id(uuid),
             Err(_) => UserRef::ExternalId(bounded_text(id, "user_id", 255)?),
         },
-        _ => return Err(ApiError::invalid("email", "Name the user by exactly one of email or user_id.")),
+        _ => {
+            return Err(ApiError::invalid(
+                "email",
+                "Name the user by exactly one of email or user_id.",
+            ))
+        }
     };
     let amount = Credits::parse_grant(body.amount, "amount")?;
     let reason = bounded_text(&body.reason, "reason", 500)?;

@@ -34,7 +34,10 @@ pub struct CreditsView {
     ),
     security(("bearer" = []))
 )]
-pub async fn balance(State(state): State<AppState>, user: AuthUser) -> Result<Json<CreditsView>, ApiError> {
+pub async fn balance(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<CreditsView>, ApiError> {
     Ok(Json(credits_view(&state, user.id).await?))
 }
 

@@ -7,7 +7,9 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use genq_shared::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
 use genq_shared::queue::PollMessage;
-use genq_shared::store::{self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome};
+use genq_shared::store::{
+    self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -142,7 +144,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     let key = value
         .to_str()
-        .map_err(|_| ApiError::invalid("Idempotency-Key", "The Idempotency-Key must be ASCII text."))?
+        .map_err(|_| {
+            ApiError::invalid("Idempotency-Key", "The Idempotency-Key must be ASCII text.")
+        })?
         .trim();
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
         return Err(ApiError::invalid(
@@ -205,7 +209,8 @@ pub async fn create(
             required,
             available,
         } => {
-            metrics::counter!("genq_submissions_total", "outcome" => "insufficient_credits").increment(1);
+            metrics::counter!("genq_submissions_total", "outcome" => "insufficient_credits")
+                .increment(1);
             tracing::info!(required, available, "submission refused for credits");
             Err(ApiError::InsufficientCredits {
                 required,
@@ -285,7 +290,10 @@ pub async fn list(
     let cursor = params
         .cursor
         .as_deref()
-        .map(|c| JobCursor::decode(c).ok_or_else(|| ApiError::invalid("cursor", "The cursor is not valid.")))
+        .map(|c| {
+            JobCursor::decode(c)
+                .ok_or_else(|| ApiError::invalid("cursor", "The cursor is not valid."))
+        })
         .transpose()?;
     let status = params
         .status

@@ -1,0 +1,534 @@
+//! One step of the pipeline: handles one start or poll message against the
+//! job row, calls the provider, moves the job (and its credits) with one
+//! conditional update, and publishes the follow-up message with a confirm.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use genq_shared::config::Settings;
+use genq_shared::domain::JobStatus;
+use genq_shared::provider::{self, ProviderError, TaskRequest, TaskStatus, VideoProvider};
+use genq_shared::queue::{
+    self, string, PollMessage, Publisher, StartMessage, Topology, JOB_HEADER, POLL_KEY,
+    REASON_HEADER, SOURCE_HEADER, START_KEY,
+};
+use genq_shared::store::{self, Job, Transition};
+use lapin::types::FieldTable;
+use rand::Rng;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Which work queue a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkQueue {
+    Start,
+    Poll,
+}
+
+impl WorkQueue {
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Self::Start => START_KEY,
+            Self::Poll => POLL_KEY,
+        }
+    }
+}
+
+/// A failure of our own infrastructure (database, broker), not of the job:
+/// the message is handed back to be tried again later.
+#[derive(Debug, thiserror::Error)]
+#[error("infrastructure error: {0:#}")]
+pub struct InfraError(#[from] pub anyhow::Error);
+
+impl From<sqlx::Error> for InfraError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(e.into())
+    }
+}
+
+impl From<store::StoreError> for InfraError {
+    fn from(e: store::StoreError) -> Self {
+        Self(e.into())
+    }
+}
+
+pub type Step = Result<(), InfraError>;
+
+/// Everything one step needs; cheap to clone into each delivery's task.
+#[derive(Clone)]
+pub struct Handler {
+    pub pool: PgPool,
+    pub publisher: Publisher,
+    pub topology: Arc<Topology>,
+    pub provider: Arc<dyn VideoProvider>,
+    pub settings: Arc<Settings>,
+}
+
+/// Exponential backoff with full jitter: a random delay up to
+/// `base * 2^(attempt-1)`, capped.
+pub fn full_jitter(base_ms: u64, cap_ms: u64, attempt: u32) -> Duration {
+    let ceiling = base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+        .min(cap_ms);
+    Duration::from_millis(rand::rng().random_range(0..=ceiling))
+}
+
+/// The delay before poll number `seq` of a task still working: doubling from
+/// the initial interval up to the cap.
+pub fn poll_delay(initial_ms: u64, cap_ms: u64, seq: i32) -> Duration {
+    let ms = initial_ms
+        .saturating_mul(1u64 << (seq.clamp(0, 20) as u32))
+        .min(cap_ms);
+    Duration::from_millis(ms)
+}
+
+impl Handler {
+    /// Handles one delivery's body. Returns `Ok` when the delivery may be
+    /// acked: its effects are committed and follow-ups confirmed, or it was
+    /// dead-lettered, or it was a duplicate.
+    pub async fn handle(&self, queue: WorkQueue, body: &[u8]) -> Step {
+        match queue {
+            WorkQueue::Start => match serde_json::from_slice::<StartMessage>(body) {
+                Ok(StartMessage::Start { job_id, attempt }) => self.start(job_id, attempt).await,
+                Err(e) => self.malformed(queue, body, &e.to_string()).await,
+            },
+            WorkQueue::Poll => match serde_json::from_slice::<PollMessage>(body) {
+                Ok(PollMessage::Poll {
+                    job_id,
+                    seq,
+                    errors,
+                }) => self.poll(job_id, seq, errors).await,
+                Ok(PollMessage::Cancel { job_id }) => self.cancel_at_provider(job_id).await,
+                Err(e) => self.malformed(queue, body, &e.to_string()).await,
+            },
+        }
+    }
+
+    async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
+        tracing::warn!(?queue, error = why, "malformed message dead-lettered");
+        metrics::counter!("genq_malformed_messages_total").increment(1);
+        self.dead_letter(queue, body, None, &format!("malformed message: {why}"))
+            .await
+    }
+
+    /// Publishes `body` to the dead-letter exchange with the reason in headers.
+    pub async fn dead_letter(
+        &self,
+        queue: WorkQueue,
+        body: &[u8],
+        job_id: Option<Uuid>,
+        reason: &str,
+    ) -> Step {
+        let mut headers = FieldTable::default();
+        let reason: String = reason.chars().take(1_000).collect();
+        headers.insert(REASON_HEADER.into(), string(&reason));
+        headers.insert(SOURCE_HEADER.into(), string(queue.routing_key()));
+        if let Some(id) = job_id {
+            headers.insert(JOB_HEADER.into(), string(&id.to_string()));
+        }
+        self.publisher
+            .publish(
+                &self.topology.dead_letter_exchange(),
+                queue.routing_key(),
+                body,
+                headers,
+            )
+            .await?;
+        metrics::counter!("genq_dead_letters_total", "queue" => queue.routing_key()).increment(1);
+        Ok(())
+    }
+
+    /// Publishes `message` to come back on the work exchange after `delay`
+    /// (rounded to a wait tier), keeping its routing key.
+    async fn publish_delayed<T: serde::Serialize>(
+        &self,
+        key: &str,
+        message: &T,
+        tier_ms: u64,
+    ) -> Step {
+        self.publisher
+            .publish_json(&self.topology.delay_exchange(tier_ms), key, message)
+            .await?;
+        Ok(())
+    }
+
+    async fn load(
+        &self,
+        queue: WorkQueue,
+        job_id: Uuid,
+        body: &[u8],
+    ) -> Result<Option<Job>, InfraError> {
+        match store::get_job(&self.pool, job_id).await? {
+            Some(job) => Ok(Some(job)),
+            None => {
+                self.dead_letter(queue, body, Some(job_id), "no such job")
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// start: submit to the provider (the job ID is the idempotency key),
+    /// record the task ID, mark the job running and schedule its first poll.
+    #[tracing::instrument(skip(self), fields(user_id))]
+    pub async fn start(&self, job_id: Uuid, attempt: u32) -> Step {
+        let body =
+            serde_json::to_vec(&StartMessage::Start { job_id, attempt }).expect("serializes");
+        let Some(job) = self.load(WorkQueue::Start, job_id, &body).await? else {
+            return Ok(());
+        };
+        tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
+        let from = [JobStatus::Queued, JobStatus::Submitting];
+        if !from.contains(&job.status()) {
+            tracing::debug!(status = %job.status(), "start message for a job past submission; dropped");
+            return Ok(());
+        }
+        let mut claim = Transition::new(
+            job_id,
+            &from,
+            JobStatus::Submitting,
+            format!("Submitting to the provider (attempt {attempt})."),
+        );
+        claim.count_attempt = true;
+        let Some((job, _)) = store::transition(&self.pool, &claim).await? else {
+            return Ok(());
+        };
+        let request = TaskRequest {
+            idempotency_key: provider::idempotency_key(job_id),
+            prompt: job.prompt.clone(),
+            duration_seconds: job
+                .params
+                .get("duration_seconds")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(5) as u32,
+            aspect_ratio: job
+                .params
+                .get("aspect_ratio")
+                .and_then(|v| v.as_str())
+                .unwrap_or("16:9")
+                .to_owned(),
+        };
+        let started = std::time::Instant::now();
+        let submitted = self.provider.submit(&request).await;
+        record_provider_call("submit", started, &submitted);
+        match submitted {
+            Ok(task_id) => {
+                let mut running = Transition::new(
+                    job_id,
+                    &[JobStatus::Submitting],
+                    JobStatus::Running,
+                    format!("The provider accepted the task {task_id}."),
+                );
+                running.provider_task_id = Some(&task_id);
+                running.deadline_in = Some(self.settings.job_timeout());
+                if store::transition(&self.pool, &running).await?.is_some() {
+                    let poll = PollMessage::Poll {
+                        job_id,
+                        seq: 0,
+                        errors: 0,
+                    };
+                    let delay = poll_delay(
+                        self.settings.worker.poll_initial_ms,
+                        self.settings.worker.poll_max_ms,
+                        0,
+                    );
+                    return self
+                        .publish_delayed(POLL_KEY, &poll, queue::tier_at_most(delay))
+                        .await;
+                }
+                // Someone else moved the job: another worker (a duplicate
+                // message) or the user's cancel, whose task we must stop.
+                let now = store::get_job(&self.pool, job_id).await?;
+                if now
+                    .as_ref()
+                    .is_some_and(|j| j.status() == JobStatus::Canceled)
+                {
+                    self.best_effort_cancel(&task_id).await;
+                }
+                Ok(())
+            }
+            Err(ProviderError::Permanent { code, message }) => {
+                self.finish_failed(
+                    job_id,
+                    &[JobStatus::Submitting],
+                    "provider_rejected",
+                    &format!("{code}: {message}"),
+                )
+                .await
+            }
+            Err(ProviderError::Transient {
+                message,
+                retry_after,
+            }) => {
+                self.retry_or_die(
+                    WorkQueue::Start,
+                    &job,
+                    attempt,
+                    &message,
+                    retry_after,
+                    &StartMessage::Start {
+                        job_id,
+                        attempt: attempt + 1,
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    /// poll: ask the provider about the task; reschedule, commit or refund.
+    #[tracing::instrument(skip(self), fields(user_id))]
+    pub async fn poll(&self, job_id: Uuid, seq: i32, errors: u32) -> Step {
+        let body = serde_json::to_vec(&PollMessage::Poll {
+            job_id,
+            seq,
+            errors,
+        })
+        .expect("serializes");
+        let Some(job) = self.load(WorkQueue::Poll, job_id, &body).await? else {
+            return Ok(());
+        };
+        tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
+        match job.status() {
+            JobStatus::Running => {}
+            JobStatus::Canceled => return self.cancel_at_provider(job_id).await,
+            _ => return Ok(()),
+        }
+        if job.poll_seq != seq {
+            tracing::debug!(current = job.poll_seq, seq, "stale poll message; dropped");
+            return Ok(());
+        }
+        let Some(task_id) = job.provider_task_id.clone() else {
+            return self
+                .finish_failed(
+                    job_id,
+                    &[JobStatus::Running],
+                    "internal",
+                    "running without a provider task",
+                )
+                .await;
+        };
+        if job.deadline_at.is_some_and(|d| d <= Utc::now()) {
+            self.best_effort_cancel(&task_id).await;
+            metrics::counter!("genq_deadline_exceeded_total").increment(1);
+            return self
+                .finish_failed(job_id, &[JobStatus::Running], "deadline_exceeded",
+                    "The provider did not finish the video in time; it was canceled and the credits refunded.")
+                .await;
+        }
+        let started = std::time::Instant::now();
+        let status = self.provider.status(&task_id).await;
+        record_provider_call("status", started, &status);
+        match status {
+            Ok(TaskStatus::Pending | TaskStatus::Running) => {
+                if !store::advance_poll(&self.pool, job_id, seq).await? {
+                    return Ok(());
+                }
+                let next = PollMessage::Poll {
+                    job_id,
+                    seq: seq + 1,
+                    errors: 0,
+                };
+                let delay = poll_delay(
+                    self.settings.worker.poll_initial_ms,
+                    self.settings.worker.poll_max_ms,
+                    seq + 1,
+                );
+                self.publish_delayed(POLL_KEY, &next, queue::tier_at_most(delay))
+                    .await
+            }
+            Ok(TaskStatus::Succeeded { video_url }) => {
+                let mut done = Transition::new(
+                    job_id,
+                    &[JobStatus::Running],
+                    JobStatus::Succeeded,
+                    format!("The video is ready; {} credits spent.", job.cost),
+                );
+                done.result_url = Some(&video_url);
+                if store::transition(&self.pool, &done).await?.is_some() {
+                    metrics::counter!("genq_jobs_finished_total", "status" => "succeeded")
+                        .increment(1);
+                    metrics::counter!("genq_credits_committed_total").increment(job.cost as u64);
+                    tracing::info!("job succeeded");
+                }
+                Ok(())
+            }
+            Ok(TaskStatus::Failed { reason }) => {
+                self.finish_failed(job_id, &[JobStatus::Running], "provider_failed", &reason)
+                    .await
+            }
+            Err(ProviderError::Permanent { code, message }) => {
+                self.finish_failed(
+                    job_id,
+                    &[JobStatus::Running],
+                    "provider_rejected",
+                    &format!("{code}: {message}"),
+                )
+                .await
+            }
+            Err(ProviderError::Transient {
+                message,
+                retry_after,
+            }) => {
+                let next = PollMessage::Poll {
+                    job_id,
+                    seq,
+                    errors: errors + 1,
+                };
+                self.retry_or_die(
+                    WorkQueue::Poll,
+                    &job,
+                    errors + 1,
+                    &message,
+                    retry_after,
+                    &next,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Cancels the provider task of a canceled job, once.
+    pub async fn cancel_at_provider(&self, job_id: Uuid) -> Step {
+        let Some(job) = store::get_job(&self.pool, job_id).await? else {
+            return Ok(());
+        };
+        if job.status() != JobStatus::Canceled {
+            return Ok(());
+        }
+        if let Some(task_id) = &job.provider_task_id {
+            if store::mark_provider_canceled(&self.pool, job_id).await? {
+                self.best_effort_cancel(task_id).await;
+                store::record_event(
+                    &self.pool,
+                    job_id,
+                    "provider",
+                    "Canceled at the provider.",
+                    None,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the provider to stop a task; a failure only costs provider time.
+    async fn best_effort_cancel(&self, task_id: &str) {
+        let started = std::time::Instant::now();
+        let r = self.provider.cancel(task_id).await;
+        record_provider_call("cancel", started, &r);
+        if let Err(e) = r {
+            tracing::warn!(task_id, error = %e, "provider cancel failed");
+        }
+    }
+
+    async fn finish_failed(
+        &self,
+        job_id: Uuid,
+        from: &[JobStatus],
+        code: &str,
+        reason: &str,
+    ) -> Step {
+        let mut t = Transition::new(
+            job_id,
+            from,
+            JobStatus::Failed,
+            format!("Failed: {reason}; credits refunded."),
+        );
+        t.error = Some((code, reason.to_owned()));
+        if let Some((job, _)) = store::transition(&self.pool, &t).await? {
+            metrics::counter!("genq_jobs_finished_total", "status" => "failed").increment(1);
+            metrics::counter!("genq_credits_refunded_total").increment(job.cost as u64);
+            tracing::info!(code, reason, "job failed");
+        }
+        Ok(())
+    }
+
+    /// After a transient error: retry later (backoff with full jitter, never
+    /// sooner than `Retry-After`), or past the limit mark the job dead,
+    /// refund it and dead-letter the message with the reason.
+    async fn retry_or_die<T: serde::Serialize>(
+        &self,
+        queue: WorkQueue,
+        job: &Job,
+        attempt: u32,
+        error: &str,
+        retry_after: Option<Duration>,
+        next: &T,
+    ) -> Step {
+        let w = &self.settings.worker;
+        if attempt >= w.max_attempts {
+            let reason = format!("gave up after {attempt} attempts; last error: {error}");
+            let mut t = Transition::new(
+                job.id,
+                &[JobStatus::Submitting, JobStatus::Running],
+                JobStatus::Dead,
+                format!("Dead: {reason}; credits refunded."),
+            );
+            t.error = Some(("retries_exhausted", reason.clone()));
+            if store::transition(&self.pool, &t).await?.is_some() {
+                metrics::counter!("genq_jobs_finished_total", "status" => "dead").increment(1);
+                metrics::counter!("genq_credits_refunded_total").increment(job.cost as u64);
+                tracing::warn!(reason, "job dead");
+                let body = serde_json::to_vec(next).expect("serializes");
+                self.dead_letter(queue, &body, Some(job.id), &reason)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let jittered = full_jitter(w.retry_base_ms, w.retry_max_ms, attempt);
+        let tier = match retry_after {
+            Some(after) => queue::tier_at_least(after.max(jittered)),
+            None => queue::tier_at_most(jittered),
+        };
+        metrics::counter!("genq_retries_total", "queue" => queue.routing_key()).increment(1);
+        store::record_event(
+            &self.pool,
+            job.id,
+            "retry",
+            &format!(
+                "Transient provider error (attempt {attempt}): {error}; retrying in {tier} ms."
+            ),
+            Some(serde_json::json!({"attempt": attempt, "delay_ms": tier})),
+        )
+        .await?;
+        self.publish_delayed(queue.routing_key(), next, tier).await
+    }
+}
+
+fn record_provider_call<T>(
+    call: &'static str,
+    started: std::time::Instant,
+    result: &Result<T, ProviderError>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.kind(),
+    };
+    metrics::histogram!("genq_provider_call_seconds", "call" => call)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("genq_provider_calls_total", "call" => call, "outcome" => outcome)
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_under_the_capped_ceiling() {
+        for attempt in 1..40 {
+            let d = full_jitter(1_000, 60_000, attempt);
+            let ceiling = (1_000u64 << (attempt - 1).min(20)).min(60_000);
+            assert!(d.as_millis() as u64 <= ceiling);
+        }
+    }
+
+    #[test]
+    fn poll_delay_doubles_up_to_the_cap() {
+        assert_eq!(poll_delay(1_000, 30_000, 0), Duration::from_secs(1));
+        assert_eq!(poll_delay(1_000, 30_000, 2), Duration::from_secs(4));
+        assert_eq!(poll_delay(1_000, 30_000, 50), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,251 @@
+//! The worker process: connects (and reconnects, with backoff) to the broker,
+//! runs the outbox relay and the start/poll consumers with bounded prefetch
+//! and concurrency, and on shutdown stops consuming and drains in-flight work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use genq_shared::config::Settings;
+use genq_shared::provider::VideoProvider;
+use genq_shared::queue::{self, Publisher, Topology};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{Handler, WorkQueue};
+use crate::relay;
+
+/// Delay before a delivery that hit an infrastructure error is tried again.
+const INFRA_RETRY_TIER_MS: u64 = 5_000;
+
+/// How one session (one broker connection) ended.
+enum SessionEnd {
+    Stopped,
+    Lost(anyhow::Error),
+}
+
+pub struct Runner {
+    pub settings: Arc<Settings>,
+    pub pool: PgPool,
+    pub provider: Arc<dyn VideoProvider>,
+    pub topology: Arc<Topology>,
+}
+
+impl Runner {
+    /// Runs sessions until `shutdown`; `kill` instead drops everything at once,
+    /// as a crash would (tests use it to prove nothing is lost).
+    pub async fn run(
+        &self,
+        shutdown: CancellationToken,
+        kill: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut backoff = reconnect_backoff();
+        loop {
+            if shutdown.is_cancelled() || kill.is_cancelled() {
+                return Ok(());
+            }
+            match self.session(&shutdown, &kill).await {
+                SessionEnd::Stopped => return Ok(()),
+                SessionEnd::Lost(e) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %format!("{e:#}"), ?delay, "worker lost its connection; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = kill.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, kill: &CancellationToken) -> SessionEnd {
+        let connection = match queue::connect(&self.settings).await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(e),
+        };
+        let end = self.consume(&connection, shutdown, kill).await;
+        // Closing hands unacked deliveries back to the broker for another worker.
+        let _ = connection.close(200, "worker session over".into()).await;
+        end
+    }
+
+    async fn consume(
+        &self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+        kill: &CancellationToken,
+    ) -> SessionEnd {
+        let setup = async {
+            let publisher = Publisher::new(connection).await?;
+            self.topology.declare(publisher.channel()).await?;
+            let channel = connection.create_channel().await?;
+            // Prefetch bounds what the broker pushes to this worker per consumer.
+            channel
+                .basic_qos(self.settings.queue.prefetch, BasicQosOptions::default())
+                .await?;
+            let start = channel
+                .basic_consume(
+                    self.topology.start_queue().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let poll = channel
+                .basic_consume(
+                    self.topology.poll_queue().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            anyhow::Ok((publisher, channel, start, poll))
+        };
+        let (publisher, channel, start, poll) = match setup.await {
+            Ok(s) => s,
+            Err(e) => return SessionEnd::Lost(e),
+        };
+        let handler = Handler {
+            pool: self.pool.clone(),
+            publisher: publisher.clone(),
+            topology: self.topology.clone(),
+            provider: self.provider.clone(),
+            settings: self.settings.clone(),
+        };
+        let session_over = CancellationToken::new();
+        let relay = tokio::spawn({
+            let (pool, publisher, over) =
+                (self.pool.clone(), publisher.clone(), session_over.clone());
+            let w = &self.settings.worker;
+            let (batch, interval) = (w.relay_batch, Duration::from_millis(w.relay_interval_ms));
+            async move { relay::run(pool, publisher, batch, interval, over).await }
+        });
+        tracing::info!(prefix = %self.topology.prefix, "worker consuming");
+
+        let start_tag = start.tag();
+        let poll_tag = poll.tag();
+        let mut deliveries = futures::stream::select(
+            start.map(|d| (WorkQueue::Start, d)),
+            poll.map(|d| (WorkQueue::Poll, d)),
+        );
+        let limit = Arc::new(Semaphore::new(self.settings.worker.concurrency));
+        let mut in_flight = JoinSet::new();
+        let mut relay = relay;
+        let end = loop {
+            tokio::select! {
+                _ = kill.cancelled() => {
+                    // A crash: abandon everything; the broker requeues on close.
+                    in_flight.abort_all();
+                    relay.abort();
+                    return SessionEnd::Stopped;
+                }
+                _ = shutdown.cancelled() => break SessionEnd::Stopped,
+                r = &mut relay => {
+                    let e = match r {
+                        Ok(Ok(())) => anyhow::anyhow!("relay stopped"),
+                        Ok(Err(e)) => e,
+                        Err(e) => anyhow::anyhow!("relay panicked: {e}"),
+                    };
+                    break SessionEnd::Lost(e.context("outbox relay"));
+                }
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(e) = done { tracing::error!(error = %e, "delivery task panicked"); }
+                }
+                next = deliveries.next() => match next {
+                    Some((queue, Ok(delivery))) => {
+                        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+                        let handler = handler.clone();
+                        in_flight.spawn(async move {
+                            process(&handler, queue, delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some((_, Err(e))) => break SessionEnd::Lost(e.into()),
+                    None => break SessionEnd::Lost(anyhow::anyhow!("consumer canceled by the broker")),
+                }
+            }
+        };
+        // Stop taking new deliveries, then let in-flight ones finish (bounded).
+        let _ = channel
+            .basic_cancel(start_tag, BasicCancelOptions::default())
+            .await;
+        let _ = channel
+            .basic_cancel(poll_tag, BasicCancelOptions::default())
+            .await;
+        let grace = Duration::from_secs(self.settings.worker.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(done) = in_flight.join_next().await {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "delivery task panicked");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight deliveries did not finish in time; handing them back");
+            in_flight.abort_all();
+        }
+        session_over.cancel();
+        let _ = relay.await;
+        tracing::info!("worker session ended");
+        end
+    }
+}
+
+/// Handles one delivery and acks it; an infrastructure failure sends the
+/// message round a wait queue (which doesn't count as a redelivery) or, if
+/// even that fails, hands it back to the broker.
+async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::Delivery) {
+    match handler.handle(queue, &delivery.data).await {
+        Ok(()) => {
+            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, ?queue, "delivery failed; retrying later");
+            metrics::counter!("genq_infra_errors_total").increment(1);
+            let delayed = handler
+                .publisher
+                .publish(
+                    &handler.topology.delay_exchange(INFRA_RETRY_TIER_MS),
+                    queue.routing_key(),
+                    &delivery.data,
+                    FieldTable::default(),
+                )
+                .await;
+            let r = match delayed {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                Err(_) => {
+                    delivery
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
+            }
+        }
+    }
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
