@@ -24,7 +24,8 @@ pub const JWT_SECRET: &str = "test-secret-0123456789abcdef";
 
 /// Where test databases are created: `TEST_DATABASE_URL` without a database name.
 fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// Settings for one test: a fresh database name and queue prefix, port 0
@@ -58,6 +59,7 @@ pub struct WorkerHandle {
     pub shutdown: CancellationToken,
     pub kill: CancellationToken,
     pub metrics_port: u16,
+    pub processed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub join: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -93,7 +95,9 @@ impl TestEnv {
 
     pub async fn with_settings(settings: Settings) -> Self {
         telemetry::init_test_tracing();
-        let app = Application::build(settings.clone()).await.expect("api builds");
+        let app = Application::build(settings.clone())
+            .await
+            .expect("api builds");
         let base = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool().clone();
         let api_shutdown = CancellationToken::new();
@@ -118,7 +122,9 @@ impl TestEnv {
     }
 
     pub async fn with_sim_and_settings(sim: SimConfig, mut settings: Settings) -> Self {
-        let handle = genq_provider_sim::start(sim, "127.0.0.1:0").await.expect("sim starts");
+        let handle = genq_provider_sim::start(sim, "127.0.0.1:0")
+            .await
+            .expect("sim starts");
         settings.provider.base_url = handle.base_url();
         let mut env = Self::with_settings(settings).await;
         env.sim = Some(handle);
@@ -135,8 +141,11 @@ impl TestEnv {
 
     /// Starts an in-process worker against this test's database, broker prefix and simulator.
     pub async fn spawn_worker(&self) -> WorkerHandle {
-        let worker = Worker::build(self.settings.clone(), None).await.expect("worker builds");
+        let worker = Worker::build(self.settings.clone(), None)
+            .await
+            .expect("worker builds");
         let metrics_port = worker.metrics_port();
+        let processed = worker.processed();
         let shutdown = CancellationToken::new();
         let kill = CancellationToken::new();
         let join = tokio::spawn(worker.run_until_stopped(shutdown.clone(), kill.clone()));
@@ -144,6 +153,7 @@ impl TestEnv {
             shutdown,
             kill,
             metrics_port,
+            processed,
             join,
         }
     }
@@ -164,8 +174,17 @@ impl TestEnv {
         self.token_with(sub, None, Some(ADMIN_ROLE), 3600)
     }
 
-    pub fn token_with(&self, sub: &str, email: Option<&str>, role: Option<&str>, ttl: i64) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    pub fn token_with(
+        &self,
+        sub: &str,
+        email: Option<&str>,
+        role: Option<&str>,
+        ttl: i64,
+    ) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let claims = Claims {
             sub: sub.into(),
             exp: (now + ttl).max(0) as u64,
@@ -173,12 +192,25 @@ impl TestEnv {
             name: None,
             role: role.map(Into::into),
         };
-        mint(self.settings.auth.jwt_secret.expose_secret().as_bytes(), &claims).unwrap()
+        mint(
+            self.settings.auth.jwt_secret.expose_secret().as_bytes(),
+            &claims,
+        )
+        .unwrap()
     }
 
     /// Sends a request; returns the status and the JSON body (Null if none).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>, headers: &[(&str, &str)]) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -199,25 +231,41 @@ impl TestEnv {
     }
 
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(token), Some(body), &[]).await
+        self.call(Method::POST, path, Some(token), Some(body), &[])
+            .await
     }
 
     pub async fn submit(&self, token: &str, prompt: &str) -> (StatusCode, Value) {
-        self.post("/v1/generations", token, &serde_json::json!({ "prompt": prompt })).await
+        self.post(
+            "/v1/generations",
+            token,
+            &serde_json::json!({ "prompt": prompt }),
+        )
+        .await
     }
 
     pub async fn grant(&self, email: &str, amount: i64) {
         let admin = self.admin_token("test-admin");
         let (status, body) = self
-            .post("/v1/admin/credits", &admin, &serde_json::json!({
-                "email": email, "amount": amount, "reason": "test", "kind": "grant"
-            }))
+            .post(
+                "/v1/admin/credits",
+                &admin,
+                &serde_json::json!({
+                    "email": email, "amount": amount, "reason": "test", "kind": "grant"
+                }),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     /// Polls the job until `done` holds for it, or panics at the deadline.
-    pub async fn wait_for_job(&self, token: &str, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for_job(
+        &self,
+        token: &str,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let path = format!("/v1/generations/{id}");
         let deadline = Instant::now() + within;
         loop {
@@ -232,8 +280,15 @@ impl TestEnv {
         }
     }
 
-    pub async fn wait_for_status(&self, token: &str, id: &str, status: &str, within: Duration) -> Value {
-        self.wait_for_job(token, id, within, |j| j["status"] == status).await
+    pub async fn wait_for_status(
+        &self,
+        token: &str,
+        id: &str,
+        status: &str,
+        within: Duration,
+    ) -> Value {
+        self.wait_for_job(token, id, within, |j| j["status"] == status)
+            .await
     }
 
     /// Stops the API and simulator, drops the database and the queues.
@@ -282,13 +337,19 @@ pub async fn drop_database(settings: &Settings) {
 
 pub async fn delete_queues(settings: &Settings) {
     let topology = Topology::new(settings);
-    let Ok(conn) = genq_shared::queue::connect(settings).await else { return };
+    let Ok(conn) = genq_shared::queue::connect(settings).await else {
+        return;
+    };
     if let Ok(ch) = conn.create_channel().await {
         for q in topology.all_queues() {
             let _ = ch.queue_delete(q.into(), Default::default()).await;
         }
         let mut exchanges = vec![topology.work_exchange(), topology.dead_letter_exchange()];
-        exchanges.extend(genq_shared::queue::DELAY_TIERS_MS.iter().map(|t| topology.delay_exchange(*t)));
+        exchanges.extend(
+            genq_shared::queue::DELAY_TIERS_MS
+                .iter()
+                .map(|t| topology.delay_exchange(*t)),
+        );
         for e in exchanges {
             let _ = ch.exchange_delete(e.into(), Default::default()).await;
         }
@@ -320,4 +381,3 @@ pub async fn user_id(pool: &PgPool, external_id: &str) -> Uuid {
         .await
         .unwrap()
 }
-

@@ -10,7 +10,12 @@ use serde_json::{json, Value};
 
 fn assert_error_shape(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -27,34 +32,64 @@ async fn tokens_are_checked() {
     }
     // Expired (beyond the leeway).
     let expired = env.token_with("u1", None, None, -120);
-    assert_eq!(env.get("/v1/credits", &expired).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        env.get("/v1/credits", &expired).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // Signed with another secret.
     let mut other = test_settings();
     other.auth.jwt_secret = secrecy::SecretString::from("another-secret-0123456789");
     let forged = {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        genq_api::auth::mint(b"another-secret-0123456789", &genq_api::auth::Claims {
-            sub: "u1".into(), exp: now + 600, email: None, name: None, role: Some("admin".into()),
-        }).unwrap()
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        genq_api::auth::mint(
+            b"another-secret-0123456789",
+            &genq_api::auth::Claims {
+                sub: "u1".into(),
+                exp: now + 600,
+                email: None,
+                name: None,
+                role: Some("admin".into()),
+            },
+        )
+        .unwrap()
     };
-    assert_eq!(env.get("/v1/credits", &forged).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        env.get("/v1/credits", &forged).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // alg: none, with a valid-looking payload and no signature.
     use base64_like::encode;
     let header = encode(br#"{"alg":"none","typ":"JWT"}"#);
     let payload = encode(format!(r#"{{"sub":"u1","exp":{},"role":"admin"}}"#, u32::MAX).as_bytes());
     let none = format!("{header}.{payload}.");
-    assert_eq!(env.get("/v1/credits", &none).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        env.get("/v1/credits", &none).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // A token without exp.
     let no_exp = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub": "u1"}),
         &jsonwebtoken::EncodingKey::from_secret(genq_tests::JWT_SECRET.as_bytes()),
-    ).unwrap();
-    assert_eq!(env.get("/v1/credits", &no_exp).await.0, StatusCode::UNAUTHORIZED);
+    )
+    .unwrap();
+    assert_eq!(
+        env.get("/v1/credits", &no_exp).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A non-admin on an admin endpoint.
     let user = env.token("u1", Some("u1@example.com"));
-    let (s, b) = env.post("/v1/admin/credits", &user, &json!({"email": "u1@example.com", "amount": 5, "reason": "x", "kind": "grant"})).await;
+    let (s, b) = env
+        .post(
+            "/v1/admin/credits",
+            &user,
+            &json!({"email": "u1@example.com", "amount": 5, "reason": "x", "kind": "grant"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_error_shape(&b, "forbidden");
     env.cleanup().await;
@@ -66,7 +101,11 @@ mod base64_like {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
             for i in 0..=chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -82,7 +121,10 @@ async fn a_new_user_gets_the_initial_grant_and_claims_stay_current() {
     let t = env.token("alice", Some("alice@example.com"));
     let (s, credits) = env.get("/v1/credits", &t).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(credits, json!({"available": 8, "reserved": 0, "spent": 0, "video_cost": 10, "can_generate": false}));
+    assert_eq!(
+        credits,
+        json!({"available": 8, "reserved": 0, "spent": 0, "video_cost": 10, "can_generate": false})
+    );
     let (_, ledger) = env.get("/v1/credits/ledger", &t).await;
     let items = ledger["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
@@ -94,7 +136,9 @@ async fn a_new_user_gets_the_initial_grant_and_claims_stay_current() {
     let (_, ledger) = env.get("/v1/credits/ledger", &t2).await;
     assert_eq!(ledger["items"].as_array().unwrap().len(), 1);
     let email: String = sqlx::query_scalar("SELECT email FROM users WHERE external_id = 'alice'")
-        .fetch_one(&env.pool).await.unwrap();
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(email, "alice@new.example.com");
     env.cleanup().await;
 }
@@ -124,7 +168,10 @@ async fn a_shortfall_is_a_402_with_numbers_and_a_recorded_rejected_job() {
     assert_error_shape(&b, "insufficient_credits");
     assert_eq!(b["error"]["required"], 10);
     assert_eq!(b["error"]["available"], 8);
-    assert_eq!(b["error"]["message"], "A video needs 10 credits; you have 8.");
+    assert_eq!(
+        b["error"]["message"],
+        "A video needs 10 credits; you have 8."
+    );
     let job_id = b["error"]["job_id"].as_str().unwrap().to_owned();
 
     // The refused attempt is in the history, with its reason and timeline.
@@ -135,7 +182,10 @@ async fn a_shortfall_is_a_402_with_numbers_and_a_recorded_rejected_job() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(job["error"]["code"], "insufficient_credits");
     assert_eq!(job["events"][0]["to_status"], "rejected");
-    assert_eq!(job["events"][0]["data"], json!({"required": 10, "available": 8}));
+    assert_eq!(
+        job["events"][0]["data"],
+        json!({"required": 10, "available": 8})
+    );
     // Nothing was reserved.
     let (_, credits) = env.get("/v1/credits", &t).await;
     assert_eq!(credits["available"], 8);
@@ -150,10 +200,16 @@ async fn a_shortfall_is_a_402_with_numbers_and_a_recorded_rejected_job() {
     assert_eq!(job["status"], "queued");
     assert_eq!(job["cost"], 10);
     let (_, credits) = env.get("/v1/credits", &t).await;
-    assert_eq!((credits["available"].as_i64(), credits["reserved"].as_i64()), (Some(8), Some(10)));
+    assert_eq!(
+        (credits["available"].as_i64(), credits["reserved"].as_i64()),
+        (Some(8), Some(10))
+    );
     // The job and its outbox row were written together.
     let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE job_id = $1::uuid")
-        .bind(job["id"].as_str().unwrap()).fetch_one(&env.pool).await.unwrap();
+        .bind(job["id"].as_str().unwrap())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(outbox, 1);
     env.cleanup().await;
 }
@@ -168,12 +224,27 @@ async fn bad_input_is_a_400_naming_the_field() {
         (json!({"prompt": "x".repeat(2_001)}), "prompt"),
         (json!({"prompt": 42}), "prompt"),
         (json!({}), "prompt"),
-        (json!({"prompt": "ok", "aspect_ratio": "4:3"}), "aspect_ratio"),
-        (json!({"prompt": "ok", "duration_seconds": 0}), "duration_seconds"),
-        (json!({"prompt": "ok", "duration_seconds": 9_999_999_999_i64}), "duration_seconds"),
-        (json!({"prompt": "ok", "duration_seconds": 2.5}), "duration_seconds"),
+        (
+            json!({"prompt": "ok", "aspect_ratio": "4:3"}),
+            "aspect_ratio",
+        ),
+        (
+            json!({"prompt": "ok", "duration_seconds": 0}),
+            "duration_seconds",
+        ),
+        (
+            json!({"prompt": "ok", "duration_seconds": 9_999_999_999_i64}),
+            "duration_seconds",
+        ),
+        (
+            json!({"prompt": "ok", "duration_seconds": 2.5}),
+            "duration_seconds",
+        ),
         (json!({"prompt": "ok", "model": "v2"}), "model"),
-        (json!({"prompt": "'; DROP TABLE jobs; --", "aspect_ratio": "1:1' OR '1'='1"}), "aspect_ratio"),
+        (
+            json!({"prompt": "'; DROP TABLE jobs; --", "aspect_ratio": "1:1' OR '1'='1"}),
+            "aspect_ratio",
+        ),
     ];
     for (body, field) in cases {
         let (s, b) = env.post("/v1/generations", &t, &body).await;
@@ -186,17 +257,38 @@ async fn bad_input_is_a_400_naming_the_field() {
     let (s, b) = env.post("/v1/generations", &t, &huge).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(b["error"]["field"], "body");
-    for raw in [b"not json".to_vec(), vec![b'{', b'"', 0xff, 0xfe, b'"', b'}'], "[".repeat(5_000).into_bytes()] {
-        let r = env.client.post(format!("{}/v1/generations", env.base)).bearer_auth(&t)
-            .header("content-type", "application/json").body(raw).send().await.unwrap();
+    for raw in [
+        b"not json".to_vec(),
+        vec![b'{', b'"', 0xff, 0xfe, b'"', b'}'],
+        "[".repeat(5_000).into_bytes(),
+    ] {
+        let r = env
+            .client
+            .post(format!("{}/v1/generations", env.base))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_error_shape(&r.json::<Value>().await.unwrap(), "invalid_request");
     }
-    let r = env.client.post(format!("{}/v1/generations", env.base)).bearer_auth(&t)
-        .header("content-type", "text/plain").body("{\"prompt\":\"x\"}").send().await.unwrap();
+    let r = env
+        .client
+        .post(format!("{}/v1/generations", env.base))
+        .bearer_auth(&t)
+        .header("content-type", "text/plain")
+        .body("{\"prompt\":\"x\"}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Nothing was recorded for invalid requests.
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&env.pool).await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(jobs, 0);
     env.cleanup().await;
 }
@@ -208,21 +300,41 @@ async fn idempotency_key_returns_the_same_job_and_reserves_once() {
     env.grant("dave@example.com", 100).await;
     let body = json!({"prompt": "a boat", "aspect_ratio": "9:16"});
     let key = [("Idempotency-Key", "order-1")];
-    let (s1, j1) = env.call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key).await;
-    let (s2, j2) = env.call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key).await;
+    let (s1, j1) = env
+        .call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key)
+        .await;
+    let (s2, j2) = env
+        .call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key)
+        .await;
     assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
     assert_eq!(j1["id"], j2["id"]);
     let (_, credits) = env.get("/v1/credits", &t).await;
     assert_eq!(credits["reserved"], 10);
     // Same key, different body.
     let other = json!({"prompt": "a different boat"});
-    let (s, b) = env.call(Method::POST, "/v1/generations", Some(&t), Some(&other), &key).await;
+    let (s, b) = env
+        .call(
+            Method::POST,
+            "/v1/generations",
+            Some(&t),
+            Some(&other),
+            &key,
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_error_shape(&b, "idempotency_conflict");
     // Another user may use the same key.
     let t2 = env.new_user("erin", "erin@example.com").await;
     env.grant("erin@example.com", 10).await;
-    let (s, j3) = env.call(Method::POST, "/v1/generations", Some(&t2), Some(&body), &key).await;
+    let (s, j3) = env
+        .call(
+            Method::POST,
+            "/v1/generations",
+            Some(&t2),
+            Some(&body),
+            &key,
+        )
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_ne!(j3["id"], j1["id"]);
     env.cleanup().await;
@@ -235,15 +347,22 @@ async fn racing_requests_with_one_idempotency_key_make_one_job() {
     env.grant("frank@example.com", 100).await;
     let body = json!({"prompt": "a race"});
     let key = [("Idempotency-Key", "same-key")];
-    let calls = (0..20).map(|_| env.call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key));
+    let calls =
+        (0..20).map(|_| env.call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key));
     let results = futures::future::join_all(calls).await;
-    let ids: HashSet<String> = results.iter().map(|(s, j)| {
-        assert_eq!(*s, StatusCode::ACCEPTED, "{j}");
-        j["id"].as_str().unwrap().to_owned()
-    }).collect();
+    let ids: HashSet<String> = results
+        .iter()
+        .map(|(s, j)| {
+            assert_eq!(*s, StatusCode::ACCEPTED, "{j}");
+            j["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
     assert_eq!(ids.len(), 1);
     let (_, credits) = env.get("/v1/credits", &t).await;
-    assert_eq!((credits["available"].as_i64(), credits["reserved"].as_i64()), (Some(98), Some(10)));
+    assert_eq!(
+        (credits["available"].as_i64(), credits["reserved"].as_i64()),
+        (Some(98), Some(10))
+    );
     env.cleanup().await;
 }
 
@@ -254,8 +373,14 @@ async fn fifty_concurrent_submissions_by_a_user_who_can_afford_three() {
     env.grant("gina@example.com", 22).await; // 8 + 22 = 30 = 3 videos
     let calls = (0..50).map(|i| env.submit(&t, Box::leak(format!("video {i}").into_boxed_str())));
     let results = futures::future::join_all(calls).await;
-    let accepted = results.iter().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
-    let refused = results.iter().filter(|(s, _)| *s == StatusCode::PAYMENT_REQUIRED).count();
+    let accepted = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    let refused = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::PAYMENT_REQUIRED)
+        .count();
     assert_eq!((accepted, refused), (3, 47));
     for (s, b) in &results {
         if *s == StatusCode::PAYMENT_REQUIRED {
@@ -263,9 +388,15 @@ async fn fifty_concurrent_submissions_by_a_user_who_can_afford_three() {
         }
     }
     let (_, credits) = env.get("/v1/credits", &t).await;
-    assert_eq!((credits["available"].as_i64(), credits["reserved"].as_i64()), (Some(0), Some(30)));
-    let counts: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status ORDER BY status")
-        .fetch_all(&env.pool).await.unwrap();
+    assert_eq!(
+        (credits["available"].as_i64(), credits["reserved"].as_i64()),
+        (Some(0), Some(30))
+    );
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status ORDER BY status")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(counts, vec![("queued".into(), 3), ("rejected".into(), 47)]);
     let uid = user_id(&env.pool, "gina").await;
     assert_eq!(ledger_balances(&env.pool, uid).await, (0, 30, 0));
@@ -280,7 +411,13 @@ async fn jobs_are_private_listed_newest_first_and_paginated() {
     let mut ids = vec![];
     for i in 0..5 {
         let (_, b) = env.submit(&t, &format!("clip {i}")).await;
-        ids.push(b["id"].as_str().or(b["error"]["job_id"].as_str()).unwrap().to_owned());
+        ids.push(
+            b["id"]
+                .as_str()
+                .or(b["error"]["job_id"].as_str())
+                .unwrap()
+                .to_owned(),
+        );
     }
     // Pages of 2, newest first, 5 items in all (one rejected).
     let mut seen = vec![];
@@ -292,7 +429,13 @@ async fn jobs_are_private_listed_newest_first_and_paginated() {
         };
         let (s, page) = env.get(&path, &t).await;
         assert_eq!(s, StatusCode::OK);
-        seen.extend(page["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -302,7 +445,15 @@ async fn jobs_are_private_listed_newest_first_and_paginated() {
     assert_eq!(seen, ids);
     let (_, rejected) = env.get("/v1/generations?status=rejected", &t).await;
     assert_eq!(rejected["items"].as_array().unwrap().len(), 1);
-    for bad in ["limit=0", "limit=101", "limit=99999999999999999999", "limit=-1", "status=bogus", "cursor=zzz", "extra=1"] {
+    for bad in [
+        "limit=0",
+        "limit=101",
+        "limit=99999999999999999999",
+        "limit=-1",
+        "status=bogus",
+        "cursor=zzz",
+        "extra=1",
+    ] {
         let (s, b) = env.get(&format!("/v1/generations?{bad}"), &t).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
         assert_error_shape(&b, "invalid_request");
@@ -311,10 +462,18 @@ async fn jobs_are_private_listed_newest_first_and_paginated() {
     let other = env.token("ivy", None);
     let (_, page) = env.get("/v1/generations", &other).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 0);
-    let (s, b) = env.get(&format!("/v1/generations/{}", ids[1]), &other).await;
+    let (s, b) = env
+        .get(&format!("/v1/generations/{}", ids[1]), &other)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_error_shape(&b, "not_found");
-    let (s, _) = env.post(&format!("/v1/generations/{}/cancel", ids[1]), &other, &json!({})).await;
+    let (s, _) = env
+        .post(
+            &format!("/v1/generations/{}/cancel", ids[1]),
+            &other,
+            &json!({}),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = env.get("/v1/generations/not-a-uuid", &t).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -328,19 +487,36 @@ async fn canceling_a_queued_job_refunds_it_once() {
     env.grant("jack@example.com", 2).await;
     let (_, job) = env.submit(&t, "to be canceled").await;
     let id = job["id"].as_str().unwrap();
-    let (s, canceled) = env.post(&format!("/v1/generations/{id}/cancel"), &t, &json!({})).await;
+    let (s, canceled) = env
+        .post(&format!("/v1/generations/{id}/cancel"), &t, &json!({}))
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(canceled["status"], "canceled");
     let (_, credits) = env.get("/v1/credits", &t).await;
-    assert_eq!((credits["available"].as_i64(), credits["reserved"].as_i64()), (Some(10), Some(0)));
-    let (s, b) = env.post(&format!("/v1/generations/{id}/cancel"), &t, &json!({})).await;
+    assert_eq!(
+        (credits["available"].as_i64(), credits["reserved"].as_i64()),
+        (Some(10), Some(0))
+    );
+    let (s, b) = env
+        .post(&format!("/v1/generations/{id}/cancel"), &t, &json!({}))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_error_shape(&b, "invalid_state");
-    let refunds: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE kind = 'refund' AND job_id = $1::uuid")
-        .bind(id).fetch_one(&env.pool).await.unwrap();
+    let refunds: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM credit_ledger WHERE kind = 'refund' AND job_id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(refunds, 1);
     let (_, job) = env.get(&format!("/v1/generations/{id}"), &t).await;
-    let statuses: Vec<&str> = job["events"].as_array().unwrap().iter().filter_map(|e| e["to_status"].as_str()).collect();
+    let statuses: Vec<&str> = job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["to_status"].as_str())
+        .collect();
     assert_eq!(statuses, ["queued", "canceled"]);
     env.cleanup().await;
 }
@@ -363,23 +539,57 @@ async fn admin_grants_and_purchases_are_audited_and_references_apply_once() {
     // Concurrent repeats of one purchase still apply once.
     let racing = json!({"user_id": "kim", "amount": 5, "reason": "paid", "kind": "purchase", "reference": "pay_456"});
     let calls = (0..10).map(|_| env.post("/v1/admin/credits", &admin, &racing));
-    let applied = futures::future::join_all(calls).await.into_iter().filter(|(_, b)| b["applied"] == true).count();
+    let applied = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|(_, b)| b["applied"] == true)
+        .count();
     assert_eq!(applied, 1);
     let (_, credits) = env.get("/v1/credits", &user).await;
     assert_eq!(credits["available"], 63);
     // Audit entries carry the actor.
-    let audits: Vec<(String, String)> = sqlx::query_as("SELECT actor, action FROM audit_log ORDER BY id")
-        .fetch_all(&env.pool).await.unwrap();
-    assert_eq!(audits, vec![("user:op-1".into(), "credits.purchase".into()), ("user:op-1".into(), "credits.purchase".into())]);
+    let audits: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, action FROM audit_log ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audits,
+        vec![
+            ("user:op-1".into(), "credits.purchase".into()),
+            ("user:op-1".into(), "credits.purchase".into())
+        ]
+    );
     // Invalid amounts and unknown users.
     for (body, status) in [
-        (json!({"email": "kim@example.com", "amount": -5, "reason": "x", "kind": "grant"}), StatusCode::BAD_REQUEST),
-        (json!({"email": "kim@example.com", "amount": 0, "reason": "x", "kind": "grant"}), StatusCode::BAD_REQUEST),
-        (json!({"email": "kim@example.com", "amount": 9_000_000_000_000_000_000_u64, "reason": "x", "kind": "grant"}), StatusCode::BAD_REQUEST),
-        (json!({"email": "kim@example.com", "amount": 5, "reason": "", "kind": "grant"}), StatusCode::BAD_REQUEST),
-        (json!({"email": "kim@example.com", "amount": 5, "reason": "x", "kind": "gift"}), StatusCode::BAD_REQUEST),
-        (json!({"amount": 5, "reason": "x", "kind": "grant"}), StatusCode::BAD_REQUEST),
-        (json!({"email": "nobody@example.com", "amount": 5, "reason": "x", "kind": "grant"}), StatusCode::NOT_FOUND),
+        (
+            json!({"email": "kim@example.com", "amount": -5, "reason": "x", "kind": "grant"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"email": "kim@example.com", "amount": 0, "reason": "x", "kind": "grant"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"email": "kim@example.com", "amount": 9_000_000_000_000_000_000_u64, "reason": "x", "kind": "grant"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"email": "kim@example.com", "amount": 5, "reason": "", "kind": "grant"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"email": "kim@example.com", "amount": 5, "reason": "x", "kind": "gift"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"amount": 5, "reason": "x", "kind": "grant"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"email": "nobody@example.com", "amount": 5, "reason": "x", "kind": "grant"}),
+            StatusCode::NOT_FOUND,
+        ),
     ] {
         let (s, b) = env.post("/v1/admin/credits", &admin, &body).await;
         assert_eq!(s, status, "{body} → {b}");
@@ -397,24 +607,44 @@ async fn health_readiness_and_the_openapi_document() {
     assert_eq!(s, StatusCode::OK);
     let (s, _) = env.call(Method::GET, "/readyz", None, None, &[]).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, doc) = env.call(Method::GET, "/openapi.json", None, None, &[]).await;
+    let (s, doc) = env
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     for (path, method) in [
-        ("/v1/generations", "post"), ("/v1/generations", "get"), ("/v1/generations/{id}", "get"),
-        ("/v1/generations/{id}/cancel", "post"), ("/v1/credits", "get"), ("/v1/credits/ledger", "get"),
-        ("/v1/admin/credits", "post"), ("/healthz", "get"), ("/readyz", "get"),
+        ("/v1/generations", "post"),
+        ("/v1/generations", "get"),
+        ("/v1/generations/{id}", "get"),
+        ("/v1/generations/{id}/cancel", "post"),
+        ("/v1/credits", "get"),
+        ("/v1/credits/ledger", "get"),
+        ("/v1/admin/credits", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
     ] {
-        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from the OpenAPI document"
+        );
     }
-    let (s, b) = env.call(Method::GET, "/v1/nothing-here", None, None, &[]).await;
+    let (s, b) = env
+        .call(Method::GET, "/v1/nothing-here", None, None, &[])
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_error_shape(&b, "not_found");
-    let (s, b) = env.call(Method::DELETE, "/v1/credits", None, None, &[]).await;
+    let (s, b) = env
+        .call(Method::DELETE, "/v1/credits", None, None, &[])
+        .await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert_error_shape(&b, "method_not_allowed");
     let (s, metrics) = {
-        let r = env.client.get(format!("{}/metrics", env.base)).send().await.unwrap();
+        let r = env
+            .client
+            .get(format!("{}/metrics", env.base))
+            .send()
+            .await
+            .unwrap();
         (r.status(), r.text().await.unwrap())
     };
     assert_eq!(s, StatusCode::OK);
@@ -433,24 +663,45 @@ async fn readiness_fails_when_the_database_is_unreachable() {
     let state = genq_api::state::AppState {
         pool,
         settings: std::sync::Arc::new(settings.clone()),
-        jwt_key: std::sync::Arc::new(jsonwebtoken::DecodingKey::from_secret(genq_tests::JWT_SECRET.as_bytes())),
+        jwt_key: std::sync::Arc::new(jsonwebtoken::DecodingKey::from_secret(
+            genq_tests::JWT_SECRET.as_bytes(),
+        )),
         topology: std::sync::Arc::new(genq_shared::queue::Topology::new(&settings)),
         metrics: genq_shared::telemetry::metrics_handle(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, genq_api::startup::router(state)).await });
-    let r = env.client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap();
+    let r = env
+        .client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.unwrap();
     assert_error_shape(&body, "unavailable");
-    assert!(!body.to_string().contains("127.0.0.1:1"), "internals leaked: {body}");
-    let r = env.client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
+    assert!(
+        !body.to_string().contains("127.0.0.1:1"),
+        "internals leaked: {body}"
+    );
+    let r = env
+        .client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // An authenticated call answers 503 in the error shape, not a hang or a 500.
     let t = env.token("x", None);
-    let r = env.client.get(format!("http://127.0.0.1:{port}/v1/credits")).bearer_auth(t)
-        .timeout(Duration::from_secs(10)).send().await.unwrap();
+    let r = env
+        .client
+        .get(format!("http://127.0.0.1:{port}/v1/credits"))
+        .bearer_auth(t)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     env.cleanup().await;
 }
@@ -461,10 +712,17 @@ fn invalid_configuration_names_the_key() {
     let mut s = test_settings();
     s.credits.video_cost = 0;
     let e = s.validate().unwrap_err().to_string();
-    assert!(e.contains("credits.video_cost") && e.contains("GENQ__CREDITS__VIDEO_COST"), "{e}");
+    assert!(
+        e.contains("credits.video_cost") && e.contains("GENQ__CREDITS__VIDEO_COST"),
+        "{e}"
+    );
     let mut s = test_settings();
     s.auth.jwt_secret = secrecy::SecretString::from("");
-    assert!(s.validate().unwrap_err().to_string().contains("auth.jwt_secret"));
+    assert!(s
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("auth.jwt_secret"));
     let mut s = test_settings();
     s.api.addr = "nowhere".into();
     assert!(s.validate().unwrap_err().to_string().contains("api.addr"));

@@ -43,6 +43,7 @@ impl Worker {
                 settings: Arc::new(settings),
                 pool,
                 provider,
+                processed: Arc::default(),
             },
             metrics_listener,
         })
@@ -53,6 +54,11 @@ impl Worker {
             .local_addr()
             .map(|a| a.port())
             .unwrap_or(0)
+    }
+
+    /// Deliveries handled and acked so far.
+    pub fn processed(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.runner.processed.clone()
     }
 
     /// Runs until `shutdown` (drains) or `kill` (drops everything, as a crash).

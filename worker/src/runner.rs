@@ -2,6 +2,7 @@
 //! runs the outbox relay and the start/poll consumers with bounded prefetch
 //! and concurrency, and on shutdown stops consuming and drains in-flight work.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct Runner {
     pub pool: PgPool,
     pub provider: Arc<dyn VideoProvider>,
     pub topology: Arc<Topology>,
+    /// Deliveries this worker handled and acked, for tests and logs.
+    pub processed: Arc<AtomicU64>,
 }
 
 impl Runner {
@@ -164,8 +167,11 @@ impl Runner {
                     Some((queue, Ok(delivery))) => {
                         let permit = limit.clone().acquire_owned().await.expect("semaphore open");
                         let handler = handler.clone();
+                        let processed = self.processed.clone();
                         in_flight.spawn(async move {
-                            process(&handler, queue, delivery).await;
+                            if process(&handler, queue, delivery).await {
+                                processed.fetch_add(1, Ordering::Relaxed);
+                            }
                             drop(permit);
                         });
                     }
@@ -203,14 +209,16 @@ impl Runner {
 
 /// Handles one delivery and acks it; an infrastructure failure sends the
 /// message round a wait queue (which doesn't count as a redelivery) or, if
-/// even that fails, hands it back to the broker.
-async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::Delivery) {
+/// even that fails, hands it back to the broker. True when handled and acked.
+async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::Delivery) -> bool {
     match handler.handle(queue, &delivery.data).await {
-        Ok(()) => {
-            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
+            Ok(_) => true,
+            Err(e) => {
                 tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+                false
             }
-        }
+        },
         Err(e) => {
             tracing::warn!(error = %e, ?queue, "delivery failed; retrying later");
             metrics::counter!("genq_infra_errors_total").increment(1);
@@ -237,6 +245,7 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
             if let Err(e) = r {
                 tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
             }
+            false
         }
     }
 }
