@@ -104,6 +104,13 @@ pub struct WorkerSettings {
     /// Safety-net interval of the outbox relay (it is woken by NOTIFY otherwise).
     pub relay_interval_ms: u64,
     pub relay_batch: i64,
+    /// How often the sweeper looks for stuck jobs (one worker at a time).
+    pub sweep_interval_ms: u64,
+    /// An open job untouched this long is re-driven by the sweeper.
+    pub stale_after_secs: u64,
+    /// Any reservation still open this long after submission is closed and
+    /// refunded: the bound on how long credits can stay reserved after a crash.
+    pub max_job_age_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +202,9 @@ impl Default for WorkerSettings {
             shutdown_grace_secs: 20,
             relay_interval_ms: 1_000,
             relay_batch: 200,
+            sweep_interval_ms: 5_000,
+            stale_after_secs: 120,
+            max_job_age_secs: 2 * 60 * 60,
         }
     }
 }
@@ -309,6 +319,12 @@ impl Settings {
         }
         if self.worker.job_timeout_secs == 0 {
             fail("worker.job_timeout_secs", "must be more than 0")?;
+        }
+        if self.worker.sweep_interval_ms == 0 || self.worker.stale_after_secs == 0 {
+            fail("worker.stale_after_secs", "and worker.sweep_interval_ms must be more than 0")?;
+        }
+        if self.worker.max_job_age_secs <= self.worker.job_timeout_secs {
+            fail("worker.max_job_age_secs", "must be more than worker.job_timeout_secs")?;
         }
         if self.worker.relay_batch <= 0 {
             fail("worker.relay_batch", "must be more than 0")?;

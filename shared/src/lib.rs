@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod db;
+pub mod dlq;
 pub mod domain;
+pub mod ops;
 pub mod provider;
 pub mod queue;
 pub mod shutdown;

@@ -228,7 +228,12 @@ impl VideoProvider for HttpProvider {
     }
 }
 
-/// The provider's idempotency key for a job.
-pub fn idempotency_key(job_id: Uuid) -> String {
-    job_id.to_string()
+/// The provider's idempotency key for one reservation of a job: stable across
+/// retries and duplicates, new when an operator replays a refunded job.
+pub fn idempotency_key(job_id: Uuid, reservation: i32) -> String {
+    if reservation <= 1 {
+        job_id.to_string()
+    } else {
+        format!("{job_id}-r{reservation}")
+    }
 }

@@ -6,9 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use genq_provider_sim::SimConfig;
-use genq_shared::queue::{header_str, Publisher, REASON_HEADER};
+use genq_shared::queue::Publisher;
 use genq_tests::{eventually, ledger_balances, test_settings, user_id, TestEnv};
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -35,27 +34,24 @@ async fn settlements(env: &TestEnv, job_id: &str) -> Vec<String> {
         .bind(job_id).fetch_all(&env.pool).await.unwrap()
 }
 
-/// Takes every message in the dead-letter queue: (reason header, body).
-async fn drain_dead_letters(env: &TestEnv) -> Vec<(Option<String>, Value)> {
-    let conn = genq_shared::queue::connect(&env.settings).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut out = vec![];
-    while let Some(m) = ch
-        .basic_get(
-            env.topology().dead_letter_queue().into(),
-            BasicGetOptions::default(),
-        )
+/// The dead letters the workers archived: (reason, body).
+async fn dead_letters(env: &TestEnv) -> Vec<(String, Value)> {
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT reason, body FROM dead_letters ORDER BY id")
+        .fetch_all(&env.pool)
         .await
-        .unwrap()
-    {
-        out.push((
-            header_str(&m.delivery.properties, REASON_HEADER),
-            serde_json::from_slice(&m.delivery.data).unwrap_or(Value::Null),
-        ));
-        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    conn.close(200, "done".into()).await.ok();
-    out
+        .unwrap();
+    rows.into_iter()
+        .map(|(r, b)| (r, serde_json::from_slice(&b).unwrap_or(Value::Null)))
+        .collect()
+}
+
+async fn wait_for_dead_letters(env: &TestEnv, n: usize) -> Vec<(String, Value)> {
+    eventually(WAIT, || async {
+        let l = dead_letters(env).await;
+        (l.len() >= n).then_some(l)
+    })
+    .await
+    .unwrap_or_else(|| panic!("expected {n} dead letters"))
 }
 
 async fn publish_raw(env: &TestEnv, exchange: &str, key: &str, body: &[u8]) {
@@ -243,21 +239,9 @@ async fn exhausted_retries_kill_the_job_refund_it_and_dead_letter_the_message() 
     );
     assert_eq!(settlements(&env, id).await, ["refund"]);
     assert_eq!(env.sim().stats.snapshot().submit_requests, 3);
-    let letters = eventually(WAIT, || async {
-        let l = drain_dead_letters(&env).await;
-        (!l.is_empty()).then_some(l)
-    })
-    .await
-    .expect("a dead letter");
+    let letters = wait_for_dead_letters(&env, 1).await;
     assert_eq!(letters.len(), 1);
-    assert!(
-        letters[0]
-            .0
-            .as_deref()
-            .unwrap()
-            .contains("gave up after 3 attempts"),
-        "{letters:?}"
-    );
+    assert!(letters[0].0.contains("gave up after 3 attempts"), "{letters:?}");
     assert_eq!(letters[0].1["job_id"], id);
     worker.stop().await;
     env.cleanup().await;
@@ -429,28 +413,8 @@ async fn malformed_messages_are_dead_lettered_and_the_worker_carries_on() {
         br#"{"type":"start","job_id":"00000000-0000-0000-0000-000000000000","attempt":1}"#,
     )
     .await;
-    let letters = eventually(WAIT, || {
-        let env = &env;
-        async move {
-            let n: Vec<_> = drain_dead_letters(env).await;
-            (!n.is_empty()).then_some(n)
-        }
-    });
-    let mut got = letters.await.expect("dead letters");
-    while got.len() < 3 {
-        got.extend(
-            eventually(WAIT, || async {
-                let n = drain_dead_letters(&env).await;
-                (!n.is_empty()).then_some(n)
-            })
-            .await
-            .expect("more dead letters"),
-        );
-    }
-    let reasons: Vec<String> = got
-        .iter()
-        .map(|(r, _)| r.clone().unwrap_or_default())
-        .collect();
+    let got = wait_for_dead_letters(&env, 3).await;
+    let reasons: Vec<String> = got.iter().map(|(r, _)| r.clone()).collect();
     assert_eq!(
         reasons
             .iter()

@@ -195,7 +195,7 @@ impl Handler {
             return Ok(());
         };
         let request = TaskRequest {
-            idempotency_key: provider::idempotency_key(job_id),
+            idempotency_key: provider::idempotency_key(job_id, job.reservation),
             prompt: job.prompt.clone(),
             duration_seconds: job
                 .params

@@ -4,6 +4,7 @@
 pub mod handler;
 pub mod relay;
 pub mod runner;
+pub mod sweeper;
 
 use std::sync::Arc;
 

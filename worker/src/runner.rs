@@ -132,6 +132,18 @@ impl Runner {
             let (batch, interval) = (w.relay_batch, Duration::from_millis(w.relay_interval_ms));
             async move { relay::run(pool, publisher, batch, interval, over).await }
         });
+        let sweeper = tokio::spawn(crate::sweeper::run(
+            handler.clone(),
+            Duration::from_millis(self.settings.worker.sweep_interval_ms),
+            session_over.clone(),
+        ));
+        let archiver = match connection.create_channel().await {
+            Ok(ch) => tokio::spawn(archive_dead_letters(ch, self.pool.clone(), self.topology.dead_letter_queue(), session_over.clone())),
+            Err(e) => {
+                session_over.cancel();
+                return SessionEnd::Lost(e.into());
+            }
+        };
         tracing::info!(prefix = %self.topology.prefix, "worker consuming");
 
         let start_tag = start.tag();
@@ -149,6 +161,8 @@ impl Runner {
                     // A crash: abandon everything; the broker requeues on close.
                     in_flight.abort_all();
                     relay.abort();
+                    sweeper.abort();
+                    archiver.abort();
                     return SessionEnd::Stopped;
                 }
                 _ = shutdown.cancelled() => break SessionEnd::Stopped,
@@ -202,6 +216,8 @@ impl Runner {
         }
         session_over.cancel();
         let _ = relay.await;
+        let _ = sweeper.await;
+        let _ = archiver.await;
         tracing::info!("worker session ended");
         end
     }
@@ -246,6 +262,39 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
                 tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
             }
             false
+        }
+    }
+}
+
+/// Moves dead letters from the broker into the database archive, acking
+/// each once stored; operators work them from there.
+async fn archive_dead_letters(channel: lapin::Channel, pool: PgPool, queue: String, stop: CancellationToken) {
+    let consumer = channel
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await;
+    let mut consumer = match consumer {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot consume the dead-letter queue");
+            return;
+        }
+    };
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => return,
+            d = consumer.next() => d,
+        };
+        let Some(Ok(delivery)) = delivery else { return };
+        match genq_shared::dlq::archive(&pool, &delivery.properties, &delivery.data).await {
+            Ok(id) => {
+                tracing::warn!(dead_letter = id, "dead letter archived");
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "archiving a dead letter failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+            }
         }
     }
 }

@@ -1,0 +1,286 @@
+//! Operator queries: the diagnosis of a user (ORIGIN.md's report, computed),
+//! the ledger verification, and job listings across users.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use crate::domain::JobStatus;
+use crate::store::{self, Account, Job, JobEvent, StoreError, User, UserRef, JOB_COLS};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreditSummary {
+    pub available: i64,
+    pub reserved: i64,
+    pub spent: i64,
+    pub granted: i64,
+    pub purchased: i64,
+    pub adjusted: i64,
+    pub video_cost: i64,
+    pub can_afford_video: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    #[serde(flatten)]
+    pub job: Job,
+    pub events: Vec<JobEvent>,
+}
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub actor: String,
+    pub action: String,
+    pub job_id: Option<Uuid>,
+    pub details: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Everything an operator needs to answer "where is my video?".
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    pub user: User,
+    pub credits: CreditSummary,
+    pub jobs: Vec<JobReport>,
+    pub audit: Vec<AuditEntry>,
+    pub conclusion: String,
+}
+
+/// Jobs shown in a diagnosis, newest first.
+const DIAGNOSIS_JOBS: i64 = 50;
+
+pub async fn diagnose(pool: &PgPool, who: &UserRef, video_cost: i64) -> Result<Option<Diagnosis>, StoreError> {
+    let Some(user) = store::find_user(pool, who).await? else {
+        return Ok(None);
+    };
+    let account = store::account(pool, user.id).await?;
+    let (granted, purchased, adjusted): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(amount) FILTER (WHERE kind = 'grant'), 0)::bigint,
+                COALESCE(SUM(amount) FILTER (WHERE kind = 'purchase'), 0)::bigint,
+                COALESCE(SUM(amount) FILTER (WHERE kind = 'adjust'), 0)::bigint
+           FROM credit_ledger WHERE user_id = $1",
+    )
+    .bind(user.id)
+    .fetch_one(pool)
+    .await?;
+    let jobs: Vec<Job> = sqlx::query_as(&format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(user.id)
+    .bind(DIAGNOSIS_JOBS)
+    .fetch_all(pool)
+    .await?;
+    let mut reports = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let events = store::job_events(pool, job.id).await?;
+        reports.push(JobReport { job, events });
+    }
+    let audit: Vec<AuditEntry> = sqlx::query_as(
+        "SELECT id, actor, action, job_id, details, created_at FROM audit_log
+          WHERE target_user_id = $1 ORDER BY id DESC LIMIT 50",
+    )
+    .bind(user.id)
+    .fetch_all(pool)
+    .await?;
+    let credits = CreditSummary {
+        available: account.available,
+        reserved: account.reserved,
+        spent: account.spent,
+        granted,
+        purchased,
+        adjusted,
+        video_cost,
+        can_afford_video: account.available >= video_cost,
+    };
+    let conclusion = conclude(&account, &credits, &reports);
+    Ok(Some(Diagnosis { user, credits, jobs: reports, audit, conclusion }))
+}
+
+fn hms(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The diagnosis in plain words, from the newest job backwards.
+fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> String {
+    let afford = if credits.can_afford_video {
+        format!("The user can afford a video now ({} credits available, a video needs {}).", account.available, credits.video_cost)
+    } else {
+        format!("The user cannot afford a video now: {} credits available, a video needs {}.", account.available, credits.video_cost)
+    };
+    let Some(last) = jobs.first().map(|r| &r.job) else {
+        return format!("The user has never asked for a video. {afford}");
+    };
+    let when = hms(last.created_at);
+    let what = match last.status() {
+        JobStatus::Rejected => format!(
+            "Last attempt {when} was refused: a video needs {} credits, the user had {}. No job was queued.",
+            last.required_credits.unwrap_or(last.cost),
+            last.available_credits.unwrap_or(0)
+        ),
+        JobStatus::Queued => format!("Last job {} ({when}) is queued, waiting for a worker; {} credits are reserved.", last.id, last.cost),
+        JobStatus::Submitting => format!("Last job {} ({when}) is being submitted to the provider (attempt {}).", last.id, last.attempts),
+        JobStatus::Running => format!(
+            "Last job {} ({when}) is running at the provider as task {}; {} credits are reserved.",
+            last.id, last.provider_task_id.as_deref().unwrap_or("?"), last.cost
+        ),
+        JobStatus::Succeeded => format!(
+            "Last job {} ({when}) succeeded; {} credits were spent. Video: {}.",
+            last.id, last.cost, last.result_url.as_deref().unwrap_or("?")
+        ),
+        s @ (JobStatus::Failed | JobStatus::Canceled | JobStatus::Dead) => format!(
+            "Last job {} ({when}) {}: {}. Its {} credits were refunded.",
+            last.id,
+            match s { JobStatus::Failed => "failed", JobStatus::Canceled => "was canceled", _ => "died after retries" },
+            last.error_message.as_deref().unwrap_or("no reason recorded"),
+            last.cost
+        ),
+    };
+    let mut counts: Vec<(JobStatus, usize)> = vec![];
+    for r in jobs {
+        match counts.iter_mut().find(|(s, _)| *s == r.job.status()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((r.job.status(), 1)),
+        }
+    }
+    let tally = counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ");
+    format!("{what} {afford} History: {tally}.")
+}
+
+/// One broken invariant of the ledger.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Violation {
+    pub user_id: Option<Uuid>,
+    pub job_id: Option<Uuid>,
+    pub rule: String,
+    pub detail: String,
+}
+
+/// Recomputes every balance from the ledger and checks the invariants:
+/// the account equals its ledger; available + reserved + spent = granted +
+/// purchased + adjustments; reserved = the costs of open jobs; a job has one
+/// reserve and at most one settlement per reservation, matching its status.
+pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> {
+    let mut out = vec![];
+    #[derive(FromRow)]
+    struct Row {
+        user_id: Uuid,
+        available: i64,
+        reserved: i64,
+        spent: i64,
+        l_available: i64,
+        l_reserved: i64,
+        l_spent: i64,
+        funded: i64,
+        open_cost: i64,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT a.user_id, a.available, a.reserved, a.spent,
+                COALESCE(l.available, 0)::bigint AS l_available, COALESCE(l.reserved, 0)::bigint AS l_reserved,
+                COALESCE(l.spent, 0)::bigint AS l_spent, COALESCE(l.funded, 0)::bigint AS funded,
+                COALESCE(o.open_cost, 0)::bigint AS open_cost
+           FROM credit_accounts a
+           LEFT JOIN (
+             SELECT user_id,
+                    SUM(CASE WHEN kind IN ('grant','purchase','adjust','refund') THEN amount
+                             WHEN kind = 'reserve' THEN -amount ELSE 0 END) AS available,
+                    SUM(CASE WHEN kind = 'reserve' THEN amount WHEN kind IN ('commit','refund') THEN -amount ELSE 0 END) AS reserved,
+                    SUM(CASE WHEN kind = 'commit' THEN amount ELSE 0 END) AS spent,
+                    SUM(CASE WHEN kind IN ('grant','purchase','adjust') THEN amount ELSE 0 END) AS funded
+               FROM credit_ledger GROUP BY user_id) l ON l.user_id = a.user_id
+           LEFT JOIN (
+             SELECT user_id, SUM(cost) AS open_cost FROM jobs
+              WHERE status IN ('queued','submitting','running') GROUP BY user_id) o ON o.user_id = a.user_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        let v = |rule: &str, detail: String| Violation { user_id: Some(r.user_id), job_id: None, rule: rule.into(), detail };
+        if (r.available, r.reserved, r.spent) != (r.l_available, r.l_reserved, r.l_spent) {
+            out.push(v("account_matches_ledger", format!(
+                "account available/reserved/spent = {}/{}/{}, ledger says {}/{}/{}",
+                r.available, r.reserved, r.spent, r.l_available, r.l_reserved, r.l_spent
+            )));
+        }
+        if r.available + r.reserved + r.spent != r.funded {
+            out.push(v("balance_equals_funding", format!(
+                "available + reserved + spent = {} but granted + purchased + adjustments = {}",
+                r.available + r.reserved + r.spent, r.funded
+            )));
+        }
+        if r.reserved != r.open_cost {
+            out.push(v("reserved_equals_open_jobs", format!(
+                "reserved = {} but the open jobs cost {}", r.reserved, r.open_cost
+            )));
+        }
+        if r.available < 0 || r.reserved < 0 || r.spent < 0 {
+            out.push(v("non_negative", "a balance is negative".into()));
+        }
+    }
+    #[derive(FromRow)]
+    struct JobRow {
+        id: Uuid,
+        user_id: Uuid,
+        status: String,
+        reservation: i32,
+        reserves: i64,
+        commits: i64,
+        refunds: i64,
+    }
+    let jobs: Vec<JobRow> = sqlx::query_as(
+        "SELECT j.id, j.user_id, j.status, j.reservation,
+                COUNT(*) FILTER (WHERE l.kind = 'reserve' AND l.reservation = j.reservation) AS reserves,
+                COUNT(*) FILTER (WHERE l.kind = 'commit' AND l.reservation = j.reservation) AS commits,
+                COUNT(*) FILTER (WHERE l.kind = 'refund' AND l.reservation = j.reservation) AS refunds
+           FROM jobs j LEFT JOIN credit_ledger l ON l.job_id = j.id
+          GROUP BY j.id
+         HAVING NOT (
+           (j.status = 'rejected' AND COUNT(l.id) = 0) OR
+           (j.status IN ('queued','submitting','running')
+              AND COUNT(*) FILTER (WHERE l.kind = 'reserve' AND l.reservation = j.reservation) = 1
+              AND COUNT(*) FILTER (WHERE l.kind IN ('commit','refund') AND l.reservation = j.reservation) = 0) OR
+           (j.status = 'succeeded'
+              AND COUNT(*) FILTER (WHERE l.kind = 'reserve' AND l.reservation = j.reservation) = 1
+              AND COUNT(*) FILTER (WHERE l.kind = 'commit' AND l.reservation = j.reservation) = 1
+              AND COUNT(*) FILTER (WHERE l.kind = 'refund' AND l.reservation = j.reservation) = 0) OR
+           (j.status IN ('failed','canceled','dead')
+              AND COUNT(*) FILTER (WHERE l.kind = 'reserve' AND l.reservation = j.reservation) = 1
+              AND COUNT(*) FILTER (WHERE l.kind = 'refund' AND l.reservation = j.reservation) = 1
+              AND COUNT(*) FILTER (WHERE l.kind = 'commit' AND l.reservation = j.reservation) = 0))",
+    )
+    .fetch_all(pool)
+    .await?;
+    for j in jobs {
+        out.push(Violation {
+            user_id: Some(j.user_id),
+            job_id: Some(j.id),
+            rule: "one_settlement_per_job".into(),
+            detail: format!(
+                "job is {} (reservation {}) with {} reserve, {} commit, {} refund entries",
+                j.status, j.reservation, j.reserves, j.commits, j.refunds
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Jobs of every user, oldest first, optionally in one status and older than some age.
+pub async fn list_jobs(
+    pool: &PgPool,
+    status: Option<JobStatus>,
+    older_than: Option<std::time::Duration>,
+    limit: i64,
+) -> Result<Vec<Job>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {JOB_COLS} FROM jobs
+          WHERE ($1::text IS NULL OR status = $1)
+            AND ($2::float8 IS NULL OR updated_at < now() - make_interval(secs => $2))
+          ORDER BY updated_at, id LIMIT $3"
+    ))
+    .bind(status.map(JobStatus::as_str))
+    .bind(older_than.map(|d| d.as_secs_f64()))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

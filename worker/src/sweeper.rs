@@ -1,0 +1,171 @@
+//! The sweeper: one worker at a time (a Postgres advisory lock) re-publishes
+//! what the outbox still holds, re-drives open jobs whose messages went
+//! missing, closes jobs past their deadline or maximum age with a refund,
+//! and reports ledger invariant violations.
+
+use std::time::Duration;
+
+use genq_shared::domain::JobStatus;
+use genq_shared::ops;
+use genq_shared::queue::{PollMessage, StartMessage, POLL_KEY, START_KEY};
+use genq_shared::store::{self, Transition};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::handler::Handler;
+use crate::relay;
+
+/// The advisory lock key of the sweeper ("genq" and 1).
+pub const SWEEPER_LOCK: i64 = 0x6765_6e71_0001;
+/// Jobs handled per category per sweep, to keep each sweep short.
+const SWEEP_BATCH: i64 = 500;
+/// The ledger is verified every this many sweeps (a full scan).
+const VERIFY_EVERY: u64 = 12;
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct SweepReport {
+    pub republished: usize,
+    pub redriven_queued: usize,
+    pub redriven_submitting: usize,
+    pub redriven_running: usize,
+    pub deadline_failed: usize,
+    pub expired: usize,
+    pub violations: Option<usize>,
+}
+
+/// Runs one sweep if no other worker is sweeping; `None` when another holds the lock.
+pub async fn sweep_once(handler: &Handler, verify: bool) -> anyhow::Result<Option<SweepReport>> {
+    let mut lock = handler.pool.acquire().await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SWEEPER_LOCK)
+        .fetch_one(&mut *lock)
+        .await?;
+    if !got {
+        return Ok(None);
+    }
+    let report = sweep(handler, verify).await;
+    // The lock is the connection's: released here, or when the process dies.
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SWEEPER_LOCK)
+        .execute(&mut *lock)
+        .await?;
+    report.map(Some)
+}
+
+/// Touches the open jobs in `status` untouched for `stale` and returns them,
+/// so the next sweep leaves them alone unless they stall again.
+async fn claim_stale(handler: &Handler, status: JobStatus, stale: Duration) -> anyhow::Result<Vec<(Uuid, i32, i32)>> {
+    let column = if status == JobStatus::Running { "polled_at" } else { "updated_at" };
+    Ok(sqlx::query_as(&format!(
+        "UPDATE jobs SET {column} = now()
+          WHERE id IN (
+            SELECT id FROM jobs
+             WHERE status = $1 AND COALESCE(polled_at, updated_at) < now() - make_interval(secs => $2)
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = jobs.id AND o.published_at IS NULL)
+             ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id, attempts, poll_seq"
+    ))
+    .bind(status.as_str())
+    .bind(stale.as_secs_f64())
+    .bind(SWEEP_BATCH)
+    .fetch_all(&handler.pool)
+    .await?)
+}
+
+async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
+    let w = &handler.settings.worker;
+    let stale = Duration::from_secs(w.stale_after_secs);
+    let mut report = SweepReport {
+        republished: relay::relay_once(&handler.pool, &handler.publisher, w.relay_batch).await?,
+        ..SweepReport::default()
+    };
+    let work = handler.topology.work_exchange();
+
+    for (id, _, _) in claim_stale(handler, JobStatus::Queued, stale).await? {
+        handler.publisher.publish_json(&work, START_KEY, &StartMessage::Start { job_id: id, attempt: 1 }).await?;
+        store::record_event(&handler.pool, id, "sweeper", "No progress while queued; start message sent again.", None).await?;
+        report.redriven_queued += 1;
+    }
+    for (id, attempts, _) in claim_stale(handler, JobStatus::Submitting, stale).await? {
+        let attempt = (attempts.max(0) as u32 + 1).min(w.max_attempts);
+        handler.publisher.publish_json(&work, START_KEY, &StartMessage::Start { job_id: id, attempt }).await?;
+        store::record_event(&handler.pool, id, "sweeper", "No progress while submitting; start message sent again.", None).await?;
+        report.redriven_submitting += 1;
+    }
+    for (id, _, seq) in claim_stale(handler, JobStatus::Running, stale).await? {
+        handler.publisher.publish_json(&work, POLL_KEY, &PollMessage::Poll { job_id: id, seq, errors: 0 }).await?;
+        store::record_event(&handler.pool, id, "sweeper", "No poll for too long; poll message sent again.", None).await?;
+        report.redriven_running += 1;
+    }
+
+    // Running past the deadline (and the poll chain missed it): fail, refund.
+    let overdue: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT id, provider_task_id FROM jobs
+          WHERE status = 'running' AND deadline_at < now() - make_interval(secs => $1) LIMIT $2",
+    )
+    .bind(stale.as_secs_f64())
+    .bind(SWEEP_BATCH)
+    .fetch_all(&handler.pool)
+    .await?;
+    for (id, task) in overdue {
+        let mut t = Transition::new(id, &[JobStatus::Running], JobStatus::Failed,
+            "Failed: past the deadline (closed by the sweeper); credits refunded.");
+        t.error = Some(("deadline_exceeded", "The provider did not finish the video in time; the credits were refunded.".into()));
+        if store::transition(&handler.pool, &t).await?.is_some() {
+            report.deadline_failed += 1;
+            if let Some(task) = task {
+                let _ = handler.provider.cancel(&task).await;
+            }
+        }
+    }
+
+    // The hard bound: no reservation outlives the maximum job age.
+    let expired: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE status IN ('queued','submitting','running')
+            AND created_at < now() - make_interval(secs => $1) LIMIT $2",
+    )
+    .bind(w.max_job_age_secs as f64)
+    .bind(SWEEP_BATCH)
+    .fetch_all(&handler.pool)
+    .await?;
+    for id in expired {
+        let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
+        let mut t = Transition::new(id, &from, JobStatus::Dead, "Dead: unfinished past the maximum job age; credits refunded.");
+        t.error = Some(("expired", "The job did not finish within the maximum job age; the credits were refunded.".into()));
+        if store::transition(&handler.pool, &t).await?.is_some() {
+            report.expired += 1;
+        }
+    }
+
+    if verify {
+        let violations = ops::verify_ledger(&handler.pool).await?;
+        metrics::gauge!("genq_ledger_violations").set(violations.len() as f64);
+        for v in violations.iter().take(20) {
+            tracing::error!(rule = %v.rule, user_id = ?v.user_id, job_id = ?v.job_id, detail = %v.detail, "ledger invariant violated");
+        }
+        report.violations = Some(violations.len());
+    }
+    let acted = report.redriven_queued + report.redriven_submitting + report.redriven_running
+        + report.deadline_failed + report.expired;
+    if acted > 0 {
+        tracing::warn!(?report, "sweeper acted on stuck jobs");
+        metrics::counter!("genq_sweeper_actions_total").increment(acted as u64);
+    }
+    Ok(report)
+}
+
+/// Sweeps every interval until `stop`.
+pub async fn run(handler: Handler, interval: Duration, stop: CancellationToken) {
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        n += 1;
+        if let Err(e) = sweep_once(&handler, n % VERIFY_EVERY == 1).await {
+            tracing::warn!(error = %format!("{e:#}"), "sweep failed");
+        }
+    }
+}
