@@ -43,9 +43,18 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    // One readable line for a bad configuration or a failed start, no backtrace.
+    if let Err(e) = run().await {
+        eprintln!("genq-api: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
+    settings.validate_api()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token {
             sub,

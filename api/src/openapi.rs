@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, credits, generations, health};
+use crate::routes::{admin, credits, generations, health, ops};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,6 +12,8 @@ use crate::routes::{admin, credits, generations, health};
         generations::create, generations::list, generations::get, generations::cancel,
         credits::balance, credits::ledger,
         admin::add_credits,
+        ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
+        ops::dlq_discard, ops::ledger_verify,
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),

@@ -24,7 +24,7 @@ use utoipa::OpenApi;
 
 use crate::error::{error_json, ApiError};
 use crate::openapi::ApiDoc;
-use crate::routes::{admin, credits, generations, health};
+use crate::routes::{admin, credits, generations, health, ops};
 use crate::state::AppState;
 
 pub struct Application {
@@ -37,6 +37,8 @@ impl Application {
     /// Connects (creating and migrating the database) and binds `api.addr`;
     /// port 0 picks a free port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        settings.validate_api()?;
         let pool = db::connect_and_migrate(&settings.database).await?;
         let listener = TcpListener::bind(&settings.api.addr).await?;
         let port = listener.local_addr()?.port();
@@ -120,7 +122,15 @@ pub fn router(state: AppState) -> Router {
         .route("/generations/{id}/cancel", post(generations::cancel))
         .route("/credits", get(credits::balance))
         .route("/credits/ledger", get(credits::ledger))
-        .route("/admin/credits", post(admin::add_credits));
+        .route("/admin/credits", post(admin::add_credits))
+        .route("/admin/users/diagnose", get(ops::diagnose))
+        .route("/admin/jobs", get(ops::jobs))
+        .route("/admin/jobs/{id}", get(ops::job))
+        .route("/admin/dlq", get(ops::dlq_list))
+        .route("/admin/dlq/{id}", get(ops::dlq_show))
+        .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))
+        .route("/admin/dlq/{id}/discard", post(ops::dlq_discard))
+        .route("/admin/ledger/verify", get(ops::ledger_verify));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))

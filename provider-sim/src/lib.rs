@@ -24,8 +24,8 @@ Prompt markers (force one task's outcome, whatever the rates):
   [sim:fail]         the task ends failed (\"content policy violation (simulated)\")
   [sim:hang]         the task never finishes
   [sim:reject]       the submission is refused with 400 (a permanent error)
-  [sim:5xx]          the first 2 submissions of the task answer 503, then it works
-  [sim:429]          the first 2 submissions answer 429 with Retry-After, then it works
+  [sim:5xx]          the first 2 submissions of this prompt answer 503, then it works
+  [sim:429]          the first 2 submissions of this prompt answer 429 with Retry-After, then it works
   [sim:5xx-always]   every submission answers 503";
 
 /// The simulator's knobs.
@@ -117,8 +117,8 @@ impl Stats {
 struct Tasks {
     by_id: HashMap<String, Task>,
     by_key: HashMap<String, String>,
-    /// Submissions seen per idempotency key, for the `[sim:5xx]` family.
-    attempts_by_key: HashMap<String, u32>,
+    /// Submissions seen per prompt, for the `[sim:5xx]` family.
+    attempts_by_prompt: HashMap<String, u32>,
 }
 
 struct Sim {
@@ -262,7 +262,10 @@ async fn submit(
     let prompt = body.prompt.as_str();
     let attempt = {
         let mut tasks = sim.tasks.lock().expect("sim lock");
-        let n = tasks.attempts_by_key.entry(key.clone()).or_insert(0);
+        let n = tasks
+            .attempts_by_prompt
+            .entry(body.prompt.clone())
+            .or_insert(0);
         *n += 1;
         *n
     };

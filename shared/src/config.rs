@@ -254,9 +254,6 @@ impl Settings {
             let env = format!("GENQ__{}", key.replace('.', "__").to_uppercase());
             bail!("invalid configuration: {key} ({env}) {why}")
         }
-        if self.auth.jwt_secret.expose_secret().len() < 16 {
-            fail("auth.jwt_secret", "must be set to at least 16 bytes")?;
-        }
         if self.credits.initial < 0 {
             fail("credits.initial", "must be 0 or more")?;
         }
@@ -321,10 +318,16 @@ impl Settings {
             fail("worker.job_timeout_secs", "must be more than 0")?;
         }
         if self.worker.sweep_interval_ms == 0 || self.worker.stale_after_secs == 0 {
-            fail("worker.stale_after_secs", "and worker.sweep_interval_ms must be more than 0")?;
+            fail(
+                "worker.stale_after_secs",
+                "and worker.sweep_interval_ms must be more than 0",
+            )?;
         }
         if self.worker.max_job_age_secs <= self.worker.job_timeout_secs {
-            fail("worker.max_job_age_secs", "must be more than worker.job_timeout_secs")?;
+            fail(
+                "worker.max_job_age_secs",
+                "must be more than worker.job_timeout_secs",
+            )?;
         }
         if self.worker.relay_batch <= 0 {
             fail("worker.relay_batch", "must be more than 0")?;
@@ -334,6 +337,14 @@ impl Settings {
                 "provider.base_url",
                 "must be a URL such as http://127.0.0.1:8090",
             )?;
+        }
+        Ok(())
+    }
+
+    /// What only the API needs: a usable JWT secret.
+    pub fn validate_api(&self) -> anyhow::Result<()> {
+        if self.auth.jwt_secret.expose_secret().len() < 16 {
+            bail!("invalid configuration: auth.jwt_secret (GENQ__AUTH__JWT_SECRET) must be set to at least 16 bytes");
         }
         Ok(())
     }

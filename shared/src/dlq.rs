@@ -11,7 +11,10 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::domain::JobStatus;
-use crate::queue::{header_str, PollMessage, StartMessage, Topology, JOB_HEADER, POLL_KEY, REASON_HEADER, SOURCE_HEADER, START_KEY};
+use crate::queue::{
+    header_str, PollMessage, StartMessage, Topology, JOB_HEADER, POLL_KEY, REASON_HEADER,
+    SOURCE_HEADER, START_KEY,
+};
 use crate::store::{self, StoreError, Transition, OUTBOX_CHANNEL};
 
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -63,7 +66,9 @@ fn describe(props: &lapin::BasicProperties) -> (String, String, Option<Uuid>, se
                 if source.is_none() {
                     source = ["start", "poll"]
                         .into_iter()
-                        .find(|q| text.contains(&format!(".{q}\"")) || text.contains(&format!(".{q}")))
+                        .find(|q| {
+                            text.contains(&format!(".{q}\"")) || text.contains(&format!(".{q}"))
+                        })
                         .map(str::to_owned);
                 }
             }
@@ -95,7 +100,11 @@ fn job_of(body: &[u8]) -> Option<Uuid> {
 }
 
 /// Stores one dead letter.
-pub async fn archive(pool: &PgPool, props: &lapin::BasicProperties, body: &[u8]) -> Result<i64, StoreError> {
+pub async fn archive(
+    pool: &PgPool,
+    props: &lapin::BasicProperties,
+    body: &[u8],
+) -> Result<i64, StoreError> {
     let (reason, source, job_header, headers) = describe(props);
     let job_id = job_header.or_else(|| job_of(body));
     // Only a job that exists is linked; a stray ID stays in the body.
@@ -122,18 +131,28 @@ pub async fn sync_from_broker(settings: &Settings, pool: &PgPool) -> anyhow::Res
     topology.declare(&channel).await?;
     let mut moved = 0;
     while let Some(message) = channel
-        .basic_get(topology.dead_letter_queue().into(), BasicGetOptions::default())
+        .basic_get(
+            topology.dead_letter_queue().into(),
+            BasicGetOptions::default(),
+        )
         .await?
     {
         archive(pool, &message.delivery.properties, &message.delivery.data).await?;
         message.delivery.ack(BasicAckOptions::default()).await?;
         moved += 1;
     }
-    connection.close(200, "dead letters archived".into()).await.ok();
+    connection
+        .close(200, "dead letters archived".into())
+        .await
+        .ok();
     Ok(moved)
 }
 
-pub async fn list(pool: &PgPool, include_resolved: bool, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
+pub async fn list(
+    pool: &PgPool,
+    include_resolved: bool,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, StoreError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLS} WHERE ($1 OR d.state = 'open') ORDER BY d.id LIMIT $2"
     ))
@@ -203,26 +222,38 @@ async fn resolve(
 /// Runs the job again. A refunded job (dead or failed) reserves its cost
 /// again; a job still open gets a fresh start or poll message; a finished or
 /// unknown job can't be replayed, and the answer says why.
-pub async fn replay(pool: &PgPool, topology: &Topology, id: i64, actor: &str) -> Result<Resolution, StoreError> {
+pub async fn replay(
+    pool: &PgPool,
+    topology: &Topology,
+    id: i64,
+    actor: &str,
+) -> Result<Resolution, StoreError> {
     let letter = get(pool, id).await?.ok_or(StoreError::NotFound)?;
     if letter.state != "open" {
         return Ok(refused(&letter, format!("already {}", letter.state)));
     }
     let Some(job_id) = letter.job_id else {
-        return Ok(refused(&letter, "no job: the message was malformed; discard it"));
+        return Ok(refused(
+            &letter,
+            "no job: the message was malformed; discard it",
+        ));
     };
     let mut tx = pool.begin().await?;
-    let job: store::Job = sqlx::query_as(&format!("SELECT {} FROM jobs WHERE id = $1 FOR UPDATE", store::JOB_COLS))
-        .bind(job_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let job: store::Job = sqlx::query_as(&format!(
+        "SELECT {} FROM jobs WHERE id = $1 FOR UPDATE",
+        store::JOB_COLS
+    ))
+    .bind(job_id)
+    .fetch_one(&mut *tx)
+    .await?;
     let (exchange, routing_key, payload, message) = match job.status() {
         JobStatus::Dead | JobStatus::Failed => {
-            let available: i64 =
-                sqlx::query_scalar("SELECT available FROM credit_accounts WHERE user_id = $1 FOR UPDATE")
-                    .bind(job.user_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let available: i64 = sqlx::query_scalar(
+                "SELECT available FROM credit_accounts WHERE user_id = $1 FOR UPDATE",
+            )
+            .bind(job.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
             if available < job.cost {
                 return Ok(refused(&letter, format!(
                     "the job was refunded and the user can't afford it again: a video needs {} credits, the user has {available}",
@@ -265,23 +296,47 @@ pub async fn replay(pool: &PgPool, topology: &Topology, id: i64, actor: &str) ->
             )
             .bind(job_id)
             .bind(job.status().as_str())
-            .bind(format!("Replayed by {actor}; {} credits reserved again.", job.cost))
+            .bind(format!(
+                "Replayed by {actor}; {} credits reserved again.",
+                job.cost
+            ))
             .execute(&mut *tx)
             .await?;
             let start = topology.start_message(job_id);
-            (start.exchange, start.routing_key, start.payload, format!("requeued; {} credits reserved again", job.cost))
+            (
+                start.exchange,
+                start.routing_key,
+                start.payload,
+                format!("requeued; {} credits reserved again", job.cost),
+            )
         }
         JobStatus::Queued | JobStatus::Submitting => {
             let start = topology.start_message(job_id);
-            (start.exchange, start.routing_key, start.payload, "start message sent again".to_owned())
+            (
+                start.exchange,
+                start.routing_key,
+                start.payload,
+                "start message sent again".to_owned(),
+            )
         }
         JobStatus::Running => {
-            let poll = PollMessage::Poll { job_id, seq: job.poll_seq, errors: 0 };
-            (topology.work_exchange(), POLL_KEY.to_owned(),
-             serde_json::to_value(poll).expect("serializes"), "poll message sent again".to_owned())
+            let poll = PollMessage::Poll {
+                job_id,
+                seq: job.poll_seq,
+                errors: 0,
+            };
+            (
+                topology.work_exchange(),
+                POLL_KEY.to_owned(),
+                serde_json::to_value(poll).expect("serializes"),
+                "poll message sent again".to_owned(),
+            )
         }
         other => {
-            return Ok(refused(&letter, format!("the job is {other}: nothing to run again; discard the letter")));
+            return Ok(refused(
+                &letter,
+                format!("the job is {other}: nothing to run again; discard the letter"),
+            ));
         }
     };
     debug_assert!(routing_key == START_KEY || routing_key == POLL_KEY);
@@ -295,11 +350,24 @@ pub async fn replay(pool: &PgPool, topology: &Topology, id: i64, actor: &str) ->
     .bind(&payload)
     .execute(&mut *tx)
     .await?;
-    if !resolve(&mut tx, &letter, "replayed", actor, serde_json::json!({"dead_letter": letter.id, "result": message})).await? {
+    if !resolve(
+        &mut tx,
+        &letter,
+        "replayed",
+        actor,
+        serde_json::json!({"dead_letter": letter.id, "result": message}),
+    )
+    .await?
+    {
         return Ok(refused(&letter, "resolved meanwhile by someone else"));
     }
     tx.commit().await?;
-    Ok(Resolution { id: letter.id, job_id: Some(job_id), done: true, message })
+    Ok(Resolution {
+        id: letter.id,
+        job_id: Some(job_id),
+        done: true,
+        message,
+    })
 }
 
 /// Closes the letter; a job still open is marked dead and refunded.
@@ -311,16 +379,40 @@ pub async fn discard(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution, 
     let mut message = "discarded".to_owned();
     if let Some(job_id) = letter.job_id {
         let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
-        let mut t = Transition::new(job_id, &from, JobStatus::Dead, format!("Discarded from the dead-letter queue by {actor}; credits refunded."));
-        t.error = Some(("discarded", format!("discarded by an operator: {}", letter.reason)));
+        let mut t = Transition::new(
+            job_id,
+            &from,
+            JobStatus::Dead,
+            format!("Discarded from the dead-letter queue by {actor}; credits refunded."),
+        );
+        t.error = Some((
+            "discarded",
+            format!("discarded by an operator: {}", letter.reason),
+        ));
         if let Some((job, _)) = store::transition(pool, &t).await? {
-            message = format!("discarded; the job was closed and its {} credits refunded", job.cost);
+            message = format!(
+                "discarded; the job was closed and its {} credits refunded",
+                job.cost
+            );
         }
     }
     let mut tx = pool.begin().await?;
-    if !resolve(&mut tx, &letter, "discarded", actor, serde_json::json!({"dead_letter": letter.id, "result": message})).await? {
+    if !resolve(
+        &mut tx,
+        &letter,
+        "discarded",
+        actor,
+        serde_json::json!({"dead_letter": letter.id, "result": message}),
+    )
+    .await?
+    {
         return Ok(refused(&letter, "resolved meanwhile by someone else"));
     }
     tx.commit().await?;
-    Ok(Resolution { id: letter.id, job_id: letter.job_id, done: true, message })
+    Ok(Resolution {
+        id: letter.id,
+        job_id: letter.job_id,
+        done: true,
+        message,
+    })
 }

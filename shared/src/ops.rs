@@ -51,7 +51,11 @@ pub struct Diagnosis {
 /// Jobs shown in a diagnosis, newest first.
 const DIAGNOSIS_JOBS: i64 = 50;
 
-pub async fn diagnose(pool: &PgPool, who: &UserRef, video_cost: i64) -> Result<Option<Diagnosis>, StoreError> {
+pub async fn diagnose(
+    pool: &PgPool,
+    who: &UserRef,
+    video_cost: i64,
+) -> Result<Option<Diagnosis>, StoreError> {
     let Some(user) = store::find_user(pool, who).await? else {
         return Ok(None);
     };
@@ -95,7 +99,13 @@ pub async fn diagnose(pool: &PgPool, who: &UserRef, video_cost: i64) -> Result<O
         can_afford_video: account.available >= video_cost,
     };
     let conclusion = conclude(&account, &credits, &reports);
-    Ok(Some(Diagnosis { user, credits, jobs: reports, audit, conclusion }))
+    Ok(Some(Diagnosis {
+        user,
+        credits,
+        jobs: reports,
+        audit,
+        conclusion,
+    }))
 }
 
 fn hms(at: DateTime<Utc>) -> String {
@@ -105,9 +115,15 @@ fn hms(at: DateTime<Utc>) -> String {
 /// The diagnosis in plain words, from the newest job backwards.
 fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> String {
     let afford = if credits.can_afford_video {
-        format!("The user can afford a video now ({} credits available, a video needs {}).", account.available, credits.video_cost)
+        format!(
+            "The user can afford a video now ({} credits available, a video needs {}).",
+            account.available, credits.video_cost
+        )
     } else {
-        format!("The user cannot afford a video now: {} credits available, a video needs {}.", account.available, credits.video_cost)
+        format!(
+            "The user cannot afford a video now: {} credits available, a video needs {}.",
+            account.available, credits.video_cost
+        )
     };
     let Some(last) = jobs.first().map(|r| &r.job) else {
         return format!("The user has never asked for a video. {afford}");
@@ -144,7 +160,11 @@ fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> S
             None => counts.push((r.job.status(), 1)),
         }
     }
-    let tally = counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ");
+    let tally = counts
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("{what} {afford} History: {tally}.")
 }
 
@@ -196,23 +216,39 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
     .fetch_all(pool)
     .await?;
     for r in rows {
-        let v = |rule: &str, detail: String| Violation { user_id: Some(r.user_id), job_id: None, rule: rule.into(), detail };
+        let v = |rule: &str, detail: String| Violation {
+            user_id: Some(r.user_id),
+            job_id: None,
+            rule: rule.into(),
+            detail,
+        };
         if (r.available, r.reserved, r.spent) != (r.l_available, r.l_reserved, r.l_spent) {
-            out.push(v("account_matches_ledger", format!(
-                "account available/reserved/spent = {}/{}/{}, ledger says {}/{}/{}",
-                r.available, r.reserved, r.spent, r.l_available, r.l_reserved, r.l_spent
-            )));
+            out.push(v(
+                "account_matches_ledger",
+                format!(
+                    "account available/reserved/spent = {}/{}/{}, ledger says {}/{}/{}",
+                    r.available, r.reserved, r.spent, r.l_available, r.l_reserved, r.l_spent
+                ),
+            ));
         }
         if r.available + r.reserved + r.spent != r.funded {
-            out.push(v("balance_equals_funding", format!(
-                "available + reserved + spent = {} but granted + purchased + adjustments = {}",
-                r.available + r.reserved + r.spent, r.funded
-            )));
+            out.push(v(
+                "balance_equals_funding",
+                format!(
+                    "available + reserved + spent = {} but granted + purchased + adjustments = {}",
+                    r.available + r.reserved + r.spent,
+                    r.funded
+                ),
+            ));
         }
         if r.reserved != r.open_cost {
-            out.push(v("reserved_equals_open_jobs", format!(
-                "reserved = {} but the open jobs cost {}", r.reserved, r.open_cost
-            )));
+            out.push(v(
+                "reserved_equals_open_jobs",
+                format!(
+                    "reserved = {} but the open jobs cost {}",
+                    r.reserved, r.open_cost
+                ),
+            ));
         }
         if r.available < 0 || r.reserved < 0 || r.spent < 0 {
             out.push(v("non_negative", "a balance is negative".into()));

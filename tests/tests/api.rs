@@ -719,11 +719,37 @@ fn invalid_configuration_names_the_key() {
     let mut s = test_settings();
     s.auth.jwt_secret = secrecy::SecretString::from("");
     assert!(s
-        .validate()
+        .validate_api()
         .unwrap_err()
         .to_string()
         .contains("auth.jwt_secret"));
     let mut s = test_settings();
     s.api.addr = "nowhere".into();
     assert!(s.validate().unwrap_err().to_string().contains("api.addr"));
+}
+
+#[test]
+fn the_environment_layer_is_read_and_bad_values_name_their_key() {
+    // The only test in this binary that touches the process environment.
+    std::env::set_var("GENQ__CREDITS__INITIAL", "3");
+    std::env::set_var(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/from_env",
+    );
+    let s = genq_shared::config::Settings::load(None).unwrap();
+    assert_eq!(s.credits.initial, 3);
+    assert!(secrecy::ExposeSecret::expose_secret(&s.database.url).ends_with("/from_env"));
+    std::env::set_var("GENQ__CREDITS__INITIAL", "lots");
+    let e = genq_shared::config::Settings::load(None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("credits.initial"), "{e}");
+    std::env::remove_var("GENQ__CREDITS__INITIAL");
+    std::env::set_var("GENQ__CREDITS__BONUS", "1");
+    let e = genq_shared::config::Settings::load(None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bonus"), "{e}");
+    std::env::remove_var("GENQ__CREDITS__BONUS");
+    std::env::remove_var("DATABASE_URL");
 }

@@ -36,10 +36,11 @@ async fn settlements(env: &TestEnv, job_id: &str) -> Vec<String> {
 
 /// The dead letters the workers archived: (reason, body).
 async fn dead_letters(env: &TestEnv) -> Vec<(String, Value)> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT reason, body FROM dead_letters ORDER BY id")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT reason, body FROM dead_letters ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
     rows.into_iter()
         .map(|(r, b)| (r, serde_json::from_slice(&b).unwrap_or(Value::Null)))
         .collect()
@@ -241,7 +242,10 @@ async fn exhausted_retries_kill_the_job_refund_it_and_dead_letter_the_message() 
     assert_eq!(env.sim().stats.snapshot().submit_requests, 3);
     let letters = wait_for_dead_letters(&env, 1).await;
     assert_eq!(letters.len(), 1);
-    assert!(letters[0].0.contains("gave up after 3 attempts"), "{letters:?}");
+    assert!(
+        letters[0].0.contains("gave up after 3 attempts"),
+        "{letters:?}"
+    );
     assert_eq!(letters[0].1["job_id"], id);
     worker.stop().await;
     env.cleanup().await;

@@ -19,7 +19,15 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    // One readable line for a bad configuration or a failed start, no backtrace.
+    if let Err(e) = run().await {
+        eprintln!("genq-worker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init_tracing(&settings.log);

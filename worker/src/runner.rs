@@ -138,7 +138,12 @@ impl Runner {
             session_over.clone(),
         ));
         let archiver = match connection.create_channel().await {
-            Ok(ch) => tokio::spawn(archive_dead_letters(ch, self.pool.clone(), self.topology.dead_letter_queue(), session_over.clone())),
+            Ok(ch) => tokio::spawn(archive_dead_letters(
+                ch,
+                self.pool.clone(),
+                self.topology.dead_letter_queue(),
+                session_over.clone(),
+            )),
             Err(e) => {
                 session_over.cancel();
                 return SessionEnd::Lost(e.into());
@@ -268,9 +273,19 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
 
 /// Moves dead letters from the broker into the database archive, acking
 /// each once stored; operators work them from there.
-async fn archive_dead_letters(channel: lapin::Channel, pool: PgPool, queue: String, stop: CancellationToken) {
+async fn archive_dead_letters(
+    channel: lapin::Channel,
+    pool: PgPool,
+    queue: String,
+    stop: CancellationToken,
+) {
     let consumer = channel
-        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await;
     let mut consumer = match consumer {
         Ok(c) => c,
@@ -293,7 +308,12 @@ async fn archive_dead_letters(channel: lapin::Channel, pool: PgPool, queue: Stri
             Err(e) => {
                 tracing::warn!(error = %e, "archiving a dead letter failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await;
             }
         }
     }

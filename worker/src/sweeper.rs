@@ -55,8 +55,16 @@ pub async fn sweep_once(handler: &Handler, verify: bool) -> anyhow::Result<Optio
 
 /// Touches the open jobs in `status` untouched for `stale` and returns them,
 /// so the next sweep leaves them alone unless they stall again.
-async fn claim_stale(handler: &Handler, status: JobStatus, stale: Duration) -> anyhow::Result<Vec<(Uuid, i32, i32)>> {
-    let column = if status == JobStatus::Running { "polled_at" } else { "updated_at" };
+async fn claim_stale(
+    handler: &Handler,
+    status: JobStatus,
+    stale: Duration,
+) -> anyhow::Result<Vec<(Uuid, i32, i32)>> {
+    let column = if status == JobStatus::Running {
+        "polled_at"
+    } else {
+        "updated_at"
+    };
     Ok(sqlx::query_as(&format!(
         "UPDATE jobs SET {column} = now()
           WHERE id IN (
@@ -83,19 +91,71 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     let work = handler.topology.work_exchange();
 
     for (id, _, _) in claim_stale(handler, JobStatus::Queued, stale).await? {
-        handler.publisher.publish_json(&work, START_KEY, &StartMessage::Start { job_id: id, attempt: 1 }).await?;
-        store::record_event(&handler.pool, id, "sweeper", "No progress while queued; start message sent again.", None).await?;
+        handler
+            .publisher
+            .publish_json(
+                &work,
+                START_KEY,
+                &StartMessage::Start {
+                    job_id: id,
+                    attempt: 1,
+                },
+            )
+            .await?;
+        store::record_event(
+            &handler.pool,
+            id,
+            "sweeper",
+            "No progress while queued; start message sent again.",
+            None,
+        )
+        .await?;
         report.redriven_queued += 1;
     }
     for (id, attempts, _) in claim_stale(handler, JobStatus::Submitting, stale).await? {
         let attempt = (attempts.max(0) as u32 + 1).min(w.max_attempts);
-        handler.publisher.publish_json(&work, START_KEY, &StartMessage::Start { job_id: id, attempt }).await?;
-        store::record_event(&handler.pool, id, "sweeper", "No progress while submitting; start message sent again.", None).await?;
+        handler
+            .publisher
+            .publish_json(
+                &work,
+                START_KEY,
+                &StartMessage::Start {
+                    job_id: id,
+                    attempt,
+                },
+            )
+            .await?;
+        store::record_event(
+            &handler.pool,
+            id,
+            "sweeper",
+            "No progress while submitting; start message sent again.",
+            None,
+        )
+        .await?;
         report.redriven_submitting += 1;
     }
     for (id, _, seq) in claim_stale(handler, JobStatus::Running, stale).await? {
-        handler.publisher.publish_json(&work, POLL_KEY, &PollMessage::Poll { job_id: id, seq, errors: 0 }).await?;
-        store::record_event(&handler.pool, id, "sweeper", "No poll for too long; poll message sent again.", None).await?;
+        handler
+            .publisher
+            .publish_json(
+                &work,
+                POLL_KEY,
+                &PollMessage::Poll {
+                    job_id: id,
+                    seq,
+                    errors: 0,
+                },
+            )
+            .await?;
+        store::record_event(
+            &handler.pool,
+            id,
+            "sweeper",
+            "No poll for too long; poll message sent again.",
+            None,
+        )
+        .await?;
         report.redriven_running += 1;
     }
 
@@ -109,9 +169,16 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     .fetch_all(&handler.pool)
     .await?;
     for (id, task) in overdue {
-        let mut t = Transition::new(id, &[JobStatus::Running], JobStatus::Failed,
-            "Failed: past the deadline (closed by the sweeper); credits refunded.");
-        t.error = Some(("deadline_exceeded", "The provider did not finish the video in time; the credits were refunded.".into()));
+        let mut t = Transition::new(
+            id,
+            &[JobStatus::Running],
+            JobStatus::Failed,
+            "Failed: past the deadline (closed by the sweeper); credits refunded.",
+        );
+        t.error = Some((
+            "deadline_exceeded",
+            "The provider did not finish the video in time; the credits were refunded.".into(),
+        ));
         if store::transition(&handler.pool, &t).await?.is_some() {
             report.deadline_failed += 1;
             if let Some(task) = task {
@@ -131,8 +198,16 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     .await?;
     for id in expired {
         let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
-        let mut t = Transition::new(id, &from, JobStatus::Dead, "Dead: unfinished past the maximum job age; credits refunded.");
-        t.error = Some(("expired", "The job did not finish within the maximum job age; the credits were refunded.".into()));
+        let mut t = Transition::new(
+            id,
+            &from,
+            JobStatus::Dead,
+            "Dead: unfinished past the maximum job age; credits refunded.",
+        );
+        t.error = Some((
+            "expired",
+            "The job did not finish within the maximum job age; the credits were refunded.".into(),
+        ));
         if store::transition(&handler.pool, &t).await?.is_some() {
             report.expired += 1;
         }
@@ -146,8 +221,11 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
         }
         report.violations = Some(violations.len());
     }
-    let acted = report.redriven_queued + report.redriven_submitting + report.redriven_running
-        + report.deadline_failed + report.expired;
+    let acted = report.redriven_queued
+        + report.redriven_submitting
+        + report.redriven_running
+        + report.deadline_failed
+        + report.expired;
     if acted > 0 {
         tracing::warn!(?report, "sweeper acted on stuck jobs");
         metrics::counter!("genq_sweeper_actions_total").increment(acted as u64);

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod credits;
 pub mod generations;
 pub mod health;
+pub mod ops;
 
 /// Largest page size of any listing.
 pub const MAX_PAGE: i64 = 100;

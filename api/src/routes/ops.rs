@@ -1,0 +1,312 @@
+//! `/v1/admin/...` operator endpoints: diagnose a user, jobs across users,
+//! the dead-letter archive, ledger verification. Same logic as `genqctl`.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use genq_shared::domain::JobStatus;
+use genq_shared::store::{self, StoreError, UserRef};
+use genq_shared::{dlq, ops};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::AdminUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiQuery;
+use crate::routes::generations::JobView;
+use crate::routes::page_limit;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnoseParams {
+    /// The user's email.
+    pub email: Option<String>,
+    /// The user's external ID (`sub`) or genq ID.
+    pub user: Option<String>,
+}
+
+/// A user reference from an email or an ID (genq's UUID or the external `sub`).
+pub fn user_ref(email: Option<&str>, user: Option<&str>) -> Result<UserRef, ApiError> {
+    match (email.map(str::trim), user.map(str::trim)) {
+        (Some(e), None) if !e.is_empty() => Ok(UserRef::Email(e.to_owned())),
+        (None, Some(u)) if !u.is_empty() => Ok(match Uuid::parse_str(u) {
+            Ok(id) => UserRef::Id(id),
+            Err(_) => UserRef::ExternalId(u.to_owned()),
+        }),
+        _ => Err(ApiError::invalid(
+            "email",
+            "Name the user by exactly one of email or user.",
+        )),
+    }
+}
+
+/// The whole diagnosis of a user: account, credits, jobs with timelines, audit, conclusion.
+#[utoipa::path(
+    get, path = "/v1/admin/users/diagnose", tag = "admin",
+    params(DiagnoseParams),
+    responses(
+        (status = 200, description = "The diagnosis", body = Object),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn diagnose(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(p): ApiQuery<DiagnoseParams>,
+) -> Result<Json<ops::Diagnosis>, ApiError> {
+    let who = user_ref(p.email.as_deref(), p.user.as_deref())?;
+    ops::diagnose(&state.pool, &who, state.settings.credits.video_cost)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("No such user.".into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AdminJobParams {
+    pub status: Option<String>,
+    /// Only jobs not updated for this many seconds.
+    pub older_than_secs: Option<u64>,
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<i64>,
+}
+
+/// Jobs of every user, least recently updated first.
+#[utoipa::path(
+    get, path = "/v1/admin/jobs", tag = "admin",
+    params(AdminJobParams),
+    responses(
+        (status = 200, description = "Jobs", body = Vec<JobView>),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn jobs(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(p): ApiQuery<AdminJobParams>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let status = p
+        .status
+        .as_deref()
+        .map(|s| JobStatus::parse(s).ok_or_else(|| ApiError::invalid("status", "Unknown status.")))
+        .transpose()?;
+    let older = p.older_than_secs.map(std::time::Duration::from_secs);
+    let jobs = ops::list_jobs(&state.pool, status, older, page_limit(p.limit)?).await?;
+    Ok(Json(jobs.into_iter().map(JobView::from_job).collect()))
+}
+
+/// Any user's job, with its timeline.
+#[utoipa::path(
+    get, path = "/v1/admin/jobs/{id}", tag = "admin",
+    params(("id" = Uuid, Path, description = "The job's ID")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn job(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("No such job.".into()))?;
+    let job = store::get_job(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
+    let events = store::job_events(&state.pool, id).await?;
+    Ok(Json(JobView::from_job(job).with_events(events)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DlqParams {
+    /// Include replayed and discarded letters.
+    pub all: Option<bool>,
+    pub limit: Option<i64>,
+}
+
+/// A dead letter as operators see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterView {
+    pub id: i64,
+    pub job_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub user_email: Option<String>,
+    pub job_status: Option<String>,
+    pub attempts: Option<i32>,
+    pub source_queue: String,
+    pub reason: String,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub age_secs: i64,
+    pub state: String,
+    pub body: String,
+}
+
+impl From<dlq::DeadLetter> for DeadLetterView {
+    fn from(d: dlq::DeadLetter) -> Self {
+        Self {
+            body: d.body_text(),
+            age_secs: (chrono::Utc::now() - d.received_at).num_seconds(),
+            id: d.id,
+            job_id: d.job_id,
+            user_id: d.user_id,
+            user_email: d.user_email,
+            job_status: d.job_status,
+            attempts: d.attempts,
+            source_queue: d.source_queue,
+            reason: d.reason,
+            received_at: d.received_at,
+            state: d.state,
+        }
+    }
+}
+
+/// Dead letters archived from the broker, oldest first.
+#[utoipa::path(
+    get, path = "/v1/admin/dlq", tag = "admin",
+    params(DlqParams),
+    responses(
+        (status = 200, description = "Dead letters", body = Vec<DeadLetterView>),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn dlq_list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(p): ApiQuery<DlqParams>,
+) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
+    let letters = dlq::list(&state.pool, p.all.unwrap_or(false), page_limit(p.limit)?).await?;
+    Ok(Json(letters.into_iter().map(Into::into).collect()))
+}
+
+fn letter_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound("No such dead letter.".into()))
+}
+
+/// One dead letter.
+#[utoipa::path(
+    get, path = "/v1/admin/dlq/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "The dead letter's ID")),
+    responses(
+        (status = 200, description = "The dead letter", body = DeadLetterView),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn dlq_show(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterView>, ApiError> {
+    dlq::get(&state.pool, letter_id(&id)?)
+        .await?
+        .map(|d| Json(d.into()))
+        .ok_or_else(|| ApiError::NotFound("No such dead letter.".into()))
+}
+
+/// What a replay or discard did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResolutionView {
+    pub id: i64,
+    pub job_id: Option<Uuid>,
+    /// False when nothing was done; `message` says why.
+    pub done: bool,
+    pub message: String,
+}
+
+fn resolution(r: Result<dlq::Resolution, StoreError>) -> Result<Json<ResolutionView>, ApiError> {
+    match r {
+        Ok(r) => Ok(Json(ResolutionView {
+            id: r.id,
+            job_id: r.job_id,
+            done: r.done,
+            message: r.message,
+        })),
+        Err(StoreError::NotFound) => Err(ApiError::NotFound("No such dead letter.".into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Run a dead letter's job again (reserving again if it was refunded).
+#[utoipa::path(
+    post, path = "/v1/admin/dlq/{id}/replay", tag = "admin",
+    params(("id" = i64, Path, description = "The dead letter's ID")),
+    responses(
+        (status = 200, description = "Replayed, or why not", body = ResolutionView),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn dlq_replay(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<ResolutionView>, ApiError> {
+    resolution(
+        dlq::replay(
+            &state.pool,
+            &state.topology,
+            letter_id(&id)?,
+            &admin.0.actor(),
+        )
+        .await,
+    )
+}
+
+/// Close a dead letter; its job, if still open, is closed and refunded.
+#[utoipa::path(
+    post, path = "/v1/admin/dlq/{id}/discard", tag = "admin",
+    params(("id" = i64, Path, description = "The dead letter's ID")),
+    responses(
+        (status = 200, description = "Discarded, or why not", body = ResolutionView),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn dlq_discard(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<ResolutionView>, ApiError> {
+    resolution(dlq::discard(&state.pool, letter_id(&id)?, &admin.0.actor()).await)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyView {
+    pub ok: bool,
+    #[schema(value_type = Vec<Object>)]
+    pub violations: Vec<ops::Violation>,
+}
+
+/// Recompute every balance from the ledger and check the invariants.
+#[utoipa::path(
+    get, path = "/v1/admin/ledger/verify", tag = "admin",
+    responses(
+        (status = 200, description = "The verification", body = VerifyView),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn ledger_verify(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+) -> Result<Json<VerifyView>, ApiError> {
+    let violations = ops::verify_ledger(&state.pool).await?;
+    Ok(Json(VerifyView {
+        ok: violations.is_empty(),
+        violations,
+    }))
+}

@@ -1,0 +1,644 @@
+//! `genqctl`: the operator CLI over genq's database and broker — diagnose a
+//! user, grant credits, show and list jobs, work the dead-letter archive,
+//! verify the ledger. Tables for people, `--json` for scripts.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use genq_shared::config::Settings;
+use genq_shared::domain::{Credits, JobStatus, LedgerKind};
+use genq_shared::queue::Topology;
+use genq_shared::store::{self, CreditGrant, GrantOutcome, Job, JobEvent, UserRef};
+use genq_shared::{db, dlq, ops};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(name = "genqctl", about = "genq's operator CLI", version)]
+pub struct Cli {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// A TOML configuration file (else $GENQ_CONFIG, else defaults and environment).
+    #[arg(long, global = true)]
+    pub config: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Everything about one user: account, credits, jobs and refused attempts, audit, a conclusion.
+    Diagnose(UserArg),
+    /// Add credits.
+    #[command(subcommand)]
+    Credits(CreditsCmd),
+    /// Show or list jobs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+    /// Work the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// Check the ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct UserArg {
+    /// The user's email.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// The user's external ID (the identity provider's `sub`) or genq ID.
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+impl UserArg {
+    fn to_ref(&self) -> UserRef {
+        match (&self.email, &self.user) {
+            (Some(e), _) => UserRef::Email(e.clone()),
+            (None, Some(u)) => match Uuid::parse_str(u) {
+                Ok(id) => UserRef::Id(id),
+                Err(_) => UserRef::ExternalId(u.clone()),
+            },
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreditsCmd {
+    /// Grant credits (support, goodwill).
+    Grant {
+        #[command(flatten)]
+        user: UserArg,
+        #[arg(long, allow_negative_numbers = true)]
+        amount: i64,
+        #[arg(long)]
+        reason: String,
+        /// Who does it; default the OS user.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Record a purchase; a reference is applied once only.
+    Purchase {
+        #[command(flatten)]
+        user: UserArg,
+        #[arg(long, allow_negative_numbers = true)]
+        amount: i64,
+        /// The payment's ID.
+        #[arg(long)]
+        reference: String,
+        #[arg(long, default_value = "purchase")]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCmd {
+    /// One job with its timeline.
+    Show { id: Uuid },
+    /// Jobs across users, least recently updated first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs not updated for this long, e.g. 10m, 2h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCmd {
+    /// Dead letters with job, user, reason, attempts and age (moves new ones from the broker first).
+    List {
+        /// Include replayed and discarded letters.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One dead letter, with its message.
+    Show { id: i64 },
+    /// Run the job again; it reserves again if it was refunded.
+    Replay(Target),
+    /// Close the letter; an open job is closed and refunded.
+    Discard(Target),
+}
+
+#[derive(Args, Debug)]
+pub struct Target {
+    /// The dead letter's ID.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<i64>,
+    /// Every open dead letter.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub actor: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCmd {
+    /// Recompute every balance from the ledger and check the invariants.
+    Verify,
+}
+
+/// What a command printed and how the process should exit.
+pub struct Outcome {
+    pub code: i32,
+    pub output: String,
+}
+
+fn ok(output: String) -> anyhow::Result<Outcome> {
+    Ok(Outcome { code: 0, output })
+}
+
+fn fail(code: i32, output: String) -> anyhow::Result<Outcome> {
+    Ok(Outcome { code, output })
+}
+
+/// The operator's name for audit entries.
+fn actor(given: &Option<String>) -> String {
+    let name = given
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "unknown".into());
+    format!("operator:{name}")
+}
+
+fn ts(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn age(at: DateTime<Utc>) -> String {
+    let secs = (Utc::now() - at).num_seconds().max(0) as u64;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    t
+}
+
+/// Runs a parsed command against `pool` (and the broker for the DLQ).
+pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::Result<Outcome> {
+    match &cli.command {
+        Command::Diagnose(user) => diagnose(cli.json, settings, pool, user).await,
+        Command::Credits(cmd) => credits(cli.json, settings, pool, cmd).await,
+        Command::Jobs(JobsCmd::Show { id }) => job_show(cli.json, pool, *id).await,
+        Command::Jobs(JobsCmd::List {
+            status,
+            older_than,
+            limit,
+        }) => {
+            let status = status
+                .as_deref()
+                .map(|s| JobStatus::parse(s).with_context(|| format!("unknown status {s:?}")))
+                .transpose()?;
+            let jobs = ops::list_jobs(pool, status, *older_than, (*limit).clamp(1, 10_000)).await?;
+            if cli.json {
+                return ok(serde_json::to_string_pretty(&jobs)?);
+            }
+            let mut t = table(&[
+                "job",
+                "user",
+                "status",
+                "updated",
+                "attempts",
+                "provider task",
+                "error",
+            ]);
+            for j in &jobs {
+                t.add_row(vec![
+                    j.id.to_string(),
+                    j.user_id.to_string(),
+                    j.status.clone(),
+                    age(j.updated_at) + " ago",
+                    j.attempts.to_string(),
+                    j.provider_task_id.clone().unwrap_or_default(),
+                    j.error_message.clone().unwrap_or_default(),
+                ]);
+            }
+            ok(format!("{t}\n{} job(s)", jobs.len()))
+        }
+        Command::Dlq(cmd) => dead_letters(cli.json, settings, pool, cmd).await,
+        Command::Ledger(LedgerCmd::Verify) => {
+            let violations = ops::verify_ledger(pool).await?;
+            let code = if violations.is_empty() { 0 } else { 1 };
+            if cli.json {
+                return fail(
+                    code,
+                    serde_json::to_string_pretty(
+                        &json!({"ok": code == 0, "violations": violations}),
+                    )?,
+                );
+            }
+            if violations.is_empty() {
+                return ok(
+                    "Ledger OK: every balance matches its ledger and every invariant holds.".into(),
+                );
+            }
+            let mut t = table(&["rule", "user", "job", "detail"]);
+            for v in &violations {
+                t.add_row(vec![
+                    v.rule.clone(),
+                    v.user_id.map(|u| u.to_string()).unwrap_or_default(),
+                    v.job_id.map(|u| u.to_string()).unwrap_or_default(),
+                    v.detail.clone(),
+                ]);
+            }
+            fail(1, format!("{t}\n{} violation(s)", violations.len()))
+        }
+    }
+}
+
+async fn diagnose(
+    json_out: bool,
+    settings: &Settings,
+    pool: &PgPool,
+    user: &UserArg,
+) -> anyhow::Result<Outcome> {
+    let Some(d) = ops::diagnose(pool, &user.to_ref(), settings.credits.video_cost).await? else {
+        let who = user.email.clone().or(user.user.clone()).unwrap_or_default();
+        return fail(
+            2,
+            format!("No user {who:?}: they have never made an authenticated call to genq."),
+        );
+    };
+    if json_out {
+        return ok(serde_json::to_string_pretty(&d)?);
+    }
+    let mut out = String::new();
+    let u = &d.user;
+    writeln!(
+        out,
+        "USER      {} <{}>  (genq id {})",
+        u.external_id,
+        u.email.as_deref().unwrap_or("no email"),
+        u.id
+    )?;
+    writeln!(
+        out,
+        "          created {}   last seen {}",
+        ts(u.created_at),
+        ts(u.last_seen_at)
+    )?;
+    let c = &d.credits;
+    writeln!(out, "CREDITS   available {} · reserved {} · spent {}   (granted {} · purchased {} · adjusted {})",
+        c.available, c.reserved, c.spent, c.granted, c.purchased, c.adjusted)?;
+    writeln!(
+        out,
+        "          a video costs {}: {}",
+        c.video_cost,
+        if c.can_afford_video {
+            "can afford one"
+        } else {
+            "CANNOT afford one"
+        }
+    )?;
+    writeln!(out, "\nJOBS ({}, refused attempts included)", d.jobs.len())?;
+    if !d.jobs.is_empty() {
+        let mut t = table(&[
+            "created",
+            "job",
+            "status",
+            "reason",
+            "provider task",
+            "cost",
+        ]);
+        for r in &d.jobs {
+            let j = &r.job;
+            t.add_row(vec![
+                ts(j.created_at),
+                j.id.to_string(),
+                j.status.clone(),
+                j.error_message
+                    .clone()
+                    .unwrap_or_else(|| j.result_url.clone().unwrap_or_default()),
+                j.provider_task_id.clone().unwrap_or_default(),
+                j.cost.to_string(),
+            ]);
+        }
+        writeln!(out, "{t}")?;
+        for r in &d.jobs {
+            writeln!(out, "  timeline of {}:", r.job.id)?;
+            write_timeline(&mut out, &r.events, "    ")?;
+        }
+    }
+    writeln!(out, "\nAUDIT ({})", d.audit.len())?;
+    for a in &d.audit {
+        writeln!(
+            out,
+            "  {}  {}  {}  {}",
+            ts(a.created_at),
+            a.actor,
+            a.action,
+            a.details
+        )?;
+    }
+    writeln!(out, "\nCONCLUSION\n  {}", d.conclusion)?;
+    ok(out)
+}
+
+fn write_timeline(out: &mut String, events: &[JobEvent], indent: &str) -> std::fmt::Result {
+    for e in events {
+        let change = match (&e.from_status, &e.to_status) {
+            (Some(f), Some(t)) => format!("{f} → {t}"),
+            (None, Some(t)) => format!("→ {t}"),
+            _ => e.kind.clone(),
+        };
+        writeln!(
+            out,
+            "{indent}{}  {:<24} {}",
+            e.at.format("%H:%M:%S%.3f"),
+            change,
+            e.message.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+async fn credits(
+    json_out: bool,
+    settings: &Settings,
+    pool: &PgPool,
+    cmd: &CreditsCmd,
+) -> anyhow::Result<Outcome> {
+    let (user, amount, reason, reference, kind, who) = match cmd {
+        CreditsCmd::Grant {
+            user,
+            amount,
+            reason,
+            actor: a,
+        } => (
+            user,
+            *amount,
+            reason.clone(),
+            None,
+            LedgerKind::Grant,
+            actor(a),
+        ),
+        CreditsCmd::Purchase {
+            user,
+            amount,
+            reference,
+            reason,
+            actor: a,
+        } => (
+            user,
+            *amount,
+            reason.clone(),
+            Some(reference.clone()),
+            LedgerKind::Purchase,
+            actor(a),
+        ),
+    };
+    let amount =
+        Credits::parse_grant(amount, "--amount").map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    anyhow::ensure!(!reason.trim().is_empty(), "--reason must not be empty");
+    let Some(target) = store::find_user(pool, &user.to_ref()).await? else {
+        return fail(2, "No such user.".into());
+    };
+    let grant = CreditGrant {
+        user_id: target.id,
+        kind,
+        amount: amount.get(),
+        reason,
+        reference,
+        actor: who,
+    };
+    let (applied, entry) = match store::add_credits(pool, &grant).await? {
+        GrantOutcome::Applied(e) => (true, e),
+        GrantOutcome::AlreadyApplied(e) => (false, e),
+    };
+    let account = store::account(pool, target.id).await?;
+    if json_out {
+        return ok(serde_json::to_string_pretty(
+            &json!({"applied": applied, "entry": entry, "credits": account}),
+        )?);
+    }
+    let can = account.available >= settings.credits.video_cost;
+    let head = if applied {
+        format!(
+            "Added {} credits ({}) to {} as {}.",
+            entry.amount, entry.kind, target.external_id, entry.actor
+        )
+    } else {
+        format!(
+            "Reference {} was already applied on {}; nothing added.",
+            entry.reference.as_deref().unwrap_or("?"),
+            ts(entry.created_at)
+        )
+    };
+    ok(format!(
+        "{head}\nNow: available {} · reserved {} · spent {} — {}.",
+        account.available,
+        account.reserved,
+        account.spent,
+        if can {
+            "can afford a video"
+        } else {
+            "cannot afford a video"
+        }
+    ))
+}
+
+async fn job_show(json_out: bool, pool: &PgPool, id: Uuid) -> anyhow::Result<Outcome> {
+    let Some(job) = store::get_job(pool, id).await? else {
+        return fail(2, format!("No job {id}."));
+    };
+    let events = store::job_events(pool, id).await?;
+    if json_out {
+        return ok(serde_json::to_string_pretty(
+            &json!({"job": job, "events": events}),
+        )?);
+    }
+    ok(job_text(&job, &events)?)
+}
+
+fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    writeln!(out, "JOB {}  ({})", job.id, job.status)?;
+    writeln!(
+        out,
+        "  user {}   cost {}   attempts {}   reservation {}",
+        job.user_id, job.cost, job.attempts, job.reservation
+    )?;
+    writeln!(out, "  prompt        {}", job.prompt)?;
+    writeln!(
+        out,
+        "  provider task {}",
+        job.provider_task_id.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "  result        {}",
+        job.result_url.as_deref().unwrap_or("-")
+    )?;
+    if let Some(code) = &job.error_code {
+        writeln!(
+            out,
+            "  error         {code}: {}",
+            job.error_message.as_deref().unwrap_or("")
+        )?;
+    }
+    writeln!(
+        out,
+        "  created {}   updated {}",
+        ts(job.created_at),
+        ts(job.updated_at)
+    )?;
+    writeln!(out, "TIMELINE")?;
+    write_timeline(&mut out, events, "  ")?;
+    Ok(out)
+}
+
+async fn dead_letters(
+    json_out: bool,
+    settings: &Settings,
+    pool: &PgPool,
+    cmd: &DlqCmd,
+) -> anyhow::Result<Outcome> {
+    match cmd {
+        DlqCmd::List { all } => {
+            // New letters still on the broker are moved in first; if the
+            // broker is away the archive is shown as it is.
+            let note = match dlq::sync_from_broker(settings, pool).await {
+                Ok(_) => String::new(),
+                Err(e) => format!("(the broker is unreachable, showing the archive only: {e:#})\n"),
+            };
+            let letters = dlq::list(pool, *all, 10_000).await?;
+            if json_out {
+                return ok(serde_json::to_string_pretty(
+                    &letters.iter().map(letter_json).collect::<Vec<_>>(),
+                )?);
+            }
+            let mut t = table(&["id", "job", "user", "reason", "attempts", "age", "state"]);
+            for l in &letters {
+                t.add_row(vec![
+                    l.id.to_string(),
+                    l.job_id
+                        .map(|j| j.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    l.user_email
+                        .clone()
+                        .or(l.user_id.map(|u| u.to_string()))
+                        .unwrap_or_else(|| "-".into()),
+                    l.reason.clone(),
+                    l.attempts
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    age(l.received_at),
+                    l.state.clone(),
+                ]);
+            }
+            ok(format!("{note}{t}\n{} dead letter(s)", letters.len()))
+        }
+        DlqCmd::Show { id } => {
+            let Some(l) = dlq::get(pool, *id).await? else {
+                return fail(2, format!("No dead letter {id}."));
+            };
+            if json_out {
+                return ok(serde_json::to_string_pretty(&letter_json(&l))?);
+            }
+            let mut out = format!(
+                "DEAD LETTER {}  ({})\n  reason   {}\n  from     {} queue, {} ago\n  user     {}\n  message  {}\n",
+                l.id, l.state, l.reason, l.source_queue, age(l.received_at),
+                l.user_email.clone().unwrap_or_else(|| "-".into()), l.body_text()
+            );
+            if let Some(job_id) = l.job_id {
+                if let Some(job) = store::get_job(pool, job_id).await? {
+                    out.push_str(&job_text(&job, &store::job_events(pool, job_id).await?)?);
+                }
+            }
+            ok(out)
+        }
+        DlqCmd::Replay(target) | DlqCmd::Discard(target) => {
+            let replay = matches!(cmd, DlqCmd::Replay(_));
+            let who = actor(&target.actor);
+            let ids: Vec<i64> = match target.id {
+                Some(id) => vec![id],
+                None => {
+                    let _ = dlq::sync_from_broker(settings, pool).await;
+                    dlq::list(pool, false, 100_000)
+                        .await?
+                        .into_iter()
+                        .map(|l| l.id)
+                        .collect()
+                }
+            };
+            let topology = Topology::new(settings);
+            let bar = ProgressBar::new(ids.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("template"),
+            );
+            if ids.len() < 2 {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let mut results = vec![];
+            for id in ids {
+                let r = if replay {
+                    dlq::replay(pool, &topology, id, &who).await
+                } else {
+                    dlq::discard(pool, id, &who).await
+                };
+                match r {
+                    Ok(r) => results.push(r),
+                    Err(store::StoreError::NotFound) => {
+                        return fail(2, format!("No dead letter {id}."))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let failed = results.iter().filter(|r| !r.done).count();
+            let code = if failed > 0 { 1 } else { 0 };
+            if json_out {
+                return fail(code, serde_json::to_string_pretty(&results)?);
+            }
+            let mut out = String::new();
+            for r in &results {
+                writeln!(
+                    out,
+                    "{} {}: {}",
+                    if r.done { "ok  " } else { "SKIP" },
+                    r.id,
+                    r.message
+                )?;
+            }
+            writeln!(out, "{} done, {} not done", results.len() - failed, failed)?;
+            fail(code, out)
+        }
+    }
+}
+
+fn letter_json(l: &dlq::DeadLetter) -> serde_json::Value {
+    let mut v = serde_json::to_value(l).expect("serializes");
+    v["body"] = json!(l.body_text());
+    v["age_secs"] = json!((Utc::now() - l.received_at).num_seconds());
+    v
+}
+
+/// Loads the settings, connects and runs; what `main` calls.
+pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    let pool = db::connect_and_migrate(&settings.database).await?;
+    let outcome = execute(&cli, &settings, &pool).await;
+    pool.close().await;
+    outcome
+}
