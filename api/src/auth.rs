@@ -37,7 +37,8 @@ pub struct AuthUser {
 impl AuthUser {
     /// How this caller is named in audit entries and timelines.
     pub fn actor(&self) -> String {
-        format!("user:{}", self.external_id)
+        let kind = if self.is_admin { "admin" } else { "user" };
+        format!("{kind}:{}", self.external_id)
     }
 }
 

@@ -213,7 +213,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             json: false,
-            filter: "info".into(),
+            filter: "info,sqlx=warn".into(),
         }
     }
 }

@@ -556,8 +556,8 @@ async fn admin_grants_and_purchases_are_audited_and_references_apply_once() {
     assert_eq!(
         audits,
         vec![
-            ("user:op-1".into(), "credits.purchase".into()),
-            ("user:op-1".into(), "credits.purchase".into())
+            ("admin:op-1".into(), "credits.purchase".into()),
+            ("admin:op-1".into(), "credits.purchase".into())
         ]
     );
     // Invalid amounts and unknown users.
