@@ -48,6 +48,7 @@ impl Application {
                 settings.auth.jwt_secret.expose_secret().as_bytes(),
             )),
             topology: Arc::new(Topology::new(&settings)),
+            submit_limiter: Arc::new(crate::state::submit_limiter(&settings.api)),
             settings: Arc::new(settings),
             metrics: telemetry::metrics_handle(),
         };
@@ -75,6 +76,17 @@ impl Application {
             self.state.topology.clone(),
             shutdown.clone(),
         ));
+        // The limiter keeps a state per user; forget the idle ones now and then.
+        let limiter = self.state.submit_limiter.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => limiter.retain_recent(),
+                }
+            }
+        });
         let app = router(self.state);
         tracing::info!(port = self.port, "genq-api listening");
         axum::serve(self.listener, app)

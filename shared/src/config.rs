@@ -43,6 +43,10 @@ pub struct ApiSettings {
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
+    /// Submissions one user may make per minute, sustained (per API process).
+    pub submit_per_minute: u32,
+    /// Submissions one user may make in a burst.
+    pub submit_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +149,8 @@ impl Default for ApiSettings {
             addr: "127.0.0.1:8080".into(),
             body_limit_bytes: 16 * 1024,
             request_timeout_ms: 10_000,
+            submit_per_minute: 60,
+            submit_burst: 20,
         }
     }
 }
@@ -276,6 +282,12 @@ impl Settings {
         }
         if self.api.body_limit_bytes < 256 {
             fail("api.body_limit_bytes", "must be at least 256")?;
+        }
+        if self.api.submit_per_minute == 0 || self.api.submit_burst == 0 {
+            fail(
+                "api.submit_per_minute",
+                "and api.submit_burst must be more than 0",
+            )?;
         }
         if self.database.max_connections == 0 {
             fail("database.max_connections", "must be more than 0")?;

@@ -39,6 +39,9 @@ pub fn test_settings() -> Settings {
         s.amqp.url = SecretString::from(url);
     }
     s.api.addr = "127.0.0.1:0".into();
+    // Tests submit in bursts (200 jobs, 50 at once); the limit has its own test.
+    s.api.submit_burst = 1_000;
+    s.api.submit_per_minute = 60_000;
     s.auth.jwt_secret = SecretString::from(JWT_SECRET);
     s.queue.prefix = format!("genq-test-{}", &id[..12]);
     s.queue.prefetch = 16;

@@ -169,6 +169,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 402, description = "Not enough credits; the attempt is recorded as a rejected job", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
+        (status = 429, description = "Too many submissions; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -181,6 +182,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = body.parse()?;
+    if let Err(wait) = state.check_submit_rate(user.id) {
+        metrics::counter!("genq_submissions_total", "outcome" => "rate_limited").increment(1);
+        return Err(ApiError::RateLimited {
+            retry_after_secs: wait.as_secs() + 1,
+        });
+    }
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
     let outcome = store::submit(

@@ -1,0 +1,333 @@
+//! Hostile input: rate limits, random and oversized bodies on every
+//! endpoint, admin-only endpoints, secrets kept out of responses, and
+//! unknown messages on every queue.
+
+use std::time::Duration;
+
+use genq_provider_sim::SimConfig;
+use genq_shared::queue::Publisher;
+use genq_tests::{eventually, test_settings, TestEnv};
+use rand::{Rng, SeedableRng};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn assert_error_shape(body: &Value, context: &str) {
+    assert!(body["error"]["code"].is_string(), "{context}: {body}");
+    assert!(body["error"]["message"].is_string(), "{context}: {body}");
+}
+
+#[tokio::test]
+async fn submissions_are_rate_limited_per_user_with_retry_after() {
+    let mut settings = test_settings();
+    settings.api.submit_burst = 3;
+    settings.api.submit_per_minute = 1;
+    let env = TestEnv::with_settings(settings).await;
+    let t = env.new_user("rl", "rl@example.com").await;
+    env.grant("rl@example.com", 100).await;
+    for i in 0..3 {
+        let (s, _) = env.submit(&t, &format!("ok {i}")).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+    }
+    let r = env
+        .client
+        .post(format!("{}/v1/generations", env.base))
+        .bearer_auth(&t)
+        .json(&json!({"prompt": "one too many"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=61).contains(&wait), "{wait}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another user is not affected; nothing was reserved for the refused one.
+    let other = env.new_user("rl2", "rl2@example.com").await;
+    env.grant("rl2@example.com", 2).await;
+    assert_eq!(env.submit(&other, "mine").await.0, StatusCode::ACCEPTED);
+    let (_, credits) = env.get("/v1/credits", &t).await;
+    assert_eq!(credits["reserved"], 30);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn random_bodies_and_queries_never_cause_a_5xx() {
+    let env = TestEnv::new().await;
+    let user = env.new_user("fz", "fz@example.com").await;
+    let admin = env.admin_token("fz-admin");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let shapes = [
+        json!(null),
+        json!([]),
+        json!(1e308),
+        json!("x"),
+        json!({"prompt": null}),
+        json!({"prompt": ["a"]}),
+        json!({"prompt": {"$gt": ""}}),
+        json!({"prompt": "a", "duration_seconds": -1}),
+        json!({"prompt": "\u{0000}"}),
+        json!({"prompt": "a\u{202e}b"}),
+        json!({"prompt": "🎬".repeat(2_001)}),
+        json!({"email": "x", "amount": 1e20, "reason": "r", "kind": "grant"}),
+        json!({"email": "' OR 1=1 --", "amount": 5, "reason": "r", "kind": "grant"}),
+        json!({"user_id": "00000000-0000-0000-0000-000000000000", "amount": 5, "reason": "r", "kind": "purchase", "reference": "x".repeat(300)}),
+    ];
+    let posts = [
+        "/v1/generations",
+        "/v1/admin/credits",
+        "/v1/generations/00000000-0000-0000-0000-000000000000/cancel",
+        "/v1/admin/dlq/1/replay",
+        "/v1/admin/dlq/abc/discard",
+    ];
+    for path in posts {
+        for token in [&user, &admin] {
+            for body in &shapes {
+                let (s, b) = env
+                    .call(Method::POST, path, Some(token), Some(body), &[])
+                    .await;
+                assert!(
+                    s.is_client_error() || s.is_success(),
+                    "{path} {body} → {s} {b}"
+                );
+                if !s.is_success() {
+                    assert_error_shape(&b, path);
+                }
+            }
+            for _ in 0..30 {
+                let len = rng.random_range(0..512);
+                let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                let r = env
+                    .client
+                    .post(format!("{}{path}", env.base))
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(bytes)
+                    .send()
+                    .await
+                    .unwrap();
+                let s = r.status();
+                assert!(
+                    s.is_client_error() || s.is_success(),
+                    "{path} random body → {s}"
+                );
+            }
+        }
+    }
+    let gets = [
+        "/v1/generations?limit=",
+        "/v1/generations?limit=1e9",
+        "/v1/generations?cursor=%00",
+        "/v1/generations?status=%27%3B",
+        "/v1/credits/ledger?cursor=-1",
+        "/v1/credits/ledger?limit=100000000000000000000",
+        "/v1/admin/jobs?older_than_secs=-5",
+        "/v1/admin/jobs?status=nope",
+        "/v1/admin/users/diagnose",
+        "/v1/admin/users/diagnose?email=a&user=b",
+        "/v1/admin/dlq?all=maybe",
+        "/v1/admin/jobs/not-a-uuid",
+        "/v1/generations/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    ];
+    for path in gets {
+        let (s, b) = env.get(path, &admin).await;
+        assert!(s.is_client_error() || s.is_success(), "{path} → {s} {b}");
+        if !s.is_success() {
+            assert_error_shape(&b, path);
+        }
+    }
+    // Headers: a huge or binary Idempotency-Key, a garbage Authorization.
+    let huge = "k".repeat(5_000);
+    let (s, b) = env
+        .call(
+            Method::POST,
+            "/v1/generations",
+            Some(&user),
+            Some(&json!({"prompt": "a"})),
+            &[("Idempotency-Key", &huge)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let r = env
+        .client
+        .get(format!("{}/v1/credits", env.base))
+        .header("authorization", "Bearer \u{7f}\u{7f}")
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_admin_endpoint_needs_the_admin_role() {
+    let env = TestEnv::new().await;
+    let user = env.new_user("nu", "nu@example.com").await;
+    let endpoints = [
+        (Method::POST, "/v1/admin/credits"),
+        (Method::GET, "/v1/admin/users/diagnose?email=nu@example.com"),
+        (Method::GET, "/v1/admin/jobs"),
+        (
+            Method::GET,
+            "/v1/admin/jobs/00000000-0000-0000-0000-000000000000",
+        ),
+        (Method::GET, "/v1/admin/dlq"),
+        (Method::GET, "/v1/admin/dlq/1"),
+        (Method::POST, "/v1/admin/dlq/1/replay"),
+        (Method::POST, "/v1/admin/dlq/1/discard"),
+        (Method::GET, "/v1/admin/ledger/verify"),
+    ];
+    for (method, path) in endpoints {
+        let (s, b) = env
+            .call(method.clone(), path, None, Some(&json!({})), &[])
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_error_shape(&b, path);
+        let (s, b) = env
+            .call(method.clone(), path, Some(&user), Some(&json!({})), &[])
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_error_shape(&b, path);
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_error_bodies() {
+    let mut settings = test_settings();
+    settings.database.url =
+        secrecy::SecretString::from("postgres://postgres:db-password-xyzzy@127.0.0.1:1/genq");
+    settings.database.acquire_timeout_ms = 300;
+    // Settings print their secrets redacted.
+    let printed = format!("{settings:?}");
+    assert!(
+        !printed.contains("db-password-xyzzy") && !printed.contains(genq_tests::JWT_SECRET),
+        "{printed}"
+    );
+    let state = genq_api::state::AppState {
+        pool: genq_shared::db::pool(&settings.database).unwrap(),
+        jwt_key: std::sync::Arc::new(jsonwebtoken::DecodingKey::from_secret(
+            genq_tests::JWT_SECRET.as_bytes(),
+        )),
+        topology: std::sync::Arc::new(genq_shared::queue::Topology::new(&settings)),
+        submit_limiter: std::sync::Arc::new(genq_api::state::submit_limiter(&settings.api)),
+        metrics: genq_shared::telemetry::metrics_handle(),
+        settings: std::sync::Arc::new(settings),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, genq_api::startup::router(state)).await });
+    let env_token = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        genq_api::auth::mint(
+            genq_tests::JWT_SECRET.as_bytes(),
+            &genq_api::auth::Claims {
+                sub: "s".into(),
+                exp: now + 60,
+                email: None,
+                name: None,
+                role: Some("admin".into()),
+            },
+        )
+        .unwrap()
+    };
+    let client = reqwest::Client::new();
+    for path in ["/readyz", "/v1/credits", "/v1/admin/ledger/verify"] {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(&env_token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_server_error(), "{path}");
+        let text = r.text().await.unwrap();
+        for secret in [
+            "db-password-xyzzy",
+            genq_tests::JWT_SECRET,
+            "127.0.0.1:1",
+            "postgres://",
+        ] {
+            assert!(!text.contains(secret), "{path} leaked {secret}: {text}");
+        }
+        assert_error_shape(&serde_json::from_str(&text).unwrap(), path);
+    }
+}
+
+#[tokio::test]
+async fn unknown_messages_on_every_queue_end_as_dead_letters() {
+    let env = TestEnv::with_sim(SimConfig {
+        generation: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await;
+    let worker = env.spawn_worker().await;
+    let topology = env.topology();
+    let conn = genq_shared::queue::connect(&env.settings).await.unwrap();
+    let publisher = Publisher::new(&conn).await.unwrap();
+    topology.declare(publisher.channel()).await.unwrap();
+    let bodies: [&[u8]; 4] = [
+        b"\xff\xfe\x00",
+        br#"{"type":"explode"}"#,
+        br#"{"type":"poll","job_id":"00000000-0000-0000-0000-000000000000","seq":"x","errors":0}"#,
+        b"[]",
+    ];
+    // Straight to the work queues, through a wait queue, and into the dead-letter queue itself.
+    for body in bodies {
+        publisher
+            .publish(&topology.work_exchange(), "start", body, Default::default())
+            .await
+            .unwrap();
+        publisher
+            .publish(&topology.work_exchange(), "poll", body, Default::default())
+            .await
+            .unwrap();
+        publisher
+            .publish(
+                &topology.delay_exchange(100),
+                "poll",
+                body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        publisher
+            .publish(
+                &topology.dead_letter_exchange(),
+                "anything",
+                body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    conn.close(200, "done".into()).await.ok();
+    let archived = eventually(Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (n >= 16).then_some(n)
+    })
+    .await;
+    assert_eq!(archived, Some(16));
+    // The worker is still alive and working.
+    let t = env.new_user("alive", "alive@example.com").await;
+    env.grant("alive@example.com", 2).await;
+    let (_, job) = env.submit(&t, "still here").await;
+    env.wait_for_status(
+        &t,
+        job["id"].as_str().unwrap(),
+        "succeeded",
+        Duration::from_secs(30),
+    )
+    .await;
+    worker.stop().await;
+    env.cleanup().await;
+}
