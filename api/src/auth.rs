@@ -74,10 +74,13 @@ pub fn verify(token: &str, state: &AppState) -> Result<Claims, ApiError> {
         ApiError::Unauthorized(why.into())
     })?;
     let claims = data.claims;
-    let bounded =
-        |v: &Option<String>, max: usize| v.as_ref().is_none_or(|s| s.chars().count() <= max);
+    let bounded = |v: &Option<String>, max: usize| {
+        v.as_ref()
+            .is_none_or(|s| s.chars().count() <= max && !s.chars().any(char::is_control))
+    };
     if claims.sub.trim().is_empty()
         || claims.sub.len() > 255
+        || claims.sub.chars().any(char::is_control)
         || !bounded(&claims.email, 320)
         || !bounded(&claims.name, 200)
     {

@@ -113,6 +113,13 @@ impl From<sqlx::Error> for ApiError {
                 Self::Unavailable(e.into())
             }
             // Named constraints that a client can trip map to client errors.
+            // Text Postgres can't store (a NUL byte) that slipped past validation.
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("22021" | "22P05")) => {
+                Self::invalid(
+                    "body",
+                    "The request contains characters that can't be stored.",
+                )
+            }
             sqlx::Error::Database(d) => match d.constraint() {
                 Some("credit_accounts_available_nonnegative") => {
                     Self::Conflict("not enough credits for this change".into())

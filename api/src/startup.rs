@@ -135,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/credits", get(credits::balance))
         .route("/credits/ledger", get(credits::ledger))
         .route("/admin/credits", post(admin::add_credits))
-        .route("/admin/users/diagnose", get(ops::diagnose))
+        .route("/admin/users/{user}/diagnosis", get(ops::diagnose))
         .route("/admin/jobs", get(ops::jobs))
         .route("/admin/jobs/{id}", get(ops::job))
         .route("/admin/dlq", get(ops::dlq_list))

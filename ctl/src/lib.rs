@@ -209,7 +209,9 @@ pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::R
                 .as_deref()
                 .map(|s| JobStatus::parse(s).with_context(|| format!("unknown status {s:?}")))
                 .transpose()?;
-            let jobs = ops::list_jobs(pool, status, *older_than, (*limit).clamp(1, 10_000)).await?;
+            // Beyond ten years the interval would overflow in Postgres.
+            let older = older_than.map(|d| d.min(Duration::from_secs(315_360_000)));
+            let jobs = ops::list_jobs(pool, status, older, (*limit).clamp(1, 10_000)).await?;
             if cli.json {
                 return ok(serde_json::to_string_pretty(&jobs)?);
             }

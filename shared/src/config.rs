@@ -147,7 +147,8 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
-            body_limit_bytes: 16 * 1024,
+            // A 2,000-character prompt of escaped astral characters is ~24 KiB.
+            body_limit_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             submit_per_minute: 60,
             submit_burst: 20,

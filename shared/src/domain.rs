@@ -28,6 +28,26 @@ impl InvalidInput {
     }
 }
 
+/// A short piece of text from outside (a reason, a reference, an email, an
+/// ID): trimmed, 1 to `max` characters, no control characters (Postgres
+/// can't store NUL, and nobody means to send the others).
+pub fn check_text(field: &str, raw: &str, max: usize) -> Result<String, InvalidInput> {
+    let v = raw.trim();
+    if v.is_empty() || v.chars().count() > max {
+        return Err(InvalidInput::new(
+            field,
+            format!("{field} must have 1 to {max} characters."),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(InvalidInput::new(
+            field,
+            format!("{field} must not contain control characters."),
+        ));
+    }
+    Ok(v.to_owned())
+}
+
 /// A video prompt: trimmed, non-empty, at most [`PROMPT_MAX_CHARS`] characters,
 /// no control characters other than newlines and tabs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -299,6 +319,15 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         b.aspect_ratio = AspectRatio::Square;
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn text_is_trimmed_bounded_and_free_of_controls() {
+        assert_eq!(check_text("reason", "  ok ", 10).unwrap(), "ok");
+        assert!(check_text("reason", "", 10).is_err());
+        assert!(check_text("reason", "a\u{0}b", 10).is_err());
+        assert!(check_text("reason", "a\u{98}b", 10).is_err());
+        assert!(check_text("reason", &"x".repeat(11), 10).is_err());
     }
 
     #[test]

@@ -242,6 +242,21 @@ impl Topology {
         Ok(())
     }
 
+    /// Deletes every queue and exchange of the topology (test and chaos runs).
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for q in self.all_queues() {
+            channel.queue_delete(q.into(), Default::default()).await?;
+        }
+        let mut exchanges = vec![self.work_exchange(), self.dead_letter_exchange()];
+        exchanges.extend(DELAY_TIERS_MS.iter().map(|t| self.delay_exchange(*t)));
+        for e in exchanges {
+            channel
+                .exchange_delete(e.into(), Default::default())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Every queue of the topology, for tests and operators.
     pub fn all_queues(&self) -> Vec<String> {
         let mut queues = vec![

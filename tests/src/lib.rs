@@ -339,23 +339,11 @@ pub async fn drop_database(settings: &Settings) {
 }
 
 pub async fn delete_queues(settings: &Settings) {
-    let topology = Topology::new(settings);
     let Ok(conn) = genq_shared::queue::connect(settings).await else {
         return;
     };
     if let Ok(ch) = conn.create_channel().await {
-        for q in topology.all_queues() {
-            let _ = ch.queue_delete(q.into(), Default::default()).await;
-        }
-        let mut exchanges = vec![topology.work_exchange(), topology.dead_letter_exchange()];
-        exchanges.extend(
-            genq_shared::queue::DELAY_TIERS_MS
-                .iter()
-                .map(|t| topology.delay_exchange(*t)),
-        );
-        for e in exchanges {
-            let _ = ch.exchange_delete(e.into(), Default::default()).await;
-        }
+        let _ = Topology::new(settings).delete(&ch).await;
     }
     let _ = conn.close(200, "test over".into()).await;
 }

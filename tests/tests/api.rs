@@ -253,7 +253,7 @@ async fn bad_input_is_a_400_naming_the_field() {
         assert_eq!(b["error"]["field"], field, "{body} → {b}");
     }
     // Over the size limit, not JSON, invalid UTF-8, deep nesting.
-    let huge = json!({"prompt": "x".repeat(20_000)});
+    let huge = json!({"prompt": "x".repeat(70_000)});
     let (s, b) = env.post("/v1/generations", &t, &huge).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(b["error"]["field"], "body");

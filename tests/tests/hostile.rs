@@ -126,8 +126,8 @@ async fn random_bodies_and_queries_never_cause_a_5xx() {
         "/v1/credits/ledger?limit=100000000000000000000",
         "/v1/admin/jobs?older_than_secs=-5",
         "/v1/admin/jobs?status=nope",
-        "/v1/admin/users/diagnose",
-        "/v1/admin/users/diagnose?email=a&user=b",
+        "/v1/admin/users/%20/diagnosis",
+        "/v1/admin/users/a@b/diagnosis?x=1",
         "/v1/admin/dlq?all=maybe",
         "/v1/admin/jobs/not-a-uuid",
         "/v1/generations/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
@@ -169,7 +169,7 @@ async fn every_admin_endpoint_needs_the_admin_role() {
     let user = env.new_user("nu", "nu@example.com").await;
     let endpoints = [
         (Method::POST, "/v1/admin/credits"),
-        (Method::GET, "/v1/admin/users/diagnose?email=nu@example.com"),
+        (Method::GET, "/v1/admin/users/nu@example.com/diagnosis"),
         (Method::GET, "/v1/admin/jobs"),
         (
             Method::GET,
@@ -329,5 +329,89 @@ async fn unknown_messages_on_every_queue_end_as_dead_letters() {
     )
     .await;
     worker.stop().await;
+    env.cleanup().await;
+}
+
+/// Each case here was found by `scripts/fuzz.sh` (schemathesis) and fixed.
+#[tokio::test]
+async fn regressions_found_by_the_fuzzer() {
+    let env = TestEnv::new().await;
+    let user = env.new_user("rg", "rg@example.com").await;
+    let admin = env.admin_token("rg-admin");
+    // A NUL byte in stored text was a 500 (Postgres refuses it): now a 400 naming the field.
+    let (s, b) = env
+        .post(
+            "/v1/admin/credits",
+            &admin,
+            &json!({"user_id": "rg", "amount": 5, "reason": "a\u{0}b", "kind": "grant"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["error"]["field"], "reason");
+    let (s, _) = env.post("/v1/admin/credits", &admin,
+        &json!({"user_id": "rg", "amount": 5, "reason": "ok", "kind": "purchase", "reference": "x\u{2}"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // ...and in a token's claims, or an operator's lookup.
+    let nul_sub = env.token("evil\u{0}sub", None);
+    assert_eq!(
+        env.get("/v1/credits", &nul_sub).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = env.get("/v1/admin/users/a%00b/diagnosis", &admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A huge age filter overflowed Postgres' interval: a 500, now a 400.
+    let (s, b) = env
+        .get("/v1/admin/jobs?older_than_secs=9223372036854775808", &admin)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = env
+        .get("/v1/admin/jobs?older_than_secs=315360001", &admin)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    // JSON Schema counts 35.0 as an integer; so does the API now.
+    env.grant("rg@example.com", 2).await;
+    let (s, b) = env
+        .post(
+            "/v1/generations",
+            &user,
+            &json!({"prompt": "float", "duration_seconds": 35.0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(b["duration_seconds"], 35);
+    let (s, _) = env
+        .post(
+            "/v1/generations",
+            &user,
+            &json!({"prompt": "float", "duration_seconds": 35.5}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The OpenAPI document put query parameters in the path.
+    let (_, doc) = env
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    for (path, name) in [
+        ("/v1/generations", "limit"),
+        ("/v1/credits/ledger", "cursor"),
+        ("/v1/admin/jobs", "older_than_secs"),
+        ("/v1/admin/dlq", "all"),
+    ] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let p = params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} {name}"));
+        assert_eq!(p["in"], "query", "{path} {name}");
+    }
+    // A bigger body limit lets the longest prompt of astral characters through.
+    let (s, b) = env
+        .post(
+            "/v1/generations",
+            &user,
+            &json!({"prompt": "🎬".repeat(2_000)}),
+        )
+        .await;
+    assert_ne!(s, StatusCode::BAD_REQUEST, "{b}");
     env.cleanup().await;
 }

@@ -113,7 +113,7 @@ async fn the_origin_incident_is_one_command_away() {
     // The same diagnosis over HTTP for admins.
     let admin = env.admin_token("ops");
     let (s, http) = env
-        .get("/v1/admin/users/diagnose?email=viewer@example.com", &admin)
+        .get("/v1/admin/users/viewer@example.com/diagnosis", &admin)
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(http["conclusion"], d["conclusion"]);

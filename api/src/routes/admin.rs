@@ -26,14 +26,20 @@ pub enum GrantKind {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreditRequest {
+    #[schema(min_length = 1, max_length = 320, pattern = r"\S")]
     pub email: Option<String>,
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub user_id: Option<String>,
     /// 1 to 1,000,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::extract::integer")]
     pub amount: i64,
     /// Why, for the ledger and the audit log.
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub reason: String,
     pub kind: GrantKind,
     /// A payment ID; a reference already applied is not applied again.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub reference: Option<String>,
 }
 
@@ -47,14 +53,7 @@ pub struct AdminCreditResponse {
 }
 
 fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError> {
-    let v = value.trim();
-    if v.is_empty() || v.chars().count() > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field} must have 1 to {max} characters."),
-        ));
-    }
-    Ok(v.to_owned())
+    Ok(genq_shared::domain::check_text(field, value, max)?)
 }
 
 /// Add credits to a user (grant or purchase), audited with the admin as actor.
@@ -63,7 +62,7 @@ fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError
     request_body = AdminCreditRequest,
     responses(
         (status = 200, description = "Applied, or already applied for this reference", body = AdminCreditResponse),
-        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 400, description = "Invalid request, or neither or both of email and user_id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),

@@ -27,12 +27,19 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGeneration {
-    /// What the video shows; 1 to 2,000 characters.
+    /// What the video shows; 1 to 2,000 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+    )]
     pub prompt: String,
     /// 1 to 60 seconds; 5 when absent.
+    #[schema(minimum = 1, maximum = 60)]
+    #[serde(default, deserialize_with = "crate::extract::opt_integer")]
     pub duration_seconds: Option<i64>,
     /// "16:9" (default), "9:16" or "1:1".
-    #[schema(example = "16:9")]
+    #[schema(value_type = Option<AspectRatio>, example = "16:9")]
     pub aspect_ratio: Option<String>,
 }
 
@@ -138,6 +145,22 @@ impl JobView {
     }
 }
 
+/// The headers of a submission.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documents the header; it is read from the HeaderMap
+pub struct SubmitHeaders {
+    /// Repeat a request safely: the same key and body return the same job.
+    /// Printable ASCII, 1 to 200 characters.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[!-~]([ -~]*[!-~])?$"
+    )]
+    idempotency_key: Option<String>,
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -161,8 +184,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 #[utoipa::path(
     post, path = "/v1/generations", tag = "generations",
     request_body = CreateGeneration,
-    params(("Idempotency-Key" = Option<String>, Header,
-            description = "Repeat a request safely: the same key and body return the same job.")),
+    params(SubmitHeaders),
     responses(
         (status = 202, description = "Accepted and queued (or an idempotent replay)", body = JobView),
         (status = 400, description = "Invalid request", body = ErrorBody),
@@ -261,12 +283,16 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-f]{32}$")]
     pub cursor: Option<String>,
     /// Only jobs in this status.
+    #[param(value_type = Option<JobStatus>)]
     pub status: Option<String>,
 }
 

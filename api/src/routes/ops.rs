@@ -17,15 +17,6 @@ use crate::routes::generations::JobView;
 use crate::routes::page_limit;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct DiagnoseParams {
-    /// The user's email.
-    pub email: Option<String>,
-    /// The user's external ID (`sub`) or genq ID.
-    pub user: Option<String>,
-}
-
 /// A user reference from an email or an ID (genq's UUID or the external `sub`).
 pub fn user_ref(email: Option<&str>, user: Option<&str>) -> Result<UserRef, ApiError> {
     match (email.map(str::trim), user.map(str::trim)) {
@@ -43,11 +34,12 @@ pub fn user_ref(email: Option<&str>, user: Option<&str>) -> Result<UserRef, ApiE
 
 /// The whole diagnosis of a user: account, credits, jobs with timelines, audit, conclusion.
 #[utoipa::path(
-    get, path = "/v1/admin/users/diagnose", tag = "admin",
-    params(DiagnoseParams),
+    get, path = "/v1/admin/users/{user}/diagnosis", tag = "admin",
+    params(("user" = String, Path, description = "The user's email (with an @), external ID (`sub`) or genq ID")),
     responses(
         (status = 200, description = "The diagnosis", body = Object),
         (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
     ),
@@ -56,22 +48,40 @@ pub fn user_ref(email: Option<&str>, user: Option<&str>) -> Result<UserRef, ApiE
 pub async fn diagnose(
     State(state): State<AppState>,
     _admin: AdminUser,
-    ApiQuery(p): ApiQuery<DiagnoseParams>,
+    Path(user): Path<String>,
 ) -> Result<Json<ops::Diagnosis>, ApiError> {
-    let who = user_ref(p.email.as_deref(), p.user.as_deref())?;
+    // No user has control characters in their names; don't send them to SQL.
+    if user.chars().any(char::is_control) || user.len() > 320 {
+        return Err(ApiError::NotFound("No such user.".into()));
+    }
+    let who = if user.contains('@') {
+        UserRef::Email(user)
+    } else {
+        match Uuid::parse_str(&user) {
+            Ok(id) => UserRef::Id(id),
+            Err(_) => UserRef::ExternalId(user),
+        }
+    };
     ops::diagnose(&state.pool, &who, state.settings.credits.video_cost)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound("No such user.".into()))
 }
 
+/// The largest age filter: ten years, far inside Postgres' interval range.
+const MAX_AGE_SECS: u64 = 315_360_000;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AdminJobParams {
+    #[param(value_type = Option<JobStatus>)]
     pub status: Option<String>,
-    /// Only jobs not updated for this many seconds.
+    /// Only jobs not updated for this many seconds (at most ten years).
+    #[param(minimum = 0, maximum = 315_360_000)]
     pub older_than_secs: Option<u64>,
     /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -82,6 +92,7 @@ pub struct AdminJobParams {
     responses(
         (status = 200, description = "Jobs", body = Vec<JobView>),
         (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -96,7 +107,15 @@ pub async fn jobs(
         .as_deref()
         .map(|s| JobStatus::parse(s).ok_or_else(|| ApiError::invalid("status", "Unknown status.")))
         .transpose()?;
-    let older = p.older_than_secs.map(std::time::Duration::from_secs);
+    let older = match p.older_than_secs {
+        Some(secs) if secs > MAX_AGE_SECS => {
+            return Err(ApiError::invalid(
+                "older_than_secs",
+                format!("older_than_secs must be at most {MAX_AGE_SECS}."),
+            ));
+        }
+        other => other.map(std::time::Duration::from_secs),
+    };
     let jobs = ops::list_jobs(&state.pool, status, older, page_limit(p.limit)?).await?;
     Ok(Json(jobs.into_iter().map(JobView::from_job).collect()))
 }
@@ -107,6 +126,7 @@ pub async fn jobs(
     params(("id" = Uuid, Path, description = "The job's ID")),
     responses(
         (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
     ),
@@ -127,9 +147,12 @@ pub async fn job(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DlqParams {
     /// Include replayed and discarded letters.
     pub all: Option<bool>,
+    /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -175,6 +198,8 @@ impl From<dlq::DeadLetter> for DeadLetterView {
     params(DlqParams),
     responses(
         (status = 200, description = "Dead letters", body = Vec<DeadLetterView>),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -199,6 +224,7 @@ fn letter_id(raw: &str) -> Result<i64, ApiError> {
     params(("id" = i64, Path, description = "The dead letter's ID")),
     responses(
         (status = 200, description = "The dead letter", body = DeadLetterView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
     ),
@@ -244,6 +270,7 @@ fn resolution(r: Result<dlq::Resolution, StoreError>) -> Result<Json<ResolutionV
     params(("id" = i64, Path, description = "The dead letter's ID")),
     responses(
         (status = 200, description = "Replayed, or why not", body = ResolutionView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
     ),
@@ -271,6 +298,7 @@ pub async fn dlq_replay(
     params(("id" = i64, Path, description = "The dead letter's ID")),
     responses(
         (status = 200, description = "Discarded, or why not", body = ResolutionView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
     ),
@@ -296,6 +324,7 @@ pub struct VerifyView {
     get, path = "/v1/admin/ledger/verify", tag = "admin",
     responses(
         (status = 200, description = "The verification", body = VerifyView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
     ),
     security(("bearer" = []))
