@@ -468,3 +468,50 @@ async fn a_stopped_worker_drains_and_a_new_one_finishes_everything() {
     next.stop().await;
     env.cleanup().await;
 }
+
+/// Found by the chaos run: when Postgres restarted, the relay's error ended
+/// the worker session and the worker panicked awaiting the finished relay
+/// twice. Here the database refuses connections for a second and every
+/// connection is cut, twice (a restart as this database sees it); the worker
+/// carries on.
+#[tokio::test]
+async fn the_worker_survives_losing_every_database_connection() {
+    let env = TestEnv::with_sim(fast_sim()).await;
+    let worker = env.spawn_worker().await;
+    let t = env.new_user("cut", "cut@example.com").await;
+    env.grant("cut@example.com", 22).await; // three videos
+    let db = genq_shared::db::connect_options(&env.settings.database).unwrap();
+    let db_name = db.get_database().unwrap().to_owned();
+    let admin = sqlx::PgPool::connect_with(db.database("postgres"))
+        .await
+        .unwrap();
+    for round in 0..3 {
+        if round > 0 {
+            let allow = |on: bool| format!("ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS {on}");
+            sqlx::query(&allow(false)).execute(&admin).await.unwrap();
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&db_name)
+            .execute(&admin)
+            .await
+            .unwrap();
+            // Long enough for the relay's safety-net tick to hit the outage.
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            sqlx::query(&allow(true)).execute(&admin).await.unwrap();
+        }
+        // The API's pool may hand out a dead connection once: a 503, then fine.
+        let job = eventually(WAIT, || async {
+            let (s, job) = env.submit(&t, &format!("round {round}")).await;
+            (s == StatusCode::ACCEPTED).then_some(job)
+        })
+        .await
+        .expect("accepted");
+        env.wait_for_status(&t, job["id"].as_str().unwrap(), "succeeded", WAIT)
+            .await;
+        assert!(!worker.join.is_finished(), "the worker stopped");
+    }
+    admin.close().await;
+    worker.stop().await;
+    env.cleanup().await;
+}

@@ -58,7 +58,9 @@ pub async fn relay_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> any
 }
 
 /// Runs the relay until `shutdown`: drains the outbox, then sleeps until a
-/// notification or the safety-net interval.
+/// notification or the safety-net interval. Database errors (a restart, a
+/// lost connection) are waited out with backoff, never fatal: only a broker
+/// failure ends the relay, since its channel is then gone.
 pub async fn run(
     pool: PgPool,
     publisher: Publisher,
@@ -66,28 +68,71 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(OUTBOX_CHANNEL).await?;
+    let mut listener: Option<PgListener> = None;
+    let mut failures = 0u32;
     let mut ticks = 0u64;
     loop {
-        // Drain: a full batch means there may be more.
-        while relay_once(&pool, &publisher, batch).await? as i64 == batch {
-            if shutdown.is_cancelled() {
-                return Ok(());
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if !publisher.channel().status().connected() {
+            anyhow::bail!("the relay's broker channel is closed");
+        }
+        match drain(&pool, &publisher, batch, &mut listener, &shutdown).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                listener = None;
+                let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)))
+                    .min(Duration::from_secs(5));
+                tracing::warn!(error = %format!("{e:#}"), ?delay, "outbox relay failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => continue,
+                }
             }
         }
         ticks += 1;
         if ticks.is_multiple_of(600) {
-            sqlx::query(&format!(
+            let cleaned = sqlx::query(&format!(
                 "DELETE FROM outbox WHERE published_at < now() - interval '{KEEP_PUBLISHED}'"
             ))
             .execute(&pool)
-            .await?;
+            .await;
+            if let Err(e) = cleaned {
+                tracing::warn!(error = %e, "cleaning the outbox failed");
+            }
         }
+        let Some(l) = listener.as_mut() else { continue };
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            n = listener.recv() => { n?; }
+            n = l.recv() => {
+                if n.is_err() {
+                    listener = None;
+                }
+            }
             _ = tokio::time::sleep(interval) => {}
         }
     }
+}
+
+/// (Re)subscribes if needed, then publishes until the outbox has no full batch left.
+async fn drain(
+    pool: &PgPool,
+    publisher: &Publisher,
+    batch: i64,
+    listener: &mut Option<PgListener>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if listener.is_none() {
+        let mut l = PgListener::connect_with(pool).await?;
+        l.listen(OUTBOX_CHANNEL).await?;
+        *listener = Some(l);
+    }
+    while relay_once(pool, publisher, batch).await? as i64 == batch {
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -160,6 +160,8 @@ impl Runner {
         let limit = Arc::new(Semaphore::new(self.settings.worker.concurrency));
         let mut in_flight = JoinSet::new();
         let mut relay = relay;
+        // Set once the relay task ended, so its handle is not awaited twice.
+        let mut relay_ended = false;
         let end = loop {
             tokio::select! {
                 _ = kill.cancelled() => {
@@ -171,7 +173,8 @@ impl Runner {
                     return SessionEnd::Stopped;
                 }
                 _ = shutdown.cancelled() => break SessionEnd::Stopped,
-                r = &mut relay => {
+                r = &mut relay, if !relay_ended => {
+                    relay_ended = true;
                     let e = match r {
                         Ok(Ok(())) => anyhow::anyhow!("relay stopped"),
                         Ok(Err(e)) => e,
@@ -220,7 +223,9 @@ impl Runner {
             in_flight.abort_all();
         }
         session_over.cancel();
-        let _ = relay.await;
+        if !relay_ended {
+            let _ = relay.await;
+        }
         let _ = sweeper.await;
         let _ = archiver.await;
         tracing::info!("worker session ended");
