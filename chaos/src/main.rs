@@ -472,6 +472,8 @@ struct Report {
     settle_secs: f64,
     figures: serde_json::Value,
     jobs_by_status: HashMap<String, i64>,
+    /// Why jobs that did not succeed ended: provider_failed, deadline_exceeded, ...
+    endings_by_code: HashMap<String, i64>,
     provider: serde_json::Value,
     provider_tasks_created: i64,
     jobs_submitted_to_provider: i64,
@@ -813,6 +815,11 @@ async fn run(cli: Cli) -> anyhow::Result<usize> {
     if open > 0 {
         v.push(format!("{open} accepted jobs are not terminal (stuck)"));
     }
+    let endings: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT COALESCE(error_code, 'none'), count(*) FROM jobs WHERE status IN ('failed','canceled','dead') GROUP BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
     let statuses: HashMap<Uuid, String> =
         sqlx::query_as::<_, (Uuid, String)>("SELECT id, status FROM jobs")
             .fetch_all(&pool)
@@ -873,6 +880,17 @@ async fn run(cli: Cli) -> anyhow::Result<usize> {
                 "rejected job recorded with available {available} >= required {required}"
             ));
         }
+    }
+    // The operator's own command must agree: exit 0, "Ledger OK".
+    let verify = Command::new(sys.bin.join("genqctl"))
+        .args(["ledger", "verify"])
+        .envs(sys.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .await
+        .context("running genqctl ledger verify")?;
+    if !verify.status.success() {
+        v.push(format!("genqctl ledger verify failed: {}", String::from_utf8_lossy(&verify.stdout)));
     }
     for violation in ops::verify_ledger(&pool).await? {
         v.push(format!(
@@ -966,6 +984,7 @@ async fn run(cli: Cli) -> anyhow::Result<usize> {
         settle_secs,
         figures: serde_json::to_value(&*figures)?,
         jobs_by_status: by_status.into_iter().collect(),
+        endings_by_code: endings.into_iter().collect(),
         provider,
         provider_tasks_created: tasks_created,
         jobs_submitted_to_provider: submitted,
