@@ -890,7 +890,10 @@ async fn run(cli: Cli) -> anyhow::Result<usize> {
         .await
         .context("running genqctl ledger verify")?;
     if !verify.status.success() {
-        v.push(format!("genqctl ledger verify failed: {}", String::from_utf8_lossy(&verify.stdout)));
+        v.push(format!(
+            "genqctl ledger verify failed: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        ));
     }
     for violation in ops::verify_ledger(&pool).await? {
         v.push(format!(
