@@ -1034,6 +1034,13 @@ fn print_report(r: &Report, f: &Figures) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let mut endings: Vec<_> = r.endings_by_code.iter().collect();
+    endings.sort();
+    let endings: Vec<String> = endings.iter().map(|(s, c)| format!("{s} {c}")).collect();
+    println!(
+        "endings of jobs that did not succeed: {}",
+        endings.join(", ")
+    );
     println!(
         "ledger: {} commits, {} refunds; settled {:.1} s after the load",
         r.commits, r.refunds, r.settle_secs
