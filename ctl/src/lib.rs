@@ -525,9 +525,7 @@ async fn dead_letters(
             };
             let letters = dlq::list(pool, *all, 10_000).await?;
             if json_out {
-                return ok(serde_json::to_string_pretty(
-                    &letters.iter().map(letter_json).collect::<Vec<_>>(),
-                )?);
+                return ok(serde_json::to_string_pretty(&letters)?);
             }
             let mut t = table(&["id", "job", "user", "reason", "attempts", "age", "state"]);
             for l in &letters {
@@ -555,7 +553,7 @@ async fn dead_letters(
                 return fail(2, format!("No dead letter {id}."));
             };
             if json_out {
-                return ok(serde_json::to_string_pretty(&letter_json(&l))?);
+                return ok(serde_json::to_string_pretty(&l)?);
             }
             let mut out = format!(
                 "DEAD LETTER {}  ({})\n  reason   {}\n  from     {} queue, {} ago\n  user     {}\n  message  {}\n",
@@ -627,13 +625,6 @@ async fn dead_letters(
             fail(code, out)
         }
     }
-}
-
-fn letter_json(l: &dlq::DeadLetter) -> serde_json::Value {
-    let mut v = serde_json::to_value(l).expect("serializes");
-    v["body"] = json!(l.body_text());
-    v["age_secs"] = json!((Utc::now() - l.received_at).num_seconds());
-    v
 }
 
 /// Loads the settings, connects and runs; what `main` calls.

@@ -17,7 +17,8 @@ use crate::queue::{
 };
 use crate::store::{self, StoreError, Transition, OUTBOX_CHANNEL};
 
-#[derive(Debug, Clone, FromRow, Serialize)]
+/// A dead letter with its job's context, as operators see it.
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub job_id: Option<Uuid>,
@@ -27,13 +28,21 @@ pub struct DeadLetter {
     pub attempts: Option<i32>,
     pub source_queue: String,
     pub reason: String,
-    #[serde(skip)]
+    /// The message as it was, as text.
+    #[serde(serialize_with = "lossy_text")]
+    #[schema(value_type = String)]
     pub body: Vec<u8>,
+    #[schema(value_type = Object)]
     pub headers: serde_json::Value,
     pub received_at: DateTime<Utc>,
+    pub age_secs: i64,
     pub state: String,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_by: Option<String>,
+}
+
+fn lossy_text<S: serde::Serializer>(body: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(body))
 }
 
 impl DeadLetter {
@@ -44,7 +53,8 @@ impl DeadLetter {
 }
 
 const COLS: &str = "d.id, d.job_id, j.user_id, u.email AS user_email, j.status AS job_status, j.attempts,
-    d.source_queue, d.reason, d.body, d.headers, d.received_at, d.state, d.resolved_at, d.resolved_by
+    d.source_queue, d.reason, d.body, d.headers, d.received_at,
+    EXTRACT(EPOCH FROM now() - d.received_at)::bigint AS age_secs, d.state, d.resolved_at, d.resolved_by
     FROM dead_letters d LEFT JOIN jobs j ON j.id = d.job_id LEFT JOIN users u ON u.id = j.user_id";
 
 /// Why a broker message is dead, from genq's headers or the broker's `x-death`.
@@ -187,14 +197,16 @@ fn refused(letter: &DeadLetter, message: impl Into<String>) -> Resolution {
     }
 }
 
-/// Marks a dead letter resolved (only if still open) with an audit entry.
-async fn resolve(
-    tx: &mut sqlx::PgConnection,
+/// Marks a dead letter resolved (only if still open), writes the audit
+/// entry and commits `tx` with whatever the caller did in it.
+async fn finish(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     letter: &DeadLetter,
     state: &str,
     actor: &str,
-    details: serde_json::Value,
-) -> Result<bool, StoreError> {
+    job_id: Option<Uuid>,
+    message: String,
+) -> Result<Resolution, StoreError> {
     let r = sqlx::query(
         "UPDATE dead_letters SET state = $2, resolved_at = now(), resolved_by = $3 WHERE id = $1 AND state = 'open'",
     )
@@ -204,7 +216,7 @@ async fn resolve(
     .execute(&mut *tx)
     .await?;
     if r.rows_affected() == 0 {
-        return Ok(false);
+        return Ok(refused(letter, "resolved meanwhile by someone else"));
     }
     sqlx::query(
         "INSERT INTO audit_log (actor, action, target_user_id, job_id, details) VALUES ($1, $2, $3, $4, $5)",
@@ -213,10 +225,16 @@ async fn resolve(
     .bind(format!("dlq.{}", if state == "replayed" { "replay" } else { "discard" }))
     .bind(letter.user_id)
     .bind(letter.job_id)
-    .bind(details)
+    .bind(serde_json::json!({"dead_letter": letter.id, "result": message}))
     .execute(&mut *tx)
     .await?;
-    Ok(true)
+    tx.commit().await?;
+    Ok(Resolution {
+        id: letter.id,
+        job_id,
+        done: true,
+        message,
+    })
 }
 
 /// Runs the job again. A refunded job (dead or failed) reserves its cost
@@ -350,24 +368,7 @@ pub async fn replay(
     .bind(&payload)
     .execute(&mut *tx)
     .await?;
-    if !resolve(
-        &mut tx,
-        &letter,
-        "replayed",
-        actor,
-        serde_json::json!({"dead_letter": letter.id, "result": message}),
-    )
-    .await?
-    {
-        return Ok(refused(&letter, "resolved meanwhile by someone else"));
-    }
-    tx.commit().await?;
-    Ok(Resolution {
-        id: letter.id,
-        job_id: Some(job_id),
-        done: true,
-        message,
-    })
+    finish(tx, &letter, "replayed", actor, Some(job_id), message).await
 }
 
 /// Closes the letter; a job still open is marked dead and refunded.
@@ -396,23 +397,6 @@ pub async fn discard(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution, 
             );
         }
     }
-    let mut tx = pool.begin().await?;
-    if !resolve(
-        &mut tx,
-        &letter,
-        "discarded",
-        actor,
-        serde_json::json!({"dead_letter": letter.id, "result": message}),
-    )
-    .await?
-    {
-        return Ok(refused(&letter, "resolved meanwhile by someone else"));
-    }
-    tx.commit().await?;
-    Ok(Resolution {
-        id: letter.id,
-        job_id: letter.job_id,
-        done: true,
-        message,
-    })
+    let tx = pool.begin().await?;
+    finish(tx, &letter, "discarded", actor, letter.job_id, message).await
 }

@@ -130,10 +130,6 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
 
         // Dead letters: a fanout exchange into one quorum queue that operators read.
         channel
@@ -147,18 +143,14 @@ impl Topology {
         let mut args = FieldTable::default();
         // Quorum queues: replicated, and the only kind with a delivery limit.
         args.insert("x-queue-type".into(), string("quorum"));
-        channel
-            .queue_declare(self.dead_letter_queue().into(), durable_queue, args)
-            .await?;
-        channel
-            .queue_bind(
-                self.dead_letter_queue().into(),
-                self.dead_letter_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_bound(
+            channel,
+            &self.dead_letter_queue(),
+            args,
+            &self.dead_letter_exchange(),
+            "",
+        )
+        .await?;
 
         // Work: a direct exchange routing `start` and `poll` to their queues.
         channel
@@ -186,18 +178,7 @@ impl Topology {
                 "x-dead-letter-exchange".into(),
                 string(&self.dead_letter_exchange()),
             );
-            channel
-                .queue_declare(queue.clone().into(), durable_queue, args)
-                .await?;
-            channel
-                .queue_bind(
-                    queue.into(),
-                    self.work_exchange().into(),
-                    key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            declare_bound(channel, &queue, args, &self.work_exchange(), key).await?;
         }
 
         // Delays: per tier a fanout exchange into a wait queue whose messages
@@ -226,18 +207,14 @@ impl Topology {
             // Required by at-least-once: a full queue refuses new publishes
             // (the publisher sees a nack) rather than dropping its head.
             args.insert("x-overflow".into(), string("reject-publish"));
-            channel
-                .queue_declare(self.wait_queue(tier).into(), durable_queue, args)
-                .await?;
-            channel
-                .queue_bind(
-                    self.wait_queue(tier).into(),
-                    self.delay_exchange(tier).into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            declare_bound(
+                channel,
+                &self.wait_queue(tier),
+                args,
+                &self.delay_exchange(tier),
+                "",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -267,6 +244,30 @@ impl Topology {
         queues.extend(DELAY_TIERS_MS.iter().map(|t| self.wait_queue(*t)));
         queues
     }
+}
+
+/// Declares a durable queue with `args` and binds it to `exchange` with `key`.
+async fn declare_bound(
+    channel: &Channel,
+    queue: &str,
+    args: FieldTable,
+    exchange: &str,
+    key: &str,
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel.queue_declare(queue.into(), durable, args).await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The wait tier for a delay: the longest tier not above it (at least the shortest).

@@ -161,10 +161,12 @@ pub async fn account(pool: &PgPool, user_id: Uuid) -> Result<Account> {
         .ok_or(StoreError::NotFound)
 }
 
-#[derive(Debug, Clone, FromRow, Serialize)]
+/// One entry of the credit ledger.
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub id: i64,
     pub user_id: Uuid,
+    /// grant, purchase, reserve, commit, refund or adjust.
     pub kind: String,
     pub amount: i64,
     pub job_id: Option<Uuid>,
@@ -176,23 +178,36 @@ pub struct LedgerEntry {
 
 const LEDGER_COLS: &str = "id, user_id, kind, amount, job_id, reference, actor, reason, created_at";
 
-/// The user's ledger, newest first, `limit` entries below the `before` ID.
+/// A page of the user's ledger, newest first, below the `before` ID, with
+/// the cursor of the next page (`limit + 1` rows are read to know).
 pub async fn ledger_entries(
     pool: &PgPool,
     user_id: Uuid,
     limit: i64,
     before: Option<i64>,
-) -> Result<Vec<LedgerEntry>> {
-    Ok(sqlx::query_as(&format!(
+) -> Result<(Vec<LedgerEntry>, Option<i64>)> {
+    let rows: Vec<LedgerEntry> = sqlx::query_as(&format!(
         "SELECT {LEDGER_COLS} FROM credit_ledger
           WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2)
           ORDER BY id DESC LIMIT $3"
     ))
     .bind(user_id)
     .bind(before)
-    .bind(limit)
+    .bind(limit + 1)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    Ok(page(rows, limit, |e| e.id))
+}
+
+/// Cuts `limit + 1` rows to a page and the cursor of the row that ends it.
+fn page<T, C>(mut rows: Vec<T>, limit: i64, cursor: impl Fn(&T) -> C) -> (Vec<T>, Option<C>) {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(cursor);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
 }
 
 /// An operator's grant or purchase.
@@ -551,7 +566,7 @@ pub async fn list_jobs(
     cursor: Option<JobCursor>,
     status: Option<JobStatus>,
 ) -> Result<(Vec<Job>, Option<JobCursor>)> {
-    let mut rows: Vec<Job> = sqlx::query_as(&format!(
+    let rows: Vec<Job> = sqlx::query_as(&format!(
         "SELECT {JOB_COLS} FROM jobs
           WHERE user_id = $1
             AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
@@ -566,16 +581,10 @@ pub async fn list_jobs(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|j| JobCursor {
-            created_at: j.created_at,
-            id: j.id,
-        })
-    } else {
-        None
-    };
-    Ok((rows, next))
+    Ok(page(rows, limit, |j| JobCursor {
+        created_at: j.created_at,
+        id: j.id,
+    }))
 }
 
 // ---------------------------------------------------------- transitions ----

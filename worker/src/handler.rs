@@ -248,31 +248,13 @@ impl Handler {
                 }
                 Ok(())
             }
-            Err(ProviderError::Permanent { code, message }) => {
-                self.finish_failed(
+            Err(e) => {
+                let next = StartMessage::Start {
                     job_id,
-                    &[JobStatus::Submitting],
-                    "provider_rejected",
-                    &format!("{code}: {message}"),
-                )
-                .await
-            }
-            Err(ProviderError::Transient {
-                message,
-                retry_after,
-            }) => {
-                self.retry_or_die(
-                    WorkQueue::Start,
-                    &job,
-                    attempt,
-                    &message,
-                    retry_after,
-                    &StartMessage::Start {
-                        job_id,
-                        attempt: attempt + 1,
-                    },
-                )
-                .await
+                    attempt: attempt + 1,
+                };
+                self.provider_error(WorkQueue::Start, &job, attempt, e, &next)
+                    .await
             }
         }
     }
@@ -358,33 +340,49 @@ impl Handler {
                 self.finish_failed(job_id, &[JobStatus::Running], "provider_failed", &reason)
                     .await
             }
-            Err(ProviderError::Permanent { code, message }) => {
-                self.finish_failed(
-                    job_id,
-                    &[JobStatus::Running],
-                    "provider_rejected",
-                    &format!("{code}: {message}"),
-                )
-                .await
-            }
-            Err(ProviderError::Transient {
-                message,
-                retry_after,
-            }) => {
+            Err(e) => {
                 let next = PollMessage::Poll {
                     job_id,
                     seq,
                     errors: errors + 1,
                 };
-                self.retry_or_die(
-                    WorkQueue::Poll,
-                    &job,
-                    errors + 1,
-                    &message,
-                    retry_after,
-                    &next,
+                self.provider_error(WorkQueue::Poll, &job, errors + 1, e, &next)
+                    .await
+            }
+        }
+    }
+
+    /// A provider error on `queue`'s call for `job`: a permanent one fails
+    /// the job at once (refund); a transient one is retried with `next`, or
+    /// past the limit kills the job.
+    async fn provider_error<T: serde::Serialize>(
+        &self,
+        queue: WorkQueue,
+        job: &Job,
+        attempt: u32,
+        error: ProviderError,
+        next: &T,
+    ) -> Step {
+        match error {
+            ProviderError::Permanent { code, message } => {
+                let from = match queue {
+                    WorkQueue::Start => JobStatus::Submitting,
+                    WorkQueue::Poll => JobStatus::Running,
+                };
+                self.finish_failed(
+                    job.id,
+                    &[from],
+                    "provider_rejected",
+                    &format!("{code}: {message}"),
                 )
                 .await
+            }
+            ProviderError::Transient {
+                message,
+                retry_after,
+            } => {
+                self.retry_or_die(queue, job, attempt, &message, retry_after, next)
+                    .await
             }
         }
     }

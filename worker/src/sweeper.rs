@@ -81,6 +81,20 @@ async fn claim_stale(
     .await?)
 }
 
+/// Sends a stalled job's message again and notes it on the job's timeline.
+async fn redrive<T: Serialize>(
+    handler: &Handler,
+    job_id: Uuid,
+    key: &str,
+    message: &T,
+    note: &str,
+) -> anyhow::Result<()> {
+    let work = handler.topology.work_exchange();
+    handler.publisher.publish_json(&work, key, message).await?;
+    store::record_event(&handler.pool, job_id, "sweeper", note, None).await?;
+    Ok(())
+}
+
 async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     let w = &handler.settings.worker;
     let stale = Duration::from_secs(w.stale_after_secs);
@@ -88,72 +102,49 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
         republished: relay::relay_once(&handler.pool, &handler.publisher, w.relay_batch).await?,
         ..SweepReport::default()
     };
-    let work = handler.topology.work_exchange();
-
     for (id, _, _) in claim_stale(handler, JobStatus::Queued, stale).await? {
-        handler
-            .publisher
-            .publish_json(
-                &work,
-                START_KEY,
-                &StartMessage::Start {
-                    job_id: id,
-                    attempt: 1,
-                },
-            )
-            .await?;
-        store::record_event(
-            &handler.pool,
+        let start = StartMessage::Start {
+            job_id: id,
+            attempt: 1,
+        };
+        redrive(
+            handler,
             id,
-            "sweeper",
+            START_KEY,
+            &start,
             "No progress while queued; start message sent again.",
-            None,
         )
         .await?;
         report.redriven_queued += 1;
     }
     for (id, attempts, _) in claim_stale(handler, JobStatus::Submitting, stale).await? {
         let attempt = (attempts.max(0) as u32 + 1).min(w.max_attempts);
-        handler
-            .publisher
-            .publish_json(
-                &work,
-                START_KEY,
-                &StartMessage::Start {
-                    job_id: id,
-                    attempt,
-                },
-            )
-            .await?;
-        store::record_event(
-            &handler.pool,
+        let start = StartMessage::Start {
+            job_id: id,
+            attempt,
+        };
+        redrive(
+            handler,
             id,
-            "sweeper",
+            START_KEY,
+            &start,
             "No progress while submitting; start message sent again.",
-            None,
         )
         .await?;
         report.redriven_submitting += 1;
     }
     for (id, _, seq) in claim_stale(handler, JobStatus::Running, stale).await? {
-        handler
-            .publisher
-            .publish_json(
-                &work,
-                POLL_KEY,
-                &PollMessage::Poll {
-                    job_id: id,
-                    seq,
-                    errors: 0,
-                },
-            )
-            .await?;
-        store::record_event(
-            &handler.pool,
+        let poll = PollMessage::Poll {
+            job_id: id,
+            seq,
+            errors: 0,
+        };
+        redrive(
+            handler,
             id,
-            "sweeper",
+            POLL_KEY,
+            &poll,
             "No poll for too long; poll message sent again.",
-            None,
         )
         .await?;
         report.redriven_running += 1;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::auth::AdminUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
-use crate::routes::credits::{credits_view, CreditsView, LedgerEntryView};
+use crate::routes::credits::{credits_view, CreditsView};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -48,7 +48,7 @@ pub struct AdminCreditResponse {
     /// False when the reference had already been applied: nothing changed.
     pub applied: bool,
     pub user_id: Uuid,
-    pub entry: LedgerEntryView,
+    pub entry: store::LedgerEntry,
     pub credits: CreditsView,
 }
 
@@ -118,7 +118,7 @@ pub async fn add_credits(
     Ok(Json(AdminCreditResponse {
         applied,
         user_id: user.id,
-        entry: entry.into(),
+        entry,
         credits: credits_view(&state, user.id).await?,
     }))
 }

@@ -2,7 +2,6 @@
 
 use axum::extract::State;
 use axum::Json;
-use chrono::{DateTime, Utc};
 use genq_shared::store::{self, LedgerEntry};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -53,38 +52,9 @@ pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView
     })
 }
 
-/// One ledger entry.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LedgerEntryView {
-    pub id: i64,
-    /// grant, purchase, reserve, commit, refund or adjust.
-    pub kind: String,
-    pub amount: i64,
-    pub job_id: Option<Uuid>,
-    pub reference: Option<String>,
-    pub actor: String,
-    pub reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<LedgerEntry> for LedgerEntryView {
-    fn from(e: LedgerEntry) -> Self {
-        Self {
-            id: e.id,
-            kind: e.kind,
-            amount: e.amount,
-            job_id: e.job_id,
-            reference: e.reference,
-            actor: e.actor,
-            reason: e.reason,
-            created_at: e.created_at,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LedgerPage {
-    pub items: Vec<LedgerEntryView>,
+    pub items: Vec<LedgerEntry>,
     pub next_cursor: Option<String>,
 }
 
@@ -125,15 +95,9 @@ pub async fn ledger(
                 .map_err(|_| ApiError::invalid("cursor", "The cursor is not valid."))
         })
         .transpose()?;
-    let mut entries = store::ledger_entries(&state.pool, user.id, limit + 1, before).await?;
-    let next_cursor = if entries.len() as i64 > limit {
-        entries.truncate(limit as usize);
-        entries.last().map(|e| e.id.to_string())
-    } else {
-        None
-    };
+    let (items, next) = store::ledger_entries(&state.pool, user.id, limit, before).await?;
     Ok(Json(LedgerPage {
-        items: entries.into_iter().map(Into::into).collect(),
-        next_cursor,
+        items,
+        next_cursor: next.map(|id| id.to_string()),
     }))
 }

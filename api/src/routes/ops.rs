@@ -156,48 +156,12 @@ pub struct DlqParams {
     pub limit: Option<i64>,
 }
 
-/// A dead letter as operators see it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetterView {
-    pub id: i64,
-    pub job_id: Option<Uuid>,
-    pub user_id: Option<Uuid>,
-    pub user_email: Option<String>,
-    pub job_status: Option<String>,
-    pub attempts: Option<i32>,
-    pub source_queue: String,
-    pub reason: String,
-    pub received_at: chrono::DateTime<chrono::Utc>,
-    pub age_secs: i64,
-    pub state: String,
-    pub body: String,
-}
-
-impl From<dlq::DeadLetter> for DeadLetterView {
-    fn from(d: dlq::DeadLetter) -> Self {
-        Self {
-            body: d.body_text(),
-            age_secs: (chrono::Utc::now() - d.received_at).num_seconds(),
-            id: d.id,
-            job_id: d.job_id,
-            user_id: d.user_id,
-            user_email: d.user_email,
-            job_status: d.job_status,
-            attempts: d.attempts,
-            source_queue: d.source_queue,
-            reason: d.reason,
-            received_at: d.received_at,
-            state: d.state,
-        }
-    }
-}
-
 /// Dead letters archived from the broker, oldest first.
 #[utoipa::path(
     get, path = "/v1/admin/dlq", tag = "admin",
     params(DlqParams),
     responses(
-        (status = 200, description = "Dead letters", body = Vec<DeadLetterView>),
+        (status = 200, description = "Dead letters", body = Vec<dlq::DeadLetter>),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
@@ -208,9 +172,9 @@ pub async fn dlq_list(
     State(state): State<AppState>,
     _admin: AdminUser,
     ApiQuery(p): ApiQuery<DlqParams>,
-) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
+) -> Result<Json<Vec<dlq::DeadLetter>>, ApiError> {
     let letters = dlq::list(&state.pool, p.all.unwrap_or(false), page_limit(p.limit)?).await?;
-    Ok(Json(letters.into_iter().map(Into::into).collect()))
+    Ok(Json(letters))
 }
 
 fn letter_id(raw: &str) -> Result<i64, ApiError> {
@@ -223,7 +187,7 @@ fn letter_id(raw: &str) -> Result<i64, ApiError> {
     get, path = "/v1/admin/dlq/{id}", tag = "admin",
     params(("id" = i64, Path, description = "The dead letter's ID")),
     responses(
-        (status = 200, description = "The dead letter", body = DeadLetterView),
+        (status = 200, description = "The dead letter", body = dlq::DeadLetter),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
@@ -234,10 +198,10 @@ pub async fn dlq_show(
     State(state): State<AppState>,
     _admin: AdminUser,
     Path(id): Path<String>,
-) -> Result<Json<DeadLetterView>, ApiError> {
+) -> Result<Json<dlq::DeadLetter>, ApiError> {
     dlq::get(&state.pool, letter_id(&id)?)
         .await?
-        .map(|d| Json(d.into()))
+        .map(Json)
         .ok_or_else(|| ApiError::NotFound("No such dead letter.".into()))
 }
 
