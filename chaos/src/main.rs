@@ -222,25 +222,27 @@ impl System {
         }
     }
 
-    /// SIGTERM, then wait (bounded), then SIGKILL.
-    async fn stop(proc: &mut Option<Proc>) {
-        if let Some(mut p) = proc.take() {
-            if let Some(pid) = p.child.id() {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status()
-                    .await;
-            }
-            if tokio::time::timeout(Duration::from_secs(30), p.child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!("{} did not stop on SIGTERM; killing it", p.name);
-                let _ = p.child.start_kill();
-                let _ = p.child.wait().await;
-            }
+    /// SIGTERM, then wait (bounded), then SIGKILL. False when SIGTERM was not enough.
+    async fn stop(proc: &mut Option<Proc>) -> bool {
+        let Some(mut p) = proc.take() else {
+            return true;
+        };
+        if let Some(pid) = p.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
         }
+        if tokio::time::timeout(Duration::from_secs(30), p.child.wait())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        let _ = p.child.start_kill();
+        let _ = p.child.wait().await;
+        false
     }
 
     /// Restarts any process that died on its own (it should not have).
@@ -863,11 +865,34 @@ async fn run(cli: Cli) -> anyhow::Result<usize> {
         }
     }
     for (a, b) in pairs.lock().unwrap().iter() {
-        if let (Seen::Accepted(x), Seen::Accepted(y)) = (a, b) {
-            if x != y {
+        match (a, b) {
+            (Seen::Accepted(x), Seen::Accepted(y)) if x != y => {
                 v.push(format!("one Idempotency-Key made two jobs: {x} and {y}"));
             }
+            (Seen::Accepted(_), Seen::Refused { .. })
+            | (Seen::Refused { .. }, Seen::Accepted(_)) => {
+                v.push(format!(
+                    "one Idempotency-Key got both a 202 and a 402: {a:?} / {b:?}"
+                ));
+            }
+            (Seen::Accepted(y), _) | (_, Seen::Accepted(y)) => {
+                accepted_ids.insert(*y);
+            }
+            _ => {}
         }
+    }
+    // Jobs the database accepted that no client was ever told about (an
+    // answer lost with the API kill, then given again on the retry, is fine).
+    let unanswered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE status <> 'rejected' AND NOT (id = ANY($1))",
+    )
+    .bind(accepted_ids.iter().copied().collect::<Vec<Uuid>>())
+    .fetch_one(&pool)
+    .await?;
+    if unanswered > 0 {
+        v.push(format!(
+            "{unanswered} accepted jobs were never answered to a client"
+        ));
     }
     let recorded_402: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT required_credits, available_credits FROM jobs WHERE status = 'rejected'",
@@ -956,11 +981,41 @@ async fn run(cli: Cli) -> anyhow::Result<usize> {
         ));
     }
 
-    // Stop everything, then look for secrets in every log.
-    for w in sys.workers.iter_mut() {
-        System::stop(w).await;
+    // Every worker must be consuming again (none stuck after the restarts).
+    let queues = [format!("{prefix}.start"), format!("{prefix}.poll")];
+    let consuming = wait_until("every worker consuming", Duration::from_secs(60), || {
+        let queues = queues.clone();
+        async move {
+            let Ok(out) = Command::new("rabbitmqctl")
+                .args(["-q", "list_queues", "name", "consumers"])
+                .output()
+                .await
+            else {
+                return false;
+            };
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            queues.iter().all(|q| {
+                text.lines().any(|l| {
+                    let mut cols = l.split_whitespace();
+                    cols.next() == Some(q.as_str()) && cols.next() == Some("3")
+                })
+            })
+        }
+    })
+    .await;
+    if let Err(e) = consuming {
+        v.push(format!("not every worker consumes at the end: {e}"));
     }
-    System::stop(&mut sys.api).await;
+
+    // Stop everything (SIGTERM must be enough), then look for secrets in every log.
+    for w in sys.workers.iter_mut() {
+        if !System::stop(w).await {
+            v.push("a worker did not stop on SIGTERM within 30 s".into());
+        }
+    }
+    if !System::stop(&mut sys.api).await {
+        v.push("the API did not stop on SIGTERM within 30 s".into());
+    }
     System::stop(&mut sys.sim).await;
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();

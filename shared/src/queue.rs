@@ -305,14 +305,20 @@ pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// Opens a connection to the configured broker.
+/// How long a connection attempt may take: a broker that is starting can
+/// accept TCP and never finish the AMQP handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection to the configured broker, or fails within [`CONNECT_TIMEOUT`].
 pub async fn connect(settings: &Settings) -> anyhow::Result<Connection> {
-    Connection::connect(
+    let connecting = Connection::connect(
         settings.amqp.url.expose_secret(),
         ConnectionProperties::default(),
-    )
-    .await
-    .context("connecting to RabbitMQ")
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(connected) => connected.context("connecting to RabbitMQ"),
+        Err(_) => bail!("connecting to RabbitMQ timed out after {CONNECT_TIMEOUT:?}"),
+    }
 }
 
 /// A channel in confirm mode: each publish returns once the broker took

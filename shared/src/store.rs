@@ -392,6 +392,14 @@ fn replay_or_conflict(job: Job, fingerprint: &str) -> SubmitOutcome {
 /// event and its outbox row, in one statement; the account row's lock orders
 /// concurrent submissions, and `available >= cost` is re-checked under it.
 pub async fn submit(pool: &PgPool, new: &NewSubmission<'_>) -> Result<SubmitOutcome> {
+    submit_attempt(pool, new, 3).await
+}
+
+async fn submit_attempt(
+    pool: &PgPool,
+    new: &NewSubmission<'_>,
+    tries_left: u32,
+) -> Result<SubmitOutcome> {
     let fingerprint = new.request.fingerprint();
     if let Some(key) = new.idempotency_key {
         if let Some(job) = job_by_key(pool, new.user_id, key).await? {
@@ -442,7 +450,7 @@ pub async fn submit(pool: &PgPool, new: &NewSubmission<'_>) -> Result<SubmitOutc
             job,
             replayed: false,
         }),
-        Ok(None) => reject(pool, new, &params, &fingerprint).await,
+        Ok(None) => reject(pool, new, &params, &fingerprint, tries_left).await,
         // A concurrent request with the same key won; answer with its job.
         Err(e) if is_violation(&e, "jobs_user_idempotency_key") => {
             let key = new.idempotency_key.unwrap_or_default();
@@ -462,6 +470,7 @@ async fn reject(
     new: &NewSubmission<'_>,
     params: &serde_json::Value,
     fingerprint: &str,
+    tries_left: u32,
 ) -> Result<SubmitOutcome> {
     let mut tx = pool.begin().await?;
     let available: i64 =
@@ -469,10 +478,30 @@ async fn reject(
             .bind(new.user_id)
             .fetch_one(&mut *tx)
             .await?;
+    // A concurrent request with the same key may have won the account lock
+    // and spent the credits: this request is its replay, not a refusal.
+    if let Some(key) = new.idempotency_key {
+        let existing: Option<Job> = sqlx::query_as(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(new.user_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(job) = existing {
+            tx.rollback().await?;
+            return Ok(replay_or_conflict(job, fingerprint));
+        }
+    }
     if available >= new.cost {
-        // Credits arrived between the two statements: try again from the start.
+        // Credits arrived between the two statements: try again, a few times.
         tx.rollback().await?;
-        return Box::pin(submit(pool, new)).await;
+        if tries_left == 0 {
+            return Err(StoreError::Conflict(
+                "the balance kept changing; try again".into(),
+            ));
+        }
+        return Box::pin(submit_attempt(pool, new, tries_left - 1)).await;
     }
     let message = format!(
         "A video needs {} credits; you have {}.",
@@ -713,10 +742,20 @@ pub async fn transition(pool: &PgPool, t: &Transition<'_>) -> Result<Option<(Job
     .bind(&t.data)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| {
-        let old = JobStatus::parse(&r.old_status).unwrap_or(JobStatus::Dead);
-        (r.job, old)
-    }))
+    let Some(r) = row else { return Ok(None) };
+    // Counted here, where every terminal transition passes, whoever made it
+    // (worker, API cancel, sweeper, operator).
+    if t.to.is_terminal() {
+        metrics::counter!("genq_jobs_finished_total", "status" => t.to.as_str()).increment(1);
+        let cost = r.job.cost.max(0) as u64;
+        match settle {
+            Settlement::Commit => metrics::counter!("genq_credits_committed_total").increment(cost),
+            Settlement::Refund => metrics::counter!("genq_credits_refunded_total").increment(cost),
+            Settlement::None => {}
+        }
+    }
+    let old = JobStatus::parse(&r.old_status).unwrap_or(JobStatus::Dead);
+    Ok(Some((r.job, old)))
 }
 
 #[derive(FromRow)]

@@ -366,6 +366,35 @@ async fn racing_requests_with_one_idempotency_key_make_one_job() {
     env.cleanup().await;
 }
 
+/// Found by the chaos run: when the first request of a key spent the last
+/// credits, a concurrent repeat of it got a 402 (and a rejected job)
+/// instead of the same job.
+#[tokio::test]
+async fn racing_repeats_of_a_key_get_the_job_even_when_it_took_the_last_credits() {
+    let env = TestEnv::new().await;
+    let t = env.new_user("last", "last@example.com").await;
+    env.grant("last@example.com", 2).await; // exactly one video
+    let body = json!({"prompt": "the only one"});
+    let key = [("Idempotency-Key", "only-once")];
+    let calls =
+        (0..20).map(|_| env.call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key));
+    let results = futures::future::join_all(calls).await;
+    let ids: HashSet<String> = results
+        .iter()
+        .map(|(s, j)| {
+            assert_eq!(*s, StatusCode::ACCEPTED, "{j}");
+            j["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'rejected'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rejected, 0);
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn fifty_concurrent_submissions_by_a_user_who_can_afford_three() {
     let env = TestEnv::new().await;

@@ -515,3 +515,40 @@ async fn the_worker_survives_losing_every_database_connection() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+/// Found by the chaos run: after a RabbitMQ restart a worker reconnected to
+/// a broker that accepted TCP but never finished the handshake, and waited
+/// forever (not consuming, deaf to SIGTERM). A silent "broker" here: the
+/// connection attempt times out, and shutdown is heard meanwhile.
+#[tokio::test]
+async fn a_broker_that_never_answers_neither_hangs_a_worker_nor_its_shutdown() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = vec![];
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket); // accepted, never answered
+        }
+    });
+    let mut settings = test_settings();
+    settings.amqp.url =
+        secrecy::SecretString::from(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    let started = std::time::Instant::now();
+    let err = genq_shared::queue::connect(&settings)
+        .await
+        .err()
+        .expect("no broker there");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(started.elapsed() < genq_shared::queue::CONNECT_TIMEOUT + Duration::from_secs(5));
+
+    let env = TestEnv::with_settings(settings).await;
+    let worker = env.spawn_worker().await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // it is now connecting
+    let stopping = std::time::Instant::now();
+    worker.shutdown.cancel();
+    let joined = tokio::time::timeout(Duration::from_secs(5), worker.join).await;
+    assert!(joined.is_ok(), "the worker did not stop while connecting");
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    held.abort();
+    env.cleanup().await;
+}

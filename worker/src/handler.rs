@@ -329,9 +329,6 @@ impl Handler {
                 );
                 done.result_url = Some(&video_url);
                 if store::transition(&self.pool, &done).await?.is_some() {
-                    metrics::counter!("genq_jobs_finished_total", "status" => "succeeded")
-                        .increment(1);
-                    metrics::counter!("genq_credits_committed_total").increment(job.cost as u64);
                     tracing::info!("job succeeded");
                 }
                 Ok(())
@@ -435,9 +432,7 @@ impl Handler {
             format!("Failed: {reason}; credits refunded."),
         );
         t.error = Some((code, reason.to_owned()));
-        if let Some((job, _)) = store::transition(&self.pool, &t).await? {
-            metrics::counter!("genq_jobs_finished_total", "status" => "failed").increment(1);
-            metrics::counter!("genq_credits_refunded_total").increment(job.cost as u64);
+        if store::transition(&self.pool, &t).await?.is_some() {
             tracing::info!(code, reason, "job failed");
         }
         Ok(())
@@ -466,8 +461,6 @@ impl Handler {
             );
             t.error = Some(("retries_exhausted", reason.clone()));
             if store::transition(&self.pool, &t).await?.is_some() {
-                metrics::counter!("genq_jobs_finished_total", "status" => "dead").increment(1);
-                metrics::counter!("genq_credits_refunded_total").increment(job.cost as u64);
                 tracing::warn!(reason, "job dead");
                 let body = serde_json::to_vec(next).expect("serializes");
                 self.dead_letter(queue, &body, Some(job.id), &reason)

@@ -71,9 +71,13 @@ impl Runner {
     }
 
     async fn session(&self, shutdown: &CancellationToken, kill: &CancellationToken) -> SessionEnd {
-        let connection = match queue::connect(&self.settings).await {
-            Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(e),
+        let connection = tokio::select! {
+            c = queue::connect(&self.settings) => match c {
+                Ok(c) => c,
+                Err(e) => return SessionEnd::Lost(e),
+            },
+            _ = shutdown.cancelled() => return SessionEnd::Stopped,
+            _ = kill.cancelled() => return SessionEnd::Stopped,
         };
         let end = self.consume(&connection, shutdown, kill).await;
         // Closing hands unacked deliveries back to the broker for another worker.
@@ -113,10 +117,15 @@ impl Runner {
                 .await?;
             anyhow::Ok((publisher, channel, start, poll))
         };
-        let (publisher, channel, start, poll) = match setup.await {
-            Ok(s) => s,
-            Err(e) => return SessionEnd::Lost(e),
-        };
+        // Bounded: a broker that is still starting may never answer.
+        let (publisher, channel, start, poll) =
+            match tokio::time::timeout(queue::CONNECT_TIMEOUT, setup).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return SessionEnd::Lost(e),
+                Err(_) => {
+                    return SessionEnd::Lost(anyhow::anyhow!("setting up the session timed out"))
+                }
+            };
         let handler = Handler {
             pool: self.pool.clone(),
             publisher: publisher.clone(),
@@ -187,10 +196,13 @@ impl Runner {
                 }
                 next = deliveries.next() => match next {
                     Some((queue, Ok(delivery))) => {
-                        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
-                        let handler = handler.clone();
+                        let (handler, limit) = (handler.clone(), limit.clone());
                         let processed = self.processed.clone();
+                        // Prefetch bounds the tasks; the semaphore bounds the
+                        // provider calls, without blocking this loop (so a
+                        // shutdown or kill is seen at once).
                         in_flight.spawn(async move {
+                            let permit = limit.acquire_owned().await.expect("semaphore open");
                             if process(&handler, queue, delivery).await {
                                 processed.fetch_add(1, Ordering::Relaxed);
                             }
