@@ -536,8 +536,7 @@ async fn a_broker_that_never_answers_neither_hangs_a_worker_nor_its_shutdown() {
     let started = std::time::Instant::now();
     let err = genq_shared::queue::connect(&settings)
         .await
-        .err()
-        .expect("no broker there");
+        .expect_err("no broker there");
     assert!(err.to_string().contains("timed out"), "{err}");
     assert!(started.elapsed() < genq_shared::queue::CONNECT_TIMEOUT + Duration::from_secs(5));
 
