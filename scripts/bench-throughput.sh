@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Benchmark: submissions per second through the API (wrk, 32 connections,
+# DURATION seconds) and jobs per second through the whole pipeline (relay,
+# WORKERS workers, a provider that finishes at once, commit). Release
+# binaries, fresh database and queue prefix; everything dropped at the end.
+# On this 2-core machine the load generator, the API, Postgres, RabbitMQ,
+# the workers and the provider all share the same two cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-20}"
+WORKERS="${WORKERS:-2}"
+command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
+scripts/services.sh
+cargo build -q --release --bins
+bin=target/release
+stamp=$(date +%s)
+export GENQ__AUTH__JWT_SECRET="bench-secret-0123456789abcdef"
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/genq_tput_$stamp"
+export GENQ__QUEUE__PREFIX="genq-tput-$stamp"
+export GENQ__API__ADDR="127.0.0.1:18284"
+export GENQ__API__SUBMIT_BURST=100000000 GENQ__API__SUBMIT_PER_MINUTE=1000000000
+export GENQ__PROVIDER__BASE_URL="http://127.0.0.1:18285"
+export GENQ__WORKER__METRICS_ADDR="127.0.0.1:0" GENQ__WORKER__POLL_INITIAL_MS=100
+export GENQ__LOG__FILTER=warn
+log=target/tput-$stamp
+mkdir -p "$log"
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS genq_tput_$stamp WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  for q in start poll dead wait.100 wait.250 wait.1000 wait.2000 wait.5000 wait.15000 wait.30000 wait.60000; do
+    rabbitmqctl -q delete_queue "$GENQ__QUEUE__PREFIX.$q" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT
+"$bin/genq-provider-sim" --addr 127.0.0.1:18285 --generation-ms 0 > "$log/sim.log" 2>&1 & pids+=($!)
+"$bin/genq-api" > "$log/api.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -sf "http://$GENQ__API__ADDR/readyz" >/dev/null && break; sleep 0.2; done
+for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); done
+TOKEN=$("$bin/genq-api" token --sub tput --ttl 7200)
+export TOKEN
+curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $TOKEN" >/dev/null
+"$bin/genqctl" credits grant --user tput --amount 1000000000 --reason bench >/dev/null
+sql() { psql -qtA -h 127.0.0.1 -U postgres "genq_tput_$stamp" -c "$1"; }
+cat > "$log/submit.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  local body = string.format('{"prompt": "bench %d %d"}', n, math.random(1000000000))
+  return wrk.format("POST", "/v1/generations",
+    {["Authorization"] = "Bearer " .. os.getenv("TOKEN"), ["Content-Type"] = "application/json"}, body)
+end
+LUA
+start=$(date +%s.%N)
+wrk -t2 -c32 -d"${DURATION}s" --latency -s "$log/submit.lua" "http://$GENQ__API__ADDR" | tee "$log/wrk.txt"
+for _ in $(seq 1 1200); do
+  [ "$(sql "SELECT count(*) FROM jobs WHERE status IN ('queued','submitting','running')")" -eq 0 ] && break
+  sleep 0.5
+done
+done_at=$(date +%s.%N)
+total=$(sql "SELECT count(*) FROM jobs")
+ok=$(sql "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+echo "jobs accepted: $total, succeeded: $ok"
+echo "pipeline: $(echo "$ok / ($done_at - $start)" | bc) jobs/s from first submission to the last commit (${WORKERS} workers)"
+"$bin/genqctl" ledger verify
