@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-20}"
 WORKERS="${WORKERS:-2}"
+USERS="${USERS:-200}"
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 scripts/services.sh
 cargo build -q --release --bins
@@ -38,23 +39,33 @@ trap cleanup EXIT
 "$bin/genq-api" > "$log/api.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://$GENQ__API__ADDR/readyz" >/dev/null && break; sleep 0.2; done
 for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); done
-TOKEN=$("$bin/genq-api" token --sub tput --ttl 7200)
-export TOKEN
-curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $TOKEN" >/dev/null
-"$bin/genqctl" credits grant --user tput --amount 1000000000 --reason bench >/dev/null
+# Many users: submissions of one user serialize on their account row.
+: > "$log/tokens"
+for u in $(seq 1 "$USERS"); do
+  t=$("$bin/genq-api" token --sub "tput-$u" --ttl 7200)
+  curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $t" >/dev/null
+  echo "$t" >> "$log/tokens"
+done
 sql() { psql -qtA -h 127.0.0.1 -U postgres "genq_tput_$stamp" -c "$1"; }
+sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
+sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
+export TOKENS_FILE="$log/tokens"
 cat > "$log/submit.lua" <<'LUA'
 local n = 0
+local tokens = {}
+for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
 request = function()
   n = n + 1
   local body = string.format('{"prompt": "bench %d %d"}', n, math.random(1000000000))
+  local token = tokens[math.random(#tokens)]
   return wrk.format("POST", "/v1/generations",
-    {["Authorization"] = "Bearer " .. os.getenv("TOKEN"), ["Content-Type"] = "application/json"}, body)
+    {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
 end
 LUA
 start=$(date +%s.%N)
 wrk -t2 -c32 -d"${DURATION}s" --latency -s "$log/submit.lua" "http://$GENQ__API__ADDR" | tee "$log/wrk.txt"
 for _ in $(seq 1 1200); do
+  [ "$WORKERS" -eq 0 ] && break
   [ "$(sql "SELECT count(*) FROM jobs WHERE status IN ('queued','submitting','running')")" -eq 0 ] && break
   sleep 0.5
 done
@@ -62,5 +73,5 @@ done_at=$(date +%s.%N)
 total=$(sql "SELECT count(*) FROM jobs")
 ok=$(sql "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
 echo "jobs accepted: $total, succeeded: $ok"
-echo "pipeline: $(echo "$ok / ($done_at - $start)" | bc) jobs/s from first submission to the last commit (${WORKERS} workers)"
+echo "pipeline: $(echo "$ok / ($done_at - $start)" | bc) jobs/s from first submission to the last commit (${WORKERS} workers, ${USERS} users)"
 "$bin/genqctl" ledger verify

@@ -49,6 +49,7 @@ impl Application {
             )),
             topology: Arc::new(Topology::new(&settings)),
             submit_limiter: Arc::new(crate::state::submit_limiter(&settings.api)),
+            outbox_bell: Arc::default(),
             settings: Arc::new(settings),
             metrics: telemetry::metrics_handle(),
         };
@@ -76,6 +77,25 @@ impl Application {
             self.state.topology.clone(),
             shutdown.clone(),
         ));
+        // The doorbell: each ring becomes one NOTIFY; rings during a NOTIFY
+        // fold into the next one. A lost NOTIFY costs only the relay's
+        // safety-net interval.
+        let (bell, pool, stop) = (
+            self.state.outbox_bell.clone(),
+            self.state.pool.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = bell.notified() => {}
+                }
+                if let Err(e) = genq_shared::store::wake_relays(&pool).await {
+                    tracing::debug!(error = %e, "NOTIFY failed; the relay's timer will pick the job up");
+                }
+            }
+        });
         // The limiter keeps a state per user; forget the idle ones now and then.
         let limiter = self.state.submit_limiter.clone();
         let stop = shutdown.clone();

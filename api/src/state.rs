@@ -20,6 +20,9 @@ pub struct AppState {
     pub topology: Arc<Topology>,
     pub metrics: PrometheusHandle,
     pub submit_limiter: Arc<SubmitLimiter>,
+    /// Rung after each outbox write; one task turns rings into NOTIFYs,
+    /// coalescing them under load.
+    pub outbox_bell: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {

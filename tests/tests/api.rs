@@ -698,6 +698,7 @@ async fn readiness_fails_when_the_database_is_unreachable() {
         topology: std::sync::Arc::new(genq_shared::queue::Topology::new(&settings)),
         metrics: genq_shared::telemetry::metrics_handle(),
         submit_limiter: std::sync::Arc::new(genq_api::state::submit_limiter(&settings.api)),
+        outbox_bell: std::sync::Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

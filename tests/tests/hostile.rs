@@ -215,6 +215,7 @@ async fn secrets_stay_out_of_error_bodies() {
         )),
         topology: std::sync::Arc::new(genq_shared::queue::Topology::new(&settings)),
         submit_limiter: std::sync::Arc::new(genq_api::state::submit_limiter(&settings.api)),
+        outbox_bell: std::sync::Arc::default(),
         metrics: genq_shared::telemetry::metrics_handle(),
         settings: std::sync::Arc::new(settings),
     };

@@ -229,6 +229,7 @@ pub async fn create(
         SubmitOutcome::Accepted { job, replayed } => {
             metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);
             if !replayed {
+                state.outbox_bell.notify_one();
                 tracing::info!("job accepted");
             }
             Ok((StatusCode::ACCEPTED, Json(JobView::from_job(job))).into_response())
@@ -383,6 +384,7 @@ pub async fn cancel(
                 {
                     tracing::warn!(error = %e, "could not enqueue the provider cancel");
                 }
+                state.outbox_bell.notify_one();
             }
             tracing::info!("job canceled");
             Ok(Json(JobView::from_job(job)))
