@@ -340,6 +340,33 @@ async fn idempotency_key_returns_the_same_job_and_reserves_once() {
     env.cleanup().await;
 }
 
+/// Sends 20 identical requests with one Idempotency-Key at once; each must
+/// be a 202. Returns the distinct job IDs they answered with.
+async fn race_one_key(
+    env: &TestEnv,
+    token: &str,
+    body: &Value,
+    key: &[(&str, &str)],
+) -> HashSet<String> {
+    let calls = (0..20).map(|_| {
+        env.call(
+            Method::POST,
+            "/v1/generations",
+            Some(token),
+            Some(body),
+            key,
+        )
+    });
+    futures::future::join_all(calls)
+        .await
+        .iter()
+        .map(|(s, j)| {
+            assert_eq!(*s, StatusCode::ACCEPTED, "{j}");
+            j["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn racing_requests_with_one_idempotency_key_make_one_job() {
     let env = TestEnv::new().await;
@@ -347,17 +374,7 @@ async fn racing_requests_with_one_idempotency_key_make_one_job() {
     env.grant("frank@example.com", 100).await;
     let body = json!({"prompt": "a race"});
     let key = [("Idempotency-Key", "same-key")];
-    let calls =
-        (0..20).map(|_| env.call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key));
-    let results = futures::future::join_all(calls).await;
-    let ids: HashSet<String> = results
-        .iter()
-        .map(|(s, j)| {
-            assert_eq!(*s, StatusCode::ACCEPTED, "{j}");
-            j["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    assert_eq!(ids.len(), 1);
+    assert_eq!(race_one_key(&env, &t, &body, &key).await.len(), 1);
     let (_, credits) = env.get("/v1/credits", &t).await;
     assert_eq!(
         (credits["available"].as_i64(), credits["reserved"].as_i64()),
@@ -376,17 +393,7 @@ async fn racing_repeats_of_a_key_get_the_job_even_when_it_took_the_last_credits(
     env.grant("last@example.com", 2).await; // exactly one video
     let body = json!({"prompt": "the only one"});
     let key = [("Idempotency-Key", "only-once")];
-    let calls =
-        (0..20).map(|_| env.call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key));
-    let results = futures::future::join_all(calls).await;
-    let ids: HashSet<String> = results
-        .iter()
-        .map(|(s, j)| {
-            assert_eq!(*s, StatusCode::ACCEPTED, "{j}");
-            j["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    assert_eq!(ids.len(), 1);
+    assert_eq!(race_one_key(&env, &t, &body, &key).await.len(), 1);
     let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'rejected'")
         .fetch_one(&env.pool)
         .await

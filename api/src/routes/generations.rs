@@ -252,7 +252,7 @@ pub async fn create(
     }
 }
 
-fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {
+pub fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {
     // A malformed ID names no job of the caller's: the same answer as another user's job.
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("No such job.".into()))
 }

@@ -137,7 +137,7 @@ pub async fn job(
     _admin: AdminUser,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("No such job.".into()))?;
+    let id = crate::routes::generations::parse_job_id(&id)?;
     let job = store::get_job(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
