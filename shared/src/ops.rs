@@ -298,6 +298,30 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
             ),
         });
     }
+    // Earlier reservations of replayed jobs: each was reserved once and refunded once.
+    let earlier: Vec<(Uuid, Uuid, i32, i64, i64, i64)> = sqlx::query_as(
+        "SELECT j.id, j.user_id, l.reservation,
+                COUNT(*) FILTER (WHERE l.kind = 'reserve'),
+                COUNT(*) FILTER (WHERE l.kind = 'refund'),
+                COUNT(*) FILTER (WHERE l.kind = 'commit')
+           FROM jobs j JOIN credit_ledger l ON l.job_id = j.id AND l.reservation < j.reservation
+          GROUP BY j.id, j.user_id, l.reservation
+         HAVING COUNT(*) FILTER (WHERE l.kind = 'reserve') <> 1
+             OR COUNT(*) FILTER (WHERE l.kind = 'refund') <> 1
+             OR COUNT(*) FILTER (WHERE l.kind = 'commit') <> 0",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (job_id, user_id, reservation, reserves, refunds, commits) in earlier {
+        out.push(Violation {
+            user_id: Some(user_id),
+            job_id: Some(job_id),
+            rule: "earlier_reservation_refunded".into(),
+            detail: format!(
+                "reservation {reservation} has {reserves} reserve, {refunds} refund, {commits} commit entries"
+            ),
+        });
+    }
     Ok(out)
 }
 

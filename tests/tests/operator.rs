@@ -324,6 +324,21 @@ async fn dead_letters_can_be_listed_shown_replayed_and_discarded() {
     assert_eq!(audits, ["dlq.replay", "dlq.discard"]);
     assert_eq!(ctl(&env, &["ledger", "verify"]).await.code, 0);
     worker.stop().await;
+    // The replayed job's first reservation must stay refunded in the ledger.
+    sqlx::query(
+        "DELETE FROM credit_ledger WHERE job_id = $1::uuid AND reservation = 1 AND kind = 'refund'",
+    )
+    .bind(&id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let out = ctl(&env, &["ledger", "verify"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.output.contains("earlier_reservation_refunded"),
+        "{}",
+        out.output
+    );
     env.cleanup().await;
 }
 
