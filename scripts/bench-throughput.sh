@@ -11,33 +11,11 @@ DURATION="${DURATION:-20}"
 WORKERS="${WORKERS:-2}"
 USERS="${USERS:-200}"
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
-scripts/services.sh
-cargo build -q --release --bins
-bin=target/release
-stamp=$(date +%s)
-export GENQ__AUTH__JWT_SECRET="bench-secret-0123456789abcdef"
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/genq_tput_$stamp"
-export GENQ__QUEUE__PREFIX="genq-tput-$stamp"
-export GENQ__API__ADDR="127.0.0.1:18284"
-export GENQ__API__SUBMIT_BURST=100000000 GENQ__API__SUBMIT_PER_MINUTE=1000000000
-export GENQ__PROVIDER__BASE_URL="http://127.0.0.1:18285"
-export GENQ__WORKER__METRICS_ADDR="127.0.0.1:0" GENQ__WORKER__POLL_INITIAL_MS=100
-export GENQ__LOG__FILTER=warn
-log=target/tput-$stamp
-mkdir -p "$log"
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS genq_tput_$stamp WITH (FORCE)" postgres >/dev/null 2>&1 || true
-  for q in start poll dead wait.100 wait.250 wait.1000 wait.2000 wait.5000 wait.15000 wait.30000 wait.60000; do
-    rabbitmqctl -q delete_queue "$GENQ__QUEUE__PREFIX.$q" >/dev/null 2>&1 || true
-  done
-}
-trap cleanup EXIT
+. scripts/bench-env.sh
+bench_env tput 18284 18285
+export GENQ__WORKER__POLL_INITIAL_MS=100
 "$bin/genq-provider-sim" --addr 127.0.0.1:18285 --generation-ms 0 > "$log/sim.log" 2>&1 & pids+=($!)
-"$bin/genq-api" > "$log/api.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do curl -sf "http://$GENQ__API__ADDR/readyz" >/dev/null && break; sleep 0.2; done
+bench_start_api
 for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); done
 # Many users: submissions of one user serialize on their account row.
 : > "$log/tokens"
@@ -46,7 +24,6 @@ for u in $(seq 1 "$USERS"); do
   curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $t" >/dev/null
   echo "$t" >> "$log/tokens"
 done
-sql() { psql -qtA -h 127.0.0.1 -U postgres "genq_tput_$stamp" -c "$1"; }
 sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
 sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
 export TOKENS_FILE="$log/tokens"

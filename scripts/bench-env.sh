@@ -1,0 +1,44 @@
+# Sourced by the benchmark scripts: a fresh, isolated genq on release
+# binaries. `bench_env NAME API_PORT SIM_PORT` exports a database and queue
+# prefix of their own, a dev JWT secret, no rate limit and quiet logs, and
+# sets `bin`, `log`, `pids` and `sql`; `bench_start_api` starts the API and
+# waits until it is ready. On exit everything started is stopped and the
+# database and queues are dropped.
+
+bench_env() {
+  local name=$1 api_port=$2 sim_port=$3
+  scripts/services.sh
+  cargo build -q --release --bins
+  bin=target/release
+  bench_db="genq_${name}_$(date +%s)"
+  export GENQ__AUTH__JWT_SECRET="bench-secret-0123456789abcdef"
+  export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db"
+  export GENQ__QUEUE__PREFIX="${bench_db//_/-}"
+  export GENQ__API__ADDR="127.0.0.1:$api_port"
+  export GENQ__API__SUBMIT_BURST=100000000 GENQ__API__SUBMIT_PER_MINUTE=1000000000
+  export GENQ__PROVIDER__BASE_URL="http://127.0.0.1:$sim_port"
+  export GENQ__WORKER__METRICS_ADDR="127.0.0.1:0"
+  export GENQ__LOG__FILTER=warn
+  log="target/$bench_db"
+  mkdir -p "$log"
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+sql() { psql -qtA -h 127.0.0.1 -U postgres "$bench_db" -c "$1"; }
+
+bench_start_api() {
+  "$bin/genq-api" > "$log/api.log" 2>&1 & pids+=($!)
+  for _ in $(seq 1 100); do curl -sf "http://$GENQ__API__ADDR/readyz" >/dev/null && return 0; sleep 0.2; done
+  echo "the API did not become ready; see $log/api.log" >&2
+  return 1
+}
+
+bench_cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  for q in start poll dead wait.100 wait.250 wait.1000 wait.2000 wait.5000 wait.15000 wait.30000 wait.60000; do
+    rabbitmqctl -q delete_queue "$GENQ__QUEUE__PREFIX.$q" >/dev/null 2>&1 || true
+  done
+}
