@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-10000}"
-. scripts/bench-env.sh
+. scripts/isolated-env.sh
 bench_env bench 18282 18283
 export GENQ__WORKER__JOB_TIMEOUT_SECS=3600 GENQ__WORKER__MAX_JOB_AGE_SECS=7200 GENQ__WORKER__STALE_AFTER_SECS=900
 "$bin/genq-provider-sim" --addr 127.0.0.1:18283 --hang-rate 1.0 > "$log/sim.log" 2>&1 & pids+=($!)

@@ -11,7 +11,7 @@ DURATION="${DURATION:-20}"
 WORKERS="${WORKERS:-2}"
 USERS="${USERS:-200}"
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
-. scripts/bench-env.sh
+. scripts/isolated-env.sh
 bench_env tput 18284 18285
 export GENQ__WORKER__POLL_INITIAL_MS=100
 "$bin/genq-provider-sim" --addr 127.0.0.1:18285 --generation-ms 0 > "$log/sim.log" 2>&1 & pids+=($!)

@@ -9,8 +9,11 @@ scripts/services.sh
 psql -qAt -h 127.0.0.1 -U postgres -d postgres \
   -c "SELECT datname FROM pg_database WHERE datname LIKE 'genq\_test\_%' OR datname LIKE 'genq\_chaos\_%'" |
   while read -r db; do
-    psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+    psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" </dev/null >/dev/null
   done
+# ...and their queues (a passing test deletes its own topology).
+{ rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^genq-(test|chaos)-' || true; } |
+  while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
 cargo test --workspace
 cargo build --bins
 target/debug/genq-chaos --profile short

@@ -1,15 +1,20 @@
-# Sourced by the benchmark scripts: a fresh, isolated genq on release
-# binaries. `bench_env NAME API_PORT SIM_PORT` exports a database and queue
-# prefix of their own, a dev JWT secret, no rate limit and quiet logs, and
-# sets `bin`, `log`, `pids` and `sql`; `bench_start_api` starts the API and
-# waits until it is ready. On exit everything started is stopped and the
-# database and queues are dropped.
+# Sourced by the benchmark and fuzz scripts: a fresh, isolated genq (release
+# binaries, or debug with GENQ_BUILD=debug). `bench_env NAME API_PORT SIM_PORT`
+# exports a database and queue prefix of their own, a dev JWT secret, no rate
+# limit and quiet logs, and sets `bin`, `log`, `pids` and `sql`;
+# `bench_start_api` starts the API and waits until it is ready. On exit
+# everything started is stopped and the database and queues are dropped.
 
 bench_env() {
   local name=$1 api_port=$2 sim_port=$3
   scripts/services.sh
-  cargo build -q --release --bins
-  bin=target/release
+  if [ "${GENQ_BUILD:-release}" = debug ]; then
+    cargo build -q --bins
+    bin=target/debug
+  else
+    cargo build -q --release --bins
+    bin=target/release
+  fi
   bench_db="genq_${name}_$(date +%s)"
   export GENQ__AUTH__JWT_SECRET="bench-secret-0123456789abcdef"
   export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db"
