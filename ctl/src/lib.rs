@@ -65,10 +65,7 @@ impl UserArg {
     fn to_ref(&self) -> UserRef {
         match (&self.email, &self.user) {
             (Some(e), _) => UserRef::Email(e.clone()),
-            (None, Some(u)) => match Uuid::parse_str(u) {
-                Ok(id) => UserRef::Id(id),
-                Err(_) => UserRef::ExternalId(u.clone()),
-            },
+            (None, Some(u)) => UserRef::from_id(u),
             (None, None) => unreachable!("clap requires one"),
         }
     }

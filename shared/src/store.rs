@@ -112,6 +112,16 @@ pub enum UserRef {
     Email(String),
 }
 
+impl UserRef {
+    /// An ID as operators give it: genq's UUID, else the identity provider's `sub`.
+    pub fn from_id(id: &str) -> Self {
+        match Uuid::parse_str(id) {
+            Ok(uuid) => Self::Id(uuid),
+            Err(_) => Self::ExternalId(id.to_owned()),
+        }
+    }
+}
+
 /// Resolves an operator's reference; an email shared by several users is a conflict.
 pub async fn find_user(pool: &PgPool, by: &UserRef) -> Result<Option<User>> {
     const COLS: &str = "SELECT id, external_id, email, name, created_at, last_seen_at FROM users";

@@ -99,7 +99,12 @@ impl Handler {
                     seq,
                     errors,
                 }) => self.poll(job_id, seq, errors).await,
-                Ok(PollMessage::Cancel { job_id }) => self.cancel_at_provider(job_id).await,
+                Ok(PollMessage::Cancel { job_id }) => {
+                    match store::get_job(&self.pool, job_id).await? {
+                        Some(job) => self.cancel_at_provider(&job).await,
+                        None => Ok(()),
+                    }
+                }
                 Err(e) => self.malformed(queue, body, &e.to_string()).await,
             },
         }
@@ -274,7 +279,7 @@ impl Handler {
         tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
         match job.status() {
             JobStatus::Running => {}
-            JobStatus::Canceled => return self.cancel_at_provider(job_id).await,
+            JobStatus::Canceled => return self.cancel_at_provider(&job).await,
             _ => return Ok(()),
         }
         if job.poll_seq != seq {
@@ -385,10 +390,8 @@ impl Handler {
     }
 
     /// Cancels the provider task of a canceled job, once.
-    pub async fn cancel_at_provider(&self, job_id: Uuid) -> Step {
-        let Some(job) = store::get_job(&self.pool, job_id).await? else {
-            return Ok(());
-        };
+    pub async fn cancel_at_provider(&self, job: &Job) -> Step {
+        let job_id = job.id;
         if job.status() != JobStatus::Canceled {
             return Ok(());
         }

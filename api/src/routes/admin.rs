@@ -78,9 +78,10 @@ pub async fn add_credits(
 ) -> Result<Json<AdminCreditResponse>, ApiError> {
     let target = match (&body.email, &body.user_id) {
         (Some(email), None) => UserRef::Email(bounded_text(email, "email", 320)?),
-        (None, Some(id)) => match Uuid::parse_str(id) {
-            Ok(uuid) => UserRef::Id(uuid),
-            Err(_) => UserRef::ExternalId(bounded_text(id, "user_id", 255)?),
+        // A UUID as given is genq's ID; anything else is checked as an external ID.
+        (None, Some(id)) => match UserRef::from_id(id) {
+            UserRef::ExternalId(_) => UserRef::ExternalId(bounded_text(id, "user_id", 255)?),
+            by_id => by_id,
         },
         _ => {
             return Err(ApiError::invalid(

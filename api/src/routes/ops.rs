@@ -17,21 +17,6 @@ use crate::routes::generations::JobView;
 use crate::routes::page_limit;
 use crate::state::AppState;
 
-/// A user reference from an email or an ID (genq's UUID or the external `sub`).
-pub fn user_ref(email: Option<&str>, user: Option<&str>) -> Result<UserRef, ApiError> {
-    match (email.map(str::trim), user.map(str::trim)) {
-        (Some(e), None) if !e.is_empty() => Ok(UserRef::Email(e.to_owned())),
-        (None, Some(u)) if !u.is_empty() => Ok(match Uuid::parse_str(u) {
-            Ok(id) => UserRef::Id(id),
-            Err(_) => UserRef::ExternalId(u.to_owned()),
-        }),
-        _ => Err(ApiError::invalid(
-            "email",
-            "Name the user by exactly one of email or user.",
-        )),
-    }
-}
-
 /// The whole diagnosis of a user: account, credits, jobs with timelines, audit, conclusion.
 #[utoipa::path(
     get, path = "/v1/admin/users/{user}/diagnosis", tag = "admin",
@@ -57,10 +42,7 @@ pub async fn diagnose(
     let who = if user.contains('@') {
         UserRef::Email(user)
     } else {
-        match Uuid::parse_str(&user) {
-            Ok(id) => UserRef::Id(id),
-            Err(_) => UserRef::ExternalId(user),
-        }
+        UserRef::from_id(&user)
     };
     ops::diagnose(&state.pool, &who, state.settings.credits.video_cost)
         .await?
