@@ -100,6 +100,43 @@ pub fn mint(secret: &[u8], claims: &Claims) -> anyhow::Result<String> {
     )?)
 }
 
+impl Claims {
+    /// Claims for `sub` valid for `ttl_secs` from now (negative: already expired).
+    pub fn new(sub: impl Into<String>, ttl_secs: i64) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Self {
+            sub: sub.into(),
+            exp: now.saturating_add(ttl_secs).max(0) as u64,
+            email: None,
+            name: None,
+            role: None,
+        }
+    }
+
+    pub fn email(mut self, email: Option<&str>) -> Self {
+        self.email = email.map(str::to_owned);
+        self
+    }
+
+    pub fn name(mut self, name: Option<&str>) -> Self {
+        self.name = name.map(str::to_owned);
+        self
+    }
+
+    pub fn role(mut self, role: Option<&str>) -> Self {
+        self.role = role.map(str::to_owned);
+        self
+    }
+
+    /// The signed token (HS256 with `secret`).
+    pub fn mint(&self, secret: &[u8]) -> anyhow::Result<String> {
+        mint(secret, self)
+    }
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 

@@ -1,9 +1,7 @@
 //! `genq-api`: serves the HTTP API; `genq-api token` mints a development JWT.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use clap::{Parser, Subcommand};
-use genq_api::auth::{mint, Claims, ADMIN_ROLE};
+use genq_api::auth::{Claims, ADMIN_ROLE};
 use genq_api::Application;
 use genq_shared::config::Settings;
 use genq_shared::telemetry;
@@ -63,18 +61,13 @@ async fn run() -> anyhow::Result<()> {
             admin,
             ttl,
         } => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-            let claims = Claims {
-                sub,
-                exp: now + ttl,
-                email,
-                name,
-                role: admin.then(|| ADMIN_ROLE.to_owned()),
-            };
-            println!(
-                "{}",
-                mint(settings.auth.jwt_secret.expose_secret().as_bytes(), &claims)?
-            );
+            let role = admin.then_some(ADMIN_ROLE);
+            let token = Claims::new(sub, ttl.min(i64::MAX as u64) as i64)
+                .email(email.as_deref())
+                .name(name.as_deref())
+                .role(role)
+                .mint(settings.auth.jwt_secret.expose_secret().as_bytes())?;
+            println!("{token}");
             Ok(())
         }
         Command::Serve => {

@@ -1,7 +1,6 @@
 //! Builds the API: database (created and migrated), router, listener; runs it
 //! until the cancellation token fires, then drains in-flight requests.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -10,12 +9,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use backon::{ExponentialBuilder, Retryable};
 use genq_shared::config::Settings;
-use genq_shared::queue::{self, Topology};
-use genq_shared::{db, telemetry};
-use jsonwebtoken::DecodingKey;
-use secrecy::ExposeSecret;
+use genq_shared::db;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -42,17 +37,7 @@ impl Application {
         let pool = db::connect_and_migrate(&settings.database).await?;
         let listener = TcpListener::bind(&settings.api.addr).await?;
         let port = listener.local_addr()?.port();
-        let state = AppState {
-            pool,
-            jwt_key: Arc::new(DecodingKey::from_secret(
-                settings.auth.jwt_secret.expose_secret().as_bytes(),
-            )),
-            topology: Arc::new(Topology::new(&settings)),
-            submit_limiter: Arc::new(crate::state::submit_limiter(&settings.api)),
-            outbox_bell: Arc::default(),
-            settings: Arc::new(settings),
-            metrics: telemetry::metrics_handle(),
-        };
+        let state = AppState::new(settings, pool);
         Ok(Self {
             listener,
             port,
@@ -70,32 +55,13 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // The API only writes the outbox; it declares the topology so the
-        // broker is ready for workers, without making its own start wait.
-        tokio::spawn(declare_topology(
-            self.state.settings.clone(),
-            self.state.topology.clone(),
-            shutdown.clone(),
-        ));
-        // The doorbell: each ring becomes one NOTIFY; rings during a NOTIFY
-        // fold into the next one. A lost NOTIFY costs only the relay's
-        // safety-net interval.
-        let (bell, pool, stop) = (
-            self.state.outbox_bell.clone(),
-            self.state.pool.clone(),
-            shutdown.clone(),
+        // The API only writes the outbox; the doorbell wakes the relays.
+        tokio::spawn(
+            self.state
+                .outbox_bell
+                .clone()
+                .run(self.state.pool.clone(), shutdown.clone()),
         );
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = bell.notified() => {}
-                }
-                if let Err(e) = genq_shared::store::wake_relays(&pool).await {
-                    tracing::debug!(error = %e, "NOTIFY failed; the relay's timer will pick the job up");
-                }
-            }
-        });
         // The limiter keeps a state per user; forget the idle ones now and then.
         let limiter = self.state.submit_limiter.clone();
         let stop = shutdown.clone();
@@ -113,34 +79,6 @@ impl Application {
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await?;
         Ok(())
-    }
-}
-
-/// Declares the queues, retrying with backoff while the broker is away.
-async fn declare_topology(
-    settings: Arc<Settings>,
-    topology: Arc<Topology>,
-    shutdown: CancellationToken,
-) {
-    let attempt = || async {
-        let connection = queue::connect(&settings).await?;
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        connection.close(200, "topology declared".into()).await.ok();
-        anyhow::Ok(())
-    };
-    let retried = attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
-                .with_jitter()
-                .with_max_times(1_000),
-        )
-        .notify(|e, delay| tracing::warn!(error = %e, ?delay, "declaring the queue topology failed; retrying"));
-    tokio::select! {
-        r = retried => if let Err(e) = r { tracing::error!(error = %e, "could not declare the queue topology") },
-        _ = shutdown.cancelled() => {}
     }
 }
 
@@ -171,6 +109,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Duration::from_millis(state.settings.api.request_timeout_ms),
+            request_timeout,
+        ))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_| {
@@ -211,4 +153,23 @@ async fn count_requests(request: Request, next: Next) -> Response {
     )
     .increment(1);
     response
+}
+
+/// Answers 503 `unavailable` when a request takes longer than
+/// `api.request_timeout_ms` (a stuck database, say), instead of hanging.
+/// The 503 is safe to retry: a submission whose statement did commit is
+/// found again by its `Idempotency-Key`.
+async fn request_timeout(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("genq_http_timeouts_total").increment(1);
+            ApiError::Unavailable(anyhow::anyhow!("the request took longer than {limit:?}"))
+                .into_response()
+        }
+    }
 }

@@ -1,11 +1,14 @@
-//! What every handler shares: the pool, the settings, the JWT key, the topology.
+//! What every handler shares: the pool, the settings, the JWT key, the
+//! submission limiter and the relays' doorbell.
 
 use std::sync::Arc;
 
 use genq_shared::config::Settings;
-use genq_shared::queue::Topology;
+use genq_shared::store::outbox::Doorbell;
+use genq_shared::telemetry;
 use jsonwebtoken::DecodingKey;
 use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,15 +20,27 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub jwt_key: Arc<DecodingKey>,
-    pub topology: Arc<Topology>,
     pub metrics: PrometheusHandle,
     pub submit_limiter: Arc<SubmitLimiter>,
-    /// Rung after each outbox write; one task turns rings into NOTIFYs,
-    /// coalescing them under load.
-    pub outbox_bell: Arc<tokio::sync::Notify>,
+    /// Rung after each committed outbox write; see [`Doorbell`].
+    pub outbox_bell: Doorbell,
 }
 
 impl AppState {
+    /// The state of an API over `pool` (which may not be reachable yet).
+    pub fn new(settings: Settings, pool: PgPool) -> Self {
+        Self {
+            pool,
+            jwt_key: Arc::new(DecodingKey::from_secret(
+                settings.auth.jwt_secret.expose_secret().as_bytes(),
+            )),
+            submit_limiter: Arc::new(submit_limiter(&settings.api)),
+            outbox_bell: Doorbell::default(),
+            metrics: telemetry::metrics_handle(),
+            settings: Arc::new(settings),
+        }
+    }
+
     /// Takes one submission from the user's allowance, or says how long to wait.
     pub fn check_submit_rate(&self, user_id: Uuid) -> Result<(), std::time::Duration> {
         use governor::clock::{Clock, DefaultClock};

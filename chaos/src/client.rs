@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use genq_api::auth::{mint, Claims, ADMIN_ROLE};
+use genq_api::auth::{Claims, ADMIN_ROLE};
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -18,22 +18,13 @@ use crate::report::Figures;
 use crate::system::{JWT_SECRET, VIDEO_COST};
 use crate::Plan;
 
+/// A day-long token of the run's secret.
 pub fn token(sub: &str, email: Option<&str>, admin: bool) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    mint(
-        JWT_SECRET.as_bytes(),
-        &Claims {
-            sub: sub.into(),
-            exp: now + 24 * 3600,
-            email: email.map(Into::into),
-            name: None,
-            role: admin.then(|| ADMIN_ROLE.into()),
-        },
-    )
-    .expect("token")
+    Claims::new(sub, 24 * 3600)
+        .email(email)
+        .role(admin.then_some(ADMIN_ROLE))
+        .mint(JWT_SECRET.as_bytes())
+        .expect("token")
 }
 
 /// What the client saw for one logical submission.

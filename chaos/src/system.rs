@@ -312,8 +312,8 @@ pub async fn cleanup(server: &str, db: &str, prefix: &str) {
     }
     let mut settings = genq_shared::config::Settings::default();
     settings.queue.prefix = prefix.to_owned();
-    let topology = genq_shared::queue::Topology::new(&settings);
-    if let Ok(conn) = genq_shared::queue::connect(&settings).await {
+    let topology = genq_broker::Topology::new(&settings);
+    if let Ok(conn) = genq_broker::connect(&settings).await {
         if let Ok(ch) = conn.create_channel().await {
             let _ = topology.delete(&ch).await;
         }

@@ -9,11 +9,13 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use genq_broker::dead_letters::sync_from_broker;
 use genq_shared::config::Settings;
 use genq_shared::domain::{Credits, JobStatus, LedgerKind};
-use genq_shared::queue::Topology;
+use genq_shared::store::dead_letters as dlq;
+use genq_shared::store::outbox;
 use genq_shared::store::{self, CreditGrant, GrantOutcome, Job, JobEvent, UserRef};
-use genq_shared::{db, dlq, ops};
+use genq_shared::{db, ops};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::PgPool;
@@ -225,7 +227,7 @@ pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::R
                 t.add_row(vec![
                     j.id.to_string(),
                     j.user_id.to_string(),
-                    j.status.clone(),
+                    j.status.to_string(),
                     age(j.updated_at) + " ago",
                     j.attempts.to_string(),
                     j.provider_task_id.clone().unwrap_or_default(),
@@ -324,7 +326,7 @@ async fn diagnose(
             t.add_row(vec![
                 ts(j.created_at),
                 j.id.to_string(),
-                j.status.clone(),
+                j.status.to_string(),
                 j.error_message
                     .clone()
                     .unwrap_or_else(|| j.result_url.clone().unwrap_or_default()),
@@ -516,7 +518,7 @@ async fn dead_letters(
         DlqCmd::List { all } => {
             // New letters still on the broker are moved in first; if the
             // broker is away the archive is shown as it is.
-            let note = match dlq::sync_from_broker(settings, pool).await {
+            let note = match sync_from_broker(settings, pool).await {
                 Ok(_) => String::new(),
                 Err(e) => format!("(the broker is unreachable, showing the archive only: {e:#})\n"),
             };
@@ -570,7 +572,7 @@ async fn dead_letters(
             let ids: Vec<i64> = match target.id {
                 Some(id) => vec![id],
                 None => {
-                    let _ = dlq::sync_from_broker(settings, pool).await;
+                    let _ = sync_from_broker(settings, pool).await;
                     dlq::list(pool, false, 100_000)
                         .await?
                         .into_iter()
@@ -578,7 +580,6 @@ async fn dead_letters(
                         .collect()
                 }
             };
-            let topology = Topology::new(settings);
             let bar = ProgressBar::new(ids.len() as u64);
             bar.set_style(
                 ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("template"),
@@ -589,7 +590,7 @@ async fn dead_letters(
             let mut results = vec![];
             for id in ids {
                 let r = if replay {
-                    dlq::replay(pool, &topology, id, &who).await
+                    dlq::replay(pool, id, &who).await
                 } else {
                     dlq::discard(pool, id, &who).await
                 };
@@ -603,6 +604,10 @@ async fn dead_letters(
                 bar.inc(1);
             }
             bar.finish_and_clear();
+            if replay && results.iter().any(|r| r.done) {
+                // Wake the relays; without it they pick the rows up on their timer.
+                let _ = outbox::wake_relays(pool).await;
+            }
             let failed = results.iter().filter(|r| !r.done).count();
             let code = if failed > 0 { 1 } else { 0 };
             if json_out {

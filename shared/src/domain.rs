@@ -140,12 +140,6 @@ impl DurationSeconds {
     }
 }
 
-impl Default for DurationSeconds {
-    fn default() -> Self {
-        Self(DURATION_DEFAULT_SECS)
-    }
-}
-
 /// A checked request for one video.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VideoRequest {
@@ -155,10 +149,33 @@ pub struct VideoRequest {
 }
 
 /// What the provider needs besides the prompt, stored as the job's `params`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A field missing from a stored row takes the request's default, so the
+/// defaults live in one place ([`DurationSeconds`], [`AspectRatio`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobParams {
+    #[serde(default = "default_duration")]
     pub duration_seconds: u32,
+    #[serde(default)]
     pub aspect_ratio: AspectRatio,
+}
+
+fn default_duration() -> u32 {
+    DurationSeconds::default().get()
+}
+
+impl Default for JobParams {
+    fn default() -> Self {
+        Self {
+            duration_seconds: default_duration(),
+            aspect_ratio: AspectRatio::default(),
+        }
+    }
+}
+
+impl Default for DurationSeconds {
+    fn default() -> Self {
+        Self(DURATION_DEFAULT_SECS)
+    }
 }
 
 impl VideoRequest {
@@ -260,6 +277,34 @@ impl fmt::Display for JobStatus {
     }
 }
 
+/// Stored as text; a value the code does not know is a decoding error, never
+/// silently some other status.
+impl sqlx::Type<sqlx::Postgres> for JobStatus {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for JobStatus {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let raw = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        JobStatus::parse(raw).ok_or_else(|| format!("unknown job status {raw:?}").into())
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for JobStatus {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+    }
+}
+
 /// A kind of credit ledger entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -336,5 +381,13 @@ mod tests {
         assert!(Credits::parse_grant(-5, "amount").is_err());
         assert!(Credits::parse_grant(i64::MAX, "amount").is_err());
         assert_eq!(Credits::parse_grant(10, "amount").unwrap().get(), 10);
+    }
+
+    #[test]
+    fn stored_params_take_the_request_defaults() {
+        let empty: JobParams = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, JobParams::default());
+        assert_eq!(empty.duration_seconds, DURATION_DEFAULT_SECS);
+        assert_eq!(empty.aspect_ratio, AspectRatio::Landscape);
     }
 }

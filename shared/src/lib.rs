@@ -1,13 +1,14 @@
-//! genq's core library: configuration, domain types, the ledger and job store,
-//! queue topology and messages, the video provider client, telemetry.
+//! genq's core library: configuration, domain types, the typed work
+//! messages, the store (every SQL statement of the ledger, jobs and outbox),
+//! operator queries, the video provider client, telemetry. It knows nothing
+//! of the broker client: that is `genq-broker`, which the API never links.
 
 pub mod config;
 pub mod db;
-pub mod dlq;
 pub mod domain;
+pub mod messages;
 pub mod ops;
 pub mod provider;
-pub mod queue;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

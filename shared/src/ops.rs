@@ -129,7 +129,7 @@ fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> S
         return format!("The user has never asked for a video. {afford}");
     };
     let when = hms(last.created_at);
-    let what = match last.status() {
+    let what = match last.status {
         JobStatus::Rejected => format!(
             "Last attempt {when} was refused: a video needs {} credits, the user had {}. No job was queued.",
             last.required_credits.unwrap_or(last.cost),
@@ -155,9 +155,9 @@ fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> S
     };
     let mut counts: Vec<(JobStatus, usize)> = vec![];
     for r in jobs {
-        match counts.iter_mut().find(|(s, _)| *s == r.job.status()) {
+        match counts.iter_mut().find(|(s, _)| *s == r.job.status) {
             Some((_, n)) => *n += 1,
-            None => counts.push((r.job.status(), 1)),
+            None => counts.push((r.job.status, 1)),
         }
     }
     let tally = counts

@@ -3,13 +3,13 @@
 
 use std::future::Future;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use genq_api::auth::{mint, Claims, ADMIN_ROLE};
+use genq_api::auth::{Claims, ADMIN_ROLE};
 use genq_api::Application;
+use genq_broker::Topology;
 use genq_provider_sim::{SimConfig, SimHandle};
 use genq_shared::config::Settings;
-use genq_shared::queue::Topology;
 use genq_shared::{db, telemetry};
 use genq_worker::Worker;
 use reqwest::{Method, StatusCode};
@@ -148,15 +148,14 @@ impl TestEnv {
             .await
             .expect("worker builds");
         let metrics_port = worker.metrics_port();
-        let processed = worker.processed();
+        let hooks = worker.test_hooks();
         let shutdown = CancellationToken::new();
-        let kill = CancellationToken::new();
-        let join = tokio::spawn(worker.run_until_stopped(shutdown.clone(), kill.clone()));
+        let join = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         WorkerHandle {
             shutdown,
-            kill,
+            kill: hooks.kill,
             metrics_port,
-            processed,
+            processed: hooks.processed,
             join,
         }
     }
@@ -184,22 +183,11 @@ impl TestEnv {
         role: Option<&str>,
         ttl: i64,
     ) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        Claims::new(sub, ttl)
+            .email(email)
+            .role(role)
+            .mint(self.settings.auth.jwt_secret.expose_secret().as_bytes())
             .unwrap()
-            .as_secs() as i64;
-        let claims = Claims {
-            sub: sub.into(),
-            exp: (now + ttl).max(0) as u64,
-            email: email.map(Into::into),
-            name: None,
-            role: role.map(Into::into),
-        };
-        mint(
-            self.settings.auth.jwt_secret.expose_secret().as_bytes(),
-            &claims,
-        )
-        .unwrap()
     }
 
     /// Sends a request; returns the status and the JSON body (Null if none).
@@ -294,19 +282,56 @@ impl TestEnv {
             .await
     }
 
-    /// Stops the API and simulator, drops the database and the queues.
+    /// Stops the API gracefully; the database and the queues go with the
+    /// environment (see `Drop`).
     pub async fn cleanup(mut self) {
         self.api_shutdown.cancel();
         if let Some(api) = self.api.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), api).await;
         }
+    }
+}
+
+impl Drop for TestEnv {
+    /// Stops the API and simulator and drops the test's database and queues,
+    /// also when the test panicked. `Drop` can't await, so the teardown runs
+    /// on a thread of its own with its own runtime.
+    fn drop(&mut self) {
+        self.api_shutdown.cancel();
+        if let Some(api) = self.api.take() {
+            api.abort();
+        }
         if let Some(sim) = self.sim.take() {
             sim.stop();
         }
-        self.pool.close().await;
-        delete_queues(&self.settings).await;
-        drop_database(&self.settings).await;
+        let settings = self.settings.clone();
+        let teardown = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the teardown");
+            runtime.block_on(async {
+                delete_queues(&settings).await;
+                drop_database(&settings).await;
+            });
+        });
+        if teardown.join().is_err() {
+            eprintln!("tearing down a test environment failed");
+        }
     }
+}
+
+/// Serves the API's router over `settings` without connecting first (the
+/// database may be unreachable on purpose); returns its port.
+pub async fn serve_without_migrating(settings: Settings) -> u16 {
+    let pool = db::pool(&settings.database).expect("pool options");
+    let state = genq_api::state::AppState::new(settings, pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move { axum::serve(listener, genq_api::startup::router(state)).await });
+    port
 }
 
 /// Calls `check` until it yields a value or `within` passes.
@@ -339,7 +364,7 @@ pub async fn drop_database(settings: &Settings) {
 }
 
 pub async fn delete_queues(settings: &Settings) {
-    let Ok(conn) = genq_shared::queue::connect(settings).await else {
+    let Ok(conn) = genq_broker::connect(settings).await else {
         return;
     };
     if let Ok(ch) = conn.create_channel().await {

@@ -40,21 +40,10 @@ async fn tokens_are_checked() {
     let mut other = test_settings();
     other.auth.jwt_secret = secrecy::SecretString::from("another-secret-0123456789");
     let forged = {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        genq_api::auth::Claims::new("u1", 600)
+            .role(Some("admin"))
+            .mint(b"another-secret-0123456789")
             .unwrap()
-            .as_secs();
-        genq_api::auth::mint(
-            b"another-secret-0123456789",
-            &genq_api::auth::Claims {
-                sub: "u1".into(),
-                exp: now + 600,
-                email: None,
-                name: None,
-                role: Some("admin".into()),
-            },
-        )
-        .unwrap()
     };
     assert_eq!(
         env.get("/v1/credits", &forged).await.0,
@@ -695,21 +684,7 @@ async fn readiness_fails_when_the_database_is_unreachable() {
     // A second API whose database is unreachable: it must start, be live, and not be ready.
     settings.database.url = secrecy::SecretString::from("postgres://postgres@127.0.0.1:1/genq");
     settings.database.acquire_timeout_ms = 500;
-    let pool = genq_shared::db::pool(&settings.database).unwrap();
-    let state = genq_api::state::AppState {
-        pool,
-        settings: std::sync::Arc::new(settings.clone()),
-        jwt_key: std::sync::Arc::new(jsonwebtoken::DecodingKey::from_secret(
-            genq_tests::JWT_SECRET.as_bytes(),
-        )),
-        topology: std::sync::Arc::new(genq_shared::queue::Topology::new(&settings)),
-        metrics: genq_shared::telemetry::metrics_handle(),
-        submit_limiter: std::sync::Arc::new(genq_api::state::submit_limiter(&settings.api)),
-        outbox_bell: std::sync::Arc::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, genq_api::startup::router(state)).await });
+    let port = genq_tests::serve_without_migrating(settings.clone()).await;
     let r = env
         .client
         .get(format!("http://127.0.0.1:{port}/readyz"))
@@ -790,4 +765,38 @@ fn the_environment_layer_is_read_and_bad_values_name_their_key() {
     assert!(e.contains("bonus"), "{e}");
     std::env::remove_var("GENQ__CREDITS__BONUS");
     std::env::remove_var("DATABASE_URL");
+}
+
+#[tokio::test]
+async fn a_stuck_database_answers_503_instead_of_hanging() {
+    // A "database" that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let db_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut settings = test_settings();
+    settings.database.url =
+        secrecy::SecretString::from(format!("postgres://postgres@127.0.0.1:{db_port}/genq"));
+    settings.database.acquire_timeout_ms = 60_000;
+    settings.api.request_timeout_ms = 300;
+    let port = genq_tests::serve_without_migrating(settings).await;
+    let token = genq_api::auth::Claims::new("stuck", 60)
+        .mint(genq_tests::JWT_SECRET.as_bytes())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1/credits"))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let body: Value = r.json().await.unwrap();
+    assert_error_shape(&body, "unavailable");
 }

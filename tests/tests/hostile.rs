@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use genq_broker::Publisher;
 use genq_provider_sim::SimConfig;
-use genq_shared::queue::Publisher;
 use genq_tests::{eventually, test_settings, TestEnv};
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
@@ -208,36 +208,12 @@ async fn secrets_stay_out_of_error_bodies() {
         !printed.contains("db-password-xyzzy") && !printed.contains(genq_tests::JWT_SECRET),
         "{printed}"
     );
-    let state = genq_api::state::AppState {
-        pool: genq_shared::db::pool(&settings.database).unwrap(),
-        jwt_key: std::sync::Arc::new(jsonwebtoken::DecodingKey::from_secret(
-            genq_tests::JWT_SECRET.as_bytes(),
-        )),
-        topology: std::sync::Arc::new(genq_shared::queue::Topology::new(&settings)),
-        submit_limiter: std::sync::Arc::new(genq_api::state::submit_limiter(&settings.api)),
-        outbox_bell: std::sync::Arc::default(),
-        metrics: genq_shared::telemetry::metrics_handle(),
-        settings: std::sync::Arc::new(settings),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, genq_api::startup::router(state)).await });
+    let port = genq_tests::serve_without_migrating(settings).await;
     let env_token = {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        genq_api::auth::Claims::new("s", 60)
+            .role(Some("admin"))
+            .mint(genq_tests::JWT_SECRET.as_bytes())
             .unwrap()
-            .as_secs();
-        genq_api::auth::mint(
-            genq_tests::JWT_SECRET.as_bytes(),
-            &genq_api::auth::Claims {
-                sub: "s".into(),
-                exp: now + 60,
-                email: None,
-                name: None,
-                role: Some("admin".into()),
-            },
-        )
-        .unwrap()
     };
     let client = reqwest::Client::new();
     for path in ["/readyz", "/v1/credits", "/v1/admin/ledger/verify"] {
@@ -270,7 +246,7 @@ async fn unknown_messages_on_every_queue_end_as_dead_letters() {
     .await;
     let worker = env.spawn_worker().await;
     let topology = env.topology();
-    let conn = genq_shared::queue::connect(&env.settings).await.unwrap();
+    let conn = genq_broker::connect(&env.settings).await.unwrap();
     let publisher = Publisher::new(&conn).await.unwrap();
     topology.declare(publisher.channel()).await.unwrap();
     let bodies: [&[u8]; 4] = [

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use clap::Parser;
+use genq_broker::{Publisher, DELAY_TIERS_MS};
 use genq_provider_sim::SimConfig;
-use genq_shared::queue::{Publisher, DELAY_TIERS_MS};
 use genq_tests::{eventually, test_settings, TestEnv};
 use genqctl::{execute, Cli, Outcome};
 use reqwest::StatusCode;
@@ -353,7 +353,7 @@ async fn discarding_letters_of_open_jobs_closes_and_refunds_them() {
         let (_, job) = env.submit(&t, &format!("stuck {i}")).await;
         ids.push(job["id"].as_str().unwrap().to_owned());
     }
-    let conn = genq_shared::queue::connect(&env.settings).await.unwrap();
+    let conn = genq_broker::connect(&env.settings).await.unwrap();
     let publisher = Publisher::new(&conn).await.unwrap();
     env.topology().declare(publisher.channel()).await.unwrap();
     for id in &ids {
@@ -482,7 +482,7 @@ async fn the_sweeper_finishes_a_job_whose_messages_were_purged() {
     let id = job["id"].as_str().unwrap().to_owned();
     env.wait_for_status(&t, &id, "running", WAIT).await;
     // Lose every message on the broker.
-    let conn = genq_shared::queue::connect(&env.settings).await.unwrap();
+    let conn = genq_broker::connect(&env.settings).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     let topology = env.topology();
     for q in [topology.start_queue(), topology.poll_queue()]
@@ -506,6 +506,74 @@ async fn the_sweeper_finishes_a_job_whose_messages_were_purged() {
         (credits["reserved"].as_i64(), credits["spent"].as_i64()),
         (Some(0), Some(10))
     );
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_dead_letter_archiver_comes_back_when_its_queue_is_deleted() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn_worker().await;
+    let topology = env.topology();
+    let conn = genq_broker::connect(&env.settings).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let consumers = |channel: lapin::Channel| {
+        let queue = topology.dead_letter_queue();
+        async move {
+            channel
+                .queue_declare(queue.as_str().into(), passive, Default::default())
+                .await
+                .ok()
+                .map(|q| q.consumer_count())
+        }
+    };
+    // The worker consumes its dead-letter queue (a passive declare of a
+    // missing queue closes its channel: a fresh channel per look)...
+    eventually(WAIT, || async {
+        let ch = conn.create_channel().await.ok()?;
+        (consumers(ch).await? > 0).then_some(())
+    })
+    .await
+    .expect("the archiver consumes");
+    // ...which an operator deletes by mistake: the archiver's consumer ends.
+    channel
+        .queue_delete(
+            topology.dead_letter_queue().as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    // The worker notices, reconnects, declares the queue again and consumes it.
+    eventually(WAIT, || async {
+        let ch = conn.create_channel().await.ok()?;
+        (consumers(ch).await? > 0).then_some(())
+    })
+    .await
+    .expect("the archiver is back");
+    let publisher = Publisher::new(&conn).await.unwrap();
+    publisher
+        .publish(
+            &topology.dead_letter_exchange(),
+            "poll",
+            b"after the restart",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let archived = eventually(WAIT, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&env.pool)
+            .await
+            .ok()?;
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(archived, Some(1), "the dead letter was archived");
+    conn.close(200, "done".into()).await.ok();
     worker.stop().await;
     env.cleanup().await;
 }

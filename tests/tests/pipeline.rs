@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use genq_broker::Publisher;
 use genq_provider_sim::SimConfig;
-use genq_shared::queue::Publisher;
 use genq_tests::{eventually, ledger_balances, test_settings, user_id, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -56,7 +56,7 @@ async fn wait_for_dead_letters(env: &TestEnv, n: usize) -> Vec<(String, Value)> 
 }
 
 async fn publish_raw(env: &TestEnv, exchange: &str, key: &str, body: &[u8]) {
-    let conn = genq_shared::queue::connect(&env.settings).await.unwrap();
+    let conn = genq_broker::connect(&env.settings).await.unwrap();
     let publisher = Publisher::new(&conn).await.unwrap();
     env.topology().declare(publisher.channel()).await.unwrap();
     publisher
@@ -534,11 +534,11 @@ async fn a_broker_that_never_answers_neither_hangs_a_worker_nor_its_shutdown() {
     settings.amqp.url =
         secrecy::SecretString::from(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
     let started = std::time::Instant::now();
-    let err = genq_shared::queue::connect(&settings)
+    let err = genq_broker::connect(&settings)
         .await
         .expect_err("no broker there");
     assert!(err.to_string().contains("timed out"), "{err}");
-    assert!(started.elapsed() < genq_shared::queue::CONNECT_TIMEOUT + Duration::from_secs(5));
+    assert!(started.elapsed() < genq_broker::CONNECT_TIMEOUT + Duration::from_secs(5));
 
     let env = TestEnv::with_settings(settings).await;
     let worker = env.spawn_worker().await;

@@ -6,15 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use genq_broker::{dead_letters, tier_at_least, tier_at_most, Publisher, Topology};
 use genq_shared::config::Settings;
 use genq_shared::domain::JobStatus;
+use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
 use genq_shared::provider::{self, ProviderError, TaskRequest, TaskStatus, VideoProvider};
-use genq_shared::queue::{
-    self, string, PollMessage, Publisher, StartMessage, Topology, JOB_HEADER, POLL_KEY,
-    REASON_HEADER, SOURCE_HEADER, START_KEY,
-};
 use genq_shared::store::{self, Job, Transition};
-use lapin::types::FieldTable;
 use rand::Rng;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -125,13 +122,7 @@ impl Handler {
         job_id: Option<Uuid>,
         reason: &str,
     ) -> Step {
-        let mut headers = FieldTable::default();
-        let reason: String = reason.chars().take(1_000).collect();
-        headers.insert(REASON_HEADER.into(), string(&reason));
-        headers.insert(SOURCE_HEADER.into(), string(queue.routing_key()));
-        if let Some(id) = job_id {
-            headers.insert(JOB_HEADER.into(), string(&id.to_string()));
-        }
+        let headers = dead_letters::headers(reason, queue.routing_key(), job_id);
         self.publisher
             .publish(
                 &self.topology.dead_letter_exchange(),
@@ -185,8 +176,8 @@ impl Handler {
         };
         tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
         let from = [JobStatus::Queued, JobStatus::Submitting];
-        if !from.contains(&job.status()) {
-            tracing::debug!(status = %job.status(), "start message for a job past submission; dropped");
+        if !from.contains(&job.status) {
+            tracing::debug!(status = %job.status, "start message for a job past submission; dropped");
             return Ok(());
         }
         let mut claim = Transition::new(
@@ -202,17 +193,8 @@ impl Handler {
         let request = TaskRequest {
             idempotency_key: provider::idempotency_key(job_id, job.reservation),
             prompt: job.prompt.clone(),
-            duration_seconds: job
-                .params
-                .get("duration_seconds")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(5) as u32,
-            aspect_ratio: job
-                .params
-                .get("aspect_ratio")
-                .and_then(|v| v.as_str())
-                .unwrap_or("16:9")
-                .to_owned(),
+            duration_seconds: job.params.duration_seconds,
+            aspect_ratio: job.params.aspect_ratio.as_str().to_owned(),
         };
         let started = std::time::Instant::now();
         let submitted = self.provider.submit(&request).await;
@@ -239,7 +221,7 @@ impl Handler {
                         0,
                     );
                     return self
-                        .publish_delayed(POLL_KEY, &poll, queue::tier_at_most(delay))
+                        .publish_delayed(POLL_KEY, &poll, tier_at_most(delay))
                         .await;
                 }
                 // Someone else moved the job: another worker (a duplicate
@@ -247,7 +229,7 @@ impl Handler {
                 let now = store::get_job(&self.pool, job_id).await?;
                 if now
                     .as_ref()
-                    .is_some_and(|j| j.status() == JobStatus::Canceled)
+                    .is_some_and(|j| j.status == JobStatus::Canceled)
                 {
                     self.best_effort_cancel(&task_id).await;
                 }
@@ -277,7 +259,7 @@ impl Handler {
             return Ok(());
         };
         tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
-        match job.status() {
+        match job.status {
             JobStatus::Running => {}
             JobStatus::Canceled => return self.cancel_at_provider(&job).await,
             _ => return Ok(()),
@@ -322,7 +304,7 @@ impl Handler {
                     self.settings.worker.poll_max_ms,
                     seq + 1,
                 );
-                self.publish_delayed(POLL_KEY, &next, queue::tier_at_most(delay))
+                self.publish_delayed(POLL_KEY, &next, tier_at_most(delay))
                     .await
             }
             Ok(TaskStatus::Succeeded { video_url }) => {
@@ -392,7 +374,7 @@ impl Handler {
     /// Cancels the provider task of a canceled job, once.
     pub async fn cancel_at_provider(&self, job: &Job) -> Step {
         let job_id = job.id;
-        if job.status() != JobStatus::Canceled {
+        if job.status != JobStatus::Canceled {
             return Ok(());
         }
         if let Some(task_id) = &job.provider_task_id {
@@ -473,8 +455,8 @@ impl Handler {
         }
         let jittered = full_jitter(w.retry_base_ms, w.retry_max_ms, attempt);
         let tier = match retry_after {
-            Some(after) => queue::tier_at_least(after.max(jittered)),
-            None => queue::tier_at_most(jittered),
+            Some(after) => tier_at_least(after.max(jittered)),
+            None => tier_at_most(jittered),
         };
         metrics::counter!("genq_retries_total", "queue" => queue.routing_key()).increment(1);
         store::record_event(

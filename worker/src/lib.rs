@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
+use genq_broker::Topology;
 use genq_shared::config::Settings;
 use genq_shared::provider::{HttpProvider, VideoProvider};
-use genq_shared::queue::Topology;
 use genq_shared::{db, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,7 @@ impl Worker {
                 pool,
                 provider,
                 processed: Arc::default(),
+                kill: CancellationToken::new(),
             },
             metrics_listener,
         })
@@ -57,17 +58,19 @@ impl Worker {
             .unwrap_or(0)
     }
 
-    /// Deliveries handled and acked so far.
-    pub fn processed(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.runner.processed.clone()
+    /// Hooks for tests: a crash switch and the count of deliveries handled.
+    #[cfg(feature = "test-hooks")]
+    pub fn test_hooks(&self) -> TestHooks {
+        TestHooks {
+            kill: self.runner.kill.clone(),
+            processed: self.runner.processed.clone(),
+        }
     }
 
-    /// Runs until `shutdown` (drains) or `kill` (drops everything, as a crash).
-    pub async fn run_until_stopped(
-        self,
-        shutdown: CancellationToken,
-        kill: CancellationToken,
-    ) -> anyhow::Result<()> {
+    /// Runs until `shutdown`: stops consuming, drains in-flight deliveries
+    /// (bounded by `worker.shutdown_grace_secs`), then returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let kill = self.runner.kill.clone();
         let handle = telemetry::metrics_handle();
         let metrics = Router::new()
             .route("/metrics", get(move || std::future::ready(handle.render())))
@@ -81,8 +84,18 @@ impl Worker {
                 })
                 .await
         });
-        let result = self.runner.run(shutdown, kill).await;
+        let result = self.runner.run(shutdown).await;
         server.abort();
         result
     }
+}
+
+/// What tests reach inside a worker (feature `test-hooks`, never in the binary).
+#[cfg(feature = "test-hooks")]
+#[derive(Clone)]
+pub struct TestHooks {
+    /// Cancel to drop everything at once, as a crash would.
+    pub kill: CancellationToken,
+    /// Deliveries handled and acked so far.
+    pub processed: Arc<std::sync::atomic::AtomicU64>,
 }

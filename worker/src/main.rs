@@ -35,7 +35,5 @@ async fn run() -> anyhow::Result<()> {
     tokio::spawn(genq_shared::shutdown::on_signal(shutdown.clone()));
     let worker = Worker::build(settings, None).await?;
     tracing::info!(metrics_port = worker.metrics_port(), "genq-worker starting");
-    worker
-        .run_until_stopped(shutdown, CancellationToken::new())
-        .await
+    worker.run_until_stopped(shutdown).await
 }

@@ -1,57 +1,47 @@
-//! The outbox relay: publishes unpublished outbox rows with publisher
-//! confirms and marks them published only after the confirm. Woken by
-//! `NOTIFY` on each new row; a timer is only the safety net.
+//! The outbox relay: publishes unpublished outbox rows to the work exchange
+//! with publisher confirms and marks them published only after the
+//! confirms. Woken by `NOTIFY` on each new row; a timer is only the safety net.
 
 use std::time::Duration;
 
-use genq_shared::queue::{check_confirm, Publisher};
-use genq_shared::store::OUTBOX_CHANNEL;
+use genq_broker::{check_confirm, Publisher, Topology};
+use genq_shared::store::outbox::{self, OUTBOX_CHANNEL};
 use lapin::types::FieldTable;
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// How long published rows are kept, for diagnosis, before they are deleted.
-const KEEP_PUBLISHED: &str = "1 hour";
-
 /// Publishes one batch of up to `batch` rows; returns how many were published.
-/// Rows are locked with `SKIP LOCKED`, so concurrent relays take different
+/// Rows are taken with `SKIP LOCKED`, so concurrent relays take different
 /// rows; a row published but not marked (a crash in between) is published
 /// again later, which consumers treat as a duplicate.
-pub async fn relay_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> anyhow::Result<usize> {
+pub async fn relay_once(
+    pool: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    batch: i64,
+) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(
-        "SELECT id, exchange, routing_key, payload FROM outbox
-          WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(batch)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = outbox::claim_batch(&mut tx, batch).await?;
     if rows.is_empty() {
         return Ok(0);
     }
     // Send the whole batch, then await the confirms: one round trip's wait.
+    let exchange = topology.work_exchange();
     let mut pending = Vec::with_capacity(rows.len());
-    let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
-        let payload: serde_json::Value = row.get("payload");
-        let body = serde_json::to_vec(&payload)?;
-        let exchange: String = row.get("exchange");
-        let key: String = row.get("routing_key");
+        let body = serde_json::to_vec(&row.payload)?;
         pending.push(
             publisher
-                .start(&exchange, &key, &body, FieldTable::default())
+                .start(&exchange, &row.routing_key, &body, FieldTable::default())
                 .await?,
         );
-        ids.push(row.get::<i64, _>("id"));
     }
     for confirm in pending {
         check_confirm(confirm.await?)?;
     }
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    outbox::mark_published(&mut tx, &ids).await?;
     tx.commit().await?;
     metrics::counter!("genq_outbox_published_total").increment(ids.len() as u64);
     Ok(ids.len())
@@ -64,6 +54,7 @@ pub async fn relay_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> any
 pub async fn run(
     pool: PgPool,
     publisher: Publisher,
+    topology: std::sync::Arc<Topology>,
     batch: i64,
     interval: Duration,
     shutdown: CancellationToken,
@@ -78,7 +69,16 @@ pub async fn run(
         if !publisher.channel().status().connected() {
             anyhow::bail!("the relay's broker channel is closed");
         }
-        match drain(&pool, &publisher, batch, &mut listener, &shutdown).await {
+        match drain(
+            &pool,
+            &publisher,
+            &topology,
+            batch,
+            &mut listener,
+            &shutdown,
+        )
+        .await
+        {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -94,12 +94,7 @@ pub async fn run(
         }
         ticks += 1;
         if ticks.is_multiple_of(600) {
-            let cleaned = sqlx::query(&format!(
-                "DELETE FROM outbox WHERE published_at < now() - interval '{KEEP_PUBLISHED}'"
-            ))
-            .execute(&pool)
-            .await;
-            if let Err(e) = cleaned {
+            if let Err(e) = outbox::delete_old_published(&pool).await {
                 tracing::warn!(error = %e, "cleaning the outbox failed");
             }
         }
@@ -120,6 +115,7 @@ pub async fn run(
 async fn drain(
     pool: &PgPool,
     publisher: &Publisher,
+    topology: &Topology,
     batch: i64,
     listener: &mut Option<PgListener>,
     shutdown: &CancellationToken,
@@ -129,7 +125,7 @@ async fn drain(
         l.listen(OUTBOX_CHANNEL).await?;
         *listener = Some(l);
     }
-    while relay_once(pool, publisher, batch).await? as i64 == batch {
+    while relay_once(pool, publisher, topology, batch).await? as i64 == batch {
         if shutdown.is_cancelled() {
             break;
         }

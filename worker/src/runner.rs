@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
+use genq_broker::{Publisher, Topology, CONNECT_TIMEOUT};
 use genq_shared::config::Settings;
 use genq_shared::provider::VideoProvider;
-use genq_shared::queue::{self, Publisher, Topology};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
@@ -34,22 +34,20 @@ enum SessionEnd {
 }
 
 pub struct Runner {
-    pub settings: Arc<Settings>,
-    pub pool: PgPool,
-    pub provider: Arc<dyn VideoProvider>,
-    pub topology: Arc<Topology>,
-    /// Deliveries this worker handled and acked, for tests and logs.
-    pub processed: Arc<AtomicU64>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) pool: PgPool,
+    pub(crate) provider: Arc<dyn VideoProvider>,
+    pub(crate) topology: Arc<Topology>,
+    /// Deliveries this worker handled and acked (read by tests).
+    pub(crate) processed: Arc<AtomicU64>,
+    /// Drops everything at once, as a crash would; only tests cancel it.
+    pub(crate) kill: CancellationToken,
 }
 
 impl Runner {
-    /// Runs sessions until `shutdown`; `kill` instead drops everything at once,
-    /// as a crash would (tests use it to prove nothing is lost).
-    pub async fn run(
-        &self,
-        shutdown: CancellationToken,
-        kill: CancellationToken,
-    ) -> anyhow::Result<()> {
+    /// Runs sessions until `shutdown` (then drains in-flight work).
+    pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let kill = self.kill.clone();
         let mut backoff = reconnect_backoff();
         loop {
             if shutdown.is_cancelled() || kill.is_cancelled() {
@@ -72,7 +70,7 @@ impl Runner {
 
     async fn session(&self, shutdown: &CancellationToken, kill: &CancellationToken) -> SessionEnd {
         let connection = tokio::select! {
-            c = queue::connect(&self.settings) => match c {
+            c = genq_broker::connect(&self.settings) => match c {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Lost(e),
             },
@@ -118,14 +116,13 @@ impl Runner {
             anyhow::Ok((publisher, channel, start, poll))
         };
         // Bounded: a broker that is still starting may never answer.
-        let (publisher, channel, start, poll) =
-            match tokio::time::timeout(queue::CONNECT_TIMEOUT, setup).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return SessionEnd::Lost(e),
-                Err(_) => {
-                    return SessionEnd::Lost(anyhow::anyhow!("setting up the session timed out"))
-                }
-            };
+        let (publisher, channel, start, poll) = match tokio::time::timeout(CONNECT_TIMEOUT, setup)
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return SessionEnd::Lost(e),
+            Err(_) => return SessionEnd::Lost(anyhow::anyhow!("setting up the session timed out")),
+        };
         let handler = Handler {
             pool: self.pool.clone(),
             publisher: publisher.clone(),
@@ -137,9 +134,10 @@ impl Runner {
         let relay = tokio::spawn({
             let (pool, publisher, over) =
                 (self.pool.clone(), publisher.clone(), session_over.clone());
+            let topology = self.topology.clone();
             let w = &self.settings.worker;
             let (batch, interval) = (w.relay_batch, Duration::from_millis(w.relay_interval_ms));
-            async move { relay::run(pool, publisher, batch, interval, over).await }
+            async move { relay::run(pool, publisher, topology, batch, interval, over).await }
         });
         let sweeper = tokio::spawn(crate::sweeper::run(
             handler.clone(),
@@ -168,9 +166,9 @@ impl Runner {
         );
         let limit = Arc::new(Semaphore::new(self.settings.worker.concurrency));
         let mut in_flight = JoinSet::new();
-        let mut relay = relay;
-        // Set once the relay task ended, so its handle is not awaited twice.
-        let mut relay_ended = false;
+        let (mut relay, mut archiver) = (relay, archiver);
+        // Set once a task ended, so its handle is not awaited twice.
+        let (mut relay_ended, mut archiver_ended) = (false, false);
         let end = loop {
             tokio::select! {
                 _ = kill.cancelled() => {
@@ -190,6 +188,17 @@ impl Runner {
                         Err(e) => anyhow::anyhow!("relay panicked: {e}"),
                     };
                     break SessionEnd::Lost(e.context("outbox relay"));
+                }
+                r = &mut archiver, if !archiver_ended => {
+                    // Dead letters would pile up unarchived: start a new session.
+                    archiver_ended = true;
+                    let e = match r {
+                        Ok(Ok(())) => anyhow::anyhow!("the dead-letter archiver stopped"),
+                        Ok(Err(e)) => e,
+                        Err(e) => anyhow::anyhow!("the dead-letter archiver panicked: {e}"),
+                    };
+                    tracing::error!(error = %format!("{e:#}"), "dead-letter archiver ended; restarting the session");
+                    break SessionEnd::Lost(e.context("dead-letter archiver"));
                 }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Err(e) = done { tracing::error!(error = %e, "delivery task panicked"); }
@@ -239,7 +248,9 @@ impl Runner {
             let _ = relay.await;
         }
         let _ = sweeper.await;
-        let _ = archiver.await;
+        if !archiver_ended {
+            let _ = archiver.await;
+        }
         tracing::info!("worker session ended");
         end
     }
@@ -289,48 +300,51 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
 }
 
 /// Moves dead letters from the broker into the database archive, acking
-/// each once stored; operators work them from there.
+/// each once stored; operators work them from there. Returns `Ok` only when
+/// stopped; a consumer that ends or fails is an error, so the session
+/// restarts rather than leaving dead letters unarchived in silence.
 async fn archive_dead_letters(
     channel: lapin::Channel,
     pool: PgPool,
     queue: String,
     stop: CancellationToken,
-) {
-    let consumer = channel
+) -> anyhow::Result<()> {
+    let mut consumer = channel
         .basic_consume(
             queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await;
-    let mut consumer = match consumer {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot consume the dead-letter queue");
-            return;
-        }
-    };
+        .await?;
     loop {
         let delivery = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ok(()),
             d = consumer.next() => d,
         };
-        let Some(Ok(delivery)) = delivery else { return };
-        match genq_shared::dlq::archive(&pool, &delivery.properties, &delivery.data).await {
+        let delivery = match delivery {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the dead-letter consumer was canceled"),
+        };
+        match genq_broker::dead_letters::archive(&pool, &delivery.properties, &delivery.data).await
+        {
             Ok(id) => {
                 tracing::warn!(dead_letter = id, "dead letter archived");
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                delivery.ack(BasicAckOptions::default()).await?;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "archiving a dead letter failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
+                tracing::warn!(error = %format!("{e:#}"), "archiving a dead letter failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                delivery
                     .nack(BasicNackOptions {
                         multiple: false,
                         requeue: true,
                     })
-                    .await;
+                    .await?;
             }
         }
     }

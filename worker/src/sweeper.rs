@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use genq_shared::domain::JobStatus;
+use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
 use genq_shared::ops;
-use genq_shared::queue::{PollMessage, StartMessage, POLL_KEY, START_KEY};
+use genq_shared::store::jobs::{self, StaleJob};
 use genq_shared::store::{self, Transition};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -53,32 +54,13 @@ pub async fn sweep_once(handler: &Handler, verify: bool) -> anyhow::Result<Optio
     report.map(Some)
 }
 
-/// Touches the open jobs in `status` untouched for `stale` and returns them,
-/// so the next sweep leaves them alone unless they stall again.
+/// The open jobs in `status` that stalled, claimed for this sweep.
 async fn claim_stale(
     handler: &Handler,
     status: JobStatus,
     stale: Duration,
-) -> anyhow::Result<Vec<(Uuid, i32, i32)>> {
-    let column = if status == JobStatus::Running {
-        "polled_at"
-    } else {
-        "updated_at"
-    };
-    Ok(sqlx::query_as(&format!(
-        "UPDATE jobs SET {column} = now()
-          WHERE id IN (
-            SELECT id FROM jobs
-             WHERE status = $1 AND COALESCE(polled_at, updated_at) < now() - make_interval(secs => $2)
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = jobs.id AND o.published_at IS NULL)
-             ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-         RETURNING id, attempts, poll_seq"
-    ))
-    .bind(status.as_str())
-    .bind(stale.as_secs_f64())
-    .bind(SWEEP_BATCH)
-    .fetch_all(&handler.pool)
-    .await?)
+) -> anyhow::Result<Vec<StaleJob>> {
+    Ok(jobs::claim_stale(&handler.pool, status, stale, SWEEP_BATCH).await?)
 }
 
 /// Sends a stalled job's message again and notes it on the job's timeline.
@@ -99,10 +81,16 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     let w = &handler.settings.worker;
     let stale = Duration::from_secs(w.stale_after_secs);
     let mut report = SweepReport {
-        republished: relay::relay_once(&handler.pool, &handler.publisher, w.relay_batch).await?,
+        republished: relay::relay_once(
+            &handler.pool,
+            &handler.publisher,
+            &handler.topology,
+            w.relay_batch,
+        )
+        .await?,
         ..SweepReport::default()
     };
-    for (id, _, _) in claim_stale(handler, JobStatus::Queued, stale).await? {
+    for StaleJob { id, .. } in claim_stale(handler, JobStatus::Queued, stale).await? {
         let start = StartMessage::Start {
             job_id: id,
             attempt: 1,
@@ -117,7 +105,7 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
         .await?;
         report.redriven_queued += 1;
     }
-    for (id, attempts, _) in claim_stale(handler, JobStatus::Submitting, stale).await? {
+    for StaleJob { id, attempts, .. } in claim_stale(handler, JobStatus::Submitting, stale).await? {
         let attempt = (attempts.max(0) as u32 + 1).min(w.max_attempts);
         let start = StartMessage::Start {
             job_id: id,
@@ -133,7 +121,10 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
         .await?;
         report.redriven_submitting += 1;
     }
-    for (id, _, seq) in claim_stale(handler, JobStatus::Running, stale).await? {
+    for StaleJob {
+        id, poll_seq: seq, ..
+    } in claim_stale(handler, JobStatus::Running, stale).await?
+    {
         let poll = PollMessage::Poll {
             job_id: id,
             seq,
@@ -151,14 +142,7 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     }
 
     // Running past the deadline (and the poll chain missed it): fail, refund.
-    let overdue: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-        "SELECT id, provider_task_id FROM jobs
-          WHERE status = 'running' AND deadline_at < now() - make_interval(secs => $1) LIMIT $2",
-    )
-    .bind(stale.as_secs_f64())
-    .bind(SWEEP_BATCH)
-    .fetch_all(&handler.pool)
-    .await?;
+    let overdue = jobs::overdue_running(&handler.pool, stale, SWEEP_BATCH).await?;
     for (id, task) in overdue {
         let mut t = Transition::new(
             id,
@@ -179,14 +163,8 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     }
 
     // The hard bound: no reservation outlives the maximum job age.
-    let expired: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status IN ('queued','submitting','running')
-            AND created_at < now() - make_interval(secs => $1) LIMIT $2",
-    )
-    .bind(w.max_job_age_secs as f64)
-    .bind(SWEEP_BATCH)
-    .fetch_all(&handler.pool)
-    .await?;
+    let max_age = Duration::from_secs(w.max_job_age_secs);
+    let expired = jobs::open_older_than(&handler.pool, max_age, SWEEP_BATCH).await?;
     for id in expired {
         let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
         let mut t = Transition::new(

@@ -95,7 +95,7 @@ pub async fn ledger(
                 .map_err(|_| ApiError::invalid("cursor", "The cursor is not valid."))
         })
         .transpose()?;
-    let (items, next) = store::ledger_entries(&state.pool, user.id, limit, before).await?;
+    let (items, next) = store::credits::ledger_entries(&state.pool, user.id, limit, before).await?;
     Ok(Json(LedgerPage {
         items,
         next_cursor: next.map(|id| id.to_string()),

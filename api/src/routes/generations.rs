@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use genq_shared::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
-use genq_shared::queue::PollMessage;
 use genq_shared::store::{
     self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
 };
@@ -105,17 +104,9 @@ impl JobView {
         });
         Self {
             id: job.id,
-            status: job.status(),
-            duration_seconds: job
-                .params
-                .get("duration_seconds")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as u32),
-            aspect_ratio: job
-                .params
-                .get("aspect_ratio")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
+            status: job.status,
+            duration_seconds: Some(job.params.duration_seconds),
+            aspect_ratio: Some(job.params.aspect_ratio.as_str().to_owned()),
             prompt: job.prompt,
             cost: job.cost,
             created_at: job.created_at,
@@ -221,7 +212,6 @@ pub async fn create(
             cost: state.settings.credits.video_cost,
             idempotency_key: key.as_deref(),
             provider: &state.settings.provider.name,
-            start: state.topology.start_message(job_id),
         },
     )
     .await?;
@@ -229,7 +219,7 @@ pub async fn create(
         SubmitOutcome::Accepted { job, replayed } => {
             metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);
             if !replayed {
-                state.outbox_bell.notify_one();
+                state.outbox_bell.ring();
                 tracing::info!("job accepted");
             }
             Ok((StatusCode::ACCEPTED, Json(JobView::from_job(job))).into_response())
@@ -368,30 +358,17 @@ pub async fn cancel(
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
     match store::cancel_job(&state.pool, user.id, id, &user.actor()).await? {
-        CancelOutcome::Canceled(job) => {
-            if job.provider_task_id.is_some() || job.attempts > 0 {
-                // The provider may be working on it: ask a worker to cancel
-                // there. Best effort; the next poll of the job does it too.
-                let message = PollMessage::Cancel { job_id: id };
-                if let Err(e) = store::enqueue(
-                    &state.pool,
-                    id,
-                    &state.topology.work_exchange(),
-                    genq_shared::queue::POLL_KEY,
-                    &serde_json::to_value(&message).expect("message serializes"),
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "could not enqueue the provider cancel");
-                }
-                state.outbox_bell.notify_one();
+        CancelOutcome::Canceled { job, at_provider } => {
+            if at_provider {
+                // A worker cancels the provider's task from the outbox.
+                state.outbox_bell.ring();
             }
             tracing::info!("job canceled");
             Ok(Json(JobView::from_job(job)))
         }
         CancelOutcome::NotCancelable(job) => Err(ApiError::InvalidState(format!(
             "The job is {} and can no longer be canceled.",
-            job.status()
+            job.status
         ))),
         CancelOutcome::NotFound => Err(ApiError::NotFound("No such job.".into())),
     }

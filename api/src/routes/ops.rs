@@ -4,8 +4,9 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use genq_shared::domain::JobStatus;
+use genq_shared::ops;
+use genq_shared::store::dead_letters as dlq;
 use genq_shared::store::{self, StoreError, UserRef};
-use genq_shared::{dlq, ops};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -227,15 +228,11 @@ pub async fn dlq_replay(
     admin: AdminUser,
     Path(id): Path<String>,
 ) -> Result<Json<ResolutionView>, ApiError> {
-    resolution(
-        dlq::replay(
-            &state.pool,
-            &state.topology,
-            letter_id(&id)?,
-            &admin.0.actor(),
-        )
-        .await,
-    )
+    let replayed = dlq::replay(&state.pool, letter_id(&id)?, &admin.0.actor()).await;
+    if replayed.as_ref().is_ok_and(|r| r.done) {
+        state.outbox_bell.ring();
+    }
+    resolution(replayed)
 }
 
 /// Close a dead letter; its job, if still open, is closed and refunded.

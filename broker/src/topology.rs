@@ -1,79 +1,17 @@
-//! RabbitMQ: the topology (declared in one place), the typed messages of each
-//! queue, and a publisher that waits for the broker's confirm.
+//! Every exchange and queue of one deployment, named from its prefix and
+//! declared in one place, each option with the reason it is there.
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
-
-use crate::config::Settings;
-use crate::store::OutboxMessage;
-
-/// Routing key of start messages on the work exchange.
-pub const START_KEY: &str = "start";
-/// Routing key of poll messages on the work exchange.
-pub const POLL_KEY: &str = "poll";
+use genq_shared::config::Settings;
+use genq_shared::messages::{POLL_KEY, START_KEY};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
 
 /// Delays the wait queues offer, in milliseconds. Per-message TTLs only expire
 /// at a queue's head, so each delay is its own queue with a fixed TTL.
 pub const DELAY_TIERS_MS: [u64; 8] = [100, 250, 1_000, 2_000, 5_000, 15_000, 30_000, 60_000];
-
-/// Header naming why a message was dead-lettered by genq.
-pub const REASON_HEADER: &str = "x-genq-reason";
-/// Header naming the job a dead letter belongs to.
-pub const JOB_HEADER: &str = "x-genq-job-id";
-/// Header naming the queue a dead letter came from.
-pub const SOURCE_HEADER: &str = "x-genq-source-queue";
-
-/// The payload of the start queue: submit the job to the provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum StartMessage {
-    Start {
-        job_id: Uuid,
-        /// 1 for the first try; retries after transient errors count up.
-        attempt: u32,
-    },
-}
-
-/// The payload of the poll queue: ask the provider how the task is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum PollMessage {
-    Poll {
-        job_id: Uuid,
-        /// Must match the job's `poll_seq`; a stale or duplicate poll is dropped.
-        seq: i32,
-        /// Consecutive transient errors while polling.
-        errors: u32,
-    },
-    /// Ask the provider to cancel the task of a job canceled in genq.
-    Cancel { job_id: Uuid },
-}
-
-impl StartMessage {
-    pub fn job_id(&self) -> Uuid {
-        match self {
-            Self::Start { job_id, .. } => *job_id,
-        }
-    }
-}
-
-impl PollMessage {
-    pub fn job_id(&self) -> Uuid {
-        match self {
-            Self::Poll { job_id, .. } | Self::Cancel { job_id } => *job_id,
-        }
-    }
-}
 
 /// Every name of one deployment's topology, derived from its prefix.
 #[derive(Debug, Clone)]
@@ -114,17 +52,7 @@ impl Topology {
         format!("{}.wait.{tier_ms}", self.prefix)
     }
 
-    /// The start message of a new job, as the API writes it to the outbox.
-    pub fn start_message(&self, job_id: Uuid) -> OutboxMessage {
-        OutboxMessage {
-            exchange: self.work_exchange(),
-            routing_key: START_KEY.into(),
-            payload: serde_json::to_value(StartMessage::Start { job_id, attempt: 1 })
-                .expect("start message serializes"),
-        }
-    }
-
-    /// Declares everything; idempotent, so every process does it at start.
+    /// Declares everything; idempotent, so every worker does it at start.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable_exchange = ExchangeDeclareOptions {
             durable: true,
@@ -291,129 +219,9 @@ pub fn tier_at_least(delay: Duration) -> u64 {
         .unwrap_or(DELAY_TIERS_MS[DELAY_TIERS_MS.len() - 1])
 }
 
+/// An AMQP string value.
 pub fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-/// Reads a string header of a message.
-pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(&ShortString::from(name))? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        other => Some(format!("{other:?}")),
-    }
-}
-
-/// How long a connection attempt may take: a broker that is starting can
-/// accept TCP and never finish the AMQP handshake.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Opens a connection to the configured broker, or fails within [`CONNECT_TIMEOUT`].
-pub async fn connect(settings: &Settings) -> anyhow::Result<Connection> {
-    let connecting = Connection::connect(
-        settings.amqp.url.expose_secret(),
-        ConnectionProperties::default(),
-    );
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(connected) => connected.context("connecting to RabbitMQ"),
-        Err(_) => bail!("connecting to RabbitMQ timed out after {CONNECT_TIMEOUT:?}"),
-    }
-}
-
-/// A channel in confirm mode: each publish returns once the broker took
-/// responsibility for the message (persisted, routed), or fails.
-#[derive(Clone)]
-pub struct Publisher {
-    channel: Channel,
-}
-
-impl Publisher {
-    pub async fn new(connection: &Connection) -> lapin::Result<Self> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Self { channel })
-    }
-
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    /// Starts a persistent, mandatory publish and returns its pending confirm,
-    /// so a batch can be sent before the confirms are awaited.
-    pub async fn start(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: FieldTable,
-    ) -> anyhow::Result<lapin::PublisherConfirm> {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_headers(headers);
-        Ok(self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                // Mandatory: an unroutable message comes back instead of vanishing.
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props,
-            )
-            .await?)
-    }
-
-    /// Publishes and waits for the confirm; a nack or a returned message is an error.
-    pub async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: FieldTable,
-    ) -> anyhow::Result<()> {
-        let pending = self.start(exchange, routing_key, body, headers).await?;
-        check_confirm(pending.await?)
-    }
-
-    pub async fn publish_json<T: Serialize>(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message: &T,
-    ) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(message)?;
-        self.publish(exchange, routing_key, &body, FieldTable::default())
-            .await
-    }
-}
-
-/// Turns a broker confirm into success only for an ack of a routed message.
-pub fn check_confirm(confirm: lapin::Confirmation) -> anyhow::Result<()> {
-    use lapin::Confirmation;
-    let outcome = match confirm {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(format!(
-            "message returned unroutable: {}",
-            returned.reply_text
-        )),
-        Confirmation::Nack(_) => Err("broker refused the message (nack)".to_owned()),
-    };
-    metrics::counter!(
-        "genq_publish_confirms_total",
-        "outcome" => if outcome.is_ok() { "ack" } else { "nack" }
-    )
-    .increment(1);
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(e) => bail!(e),
-    }
 }
 
 #[cfg(test)]
@@ -428,20 +236,5 @@ mod tests {
         assert_eq!(tier_at_least(Duration::from_millis(1_500)), 2_000);
         assert_eq!(tier_at_least(Duration::from_secs(1)), 1_000);
         assert_eq!(tier_at_least(Duration::from_secs(3_600)), 60_000);
-    }
-
-    #[test]
-    fn messages_round_trip_and_refuse_unknown_fields() {
-        let m = PollMessage::Poll {
-            job_id: Uuid::nil(),
-            seq: 3,
-            errors: 0,
-        };
-        let json = serde_json::to_string(&m).unwrap();
-        assert_eq!(serde_json::from_str::<PollMessage>(&json).unwrap(), m);
-        assert!(serde_json::from_str::<StartMessage>(
-            r#"{"type":"start","job_id":"00000000-0000-0000-0000-000000000000","attempt":1,"x":1}"#
-        )
-        .is_err());
     }
 }

@@ -1,0 +1,10 @@
+//! genq's RabbitMQ side: the topology (declared in one place), connecting,
+//! the publisher that waits for confirms, and the dead-letter mover. The API
+//! never links this crate: it only writes the outbox.
+
+pub mod dead_letters;
+pub mod publisher;
+pub mod topology;
+
+pub use publisher::{check_confirm, connect, Publisher, CONNECT_TIMEOUT};
+pub use topology::{tier_at_least, tier_at_most, Topology, DELAY_TIERS_MS};

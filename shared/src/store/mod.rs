@@ -1,0 +1,60 @@
+//! The store: every SQL statement of genq's core, one module per concept.
+//! Each change of credits or job status is one conditional statement, so
+//! repeats and races change nothing twice.
+//!
+//! - [`users`]: who the caller is, and users named by operators
+//! - [`credits`]: accounts and the ledger; the one reserve and settle path
+//! - [`jobs`]: submit, read, list, cancel, and the sweeper's queries
+//! - [`transition`]: a job's conditional status change with its settlement
+//! - [`outbox`]: every outbox query, and the relay's doorbell
+//! - [`dead_letters`]: the archive of dead letters, replay and discard
+
+pub mod credits;
+pub mod dead_letters;
+pub mod jobs;
+pub mod outbox;
+pub mod transition;
+pub mod users;
+
+pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
+pub use jobs::{
+    advance_poll, cancel_job, get_job, job_events, list_jobs, mark_provider_canceled, record_event,
+    submit, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome, JOB_COLS,
+};
+pub use transition::{transition, Settlement, Transition};
+pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};
+
+/// The actor recorded for changes genq makes on its own.
+pub const SYSTEM_ACTOR: &str = "system";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Whether `e` is the violation of the named constraint or index.
+pub fn is_violation(e: &sqlx::Error, constraint: &str) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.constraint() == Some(constraint))
+}
+
+/// Cuts `limit + 1` rows to a page and the cursor of the row that ends it.
+pub(crate) fn page<T, C>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> C,
+) -> (Vec<T>, Option<C>) {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(cursor);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
