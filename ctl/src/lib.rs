@@ -2,6 +2,8 @@
 //! user, grant credits, show and list jobs, work the dead-letter archive,
 //! verify the ledger. Tables for people, `--json` for scripts.
 
+mod dlq;
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -9,14 +11,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use genq_broker::dead_letters::sync_from_broker;
 use genq_shared::config::Settings;
 use genq_shared::domain::{Credits, JobStatus, LedgerKind};
-use genq_shared::store::dead_letters as dlq;
-use genq_shared::store::outbox;
 use genq_shared::store::{self, CreditGrant, GrantOutcome, Job, JobEvent, UserRef};
 use genq_shared::{db, ops};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -159,16 +157,16 @@ pub struct Outcome {
     pub output: String,
 }
 
-fn ok(output: String) -> anyhow::Result<Outcome> {
+pub(crate) fn ok(output: String) -> anyhow::Result<Outcome> {
     Ok(Outcome { code: 0, output })
 }
 
-fn fail(code: i32, output: String) -> anyhow::Result<Outcome> {
+pub(crate) fn fail(code: i32, output: String) -> anyhow::Result<Outcome> {
     Ok(Outcome { code, output })
 }
 
 /// The operator's name for audit entries.
-fn actor(given: &Option<String>) -> String {
+pub(crate) fn actor(given: &Option<String>) -> String {
     let name = given
         .clone()
         .or_else(|| std::env::var("USER").ok())
@@ -177,16 +175,16 @@ fn actor(given: &Option<String>) -> String {
     format!("operator:{name}")
 }
 
-fn ts(at: DateTime<Utc>) -> String {
+pub(crate) fn ts(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-fn age(at: DateTime<Utc>) -> String {
+pub(crate) fn age(at: DateTime<Utc>) -> String {
     let secs = (Utc::now() - at).num_seconds().max(0) as u64;
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_header(header.to_vec());
@@ -236,7 +234,7 @@ pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::R
             }
             ok(format!("{t}\n{} job(s)", jobs.len()))
         }
-        Command::Dlq(cmd) => dead_letters(cli.json, settings, pool, cmd).await,
+        Command::Dlq(cmd) => dlq::dead_letters(cli.json, settings, pool, cmd).await,
         Command::Ledger(LedgerCmd::Verify) => {
             let violations = ops::verify_ledger(pool).await?;
             let code = if violations.is_empty() { 0 } else { 1 };
@@ -471,7 +469,7 @@ async fn job_show(json_out: bool, pool: &PgPool, id: Uuid) -> anyhow::Result<Out
     ok(job_text(&job, &events)?)
 }
 
-fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fmt::Error> {
+pub(crate) fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     writeln!(out, "JOB {}  ({})", job.id, job.status)?;
     writeln!(
@@ -506,127 +504,6 @@ fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fmt::Error> {
     writeln!(out, "TIMELINE")?;
     write_timeline(&mut out, events, "  ")?;
     Ok(out)
-}
-
-async fn dead_letters(
-    json_out: bool,
-    settings: &Settings,
-    pool: &PgPool,
-    cmd: &DlqCmd,
-) -> anyhow::Result<Outcome> {
-    match cmd {
-        DlqCmd::List { all } => {
-            // New letters still on the broker are moved in first; if the
-            // broker is away the archive is shown as it is.
-            let note = match sync_from_broker(settings, pool).await {
-                Ok(_) => String::new(),
-                Err(e) => format!("(the broker is unreachable, showing the archive only: {e:#})\n"),
-            };
-            let letters = dlq::list(pool, *all, 10_000).await?;
-            if json_out {
-                return ok(serde_json::to_string_pretty(&letters)?);
-            }
-            let mut t = table(&["id", "job", "user", "reason", "attempts", "age", "state"]);
-            for l in &letters {
-                t.add_row(vec![
-                    l.id.to_string(),
-                    l.job_id
-                        .map(|j| j.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    l.user_email
-                        .clone()
-                        .or(l.user_id.map(|u| u.to_string()))
-                        .unwrap_or_else(|| "-".into()),
-                    l.reason.clone(),
-                    l.attempts
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    age(l.received_at),
-                    l.state.clone(),
-                ]);
-            }
-            ok(format!("{note}{t}\n{} dead letter(s)", letters.len()))
-        }
-        DlqCmd::Show { id } => {
-            let Some(l) = dlq::get(pool, *id).await? else {
-                return fail(2, format!("No dead letter {id}."));
-            };
-            if json_out {
-                return ok(serde_json::to_string_pretty(&l)?);
-            }
-            let mut out = format!(
-                "DEAD LETTER {}  ({})\n  reason   {}\n  from     {} queue, {} ago\n  user     {}\n  message  {}\n",
-                l.id, l.state, l.reason, l.source_queue, age(l.received_at),
-                l.user_email.clone().unwrap_or_else(|| "-".into()), l.body_text()
-            );
-            if let Some(job_id) = l.job_id {
-                if let Some(job) = store::get_job(pool, job_id).await? {
-                    out.push_str(&job_text(&job, &store::job_events(pool, job_id).await?)?);
-                }
-            }
-            ok(out)
-        }
-        DlqCmd::Replay(target) | DlqCmd::Discard(target) => {
-            let replay = matches!(cmd, DlqCmd::Replay(_));
-            let who = actor(&target.actor);
-            let ids: Vec<i64> = match target.id {
-                Some(id) => vec![id],
-                None => {
-                    let _ = sync_from_broker(settings, pool).await;
-                    dlq::list(pool, false, 100_000)
-                        .await?
-                        .into_iter()
-                        .map(|l| l.id)
-                        .collect()
-                }
-            };
-            let bar = ProgressBar::new(ids.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("template"),
-            );
-            if ids.len() < 2 {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let mut results = vec![];
-            for id in ids {
-                let r = if replay {
-                    dlq::replay(pool, id, &who).await
-                } else {
-                    dlq::discard(pool, id, &who).await
-                };
-                match r {
-                    Ok(r) => results.push(r),
-                    Err(store::StoreError::NotFound) => {
-                        return fail(2, format!("No dead letter {id}."))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
-            if replay && results.iter().any(|r| r.done) {
-                // Wake the relays; without it they pick the rows up on their timer.
-                let _ = outbox::wake_relays(pool).await;
-            }
-            let failed = results.iter().filter(|r| !r.done).count();
-            let code = if failed > 0 { 1 } else { 0 };
-            if json_out {
-                return fail(code, serde_json::to_string_pretty(&results)?);
-            }
-            let mut out = String::new();
-            for r in &results {
-                writeln!(
-                    out,
-                    "{} {}: {}",
-                    if r.done { "ok  " } else { "SKIP" },
-                    r.id,
-                    r.message
-                )?;
-            }
-            writeln!(out, "{} done, {} not done", results.len() - failed, failed)?;
-            fail(code, out)
-        }
-    }
 }
 
 /// Loads the settings, connects and runs; what `main` calls.
