@@ -35,6 +35,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("The requested range is outside the video.")]
+    RangeNotSatisfiable,
     #[error("Too many submissions; try again in {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
     #[error("the service is temporarily unavailable")]
@@ -88,6 +90,9 @@ impl ApiError {
             Self::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::RangeNotSatisfiable => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

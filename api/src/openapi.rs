@@ -3,13 +3,14 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, credits, generations, health, ops};
+use crate::routes::{admin, credits, generations, health, ops, video};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "genq", description = "Credit-metered AI video generation.", version = "1"),
     paths(
         generations::create, generations::list, generations::get, generations::cancel,
+        video::video,
         credits::balance, credits::ledger,
         admin::add_credits,
         ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,

@@ -19,7 +19,7 @@ use utoipa::OpenApi;
 
 use crate::error::{error_json, ApiError};
 use crate::openapi::ApiDoc;
-use crate::routes::{admin, credits, generations, health, ops};
+use crate::routes::{admin, credits, generations, health, ops, video};
 use crate::state::AppState;
 
 pub struct Application {
@@ -37,7 +37,7 @@ impl Application {
         let pool = db::connect_and_migrate(&settings.database).await?;
         let listener = TcpListener::bind(&settings.api.addr).await?;
         let port = listener.local_addr()?.port();
-        let state = AppState::new(settings, pool);
+        let state = AppState::new(settings, pool)?;
         Ok(Self {
             listener,
             port,
@@ -90,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/generations/{id}", get(generations::get))
         .route("/generations/{id}/cancel", post(generations::cancel))
+        .route("/generations/{id}/video", get(video::video))
         .route("/credits", get(credits::balance))
         .route("/credits/ledger", get(credits::ledger))
         .route("/admin/credits", post(admin::add_credits))

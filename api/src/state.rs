@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use genq_shared::config::Settings;
+use genq_shared::storage::VideoStore;
 use genq_shared::store::outbox::Doorbell;
 use genq_shared::telemetry;
 use jsonwebtoken::DecodingKey;
@@ -24,12 +25,14 @@ pub struct AppState {
     pub submit_limiter: Arc<SubmitLimiter>,
     /// Rung after each committed outbox write; see [`Doorbell`].
     pub outbox_bell: Doorbell,
+    /// genq's copies of finished videos.
+    pub videos: VideoStore,
 }
 
 impl AppState {
     /// The state of an API over `pool` (which may not be reachable yet).
-    pub fn new(settings: Settings, pool: PgPool) -> Self {
-        Self {
+    pub fn new(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        Ok(Self {
             pool,
             jwt_key: Arc::new(DecodingKey::from_secret(
                 settings.auth.jwt_secret.expose_secret().as_bytes(),
@@ -37,8 +40,9 @@ impl AppState {
             submit_limiter: Arc::new(submit_limiter(&settings.api)),
             outbox_bell: Doorbell::default(),
             metrics: telemetry::metrics_handle(),
+            videos: VideoStore::new(&settings.storage)?,
             settings: Arc::new(settings),
-        }
+        })
     }
 
     /// Takes one submission from the user's allowance, or says how long to wait.

@@ -327,7 +327,7 @@ async fn diagnose(
                 j.status.to_string(),
                 j.error_message
                     .clone()
-                    .unwrap_or_else(|| j.result_url.clone().unwrap_or_default()),
+                    .unwrap_or_else(|| j.video_key.clone().unwrap_or_default()),
                 j.provider_task_id.clone().unwrap_or_default(),
                 j.cost.to_string(),
             ]);
@@ -485,8 +485,16 @@ pub(crate) fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fm
     )?;
     writeln!(
         out,
-        "  result        {}",
-        job.result_url.as_deref().unwrap_or("-")
+        "  video         {}",
+        match (&job.video_key, job.video_bytes) {
+            (Some(key), Some(bytes)) => format!("{key} ({bytes} bytes, kept by genq)"),
+            _ => "-".into(),
+        }
+    )?;
+    writeln!(
+        out,
+        "  provider url  {}",
+        job.provider_result_url.as_deref().unwrap_or("-")
     )?;
     if let Some(code) = &job.error_code {
         writeln!(

@@ -18,6 +18,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub provider: ProviderSettings,
     pub worker: WorkerSettings,
+    pub storage: crate::storage::StorageSettings,
     pub log: LogSettings,
 }
 
@@ -344,6 +345,9 @@ impl Settings {
         }
         if self.worker.relay_batch <= 0 {
             fail("worker.relay_batch", "must be more than 0")?;
+        }
+        if let Err((key, why)) = self.storage.check() {
+            fail(key, why)?;
         }
         if url::Url::parse(&self.provider.base_url).is_err() {
             fail(

@@ -10,5 +10,6 @@ pub mod messages;
 pub mod ops;
 pub mod provider;
 pub mod shutdown;
+pub mod storage;
 pub mod store;
 pub mod telemetry;

@@ -142,8 +142,8 @@ fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> S
             last.id, last.provider_task_id.as_deref().unwrap_or("?"), last.cost
         ),
         JobStatus::Succeeded => format!(
-            "Last job {} ({when}) succeeded; {} credits were spent. Video: {}.",
-            last.id, last.cost, last.result_url.as_deref().unwrap_or("?")
+            "Last job {} ({when}) succeeded; {} credits were spent. genq keeps its video ({} bytes).",
+            last.id, last.cost, last.video_bytes.unwrap_or(0)
         ),
         s @ (JobStatus::Failed | JobStatus::Canceled | JobStatus::Dead) => format!(
             "Last job {} ({when}) {}: {}. Its {} credits were refunded.",

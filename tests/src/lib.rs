@@ -54,6 +54,11 @@ pub fn test_settings() -> Settings {
     s.worker.relay_interval_ms = 200;
     s.worker.job_timeout_secs = 30;
     s.worker.shutdown_grace_secs = 5;
+    // Each test keeps its videos in a directory of its own, removed with it.
+    s.storage.path = std::env::temp_dir()
+        .join(format!("genq-test-videos-{}", &id[..16]))
+        .to_string_lossy()
+        .into_owned();
     s
 }
 
@@ -314,6 +319,9 @@ impl Drop for TestEnv {
                 delete_queues(&settings).await;
                 drop_database(&settings).await;
             });
+            if settings.storage.kind == "fs" {
+                let _ = std::fs::remove_dir_all(&settings.storage.path);
+            }
         });
         if teardown.join().is_err() {
             eprintln!("tearing down a test environment failed");
@@ -325,7 +333,7 @@ impl Drop for TestEnv {
 /// database may be unreachable on purpose); returns its port.
 pub async fn serve_without_migrating(settings: Settings) -> u16 {
     let pool = db::pool(&settings.database).expect("pool options");
-    let state = genq_api::state::AppState::new(settings, pool);
+    let state = genq_api::state::AppState::new(settings, pool).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

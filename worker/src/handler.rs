@@ -11,6 +11,7 @@ use genq_shared::config::Settings;
 use genq_shared::domain::JobStatus;
 use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
 use genq_shared::provider::{self, ProviderError, TaskRequest, TaskStatus, VideoProvider};
+use genq_shared::storage::VideoStore;
 use genq_shared::store::{self, Job, Transition};
 use rand::Rng;
 use sqlx::PgPool;
@@ -60,6 +61,7 @@ pub struct Handler {
     pub topology: Arc<Topology>,
     pub provider: Arc<dyn VideoProvider>,
     pub settings: Arc<Settings>,
+    pub videos: VideoStore,
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -308,17 +310,7 @@ impl Handler {
                     .await
             }
             Ok(TaskStatus::Succeeded { video_url }) => {
-                let mut done = Transition::new(
-                    job_id,
-                    &[JobStatus::Running],
-                    JobStatus::Succeeded,
-                    format!("The video is ready; {} credits spent.", job.cost),
-                );
-                done.result_url = Some(&video_url);
-                if store::transition(&self.pool, &done).await?.is_some() {
-                    tracing::info!("job succeeded");
-                }
-                Ok(())
+                self.archive_and_finish(&job, &video_url, errors).await
             }
             Ok(TaskStatus::Failed { reason }) => {
                 self.finish_failed(job_id, &[JobStatus::Running], "provider_failed", &reason)
@@ -339,7 +331,7 @@ impl Handler {
     /// A provider error on `queue`'s call for `job`: a permanent one fails
     /// the job at once (refund); a transient one is retried with `next`, or
     /// past the limit kills the job.
-    async fn provider_error<T: serde::Serialize>(
+    pub(crate) async fn provider_error<T: serde::Serialize>(
         &self,
         queue: WorkQueue,
         job: &Job,
@@ -403,7 +395,7 @@ impl Handler {
         }
     }
 
-    async fn finish_failed(
+    pub(crate) async fn finish_failed(
         &self,
         job_id: Uuid,
         from: &[JobStatus],

@@ -1,6 +1,7 @@
 //! genq's worker: the outbox relay, the start/poll consumers, provider calls
 //! and settlement, and the worker's `/metrics`.
 
+pub mod archive;
 pub mod handler;
 pub mod relay;
 pub mod runner;
@@ -41,6 +42,7 @@ impl Worker {
         Ok(Self {
             runner: Runner {
                 topology: Arc::new(Topology::new(&settings)),
+                videos: genq_shared::storage::VideoStore::new(&settings.storage)?,
                 settings: Arc::new(settings),
                 pool,
                 provider,

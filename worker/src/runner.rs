@@ -38,6 +38,7 @@ pub struct Runner {
     pub(crate) pool: PgPool,
     pub(crate) provider: Arc<dyn VideoProvider>,
     pub(crate) topology: Arc<Topology>,
+    pub(crate) videos: genq_shared::storage::VideoStore,
     /// Deliveries this worker handled and acked (read by tests).
     pub(crate) processed: Arc<AtomicU64>,
     /// Drops everything at once, as a crash would; only tests cancel it.
@@ -129,6 +130,7 @@ impl Runner {
             topology: self.topology.clone(),
             provider: self.provider.clone(),
             settings: self.settings.clone(),
+            videos: self.videos.clone(),
         };
         let session_over = CancellationToken::new();
         let relay = tokio::spawn({

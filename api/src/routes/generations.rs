@@ -89,6 +89,8 @@ pub struct JobView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub provider_task_id: Option<String>,
+    /// genq's own copy of the video, once succeeded (a path on this API;
+    /// never the provider's link, which expires).
     pub result_url: Option<String>,
     pub error: Option<JobError>,
     /// The timeline; only on `GET /v1/generations/{id}`.
@@ -112,7 +114,7 @@ impl JobView {
             created_at: job.created_at,
             updated_at: job.updated_at,
             provider_task_id: job.provider_task_id,
-            result_url: job.result_url,
+            result_url: job.video_key.as_ref().map(|_| video_path(job.id)),
             error,
             events: None,
         }
@@ -240,6 +242,11 @@ pub async fn create(
         }
         SubmitOutcome::IdempotencyConflict => Err(ApiError::IdempotencyConflict),
     }
+}
+
+/// Where the owner reads genq's copy of a job's video (relative to the API).
+pub fn video_path(job_id: Uuid) -> String {
+    format!("/v1/generations/{job_id}/video")
 }
 
 pub fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {

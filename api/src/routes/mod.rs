@@ -5,6 +5,7 @@ pub mod credits;
 pub mod generations;
 pub mod health;
 pub mod ops;
+pub mod video;
 
 /// Largest page size of any listing.
 pub const MAX_PAGE: i64 = 100;

@@ -34,7 +34,11 @@ pub struct Job {
     pub error_message: Option<String>,
     pub required_credits: Option<i64>,
     pub available_credits: Option<i64>,
-    pub result_url: Option<String>,
+    /// The provider's own link to the video (it expires); for operators.
+    pub provider_result_url: Option<String>,
+    /// Where genq keeps its copy of the video, once archived.
+    pub video_key: Option<String>,
+    pub video_bytes: Option<i64>,
     pub request_fingerprint: Option<String>,
     pub deadline_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -43,7 +47,7 @@ pub struct Job {
 
 pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, provider_task_id, \
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
-    result_url, request_fingerprint, deadline_at, created_at, updated_at";
+    provider_result_url, video_key, video_bytes, request_fingerprint, deadline_at, created_at, updated_at";
 
 #[derive(Debug, Clone, FromRow, Serialize)]
 pub struct JobEvent {

@@ -19,7 +19,10 @@ pub struct Transition<'a> {
     pub message: String,
     pub data: Option<serde_json::Value>,
     pub error: Option<(&'a str, String)>,
-    pub result_url: Option<&'a str>,
+    /// The provider's link to the finished video.
+    pub provider_result_url: Option<&'a str>,
+    /// genq's copy of the video: its storage key and size.
+    pub video: Option<(&'a str, i64)>,
     pub provider_task_id: Option<&'a str>,
     /// Set the job's deadline this far from now.
     pub deadline_in: Option<std::time::Duration>,
@@ -41,7 +44,8 @@ impl<'a> Transition<'a> {
             message: message.into(),
             data: None,
             error: None,
-            result_url: None,
+            provider_result_url: None,
+            video: None,
             provider_task_id: None,
             deadline_in: None,
             count_attempt: false,
@@ -114,7 +118,9 @@ pub async fn transition(pool: &PgPool, t: &Transition<'_>) -> Result<Option<(Job
             UPDATE jobs SET status = $3,
                    error_code = COALESCE($4, error_code),
                    error_message = COALESCE($5, error_message),
-                   result_url = COALESCE($6, result_url),
+                   provider_result_url = COALESCE($6, provider_result_url),
+                   video_key = COALESCE($13, video_key),
+                   video_bytes = COALESCE($14, video_bytes),
                    provider_task_id = COALESCE($7, provider_task_id),
                    deadline_at = COALESCE(now() + make_interval(secs => $8), deadline_at),
                    attempts = attempts + CASE WHEN $9 THEN 1 ELSE 0 END,
@@ -134,13 +140,15 @@ pub async fn transition(pool: &PgPool, t: &Transition<'_>) -> Result<Option<(Job
     .bind(t.to)
     .bind(error_code)
     .bind(error_message)
-    .bind(t.result_url)
+    .bind(t.provider_result_url)
     .bind(t.provider_task_id)
     .bind(deadline_secs)
     .bind(t.count_attempt)
     .bind(settle.ledger_kind())
     .bind(&t.message)
     .bind(&t.data)
+    .bind(t.video.map(|(key, _)| key))
+    .bind(t.video.map(|(_, bytes)| bytes))
     .fetch_optional(pool)
     .await?;
     let Some(r) = row else { return Ok(None) };

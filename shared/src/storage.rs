@@ -1,0 +1,338 @@
+//! genq's own copy of every finished video: the storage back end (a local
+//! directory by default, an S3-compatible bucket in production), copying a
+//! provider's output into it, and reading it back by byte range.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// Where videos are kept (`storage.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `fs` (a local directory, the default) or `s3` (an S3-compatible bucket).
+    pub kind: String,
+    /// The directory of `fs`; created if missing.
+    pub path: String,
+    /// The bucket of `s3`.
+    pub bucket: String,
+    /// An S3-compatible endpoint (MinIO, R2, moto…); empty for AWS itself.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    /// Allow a plain-HTTP endpoint (local S3-compatible servers).
+    pub allow_http: bool,
+    /// Largest video copied; a larger one fails the job with a refund.
+    pub max_bytes: u64,
+    /// Bound on one download from the provider.
+    pub download_timeout_ms: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            kind: "fs".into(),
+            path: "data/videos".into(),
+            bucket: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            access_key_id: String::new(),
+            secret_access_key: SecretString::from(""),
+            allow_http: false,
+            max_bytes: 1 << 30,
+            download_timeout_ms: 120_000,
+        }
+    }
+}
+
+impl StorageSettings {
+    /// What types alone can't check: `Err((key, why))`.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        match self.kind.as_str() {
+            "fs" if self.path.trim().is_empty() => Err(("storage.path", "must name a directory")),
+            "fs" => Ok(()),
+            "s3" if self.bucket.trim().is_empty() => {
+                Err(("storage.bucket", "must be set when storage.kind is s3"))
+            }
+            "s3" => Ok(()),
+            _ => Err(("storage.kind", "must be fs or s3")),
+        }?;
+        if self.max_bytes == 0 {
+            return Err(("storage.max_bytes", "must be more than 0"));
+        }
+        if self.download_timeout_ms == 0 {
+            return Err(("storage.download_timeout_ms", "must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a video could not be copied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ArchiveError {
+    /// Worth trying again: a network error, a 5xx or 429, our storage failing.
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again can't help (an expired link, not a video, too large):
+    /// the job fails and is refunded, with this reason for people.
+    #[error("{message}")]
+    Permanent { code: &'static str, message: String },
+}
+
+/// What was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Archived {
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+/// A byte range read from a stored video.
+pub struct VideoRead {
+    /// The video's whole size.
+    pub size: u64,
+    /// The bytes served (all of them when no range was asked for).
+    pub range: Range<u64>,
+    pub body: BoxStream<'static, Result<Bytes, object_store::Error>>,
+}
+
+/// The store of genq's videos.
+#[derive(Clone)]
+pub struct VideoStore {
+    inner: Arc<dyn ObjectStore>,
+    http: reqwest::Client,
+    max_bytes: u64,
+}
+
+/// Parts are uploaded in chunks of this size (S3's minimum part is 5 MiB).
+const PART_BYTES: usize = 8 << 20;
+
+impl VideoStore {
+    pub fn new(settings: &StorageSettings) -> anyhow::Result<Self> {
+        let inner: Arc<dyn ObjectStore> = match settings.kind.as_str() {
+            "s3" => {
+                let mut s3 = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&settings.bucket)
+                    .with_region(&settings.region)
+                    .with_allow_http(settings.allow_http);
+                if !settings.endpoint.is_empty() {
+                    s3 = s3.with_endpoint(&settings.endpoint);
+                }
+                if !settings.access_key_id.is_empty() {
+                    s3 = s3
+                        .with_access_key_id(&settings.access_key_id)
+                        .with_secret_access_key(settings.secret_access_key.expose_secret());
+                }
+                Arc::new(s3.build()?)
+            }
+            _ => {
+                std::fs::create_dir_all(&settings.path).map_err(|e| {
+                    anyhow::anyhow!("storage.path {:?} can't be created: {e}", settings.path)
+                })?;
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
+                    &settings.path,
+                )?)
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.download_timeout_ms))
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            inner,
+            http,
+            max_bytes: settings.max_bytes,
+        })
+    }
+
+    /// The key of one reservation's video: a replayed job gets a new one.
+    pub fn key(job_id: Uuid, reservation: i32) -> String {
+        format!("videos/{job_id}-r{reservation}.mp4")
+    }
+
+    /// Copies the video at `url` to `key`. The upload becomes visible only
+    /// once complete (a rename on disk, a completed multipart upload on S3),
+    /// so a crash or a failure mid-way leaves nothing under `key`; copying
+    /// again overwrites, so a repeat is harmless.
+    pub async fn archive(&self, url: &str, key: &str) -> Result<Archived, ArchiveError> {
+        let started = std::time::Instant::now();
+        let response = self.http.get(url).send().await.map_err(|e| {
+            ArchiveError::Transient(format!("downloading the video failed: {}", e.without_url()))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(classify_status(status.as_u16()));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes)
+        {
+            return Err(self.too_large());
+        }
+        let path = Path::from(key);
+        let upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| ArchiveError::Transient(format!("storage refused the upload: {e}")))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut body = response.bytes_stream();
+        let mut head: Vec<u8> = Vec::with_capacity(16);
+        let mut written = 0u64;
+        let failure = loop {
+            let chunk = match body.next().await {
+                None => break None,
+                Some(Err(e)) => {
+                    break Some(ArchiveError::Transient(format!(
+                        "the download broke off: {}",
+                        e.without_url()
+                    )))
+                }
+                Some(Ok(chunk)) => chunk,
+            };
+            written += chunk.len() as u64;
+            if written > self.max_bytes {
+                break Some(self.too_large());
+            }
+            if head.len() < 16 {
+                let take = (16 - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            writer.write(&chunk);
+        };
+        let failure = failure.or_else(|| (!looks_like_video(&head)).then(not_a_video));
+        if let Some(e) = failure {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| ArchiveError::Transient(format!("storing the video failed: {e}")))?;
+        Ok(Archived {
+            bytes: written,
+            took: started.elapsed(),
+        })
+    }
+
+    fn too_large(&self) -> ArchiveError {
+        ArchiveError::Permanent {
+            code: "video_too_large",
+            message: format!(
+                "The video is larger than the {} MiB genq keeps.",
+                self.max_bytes >> 20
+            ),
+        }
+    }
+
+    /// Reads `key`, or the byte range `range` of it (clamped to its size).
+    /// `None` when nothing is stored there.
+    pub async fn read(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<VideoRead>, object_store::Error> {
+        let path = Path::from(key);
+        let meta = match self.inner.head(&path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = meta.size;
+        let range = match range {
+            Some(r) => r.start.min(size)..r.end.min(size),
+            None => 0..size,
+        };
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range.clone())),
+            ..Default::default()
+        };
+        let body = if range.is_empty() {
+            futures::stream::empty().boxed()
+        } else {
+            self.inner
+                .get_opts(&path, options)
+                .await?
+                .into_stream()
+                .boxed()
+        };
+        Ok(Some(VideoRead { size, range, body }))
+    }
+}
+
+/// What an unsuccessful download answer means.
+fn classify_status(status: u16) -> ArchiveError {
+    match status {
+        408 | 425 | 429 | 500..=599 => {
+            ArchiveError::Transient(format!("the provider answered HTTP {status} to the download"))
+        }
+        401 | 403 | 404 | 410 => ArchiveError::Permanent {
+            code: "video_expired",
+            message: format!(
+                "The provider's link to the video no longer works (HTTP {status}); it expired before genq could keep a copy."
+            ),
+        },
+        _ => ArchiveError::Permanent {
+            code: "video_unavailable",
+            message: format!("The provider refused to hand over the video (HTTP {status})."),
+        },
+    }
+}
+
+fn not_a_video() -> ArchiveError {
+    ArchiveError::Permanent {
+        code: "not_a_video",
+        message: "The provider's output is not a video file.".into(),
+    }
+}
+
+/// Whether the first bytes are those of an MP4/MOV (`ftyp` box) or a
+/// WebM/Matroska (EBML) file, the containers video providers deliver.
+pub fn looks_like_video(head: &[u8]) -> bool {
+    (head.len() >= 8 && &head[4..8] == b"ftyp") || head.starts_with(&[0x1A, 0x45, 0xDF, 0xA3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_video_containers_pass_the_sniff() {
+        assert!(looks_like_video(b"\0\0\0\x18ftypisom\0\0\0\0"));
+        assert!(looks_like_video(&[0x1A, 0x45, 0xDF, 0xA3, 1, 2]));
+        assert!(!looks_like_video(b"<html><body>expired"));
+        assert!(!looks_like_video(b""));
+    }
+
+    #[test]
+    fn expired_links_are_permanent_and_outages_transient() {
+        assert!(matches!(
+            classify_status(403),
+            ArchiveError::Permanent {
+                code: "video_expired",
+                ..
+            }
+        ));
+        assert!(matches!(classify_status(503), ArchiveError::Transient(_)));
+        assert!(matches!(classify_status(429), ArchiveError::Transient(_)));
+    }
+
+    #[test]
+    fn settings_name_the_bad_key() {
+        let mut s = StorageSettings::default();
+        assert!(s.check().is_ok());
+        s.kind = "ftp".into();
+        assert_eq!(s.check().unwrap_err().0, "storage.kind");
+        s.kind = "s3".into();
+        assert_eq!(s.check().unwrap_err().0, "storage.bucket");
+    }
+}
