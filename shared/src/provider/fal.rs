@@ -37,6 +37,10 @@ struct Submitted {
 struct QueueStatus {
     status: String,
     queue_position: Option<u32>,
+    /// Set on a COMPLETED request that failed.
+    #[serde(default)]
+    error: Value,
+    error_type: Option<String>,
 }
 
 impl FalProvider {
@@ -69,7 +73,8 @@ impl FalProvider {
     }
 
     /// A COMPLETED request's result: the video, or why there is none.
-    async fn result(&self, id: &str) -> ProviderResult<TaskStatus> {
+    /// `failed`: the status already said the request failed.
+    async fn result(&self, id: &str, failed: bool) -> ProviderResult<TaskStatus> {
         let reply = http::send(self.authorized(self.client.get(self.request_url(id)))).await?;
         if reply.is_success() {
             let body: Value = reply.parse()?;
@@ -80,7 +85,7 @@ impl FalProvider {
                 )),
             };
         }
-        Ok(failed_result(&reply)?)
+        failed_result(&reply, failed)
     }
 }
 
@@ -95,19 +100,19 @@ fn video_url(body: &Value) -> Option<String> {
     .find_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
 }
 
-/// The error a finished request's result URL answered. A `detail` body is
-/// the request's own outcome (final); a 429/408/5xx without one is the
-/// gateway's, worth retrying.
-fn failed_result(reply: &Reply) -> ProviderResult<TaskStatus> {
+/// The error a finished request's result URL answered: the request's own
+/// outcome when its status said it failed (or the answer is a 4xx);
+/// otherwise a 429/408/5xx is the gateway's, worth retrying.
+fn failed_result(reply: &Reply, failed: bool) -> ProviderResult<TaskStatus> {
+    if !failed && http::is_transient(reply.status) {
+        return Err(reply.error());
+    }
     let details = reply
         .json
         .as_ref()
         .map(|v| v.get("detail").unwrap_or(v))
         .cloned()
         .unwrap_or(Value::Null);
-    if details.is_null() && http::is_transient(reply.status) {
-        return Err(reply.error());
-    }
     let rejected = details
         .as_array()
         .is_some_and(|items| items.iter().any(|i| i["type"] == "content_policy_violation"));
@@ -162,7 +167,18 @@ impl VideoProvider for FalProvider {
                     position: s.queue_position,
                 }),
                 "IN_PROGRESS" => Ok(TaskStatus::Running),
-                "COMPLETED" => self.result(task_id).await,
+                "COMPLETED" => {
+                    let failed = !s.error.is_null() || s.error_type.is_some();
+                    let rejected = s.error_type.as_deref() == Some("content_policy_violation");
+                    match self.result(task_id, failed).await {
+                        // The status's own type is enough to call it a refusal.
+                        Ok(TaskStatus::Failed { reason, .. }) if rejected => Ok(TaskStatus::Failed {
+                            code: FailureKind::ContentRejected,
+                            reason,
+                        }),
+                        other => other,
+                    }
+                }
                 other => Ok(unknown_status(NAME, other)),
             }
         })
