@@ -395,3 +395,47 @@ fn provider_kind_is_configured_from_the_environment() {
     assert_eq!(s.provider.kind(), ProviderKind::TaskId);
     assert_eq!(s.provider.effective_base_url(), "http://127.0.0.1:8090");
 }
+
+/// The worker end to end on a non-default provider (Runway's dialect, real
+/// Postgres and RabbitMQ): a video, a content refusal told in words and
+/// refunded, and an unknown status ended by the job's deadline.
+#[tokio::test]
+async fn a_worker_on_runway_tells_content_rejections_and_ends_unknown_statuses_by_deadline() {
+    use genq_tests::{test_settings, TestEnv};
+    let mut settings = test_settings();
+    settings.provider.kind = "runway".into();
+    settings.provider.api_key = SecretString::from("test-runway-key");
+    settings.worker.job_timeout_secs = 3;
+    let sim = SimConfig {
+        generation: Duration::from_millis(300),
+        dialect: Dialect::Runway,
+        url_ttl: Some(Duration::from_secs(60)),
+        ..SimConfig::default()
+    };
+    let env = TestEnv::with_sim_and_settings(sim, settings).await;
+    let worker = env.spawn_worker().await;
+    let t = env.new_user("rosa", "rosa@example.com").await;
+    env.grant("rosa@example.com", 22).await;
+    let mut ids = Vec::new();
+    for prompt in ["a harbour at dawn", "x [sim:moderation]", "y [sim:unknown]"] {
+        let (status, job) = env.submit(&t, prompt).await;
+        assert_eq!(status, 202, "{job}");
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let wait = Duration::from_secs(30);
+    let ok = env.wait_for_status(&t, &ids[0], "succeeded", wait).await;
+    let url = ok["result_url"].as_str().unwrap();
+    assert!(url.starts_with(&env.sim().base_url()), "{url}");
+    let refused = env.wait_for_status(&t, &ids[1], "failed", wait).await;
+    assert_eq!(refused["error"]["code"], "content_rejected", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("content moderation"), "{message}");
+    let unknown = env.wait_for_status(&t, &ids[2], "failed", wait).await;
+    assert_eq!(unknown["error"]["code"], "deadline_exceeded", "{unknown}");
+    let (_, credits) = env.get("/v1/credits", &t).await;
+    assert_eq!(credits["spent"], 10, "{credits}");
+    assert_eq!(credits["reserved"], 0, "{credits}");
+    assert_eq!(credits["available"], 20, "{credits}");
+    worker.stop().await;
+    env.cleanup().await;
+}
