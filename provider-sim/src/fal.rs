@@ -28,7 +28,10 @@ fn refused(r: Refusal) -> Response {
     match r {
         Refusal::Unavailable => detail(StatusCode::SERVICE_UNAVAILABLE, "simulated outage"),
         Refusal::RateLimited { retry_after_secs } => with_retry_after(
-            detail(StatusCode::TOO_MANY_REQUESTS, "Too many concurrent requests (simulated)"),
+            detail(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many concurrent requests (simulated)",
+            ),
             retry_after_secs,
         ),
         Refusal::Rejected => (
@@ -51,7 +54,10 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     if credential(&headers, "Key").is_none() {
-        return detail(StatusCode::UNAUTHORIZED, "No valid Authorization header (Key …)");
+        return detail(
+            StatusCode::UNAUTHORIZED,
+            "No valid Authorization header (Key …)",
+        );
     }
     let path = uri.path().trim_matches('/').to_owned();
     let parts: Vec<&str> = path.split('/').collect();
@@ -95,7 +101,13 @@ async fn submit(sim: &Sim, endpoint: &str, app: &str, body: &[u8]) -> Response {
     }
     // fal's queue has no idempotency key: every submit is a new request.
     let id = uuid::Uuid::new_v4().to_string();
-    let (id, _) = sim.create(id, None, prompt, None, json!({"app": app, "endpoint": endpoint}));
+    let (id, _) = sim.create(
+        id,
+        None,
+        prompt,
+        None,
+        json!({"app": app, "endpoint": endpoint}),
+    );
     let (response_url, status_url, cancel_url) = urls(sim, app, &id);
     Json(json!({
         "status": "IN_QUEUE",
@@ -166,7 +178,10 @@ fn failure(phase: Phase, _prompt: &str) -> (&'static str, &'static str) {
             "request_timeout",
         ),
         Phase::Canceled => ("The request was cancelled.", "request_cancelled"),
-        _ => ("Generation failed (simulated runner error).", "runner_error"),
+        _ => (
+            "Generation failed (simulated runner error).",
+            "runner_error",
+        ),
     }
 }
 
@@ -198,7 +213,10 @@ async fn result(sim: &Sim, app: &str, id: &str) -> Response {
             }]})),
         )
             .into_response(),
-        Phase::Failed => detail(StatusCode::INTERNAL_SERVER_ERROR, failure(Phase::Failed, "").0),
+        Phase::Failed => detail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            failure(Phase::Failed, "").0,
+        ),
         Phase::Aborted => detail(StatusCode::GATEWAY_TIMEOUT, failure(Phase::Aborted, "").0),
         Phase::Canceled => detail(StatusCode::BAD_REQUEST, failure(Phase::Canceled, "").0),
         _ => detail(StatusCode::BAD_REQUEST, "Request is still in progress"),

@@ -60,14 +60,20 @@ fn refused(r: Refusal) -> Response {
     }
 }
 
-/// A JWT-shaped Bearer token (Kling signs each request with HS256).
-fn authorized(headers: &HeaderMap) -> Result<(), Response> {
+/// The error Kling answers without a JWT-shaped Bearer token (each request is signed with HS256).
+fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     match credential(headers, "Bearer") {
-        None => Err(error(StatusCode::UNAUTHORIZED, 1001, "Authorization is empty")),
-        Some(t) if t.split('.').count() != 3 => {
-            Err(error(StatusCode::UNAUTHORIZED, 1002, "Authorization is invalid"))
-        }
-        Some(_) => Ok(()),
+        None => Some(error(
+            StatusCode::UNAUTHORIZED,
+            1001,
+            "Authorization is empty",
+        )),
+        Some(t) if t.split('.').count() != 3 => Some(error(
+            StatusCode::UNAUTHORIZED,
+            1002,
+            "Authorization is invalid",
+        )),
+        Some(_) => None,
     }
 }
 
@@ -81,7 +87,10 @@ fn task(t: &View) -> Value {
             "failed",
             "Failure to pass the risk control system: the content is not allowed (simulated)",
         ),
-        Phase::Aborted => ("failed", "Task timed out before it was processed (simulated)"),
+        Phase::Aborted => (
+            "failed",
+            "Task timed out before it was processed (simulated)",
+        ),
         Phase::Canceled => ("failed", "Task was stopped (simulated)"),
         Phase::Unknown => ("reviewing", ""),
     };
@@ -95,13 +104,18 @@ fn task(t: &View) -> Value {
         "updated_at": created,
     });
     if let Some(url) = &t.video_url {
-        data["task_result"] = json!({"videos": [{"id": format!("v{}", t.id), "url": url, "duration": "5"}]});
+        data["task_result"] =
+            json!({"videos": [{"id": format!("v{}", t.id), "url": url, "duration": "5"}]});
     }
     data
 }
 
-async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(r) = authorized(&headers) {
+async fn create(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     let Some(prompt) = body["prompt"].as_str() else {
@@ -131,9 +145,13 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, Json(body): Jso
     envelope(StatusCode::OK, 0, "SUCCEED", task(&t))
 }
 
-async fn status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn status(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     sim.status_request();
-    if let Err(r) = authorized(&headers) {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     if let Err(r) = sim.before().await {

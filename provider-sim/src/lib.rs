@@ -5,6 +5,7 @@
 //! at URLs that expire. This file owns the task engine every dialect shares.
 
 mod fal;
+mod files;
 mod kling;
 mod luma;
 mod replicate;
@@ -17,14 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+pub use files::SAMPLE_MP4;
 
 /// Prompt markers, each forcing an outcome for the task whose prompt has it.
 pub const MARKERS_HELP: &str = "\
@@ -115,8 +118,12 @@ pub(crate) enum Outcome {
 pub(crate) enum Phase {
     Queued,
     /// Held back; `position` counts down to 0.
-    Throttled { position: u32 },
-    Running { progress: f64 },
+    Throttled {
+        position: u32,
+    },
+    Running {
+        progress: f64,
+    },
     Succeeded,
     Failed,
     Moderated,
@@ -290,7 +297,7 @@ pub async fn start(config: SimConfig, addr: &str) -> anyhow::Result<SimHandle> {
 fn router(sim: Arc<Sim>) -> Router {
     let common = Router::new()
         .route("/v1/stats", get(stats))
-        .route("/files/{id}/output.mp4", get(download));
+        .route("/files/{id}/output.mp4", get(files::download));
     let dialect = match sim.config.dialect {
         Dialect::TaskId => taskid::routes(),
         Dialect::Replicate => replicate::routes(),
@@ -344,8 +351,12 @@ fn natural_phase(outcome: Outcome, e: Duration, g: Duration) -> Phase {
         }
         Outcome::Throttle => natural_phase(Outcome::Succeed, e - g, g),
         _ if e < half => Phase::Queued,
-        Outcome::Hang => Phase::Running { progress: progress(e.min(g)) },
-        _ if e < g => Phase::Running { progress: progress(e) },
+        Outcome::Hang => Phase::Running {
+            progress: progress(e.min(g)),
+        },
+        _ if e < g => Phase::Running {
+            progress: progress(e),
+        },
         Outcome::Fail => Phase::Failed,
         Outcome::Moderation => Phase::Moderated,
         _ => Phase::Succeeded,
@@ -353,7 +364,7 @@ fn natural_phase(outcome: Outcome, e: Duration, g: Duration) -> Phase {
 }
 
 impl Task {
-    fn phase(&self, now: Instant, g: Duration) -> Phase {
+    pub(crate) fn phase(&self, now: Instant, g: Duration) -> Phase {
         let e = now.saturating_duration_since(self.created);
         // The earlier of the provider's deadline and a cancel wins.
         let deadline = self.cancel_after.map(|d| (d, true));
@@ -378,8 +389,12 @@ impl Task {
     }
 
     /// When the video became ready (for the output URL's expiry).
-    fn ready_at(&self, g: Duration) -> Instant {
-        let g = if self.outcome == Outcome::Throttle { g * 2 } else { g };
+    pub(crate) fn ready_at(&self, g: Duration) -> Instant {
+        let g = if self.outcome == Outcome::Throttle {
+            g * 2
+        } else {
+            g
+        };
         self.created + g
     }
 }
@@ -426,7 +441,10 @@ impl Sim {
         self.stats.submit_requests.fetch_add(1, Ordering::Relaxed);
         let attempt = {
             let mut tasks = self.tasks.lock().expect("sim lock");
-            let n = tasks.attempts_by_prompt.entry(prompt.to_owned()).or_insert(0);
+            let n = tasks
+                .attempts_by_prompt
+                .entry(prompt.to_owned())
+                .or_insert(0);
             *n += 1;
             *n
         };
@@ -455,7 +473,9 @@ impl Sim {
         let outcome = outcome_of(prompt, &self.config);
         let mut tasks = self.tasks.lock().expect("sim lock");
         if let Some(existing) = key.as_ref().and_then(|k| tasks.by_key.get(k)) {
-            self.stats.idempotent_replays.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .idempotent_replays
+                .fetch_add(1, Ordering::Relaxed);
             return (existing.clone(), true);
         }
         if let Some(k) = key {
@@ -514,10 +534,15 @@ impl Sim {
 
     /// Forgets `id` (Runway's and Luma's DELETE); false if there was none.
     pub(crate) fn delete(&self, id: &str) -> bool {
-        self.tasks.lock().expect("sim lock").by_id.remove(id).is_some()
+        self.tasks
+            .lock()
+            .expect("sim lock")
+            .by_id
+            .remove(id)
+            .is_some()
     }
 
-    fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.config.url_ttl.unwrap_or(Duration::from_secs(3600))
     }
 
@@ -528,43 +553,6 @@ impl Sim {
             format!("{}/files/{id}/output.mp4", self.base)
         }
     }
-}
-
-/// A tiny MP4: an `ftyp` box, then an empty `mdat`.
-pub const SAMPLE_MP4: &[u8] = &[
-    0, 0, 0, 0x18, b'f', b't', b'y', b'p', b'i', b's', b'o', b'm', 0, 0, 2, 0, b'i', b's', b'o',
-    b'm', b'i', b's', b'o', b'2', 0, 0, 0, 8, b'm', b'd', b'a', b't',
-];
-
-/// The output video while its URL is valid; afterwards what the provider's
-/// storage answers (signed CDN URLs: 403; Replicate, fal and TaskID: 404).
-async fn download(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
-    let (ready, exists) = {
-        let tasks = sim.tasks.lock().expect("sim lock");
-        match tasks.by_id.get(&id) {
-            Some(t) if t.phase(Instant::now(), sim.config.generation) == Phase::Succeeded => {
-                (Some(t.ready_at(sim.config.generation)), true)
-            }
-            Some(_) => (None, true),
-            None => (None, false),
-        }
-    };
-    if ready.filter(|r| r.elapsed() <= sim.ttl()).is_none() {
-        if exists {
-            sim.stats.expired_downloads.fetch_add(1, Ordering::Relaxed);
-        }
-        return match sim.config.dialect {
-            Dialect::Runway | Dialect::Luma | Dialect::Kling => (
-                StatusCode::FORBIDDEN,
-                [(header::CONTENT_TYPE, "application/xml")],
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
-            )
-                .into_response(),
-            _ => (StatusCode::NOT_FOUND, "Not Found").into_response(),
-        };
-    }
-    sim.stats.downloads.fetch_add(1, Ordering::Relaxed);
-    ([(header::CONTENT_TYPE, "video/mp4")], SAMPLE_MP4).into_response()
 }
 
 async fn stats(State(sim): State<Arc<Sim>>) -> Json<StatsSnapshot> {
@@ -580,8 +568,10 @@ pub(crate) fn credential<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a
 
 /// A `Retry-After` header on a 429.
 pub(crate) fn with_retry_after(mut r: Response, secs: u64) -> Response {
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, secs.to_string().parse().expect("digits"));
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        secs.to_string().parse().expect("digits"),
+    );
     r
 }
 

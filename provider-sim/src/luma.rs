@@ -34,7 +34,10 @@ fn refused(r: Refusal) -> Response {
     match r {
         Refusal::Unavailable => detail(StatusCode::SERVICE_UNAVAILABLE, "simulated outage"),
         Refusal::RateLimited { retry_after_secs } => with_retry_after(
-            detail(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded (simulated)"),
+            detail(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit exceeded (simulated)",
+            ),
             retry_after_secs,
         ),
         Refusal::Rejected => detail(
@@ -44,10 +47,10 @@ fn refused(r: Refusal) -> Response {
     }
 }
 
-fn authorized(headers: &HeaderMap) -> Result<(), Response> {
+fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     match credential(headers, "Bearer") {
-        Some(_) => Ok(()),
-        None => Err(detail(StatusCode::UNAUTHORIZED, "Invalid API key provided")),
+        Some(_) => None,
+        None => Some(detail(StatusCode::UNAUTHORIZED, "Invalid API key provided")),
     }
 }
 
@@ -61,7 +64,10 @@ fn generation(t: &View) -> Value {
             "failed",
             Some("400: prompt not allowed because advanced moderation failed (simulated)"),
         ),
-        Phase::Aborted => ("failed", Some("Generation timed out in the queue (simulated)")),
+        Phase::Aborted => (
+            "failed",
+            Some("Generation timed out in the queue (simulated)"),
+        ),
         Phase::Canceled => ("failed", Some("Generation was stopped (simulated)")),
         Phase::Unknown => ("pending_review", None),
     };
@@ -81,8 +87,12 @@ fn generation(t: &View) -> Value {
     })
 }
 
-async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(r) = authorized(&headers) {
+async fn create(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     let Some(prompt) = body["prompt"].as_str() else {
@@ -103,9 +113,13 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, Json(body): Jso
     (StatusCode::CREATED, Json(generation(&t))).into_response()
 }
 
-async fn status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn status(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     sim.status_request();
-    if let Err(r) = authorized(&headers) {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     if let Err(r) = sim.before().await {
@@ -118,8 +132,12 @@ async fn status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<
 }
 
 /// Luma has no cancel: deleting is the only way to let a generation go.
-async fn delete(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorized(&headers) {
+async fn delete(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     if let Err(r) = sim.before().await {

@@ -20,7 +20,10 @@ use crate::{credential, rfc3339, with_retry_after, Cancel, Phase, Refusal, Sim, 
 pub(crate) fn routes() -> Router<Arc<Sim>> {
     Router::new()
         .route("/v1/predictions", post(create_versioned))
-        .route("/v1/models/{owner}/{name}/predictions", post(create_official))
+        .route(
+            "/v1/models/{owner}/{name}/predictions",
+            post(create_official),
+        )
         .route("/v1/predictions/{id}", get(status))
         .route("/v1/predictions/{id}/cancel", post(cancel))
 }
@@ -84,7 +87,9 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
         let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
         let n: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "ms" => n / 1000.0,
             "s" => n,
@@ -127,7 +132,10 @@ async fn create(sim: Arc<Sim>, headers: HeaderMap, body: Value, model: String) -
             "- input: prompt is required",
         );
     };
-    let cancel_after = match headers.get("cancel-after").map(|v| v.to_str().unwrap_or("")) {
+    let cancel_after = match headers
+        .get("cancel-after")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
         None => None,
         Some(v) => match parse_duration(v) {
             Some(d) if d >= Duration::from_secs(5) => Some(d),
@@ -193,7 +201,11 @@ fn not_found() -> Response {
     problem(StatusCode::NOT_FOUND, "Not found", "Not found.")
 }
 
-async fn status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn status(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     sim.status_request();
     if !authorized(&headers) {
         return unauthenticated();
@@ -207,7 +219,11 @@ async fn status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<
     }
 }
 
-async fn cancel(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn cancel(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !authorized(&headers) {
         return unauthenticated();
     }

@@ -47,22 +47,26 @@ fn refused(r: Refusal) -> Response {
     }
 }
 
-/// Bearer auth and the version header, or the error Runway answers.
-fn check(headers: &HeaderMap) -> Result<(), Response> {
+/// The error Runway answers without Bearer auth or the version header.
+fn refused_auth(headers: &HeaderMap) -> Option<Response> {
     if credential(headers, "Bearer").is_none() {
-        return Err(error(StatusCode::UNAUTHORIZED, "The API key is not valid"));
+        return Some(error(StatusCode::UNAUTHORIZED, "The API key is not valid"));
     }
     if headers.get("x-runway-version").is_none() {
-        return Err(error(
+        return Some(error(
             StatusCode::BAD_REQUEST,
             "The X-Runway-Version header is required",
         ));
     }
-    Ok(())
+    None
 }
 
-async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(r) = check(&headers) {
+async fn create(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = refused_auth(&headers) {
         return r;
     }
     let Some(prompt) = body["promptText"].as_str() else {
@@ -82,9 +86,13 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, Json(body): Jso
     Json(json!({"id": id})).into_response()
 }
 
-async fn status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn status(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     sim.status_request();
-    if let Err(r) = check(&headers) {
+    if let Some(r) = refused_auth(&headers) {
         return r;
     }
     if let Err(r) = sim.before().await {
@@ -132,8 +140,12 @@ async fn status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<
 }
 
 /// Cancels a pending, throttled or running task; deletes a finished one.
-async fn delete(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = check(&headers) {
+async fn delete(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = refused_auth(&headers) {
         return r;
     }
     if let Err(r) = sim.before().await {

@@ -473,7 +473,9 @@ impl Settings {
         }
         let key = self.provider.api_key.expose_secret();
         // A real provider's API needs a key; a simulator at another base_url may not.
-        if kind != ProviderKind::TaskId && key.is_empty() && self.provider.base_url.trim().is_empty()
+        if kind != ProviderKind::TaskId
+            && key.is_empty()
+            && self.provider.base_url.trim().is_empty()
         {
             fail(
                 "provider.api_key",

@@ -143,7 +143,11 @@ async fn succeeds_and_the_url_expires(r: &Rig) {
             break;
         }
         assert_eq!(status, 200);
-        assert!(Instant::now() < deadline, "{}: the URL never expired", r.kind);
+        assert!(
+            Instant::now() < deadline,
+            "{}: the URL never expired",
+            r.kind
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(r.sim.stats.snapshot().expired_downloads >= 1);
@@ -161,7 +165,10 @@ async fn moderation_is_a_readable_content_rejection(r: &Rig) {
                 "{}: not words: {reason:?}",
                 r.kind
             );
-            assert_eq!(FailureKind::ContentRejected.error_code(), "content_rejected");
+            assert_eq!(
+                FailureKind::ContentRejected.error_code(),
+                "content_rejected"
+            );
         }
         _ => panic!("{}: expected a content rejection, saw {seen:?}", r.kind),
     }
@@ -233,7 +240,8 @@ async fn unknown_is_never_success(r: &Rig) {
 
 async fn cancel_stops_the_task(r: &Rig) {
     let id = r.submit("forever [sim:hang]").await;
-    r.poll_until(&id, |s| matches!(s, TaskStatus::Running)).await;
+    r.poll_until(&id, |s| matches!(s, TaskStatus::Running))
+        .await;
     r.provider.cancel(&id).await.expect("cancel answers");
     match r.kind {
         // Luma has no cancel: the generation is deleted.
@@ -261,7 +269,10 @@ async fn cancel_stops_the_task(r: &Rig) {
         }
     }
     // Canceling again, or a finished task, is not an error.
-    r.provider.cancel(&id).await.expect("a second cancel answers");
+    r.provider
+        .cancel(&id)
+        .await
+        .expect("a second cancel answers");
 }
 
 async fn duplicate_submits(r: &Rig) {
@@ -288,8 +299,16 @@ async fn fault_markers(r: &Rig) {
         }) => assert_eq!(d, Duration::from_secs(1)),
         other => panic!("{}: 429 → {other:?}", r.kind),
     }
-    let e = r.provider.submit(&k("down [sim:5xx-always]")).await.unwrap_err();
-    assert!(matches!(e, ProviderError::Transient { .. }), "{}: {e:?}", r.kind);
+    let e = r
+        .provider
+        .submit(&k("down [sim:5xx-always]"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ProviderError::Transient { .. }),
+        "{}: {e:?}",
+        r.kind
+    );
     let e = r.provider.submit(&k("bad [sim:reject]")).await.unwrap_err();
     assert!(
         matches!(e, ProviderError::Permanent { ref code, .. } if code != provider::CONTENT_REJECTED),
@@ -377,7 +396,10 @@ fn provider_kind_is_configured_from_the_environment() {
 
     std::env::set_var("GENQ__PROVIDER__KIND", "sora");
     let e = Settings::load(None).unwrap_err().to_string();
-    assert!(e.contains("provider.kind") && e.contains("GENQ__PROVIDER__KIND"), "{e}");
+    assert!(
+        e.contains("provider.kind") && e.contains("GENQ__PROVIDER__KIND"),
+        "{e}"
+    );
 
     std::env::set_var("GENQ__PROVIDER__KIND", "runway");
     std::env::remove_var("GENQ__PROVIDER__API_KEY");

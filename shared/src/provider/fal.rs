@@ -113,9 +113,11 @@ fn failed_result(reply: &Reply, failed: bool) -> ProviderResult<TaskStatus> {
         .map(|v| v.get("detail").unwrap_or(v))
         .cloned()
         .unwrap_or(Value::Null);
-    let rejected = details
-        .as_array()
-        .is_some_and(|items| items.iter().any(|i| i["type"] == "content_policy_violation"));
+    let rejected = details.as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|i| i["type"] == "content_policy_violation")
+    });
     let reason = reply.detail();
     let code = if rejected {
         FailureKind::ContentRejected
@@ -125,7 +127,9 @@ fn failed_result(reply: &Reply, failed: bool) -> ProviderResult<TaskStatus> {
         FailureKind::Provider
     };
     let reason = if rejected {
-        clip(&format!("The content was refused by fal's content checker: {reason}"))
+        clip(&format!(
+            "The content was refused by fal's content checker: {reason}"
+        ))
     } else {
         reason
     };
@@ -172,10 +176,12 @@ impl VideoProvider for FalProvider {
                     let rejected = s.error_type.as_deref() == Some("content_policy_violation");
                     match self.result(task_id, failed).await {
                         // The status's own type is enough to call it a refusal.
-                        Ok(TaskStatus::Failed { reason, .. }) if rejected => Ok(TaskStatus::Failed {
-                            code: FailureKind::ContentRejected,
-                            reason,
-                        }),
+                        Ok(TaskStatus::Failed { reason, .. }) if rejected => {
+                            Ok(TaskStatus::Failed {
+                                code: FailureKind::ContentRejected,
+                                reason,
+                            })
+                        }
                         other => other,
                     }
                 }

@@ -106,7 +106,11 @@ pub fn is_transient(status: StatusCode) -> bool {
 
 /// `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -124,10 +128,9 @@ pub async fn send(builder: reqwest::RequestBuilder) -> ProviderResult<Reply> {
     })?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let text = response
-        .text()
-        .await
-        .map_err(|e| ProviderError::transient(format!("reading the response: {}", e.without_url())))?;
+    let text = response.text().await.map_err(|e| {
+        ProviderError::transient(format!("reading the response: {}", e.without_url()))
+    })?;
     let json = serde_json::from_str(&text).ok();
     Ok(Reply {
         status,
@@ -174,10 +177,16 @@ mod tests {
         assert!(
             matches!(e, ProviderError::Transient { ref message, retry_after: Some(d) } if message.contains("slow down") && d.as_secs() == 3)
         );
-        assert!(matches!(reply(503, "oops").error(), ProviderError::Transient { .. }));
+        assert!(matches!(
+            reply(503, "oops").error(),
+            ProviderError::Transient { .. }
+        ));
         let e = reply(400, r#"{"code":1201,"message":"bad"}"#).error();
         assert!(matches!(e, ProviderError::Permanent { ref code, .. } if code == "1201"));
-        let e = reply(422, r#"{"detail":[{"msg":"flagged","type":"content_policy_violation"}]}"#);
+        let e = reply(
+            422,
+            r#"{"detail":[{"msg":"flagged","type":"content_policy_violation"}]}"#,
+        );
         assert_eq!(e.detail(), "flagged");
         assert_eq!(reply(401, r#"{"error":"bad key"}"#).detail(), "bad key");
     }

@@ -77,7 +77,9 @@ impl KlingProvider {
             &claims,
             &EncodingKey::from_secret(self.secret_key.expose_secret().as_bytes()),
         )
-        .map_err(|e| ProviderError::permanent("provider_auth", format!("signing the Kling token: {e}")))
+        .map_err(|e| {
+            ProviderError::permanent("provider_auth", format!("signing the Kling token: {e}"))
+        })
     }
 
     fn task_url(&self, id: &str) -> String {
@@ -93,8 +95,11 @@ impl KlingProvider {
         let envelope: Envelope = reply.parse()?;
         if envelope.code != 0 {
             // An error with a 200: classify by the service code alone.
-            return Err(by_code(envelope.code, &envelope.message)
-                .unwrap_or_else(|| ProviderError::permanent(envelope.code.to_string(), clip(&envelope.message))));
+            return Err(
+                by_code(envelope.code, &envelope.message).unwrap_or_else(|| {
+                    ProviderError::permanent(envelope.code.to_string(), clip(&envelope.message))
+                }),
+            );
         }
         Ok(envelope.data)
     }
@@ -183,7 +188,10 @@ impl VideoProvider for KlingProvider {
                 Err(ProviderError::Permanent { code, message })
                     if code != super::CONTENT_REJECTED && code != "provider_account" =>
                 {
-                    match self.call(self.client.get(self.task_url(&request.idempotency_key))).await {
+                    match self
+                        .call(self.client.get(self.task_url(&request.idempotency_key)))
+                        .await
+                    {
                         Ok(data) if data["task_id"].is_string() => {
                             tracing::info!(key = %request.idempotency_key, "Kling already had this task");
                             Ok(data["task_id"].as_str().unwrap_or_default().to_owned())
@@ -205,7 +213,10 @@ impl VideoProvider for KlingProvider {
 
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
         Box::pin(async move {
-            tracing::debug!(task_id, "Kling has no cancel endpoint; the task runs to its end");
+            tracing::debug!(
+                task_id,
+                "Kling has no cancel endpoint; the task runs to its end"
+            );
             Ok(())
         })
     }

@@ -124,10 +124,9 @@ impl VideoProvider for LumaProvider {
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
         Box::pin(async move {
             // Luma has no cancel: deleting the generation is the only way to let it go.
-            let reply = http::send(
-                self.authorized(self.client.delete(self.generation_url(task_id))),
-            )
-            .await?;
+            let reply =
+                http::send(self.authorized(self.client.delete(self.generation_url(task_id))))
+                    .await?;
             if reply.is_success() || reply.status.as_u16() == 404 {
                 Ok(())
             } else {

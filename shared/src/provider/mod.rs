@@ -74,7 +74,9 @@ pub enum TaskStatus {
     /// Accepted; the provider says nothing more specific.
     Pending,
     /// Waiting for a runner, with its place in the queue when the provider says.
-    Queued { position: Option<u32> },
+    Queued {
+        position: Option<u32>,
+    },
     /// Accepted but held back by the provider's rate or concurrency limits.
     Throttled,
     Running,
@@ -97,7 +99,11 @@ impl TaskStatus {
     pub fn is_working(&self) -> bool {
         matches!(
             self,
-            Self::Pending | Self::Queued { .. } | Self::Throttled | Self::Running | Self::Unknown { .. }
+            Self::Pending
+                | Self::Queued { .. }
+                | Self::Throttled
+                | Self::Running
+                | Self::Unknown { .. }
         )
     }
 }

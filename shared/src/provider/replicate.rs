@@ -77,7 +77,10 @@ fn output_url(output: &Value) -> Option<String> {
     match output {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Array(items) => items.iter().find_map(output_url),
-        Value::Object(map) => map.get("video").or_else(|| map.get("url")).and_then(output_url),
+        Value::Object(map) => map
+            .get("video")
+            .or_else(|| map.get("url"))
+            .and_then(output_url),
         _ => None,
     }
 }
@@ -179,9 +182,18 @@ mod tests {
 
     #[test]
     fn output_shapes() {
-        assert_eq!(output_url(&json!("https://a/b.mp4")).as_deref(), Some("https://a/b.mp4"));
-        assert_eq!(output_url(&json!(["https://a/1.mp4", "x"])).as_deref(), Some("https://a/1.mp4"));
-        assert_eq!(output_url(&json!({"video": "https://v"})).as_deref(), Some("https://v"));
+        assert_eq!(
+            output_url(&json!("https://a/b.mp4")).as_deref(),
+            Some("https://a/b.mp4")
+        );
+        assert_eq!(
+            output_url(&json!(["https://a/1.mp4", "x"])).as_deref(),
+            Some("https://a/1.mp4")
+        );
+        assert_eq!(
+            output_url(&json!({"video": "https://v"})).as_deref(),
+            Some("https://v")
+        );
         assert_eq!(output_url(&json!(null)), None);
     }
 }

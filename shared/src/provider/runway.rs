@@ -182,7 +182,10 @@ mod tests {
         match interpret(t).unwrap() {
             TaskStatus::Failed { code, reason } => {
                 assert_eq!(code, FailureKind::ContentRejected);
-                assert!(reason.starts_with("The prompt or an input was refused"), "{reason}");
+                assert!(
+                    reason.starts_with("The prompt or an input was refused"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }
