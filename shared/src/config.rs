@@ -152,7 +152,7 @@ impl ProviderKind {
             Self::TaskId => "",
             Self::Replicate => "minimax/video-01",
             Self::Fal => "fal-ai/kling-video/v1.6/standard/text-to-video",
-            Self::Runway => "veo3",
+            Self::Runway => "gen4.5",
             Self::Luma => "ray-2",
             Self::Kling => "kling-v1-6",
         }

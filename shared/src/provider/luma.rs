@@ -105,7 +105,8 @@ impl VideoProvider for LumaProvider {
                 "prompt": request.prompt,
                 "model": self.model,
                 "aspect_ratio": request.aspect_ratio,
-                "duration": format!("{}s", request.duration_seconds),
+                // Luma's ray models take 5 s or 9 s.
+                "duration": if request.duration_seconds <= 5 { "5s" } else { "9s" },
             });
             let url = format!("{}/dream-machine/v1/generations", self.base_url);
             let builder = self.authorized(self.client.post(url)).json(&body);

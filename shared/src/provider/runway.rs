@@ -64,16 +64,22 @@ impl RunwayProvider {
     }
 }
 
-/// Runway wants output sizes (`1280:720`), not aspect ratios.
-fn ratio(aspect: &str) -> &str {
+/// Runway wants output sizes, and text-to-video models take only landscape
+/// `1280:720` or portrait `720:1280` in common.
+fn ratio(aspect: &str) -> &'static str {
     match aspect {
-        "16:9" => "1280:720",
-        "9:16" => "720:1280",
-        "1:1" => "960:960",
-        "4:3" => "1104:832",
-        "3:4" => "832:1104",
-        "21:9" => "1584:672",
+        "9:16" | "3:4" | "9:21" | "2:3" => "720:1280",
         _ => "1280:720",
+    }
+}
+
+/// The duration each text-to-video model accepts closest to the request:
+/// `veo3` only 8 s, `veo3.1`/`veo3.1_fast` 4, 6 or 8 s, others (`gen4.5`) 2–10 s.
+fn duration(model: &str, seconds: u32) -> u32 {
+    match model {
+        "veo3" => 8,
+        "veo3.1" | "veo3.1_fast" => [4, 6, 8].into_iter().find(|d| *d >= seconds).unwrap_or(8),
+        _ => seconds.clamp(2, 10),
     }
 }
 
@@ -137,7 +143,7 @@ impl VideoProvider for RunwayProvider {
                 "model": self.model,
                 "promptText": request.prompt,
                 "ratio": ratio(&request.aspect_ratio),
-                "duration": request.duration_seconds,
+                "duration": duration(&self.model, request.duration_seconds),
             });
             let url = format!("{}/v1/text_to_video", self.base_url);
             let builder = self.authorized(self.client.post(url)).json(&body);
@@ -170,6 +176,16 @@ impl VideoProvider for RunwayProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_durations_each_model_takes() {
+        assert_eq!(ratio("16:9"), "1280:720");
+        assert_eq!(ratio("9:16"), "720:1280");
+        assert_eq!(duration("gen4.5", 5), 5);
+        assert_eq!(duration("gen4.5", 30), 10);
+        assert_eq!(duration("veo3", 5), 8);
+        assert_eq!(duration("veo3.1_fast", 5), 6);
+    }
 
     #[test]
     fn safety_codes_are_content_refusals_in_words() {
