@@ -68,13 +68,14 @@ impl Reply {
         clip(&from_json.unwrap_or_else(|| self.text.trim().to_owned()))
     }
 
-    /// The provider's error code, text or number (`code`, `error.code`, `type`).
+    /// The provider's error code, text or number (`code`, `error.code`, or a
+    /// `type` that is a word rather than an RFC 7807 type URI).
     pub fn code(&self) -> Option<String> {
         let v = self.json.as_ref()?;
         [&v["code"], &v["error"]["code"], &v["type"]]
             .into_iter()
             .find_map(|c| match c {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::String(s) if !s.is_empty() && !s.contains('/') => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             })
