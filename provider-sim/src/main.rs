@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use clap::Parser;
-use genq_provider_sim::{start, SimConfig, MARKERS_HELP};
+use genq_provider_sim::{start, Dialect, SimConfig, MARKERS_HELP};
 
 #[derive(Parser)]
 #[command(
     name = "genq-provider-sim",
-    about = "A TaskID-style video provider for tests and demos: POST /v1/tasks, GET /v1/tasks/{id}, POST /v1/tasks/{id}/cancel, GET /v1/stats.",
+    about = "A video provider for tests and demos, speaking one provider's API (--dialect): taskid (POST /v1/tasks, GET /v1/tasks/{id}, POST /v1/tasks/{id}/cancel), replicate, fal, runway, luma or kling. Also GET /v1/stats, and the output videos at /files/{id}/output.mp4.",
     after_help = MARKERS_HELP,
     version
 )]
@@ -37,6 +37,13 @@ struct Cli {
     /// Share of tasks that never finish (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     hang_rate: f64,
+    /// Which provider API to speak.
+    #[arg(long, value_enum, default_value = "taskid")]
+    dialect: Dialect,
+    /// How long an output URL works once the video is ready, in milliseconds
+    /// (default one hour; taskid without it keeps undownloadable legacy URLs).
+    #[arg(long)]
+    url_ttl_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -66,11 +73,13 @@ async fn main() -> anyhow::Result<()> {
             retry_after_secs: cli.retry_after_secs,
             permanent_fail_rate: cli.permanent_fail_rate,
             hang_rate: cli.hang_rate,
+            dialect: cli.dialect,
+            url_ttl: cli.url_ttl_ms.map(Duration::from_millis),
         },
         &cli.addr,
     )
     .await?;
-    tracing::info!(addr = %handle.addr, "genq-provider-sim listening");
+    tracing::info!(addr = %handle.addr, dialect = ?cli.dialect, "genq-provider-sim listening");
     tokio::signal::ctrl_c().await?;
     handle.stop();
     Ok(())

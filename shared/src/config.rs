@@ -83,10 +83,114 @@ pub struct QueueSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderSettings {
+    /// The label stored on each job (`jobs.provider`).
     pub name: String,
+    /// Which provider API to speak: taskid | replicate | fal | runway | luma | kling.
+    pub kind: String,
+    /// The provider's model / version / endpoint ID; empty means the kind's default
+    /// (see `ProviderKind::default_model`).
+    pub model: String,
+    /// Empty means the kind's real API base (taskid: http://127.0.0.1:8090).
     pub base_url: String,
+    /// The provider's credential (Kling: `ACCESS_KEY:SECRET_KEY`).
     pub api_key: SecretString,
     pub timeout_ms: u64,
+}
+
+/// The provider APIs genq has an adapter for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    TaskId,
+    Replicate,
+    Fal,
+    Runway,
+    Luma,
+    Kling,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 6] = [
+        Self::TaskId,
+        Self::Replicate,
+        Self::Fal,
+        Self::Runway,
+        Self::Luma,
+        Self::Kling,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TaskId => "taskid",
+            Self::Replicate => "replicate",
+            Self::Fal => "fal",
+            Self::Runway => "runway",
+            Self::Luma => "luma",
+            Self::Kling => "kling",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// The real provider's API base.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            Self::TaskId => "http://127.0.0.1:8090",
+            Self::Replicate => "https://api.replicate.com",
+            Self::Fal => "https://queue.fal.run",
+            Self::Runway => "https://api.dev.runwayml.com",
+            Self::Luma => "https://api.lumalabs.ai",
+            Self::Kling => "https://api-singapore.klingai.com",
+        }
+    }
+
+    /// A sensible model for text-to-video on each provider.
+    pub fn default_model(self) -> &'static str {
+        match self {
+            Self::TaskId => "",
+            Self::Replicate => "minimax/video-01",
+            Self::Fal => "fal-ai/kling-video/v1.6/standard/text-to-video",
+            Self::Runway => "gen4.5",
+            Self::Luma => "ray-2",
+            Self::Kling => "kling-v1-6",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ProviderSettings {
+    /// The configured kind; `validate` rejects an unknown one, so this falls
+    /// back to taskid only for settings that were never validated.
+    pub fn kind(&self) -> ProviderKind {
+        ProviderKind::parse(&self.kind).unwrap_or(ProviderKind::TaskId)
+    }
+
+    /// `base_url`, or the kind's real API base when empty; no trailing slash.
+    pub fn effective_base_url(&self) -> String {
+        let url = if self.base_url.trim().is_empty() {
+            self.kind().default_base_url()
+        } else {
+            self.base_url.trim()
+        };
+        url.trim_end_matches('/').to_owned()
+    }
+
+    /// `model`, or the kind's default when empty.
+    pub fn effective_model(&self) -> String {
+        if self.model.trim().is_empty() {
+            self.kind().default_model().to_owned()
+        } else {
+            self.model.trim().to_owned()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,7 +293,9 @@ impl Default for ProviderSettings {
     fn default() -> Self {
         Self {
             name: "sim".into(),
-            base_url: "http://127.0.0.1:8090".into(),
+            kind: "taskid".into(),
+            model: String::new(),
+            base_url: String::new(),
             api_key: SecretString::from(""),
             timeout_ms: 10_000,
         }
@@ -349,11 +455,47 @@ impl Settings {
         if let Err((key, why)) = self.storage.check() {
             fail(key, why)?;
         }
-        if url::Url::parse(&self.provider.base_url).is_err() {
+        let Some(kind) = ProviderKind::parse(&self.provider.kind) else {
+            return fail(
+                "provider.kind",
+                &format!(
+                    "must be one of taskid, replicate, fal, runway, luma, kling (not {:?})",
+                    self.provider.kind
+                ),
+            );
+        };
+        if !self.provider.base_url.trim().is_empty()
+            && url::Url::parse(self.provider.base_url.trim()).is_err()
+        {
             fail(
                 "provider.base_url",
-                "must be a URL such as http://127.0.0.1:8090",
+                "must be a URL such as http://127.0.0.1:8090 (or empty for the provider's own API)",
             )?;
+        }
+        if self.provider.timeout_ms == 0 {
+            fail("provider.timeout_ms", "must be more than 0")?;
+        }
+        let key = self.provider.api_key.expose_secret();
+        // A real provider's API needs a key; a simulator at another base_url may not.
+        if kind != ProviderKind::TaskId
+            && key.is_empty()
+            && self.provider.base_url.trim().is_empty()
+        {
+            fail(
+                "provider.api_key",
+                &format!("must be set for provider.kind = {kind}"),
+            )?;
+        }
+        if kind == ProviderKind::Kling && !key.is_empty() {
+            let ok = key
+                .split_once(':')
+                .is_some_and(|(ak, sk)| !ak.is_empty() && !sk.is_empty());
+            if !ok {
+                fail(
+                    "provider.api_key",
+                    "must be ACCESS_KEY:SECRET_KEY for provider.kind = kling",
+                )?;
+            }
         }
         Ok(())
     }

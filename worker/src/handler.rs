@@ -197,6 +197,7 @@ impl Handler {
             prompt: job.prompt.clone(),
             duration_seconds: job.params.duration_seconds,
             aspect_ratio: job.params.aspect_ratio.as_str().to_owned(),
+            cancel_after: Some(self.settings.job_timeout()),
         };
         let started = std::time::Instant::now();
         let submitted = self.provider.submit(&request).await;
@@ -292,7 +293,13 @@ impl Handler {
         let status = self.provider.status(&task_id).await;
         record_provider_call("status", started, &status);
         match status {
-            Ok(TaskStatus::Pending | TaskStatus::Running) => {
+            Ok(
+                TaskStatus::Pending
+                | TaskStatus::Queued { .. }
+                | TaskStatus::Throttled
+                | TaskStatus::Running
+                | TaskStatus::Unknown { .. },
+            ) => {
                 if !store::advance_poll(&self.pool, job_id, seq).await? {
                     return Ok(());
                 }
@@ -312,8 +319,10 @@ impl Handler {
             Ok(TaskStatus::Succeeded { video_url }) => {
                 self.archive_and_finish(&job, &video_url, errors).await
             }
-            Ok(TaskStatus::Failed { reason }) => {
-                self.finish_failed(job_id, &[JobStatus::Running], "provider_failed", &reason)
+            Ok(TaskStatus::Failed { code, reason }) => {
+                // content_rejected, provider_failed, provider_aborted or
+                // provider_canceled: all refunded.
+                self.finish_failed(job_id, &[JobStatus::Running], code.error_code(), &reason)
                     .await
             }
             Err(e) => {
@@ -340,6 +349,14 @@ impl Handler {
         next: &T,
     ) -> Step {
         match error {
+            ProviderError::Permanent { code, message } if code == provider::CONTENT_REJECTED => {
+                let from = match queue {
+                    WorkQueue::Start => JobStatus::Submitting,
+                    WorkQueue::Poll => JobStatus::Running,
+                };
+                self.finish_failed(job.id, &[from], provider::CONTENT_REJECTED, &message)
+                    .await
+            }
             ProviderError::Permanent { code, message } => {
                 let from = match queue {
                     WorkQueue::Start => JobStatus::Submitting,

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use genq_broker::Topology;
 use genq_shared::config::Settings;
-use genq_shared::provider::{HttpProvider, VideoProvider};
+use genq_shared::provider::{self, VideoProvider};
 use genq_shared::{db, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ impl Worker {
         let pool = db::connect_and_migrate(&settings.database).await?;
         let provider = match provider {
             Some(p) => p,
-            None => Arc::new(HttpProvider::new(&settings.provider)?),
+            None => provider::build(&settings.provider)?,
         };
         let metrics_listener = TcpListener::bind(&settings.worker.metrics_addr).await?;
         Ok(Self {
