@@ -14,6 +14,9 @@ psql -qAt -h 127.0.0.1 -U postgres -d postgres \
 # ...and their queues (a passing test deletes its own topology).
 { rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^genq-(test|chaos)-' || true; } |
   while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
+# moto's S3-compatible server, for the S3 storage tests.
+GENQ_TEST_MOTO_SERVER=$(scripts/moto.sh)
+export GENQ_TEST_MOTO_SERVER
 cargo test --workspace
 cargo build --bins
 target/debug/genq-chaos --profile short

@@ -21,14 +21,16 @@ pub const SAMPLE_MP4: &[u8] = &[
 /// The output video while its URL is valid; afterwards what the provider's
 /// storage answers (signed CDN URLs: 403; Replicate, fal and TaskID: 404).
 pub(crate) async fn download(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
-    let (ready, exists) = {
+    let (ready, exists, not_video) = {
         let tasks = sim.tasks.lock().expect("sim lock");
         match tasks.by_id.get(&id) {
-            Some(t) if t.phase(Instant::now(), sim.config.generation) == Phase::Succeeded => {
-                (Some(t.ready_at(sim.config.generation)), true)
-            }
-            Some(_) => (None, true),
-            None => (None, false),
+            Some(t) if t.phase(Instant::now(), sim.config.generation) == Phase::Succeeded => (
+                Some(t.ready_at(sim.config.generation)),
+                true,
+                t.prompt.contains("[sim:not-video]"),
+            ),
+            Some(_) => (None, true, false),
+            None => (None, false, false),
         }
     };
     if ready.filter(|r| r.elapsed() <= sim.ttl()).is_none() {
@@ -46,5 +48,9 @@ pub(crate) async fn download(State(sim): State<Arc<Sim>>, Path(id): Path<String>
         };
     }
     sim.stats.downloads.fetch_add(1, Ordering::Relaxed);
+    if not_video {
+        let page = "<!doctype html><title>Your video</title><p>Sign in to download.</p>";
+        return ([(header::CONTENT_TYPE, "text/html")], page).into_response();
+    }
     ([(header::CONTENT_TYPE, "video/mp4")], SAMPLE_MP4).into_response()
 }

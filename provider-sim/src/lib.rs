@@ -41,7 +41,8 @@ Prompt markers (force one task's outcome, whatever the rates; every dialect):
   [sim:moderation]   the task is refused by content moderation, in the dialect's own words and codes
   [sim:throttle]     the task waits (runway THROTTLED, fal IN_QUEUE with positions, others queued) before running
   [sim:abort]        the deadline passes before the task runs (replicate aborted; others a failure)
-  [sim:unknown]      the task reports a status word no adapter knows, forever";
+  [sim:unknown]      the task reports a status word no adapter knows, forever
+  [sim:not-video]    the task succeeds, but its output URL serves an HTML page, not a video";
 
 /// Which provider API the simulator speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -80,9 +81,7 @@ pub struct SimConfig {
     /// Share of tasks that never finish.
     pub hang_rate: f64,
     pub dialect: Dialect,
-    /// How long an output URL works after the video is ready. `None`: one
-    /// hour, except that the taskid dialect then keeps its historical
-    /// `https://videos.sim.invalid/…` URLs (which nobody can download).
+    /// How long an output URL works after the video is ready (`None`: one hour).
     pub url_ttl: Option<Duration>,
 }
 
@@ -547,11 +546,7 @@ impl Sim {
     }
 
     fn video_url(&self, id: &str) -> String {
-        if self.config.dialect == Dialect::TaskId && self.config.url_ttl.is_none() {
-            format!("https://videos.sim.invalid/{id}.mp4")
-        } else {
-            format!("{}/files/{id}/output.mp4", self.base)
-        }
+        format!("{}/files/{id}/output.mp4", self.base)
     }
 }
 

@@ -405,3 +405,84 @@ pub async fn user_id(pool: &PgPool, external_id: &str) -> Uuid {
         .await
         .unwrap()
 }
+
+/// moto's S3-compatible server, started on a free port for one test and
+/// killed with it. The binary comes from `scripts/moto.sh` (or
+/// `GENQ_TEST_MOTO_SERVER`).
+pub struct Moto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        let binary = std::env::var("GENQ_TEST_MOTO_SERVER").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/moto-venv/bin/moto_server"
+            )
+            .into()
+        });
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "moto_server not found at {binary}: run scripts/moto.sh (scripts/test.sh does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(30), || async {
+            client
+                .get(format!("{endpoint}/moto-api/"))
+                .send()
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        assert!(up.is_some(), "moto_server did not answer on {endpoint}");
+        Self { child, endpoint }
+    }
+
+    /// Creates a bucket (moto does not check signatures).
+    pub async fn create_bucket(&self, name: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .await
+            .expect("create bucket");
+        assert!(
+            r.status().is_success(),
+            "creating the bucket: {}",
+            r.status()
+        );
+    }
+
+    /// Settings storing videos in `bucket` of this server.
+    pub fn storage(&self, bucket: &str) -> genq_shared::storage::StorageSettings {
+        genq_shared::storage::StorageSettings {
+            kind: "s3".into(),
+            bucket: bucket.into(),
+            endpoint: self.endpoint.clone(),
+            access_key_id: "test".into(),
+            secret_access_key: SecretString::from("test"),
+            allow_http: true,
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
