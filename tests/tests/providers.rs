@@ -446,8 +446,24 @@ async fn a_worker_on_runway_tells_content_rejections_and_ends_unknown_statuses_b
     }
     let wait = Duration::from_secs(30);
     let ok = env.wait_for_status(&t, &ids[0], "succeeded", wait).await;
-    let url = ok["result_url"].as_str().unwrap();
-    assert!(url.starts_with(&env.sim().base_url()), "{url}");
+    assert_eq!(
+        ok["result_url"],
+        format!("/v1/generations/{}/video", ids[0])
+    );
+    // The timeline tells the provider's states: the unknown one included.
+    let unknown_so_far = env
+        .wait_for_job(&t, &ids[2], wait, |j| {
+            j["events"].as_array().is_some_and(|e| {
+                e.iter().any(|e| {
+                    e["kind"] == "provider"
+                        && e["data"]["state"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("unknown:"))
+                })
+            })
+        })
+        .await;
+    assert!(unknown_so_far["events"].is_array());
     let refused = env.wait_for_status(&t, &ids[1], "failed", wait).await;
     assert_eq!(refused["error"]["code"], "content_rejected", "{refused}");
     let message = refused["error"]["message"].as_str().unwrap();

@@ -294,13 +294,18 @@ impl Handler {
         record_provider_call("status", started, &status);
         match status {
             Ok(
-                TaskStatus::Pending
+                working @ (TaskStatus::Pending
                 | TaskStatus::Queued { .. }
                 | TaskStatus::Throttled
                 | TaskStatus::Running
-                | TaskStatus::Unknown { .. },
+                | TaskStatus::Unknown { .. }),
             ) => {
-                if !store::advance_poll(&self.pool, job_id, seq).await? {
+                let (key, message) = working.describe().unwrap_or_default();
+                let state = store::jobs::ProviderState {
+                    key: &key,
+                    message: &message,
+                };
+                if !store::advance_poll(&self.pool, job_id, seq, &state).await? {
                     return Ok(());
                 }
                 let next = PollMessage::Poll {

@@ -95,6 +95,29 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// For a task still working: a short key of its state (a change of key
+    /// is a new timeline event) and a sentence for people.
+    pub fn describe(&self) -> Option<(String, String)> {
+        Some(match self {
+            Self::Pending => ("pending".into(), "The provider accepted the task; it has not started yet.".into()),
+            Self::Queued { position: Some(p) } => (
+                format!("queued:{p}"),
+                format!("Queued at the provider, position {p}."),
+            ),
+            Self::Queued { position: None } => ("queued".into(), "Queued at the provider.".into()),
+            Self::Throttled => (
+                "throttled".into(),
+                "The provider is holding the task back (its rate or concurrency limit); it will start later.".into(),
+            ),
+            Self::Running => ("running".into(), "The provider is generating the video.".into()),
+            Self::Unknown { status } => (
+                format!("unknown:{status}"),
+                format!("The provider reports a status genq does not know ({status:?}); waiting, at most until the deadline."),
+            ),
+            Self::Succeeded { .. } | Self::Failed { .. } => return None,
+        })
+    }
+
     /// Still worth polling.
     pub fn is_working(&self) -> bool {
         matches!(

@@ -234,7 +234,7 @@ async fn reserve_again(
         "WITH {reserve}, j AS (
             UPDATE jobs SET status = 'queued', reservation = reservation + 1, attempts = 0, poll_seq = 0,
                    error_code = NULL, error_message = NULL, provider_task_id = NULL, provider_result_url = NULL,
-                   video_key = NULL, video_bytes = NULL,
+                   video_key = NULL, video_bytes = NULL, provider_state = NULL,
                    deadline_at = NULL, provider_canceled_at = NULL, polled_at = NULL, updated_at = now()
              WHERE id = $1 AND status = $3 AND EXISTS (SELECT 1 FROM acct)
             RETURNING id, status AS to_status, cost

@@ -39,6 +39,8 @@ pub struct Job {
     /// Where genq keeps its copy of the video, once archived.
     pub video_key: Option<String>,
     pub video_bytes: Option<i64>,
+    /// What the provider last said about the task while it worked.
+    pub provider_state: Option<String>,
     pub request_fingerprint: Option<String>,
     pub deadline_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -47,7 +49,7 @@ pub struct Job {
 
 pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, provider_task_id, \
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
-    provider_result_url, video_key, video_bytes, request_fingerprint, deadline_at, created_at, updated_at";
+    provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, created_at, updated_at";
 
 #[derive(Debug, Clone, FromRow, Serialize)]
 pub struct JobEvent {
@@ -420,18 +422,46 @@ pub async fn mark_provider_canceled(pool: &PgPool, job_id: Uuid) -> Result<bool>
     Ok(r.rows_affected() == 1)
 }
 
-/// Advances the poll sequence of a running job: true when `seq` is current,
-/// false for a stale or duplicated poll message, which is then dropped.
-pub async fn advance_poll(pool: &PgPool, job_id: Uuid, seq: i32) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE jobs SET poll_seq = poll_seq + 1, polled_at = now()
-          WHERE id = $1 AND status = 'running' AND poll_seq = $2",
+/// What the provider said about a task still working: a short key (a
+/// change of key is recorded on the timeline) and a sentence for people.
+#[derive(Debug, Clone)]
+pub struct ProviderState<'a> {
+    pub key: &'a str,
+    pub message: &'a str,
+}
+
+/// Advances the poll sequence of a running job and notes the provider's
+/// state, with a timeline event when it changed: true when `seq` is
+/// current, false for a stale or duplicated poll message, which is then
+/// dropped.
+pub async fn advance_poll(
+    pool: &PgPool,
+    job_id: Uuid,
+    seq: i32,
+    state: &ProviderState<'_>,
+) -> Result<bool> {
+    let advanced: i64 = sqlx::query_scalar(
+        "WITH old AS (
+            SELECT id, provider_state FROM jobs
+             WHERE id = $1 AND status = 'running' AND poll_seq = $2 FOR UPDATE
+        ), j AS (
+            UPDATE jobs SET poll_seq = poll_seq + 1, polled_at = now(), provider_state = $3
+              FROM old WHERE jobs.id = old.id
+            RETURNING jobs.id, old.provider_state AS was
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, message, data)
+            SELECT id, 'provider', $4, jsonb_build_object('state', $3::text)
+              FROM j WHERE was IS DISTINCT FROM $3
+        )
+        SELECT count(*) FROM j",
     )
     .bind(job_id)
     .bind(seq)
-    .execute(pool)
+    .bind(state.key)
+    .bind(state.message)
+    .fetch_one(pool)
     .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(advanced == 1)
 }
 
 // ------------------------------------------------------------ sweeper ----
