@@ -5,6 +5,7 @@ use axum::Json;
 use genq_shared::domain::{Credits, LedgerKind};
 use genq_shared::store::{self, CreditGrant, GrantOutcome, UserRef};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -21,26 +22,82 @@ pub enum GrantKind {
     Purchase,
 }
 
-/// Credits to add to one user, named by `email` or `user_id` (genq's ID or
-/// the identity provider's `sub`).
-#[derive(Debug, Deserialize, ToSchema)]
+/// Credits to add to one user, named by exactly one of `email` or `user_id`
+/// (genq's ID or the identity provider's `sub`). Documented as
+/// [`AdminCreditRequestDoc`]; parsed as one object so that a bad body is
+/// refused naming its field.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreditRequest {
-    #[schema(min_length = 1, max_length = 320, pattern = r"\S")]
     pub email: Option<String>,
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub user_id: Option<String>,
-    /// 1 to 1,000,000,000.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
     #[serde(deserialize_with = "crate::extract::integer")]
     pub amount: i64,
-    /// Why, for the ledger and the audit log.
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub reason: String,
     pub kind: GrantKind,
+    pub reference: Option<String>,
+}
+
+// The schema of `AdminCreditRequest`: `oneOf` the two ways of naming the
+// user, so that a generated client can't send both or neither.
+/// Credits to add to one user, named by exactly one of `email` or `user_id`
+/// (genq's ID or the identity provider's `sub`).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = AdminCreditRequest)]
+#[allow(dead_code)] // documents the body; it is parsed as AdminCreditRequest
+pub enum AdminCreditRequestDoc {
+    ByEmail(AdminCreditByEmail),
+    ByUserId(AdminCreditByUserId),
+}
+
+/// Credits for the user with this email.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AdminCreditByEmail {
+    #[schema(min_length = 1, max_length = 320, pattern = r"\S")]
+    email: String,
+    /// Absent or null: the user is named by `email`.
+    #[schema(schema_with = absent, required = false)]
+    user_id: Option<String>,
+    /// 1 to 1,000,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    amount: i64,
+    /// Why, for the ledger and the audit log.
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    reason: String,
+    kind: GrantKind,
     /// A payment ID; a reference already applied is not applied again.
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
-    pub reference: Option<String>,
+    reference: Option<String>,
+}
+
+/// Credits for the user with this genq ID or identity provider `sub`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AdminCreditByUserId {
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    user_id: String,
+    /// Absent or null: the user is named by `user_id`.
+    #[schema(schema_with = absent, required = false)]
+    email: Option<String>,
+    /// 1 to 1,000,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    amount: i64,
+    /// Why, for the ledger and the audit log.
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    reason: String,
+    kind: GrantKind,
+    /// A payment ID; a reference already applied is not applied again.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    reference: Option<String>,
+}
+
+/// The schema of a field that must be absent or null.
+fn absent() -> Object {
+    ObjectBuilder::new().schema_type(Type::Null).build()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,7 +116,7 @@ fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError
 /// Add credits to a user (grant or purchase), audited with the admin as actor.
 #[utoipa::path(
     post, path = "/v1/admin/credits", tag = "admin",
-    request_body = AdminCreditRequest,
+    request_body = AdminCreditRequestDoc,
     responses(
         (status = 200, description = "Applied, or already applied for this reference", body = AdminCreditResponse),
         (status = 400, description = "Invalid request, or neither or both of email and user_id", body = ErrorBody),
