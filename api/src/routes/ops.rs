@@ -23,7 +23,6 @@ use crate::state::AppState;
     params(("user" = String, Path, description = "The user's email (with an @), external ID (`sub`) or genq ID")),
     responses(
         (status = 200, description = "The diagnosis", body = Object),
-        (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
