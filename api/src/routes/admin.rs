@@ -5,7 +5,7 @@ use axum::Json;
 use genq_shared::domain::{Credits, LedgerKind};
 use genq_shared::store::{self, CreditGrant, GrantOutcome, UserRef};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -56,7 +56,7 @@ pub enum AdminCreditRequestDoc {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct AdminCreditByEmail {
-    #[schema(min_length = 1, max_length = 320, pattern = r"\S")]
+    #[schema(schema_with = email_schema)]
     email: String,
     /// Absent or null: the user is named by `email`.
     #[schema(schema_with = absent, required = false)]
@@ -64,12 +64,10 @@ pub struct AdminCreditByEmail {
     /// 1 to 1,000,000,000.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     amount: i64,
-    /// Why, for the ledger and the audit log.
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(schema_with = reason_schema)]
     reason: String,
     kind: GrantKind,
-    /// A payment ID; a reference already applied is not applied again.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = reference_schema, required = false)]
     reference: Option<String>,
 }
 
@@ -78,7 +76,7 @@ pub struct AdminCreditByEmail {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct AdminCreditByUserId {
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    #[schema(schema_with = user_id_schema)]
     user_id: String,
     /// Absent or null: the user is named by `user_id`.
     #[schema(schema_with = absent, required = false)]
@@ -86,18 +84,61 @@ pub struct AdminCreditByUserId {
     /// 1 to 1,000,000,000.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     amount: i64,
-    /// Why, for the ledger and the audit log.
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(schema_with = reason_schema)]
     reason: String,
     kind: GrantKind,
-    /// A payment ID; a reference already applied is not applied again.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = reference_schema, required = false)]
     reference: Option<String>,
 }
 
 /// The schema of a field that must be absent or null.
 fn absent() -> Object {
     ObjectBuilder::new().schema_type(Type::Null).build()
+}
+
+/// Text as `genq_shared::domain::check_text` takes it: not blank, at most
+/// `max` characters once the white space at its ends is trimmed, and no
+/// control characters but that white space. (Explicit character classes
+/// rather than `\s`, whose meaning differs between regex dialects.)
+const TEXT_PATTERN: &str = concat!(
+    r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"([^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?",
+    r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+);
+
+fn text(max: usize, description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(TEXT_PATTERN))
+        .description(Some(description))
+}
+
+fn email_schema() -> Object {
+    text(320, "The user's email.").build()
+}
+
+fn user_id_schema() -> Object {
+    text(
+        255,
+        "genq's ID of the user, or the identity provider's `sub`.",
+    )
+    .build()
+}
+
+fn reason_schema() -> Object {
+    text(500, "Why, for the ledger and the audit log.").build()
+}
+
+fn reference_schema() -> Object {
+    text(
+        200,
+        "A payment ID; a reference already applied is not applied again.",
+    )
+    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+    .build()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
