@@ -1,6 +1,6 @@
 //! `/v1/generations`: submit a video, read the caller's jobs, cancel one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::page_limit;
 use crate::state::AppState;
 
@@ -281,7 +281,7 @@ pub fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {
 pub async fn get(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
     let job = store::get_job(&state.pool, id)
@@ -374,7 +374,7 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
     match store::cancel_job(&state.pool, user.id, id, &user.actor()).await? {
