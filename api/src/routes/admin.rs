@@ -157,7 +157,9 @@ fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError
 /// Add credits to a user (grant or purchase), audited with the admin as actor.
 #[utoipa::path(
     post, path = "/v1/admin/credits", tag = "admin",
-    request_body = AdminCreditRequestDoc,
+    request_body(content = AdminCreditRequestDoc, example = json!(
+        {"email": "viewer@example.com", "amount": 10, "reason": "support ticket 1", "kind": "grant"}
+    )),
     responses(
         (status = 200, description = "Applied, or already applied for this reference", body = AdminCreditResponse),
         (status = 400, description = "Invalid request, or neither or both of email and user_id", body = ErrorBody),

@@ -20,7 +20,8 @@ use crate::state::AppState;
 /// The whole diagnosis of a user: account, credits, jobs with timelines, audit, conclusion.
 #[utoipa::path(
     get, path = "/v1/admin/users/{user}/diagnosis", tag = "admin",
-    params(("user" = String, Path, description = "The user's email (with an @), external ID (`sub`) or genq ID")),
+    params(("user" = String, Path, description = "The user's email (with an @), external ID (`sub`) or genq ID",
+        example = "viewer@example.com")),
     responses(
         (status = 200, description = "The diagnosis", body = Object),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
