@@ -10,10 +10,10 @@ bench_env() {
   scripts/services.sh
   if [ "${GENQ_BUILD:-release}" = debug ]; then
     cargo build -q --bins
-    bin=target/debug
+    bin=${CARGO_TARGET_DIR:-target}/debug
   else
     cargo build -q --release --bins
-    bin=target/release
+    bin=${CARGO_TARGET_DIR:-target}/release
   fi
   bench_db="genq_${name}_$(date +%s)"
   export GENQ__AUTH__JWT_SECRET="bench-secret-0123456789abcdef"

@@ -1,7 +1,7 @@
 //! Request extractors whose rejections use the API's error shape: JSON bodies
 //! (size-limited, unknown fields refused, the failing field named) and queries.
 
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::{header, request::Parts};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -97,6 +97,27 @@ fn quoted_name(message: &str) -> Option<String> {
 /// serde's message without its "at line 1 column 5" suffix.
 fn clean(message: &str) -> &str {
     message.split(" at line ").next().unwrap_or(message)
+}
+
+/// A path parameter. One that can't be read (percent-encoded bytes that are
+/// not UTF-8) names nothing: a 404 in the error shape, as a malformed ID is.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::NotFound(format!(
+                "Nothing has this name: {}.",
+                e.body_text().trim_end_matches('.')
+            ))),
+        }
+    }
 }
 
 /// A query string, with the error shape on rejection.

@@ -1,4 +1,5 @@
-//! `genq-api`: serves the HTTP API; `genq-api token` mints a development JWT.
+//! `genq-api`: serves the HTTP API; `genq-api token` mints a development JWT;
+//! `genq-api openapi` prints the OpenAPI document (`api/openapi.json`).
 
 use clap::{Parser, Subcommand};
 use genq_api::auth::{Claims, ADMIN_ROLE};
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Print the OpenAPI document the API serves at /openapi.json
+    /// (regenerate the committed copy with `cargo run -q -p genq-api -- openapi > api/openapi.json`).
+    Openapi,
 }
 
 #[tokio::main]
@@ -51,6 +55,11 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        // Needs no configuration: the document doesn't depend on it.
+        print!("{}", genq_api::openapi::document_json());
+        return Ok(());
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     settings.validate_api()?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -70,6 +79,7 @@ async fn run() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Openapi => unreachable!("handled before the configuration is loaded"),
         Command::Serve => {
             telemetry::init_tracing(&settings.log);
             let shutdown = CancellationToken::new();

@@ -1,6 +1,15 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//! The OpenAPI 3.1 document, generated from the handlers' annotations, then
+//! completed by three modifiers: the bearer scheme, the server errors every
+//! `/v1` operation can answer, and the links between operations.
+//! `api/openapi.json` is the committed copy (`genq-api openapi`); a test
+//! fails when it differs from the served document.
 
+use utoipa::openapi::content::Content;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::link::LinkBuilder;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{admin, credits, generations, health, ops, video};
@@ -18,9 +27,19 @@ use crate::routes::{admin, credits, generations, health, ops, video};
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ServerErrors, &Links),
 )]
 pub struct ApiDoc;
+
+/// The document as served at `/openapi.json`, pretty-printed with a final
+/// newline: the form of the committed copy `api/openapi.json`.
+pub fn document_json() -> String {
+    let mut json = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    json.push('\n');
+    json
+}
 
 struct BearerAuth;
 
@@ -36,5 +55,170 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every `/v1` operation reads or writes the database (authentication
+/// itself does), so each can answer 503 `unavailable` (no connection) and
+/// 500 `internal`; written here once rather than on every handler.
+struct ServerErrors;
+
+impl Modify for ServerErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                for (status, description) in [
+                    ("500", "Internal error (no details)"),
+                    ("503", "The database is unavailable; try again"),
+                ] {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| error_response(description));
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<Response> {
+    let mut response = Response::new(description);
+    response.content.insert(
+        "application/json".into(),
+        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+    );
+    RefOr::T(response)
+}
+
+/// OpenAPI links: which operation's answer names the identifiers another
+/// operation takes, so that readers and stateful testers can follow a job's
+/// life (submit → get → cancel) and an operator's (grant → diagnosis,
+/// dead-letter list → show → replay or discard, dead letter → its user's
+/// diagnosis).
+/// (source path, method, status, link name, target operationId, parameter, runtime expression)
+#[rustfmt::skip]
+const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
+    ("/v1/generations", "post", "202", "GetJob", "get", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "202", "CancelJob", "cancel", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "402", "GetRejectedJob", "get", "id", "$response.body#/error/job_id"),
+    ("/v1/generations", "get", "200", "GetFirstJob", "get", "id", "$response.body#/items/0/id"),
+    ("/v1/generations/{id}", "get", "200", "CancelJob", "cancel", "id", "$response.body#/id"),
+    ("/v1/generations/{id}/cancel", "post", "200", "GetJob", "get", "id", "$response.body#/id"),
+    ("/v1/admin/credits", "post", "200", "DiagnoseUser", "diagnose", "user", "$response.body#/user_id"),
+    ("/v1/admin/jobs", "get", "200", "GetFirstJob", "job", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "ShowFirstDeadLetter", "dlq_show", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "ReplayFirstDeadLetter", "dlq_replay", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "DiscardFirstDeadLetter", "dlq_discard", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "DiagnoseFirstUser", "diagnose", "user", "$response.body#/0/user_id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "ReplayDeadLetter", "dlq_replay", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "DiscardDeadLetter", "dlq_discard", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "DiagnoseUser", "diagnose", "user", "$response.body#/user_id"),
+    ("/v1/admin/dlq/{id}/replay", "post", "200", "ShowDeadLetter", "dlq_show", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}/discard", "post", "200", "ShowDeadLetter", "dlq_show", "id", "$response.body#/id"),
+];
+
+struct Links;
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for &(path, method, status, name, target, parameter, expression) in LINKS {
+            let response = operation_mut(openapi, path, method)
+                .and_then(|op| op.responses.responses.get_mut(status))
+                .and_then(|r| match r {
+                    RefOr::T(response) => Some(response),
+                    RefOr::Ref(_) => None,
+                })
+                .unwrap_or_else(|| panic!("no response {status} of {method} {path} to link from"));
+            // utoipa 5.5 serializes `Link::operation_id` as `operation_id`;
+            // OpenAPI's key is `operationId`, so it is written as an extra key.
+            let link = LinkBuilder::new()
+                .parameter(parameter, expression)
+                .extensions(Some(Extensions::from_iter([("operationId", target)])))
+                .build();
+            response.links.insert(name.into(), link.into());
+        }
+    }
+}
+
+fn operation_mut<'a>(
+    openapi: &'a mut utoipa::openapi::OpenApi,
+    path: &str,
+    method: &str,
+) -> Option<&'a mut Operation> {
+    let item = openapi.paths.paths.get_mut(path)?;
+    match method {
+        "get" => item.get.as_mut(),
+        "post" => item.post.as_mut(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every link, as served, names an existing operation (by `operationId`)
+    /// and only parameters of it.
+    #[test]
+    fn links_resolve() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let operations: Vec<&serde_json::Value> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .collect();
+        let links: Vec<(&String, &serde_json::Value)> = operations
+            .iter()
+            .flat_map(|op| op["responses"].as_object().unwrap().values())
+            .filter_map(|response| response["links"].as_object())
+            .flatten()
+            .collect();
+        assert_eq!(links.len(), LINKS.len());
+        for (name, link) in links {
+            assert_eq!(link.as_object().unwrap().len(), 2, "link {name}: {link}");
+            let target = &link["operationId"];
+            let op = operations
+                .iter()
+                .find(|op| &op["operationId"] == target)
+                .unwrap_or_else(|| panic!("link {name}: no operation {target}"));
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for parameter in link["parameters"].as_object().unwrap().keys() {
+                assert!(
+                    params.iter().any(|p| &p["name"] == parameter),
+                    "link {name}: {target} has no parameter {parameter}"
+                );
+            }
+        }
+    }
+
+    /// The admin credits body is exactly one of two objects, each requiring its own key.
+    #[test]
+    fn admin_credits_body_is_one_of() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let one_of = schemas["AdminCreditRequest"]["oneOf"].as_array().unwrap();
+        assert_eq!(one_of.len(), 2);
+        for (variant, key, other) in [
+            (&one_of[0], "email", "user_id"),
+            (&one_of[1], "user_id", "email"),
+        ] {
+            let name = variant["$ref"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap();
+            let schema = &schemas[name];
+            assert_eq!(schema["type"], "object");
+            let required = schema["required"].as_array().unwrap();
+            assert!(required.contains(&key.into()) && !required.contains(&other.into()));
+            assert_eq!(schema["properties"][other]["type"], "null");
+            assert_eq!(schema["additionalProperties"], false);
+        }
     }
 }

@@ -329,6 +329,65 @@ async fn idempotency_key_returns_the_same_job_and_reserves_once() {
     env.cleanup().await;
 }
 
+#[tokio::test]
+async fn an_idempotency_key_outside_the_documented_rule_is_a_400_naming_the_header() {
+    let env = TestEnv::new().await;
+    let t = env.new_user("hana", "hana@example.com").await;
+    env.grant("hana@example.com", 100).await;
+    let body = json!({"prompt": "a kite"});
+    // Printable ASCII, 1 to 200 characters, no space first or last.
+    let too_long = "k".repeat(201);
+    for bad in ["", "a\tb", too_long.as_str()] {
+        let (s, b) = env
+            .call(
+                Method::POST,
+                "/v1/generations",
+                Some(&t),
+                Some(&body),
+                &[("Idempotency-Key", bad)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "key {bad:?} → {b}");
+        assert_error_shape(&b, "invalid_request");
+        assert_eq!(b["error"]["field"], "Idempotency-Key", "{b}");
+    }
+    let r = env
+        .client
+        .post(format!("{}/v1/generations", env.base))
+        .bearer_auth(&t)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap(),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["field"], "Idempotency-Key", "{b}");
+    // Nothing was recorded for them; keys at the edges of the rule are accepted.
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0);
+    let longest = "k".repeat(200);
+    for good in ["~", "a b", longest.as_str()] {
+        let (s, b) = env
+            .call(
+                Method::POST,
+                "/v1/generations",
+                Some(&t),
+                Some(&body),
+                &[("Idempotency-Key", good)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "key {good:?} → {b}");
+    }
+    env.cleanup().await;
+}
+
 /// Sends 20 identical requests with one Idempotency-Key at once; each must
 /// be a 202. Returns the distinct job IDs they answered with.
 async fn race_one_key(
@@ -609,6 +668,10 @@ async fn admin_grants_and_purchases_are_audited_and_references_apply_once() {
         ),
         (
             json!({"amount": 5, "reason": "x", "kind": "grant"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"email": "kim@example.com", "user_id": "kim", "amount": 5, "reason": "x", "kind": "grant"}),
             StatusCode::BAD_REQUEST,
         ),
         (

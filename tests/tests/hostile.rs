@@ -336,6 +336,17 @@ async fn regressions_found_by_the_fuzzer() {
     );
     let (s, _) = env.get("/v1/admin/users/a%00b/diagnosis", &admin).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // A path segment that isn't UTF-8 was an undocumented text/plain 400: a 404 now.
+    for path in [
+        "/v1/generations/%FF",
+        "/v1/admin/jobs/%FF",
+        "/v1/admin/dlq/%FF",
+        "/v1/admin/users/%FF/diagnosis",
+    ] {
+        let (s, b) = env.get(path, &admin).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path} → {b}");
+        assert_error_shape(&b, path);
+    }
     // A huge age filter overflowed Postgres' interval: a 500, now a 400.
     let (s, b) = env
         .get("/v1/admin/jobs?older_than_secs=9223372036854775808", &admin)

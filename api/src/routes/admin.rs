@@ -5,6 +5,7 @@ use axum::Json;
 use genq_shared::domain::{Credits, LedgerKind};
 use genq_shared::store::{self, CreditGrant, GrantOutcome, UserRef};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -21,26 +22,123 @@ pub enum GrantKind {
     Purchase,
 }
 
-/// Credits to add to one user, named by `email` or `user_id` (genq's ID or
-/// the identity provider's `sub`).
-#[derive(Debug, Deserialize, ToSchema)]
+/// Credits to add to one user, named by exactly one of `email` or `user_id`
+/// (genq's ID or the identity provider's `sub`). Documented as
+/// [`AdminCreditRequestDoc`]; parsed as one object so that a bad body is
+/// refused naming its field.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreditRequest {
-    #[schema(min_length = 1, max_length = 320, pattern = r"\S")]
     pub email: Option<String>,
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub user_id: Option<String>,
-    /// 1 to 1,000,000,000.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
     #[serde(deserialize_with = "crate::extract::integer")]
     pub amount: i64,
-    /// Why, for the ledger and the audit log.
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub reason: String,
     pub kind: GrantKind,
-    /// A payment ID; a reference already applied is not applied again.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub reference: Option<String>,
+}
+
+// The schema of `AdminCreditRequest`: `oneOf` the two ways of naming the
+// user, so that a generated client can't send both or neither.
+/// Credits to add to one user, named by exactly one of `email` or `user_id`
+/// (genq's ID or the identity provider's `sub`).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = AdminCreditRequest)]
+#[allow(dead_code)] // documents the body; it is parsed as AdminCreditRequest
+pub enum AdminCreditRequestDoc {
+    ByEmail(AdminCreditByEmail),
+    ByUserId(AdminCreditByUserId),
+}
+
+/// Credits for the user with this email.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AdminCreditByEmail {
+    #[schema(schema_with = email_schema)]
+    email: String,
+    /// Absent or null: the user is named by `email`.
+    #[schema(schema_with = absent, required = false)]
+    user_id: Option<String>,
+    /// 1 to 1,000,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    amount: i64,
+    #[schema(schema_with = reason_schema)]
+    reason: String,
+    kind: GrantKind,
+    #[schema(schema_with = reference_schema, required = false)]
+    reference: Option<String>,
+}
+
+/// Credits for the user with this genq ID or identity provider `sub`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AdminCreditByUserId {
+    #[schema(schema_with = user_id_schema)]
+    user_id: String,
+    /// Absent or null: the user is named by `user_id`.
+    #[schema(schema_with = absent, required = false)]
+    email: Option<String>,
+    /// 1 to 1,000,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    amount: i64,
+    #[schema(schema_with = reason_schema)]
+    reason: String,
+    kind: GrantKind,
+    #[schema(schema_with = reference_schema, required = false)]
+    reference: Option<String>,
+}
+
+/// The schema of a field that must be absent or null.
+fn absent() -> Object {
+    ObjectBuilder::new().schema_type(Type::Null).build()
+}
+
+/// Text as `genq_shared::domain::check_text` takes it: not blank, at most
+/// `max` characters once the white space at its ends is trimmed, and no
+/// control characters but that white space. (Explicit character classes
+/// rather than `\s`, whose meaning differs between regex dialects.)
+const TEXT_PATTERN: &str = concat!(
+    r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"([^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?",
+    r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+);
+
+fn text(max: usize, description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(TEXT_PATTERN))
+        .description(Some(description))
+}
+
+fn email_schema() -> Object {
+    text(320, "The user's email.").build()
+}
+
+fn user_id_schema() -> Object {
+    text(
+        255,
+        "genq's ID of the user, or the identity provider's `sub`.",
+    )
+    .build()
+}
+
+fn reason_schema() -> Object {
+    text(500, "Why, for the ledger and the audit log.").build()
+}
+
+fn reference_schema() -> Object {
+    text(
+        200,
+        "A payment ID; a reference already applied is not applied again.",
+    )
+    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+    .build()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,7 +157,9 @@ fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError
 /// Add credits to a user (grant or purchase), audited with the admin as actor.
 #[utoipa::path(
     post, path = "/v1/admin/credits", tag = "admin",
-    request_body = AdminCreditRequest,
+    request_body(content = AdminCreditRequestDoc, example = json!(
+        {"email": "viewer@example.com", "amount": 10, "reason": "support ticket 1", "kind": "grant"}
+    )),
     responses(
         (status = 200, description = "Applied, or already applied for this reference", body = AdminCreditResponse),
         (status = 400, description = "Invalid request, or neither or both of email and user_id", body = ErrorBody),

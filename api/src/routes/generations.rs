@@ -1,6 +1,6 @@
 //! `/v1/generations`: submit a video, read the caller's jobs, cancel one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::page_limit;
 use crate::state::AppState;
 
@@ -144,9 +144,12 @@ impl JobView {
 #[allow(dead_code)] // documents the header; it is read from the HeaderMap
 pub struct SubmitHeaders {
     /// Repeat a request safely: the same key and body return the same job.
-    /// Printable ASCII, 1 to 200 characters.
+    /// Printable ASCII, 1 to 200 characters, not starting or ending with a
+    /// space; any other key is refused with 400.
     #[param(
         rename = "Idempotency-Key",
+        value_type = String,
+        required = false,
         min_length = 1,
         max_length = 200,
         pattern = r"^[!-~]([ -~]*[!-~])?$"
@@ -154,23 +157,29 @@ pub struct SubmitHeaders {
     idempotency_key: Option<String>,
 }
 
+/// The `Idempotency-Key` header, checked against the documented rule:
+/// printable ASCII, 1 to [`MAX_IDEMPOTENCY_KEY`] characters, no space first or last.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value
-        .to_str()
-        .map_err(|_| {
-            ApiError::invalid("Idempotency-Key", "The Idempotency-Key must be ASCII text.")
-        })?
-        .trim();
+    let key = value.as_bytes();
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
         return Err(ApiError::invalid(
             "Idempotency-Key",
             format!("The Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY} characters."),
         ));
     }
-    Ok(Some(key.to_owned()))
+    if !key.iter().all(|b| (b' '..=b'~').contains(b))
+        || key.first() == Some(&b' ')
+        || key.last() == Some(&b' ')
+    {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "The Idempotency-Key must be printable ASCII, not starting or ending with a space.",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
 /// Submit a video: reserves its cost and queues it.
@@ -180,11 +189,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     params(SubmitHeaders),
     responses(
         (status = 202, description = "Accepted and queued (or an idempotent replay)", body = JobView),
-        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 400, description = "Invalid body or Idempotency-Key (`field` names it)", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 402, description = "Not enough credits; the attempt is recorded as a rejected job", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
-        (status = 429, description = "Too many submissions; see Retry-After", body = ErrorBody),
+        (status = 429, description = "Too many submissions; see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before submitting again"))),
     ),
     security(("bearer" = []))
 )]
@@ -268,7 +278,7 @@ pub fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {
 pub async fn get(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
     let job = store::get_job(&state.pool, id)
@@ -361,7 +371,7 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
     match store::cancel_job(&state.pool, user.id, id, &user.actor()).await? {

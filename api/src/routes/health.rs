@@ -11,14 +11,17 @@ use crate::state::AppState;
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health",
-    responses((status = 200, description = "Up")))]
+    responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// The database answers.
 #[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Database unreachable")))]
+    responses(
+        (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "Database unreachable", body = crate::error::ErrorBody),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     sqlx::query("SELECT 1")
         .execute(&state.pool)

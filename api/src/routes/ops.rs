@@ -1,7 +1,7 @@
 //! `/v1/admin/...` operator endpoints: diagnose a user, jobs across users,
 //! the dead-letter archive, ledger verification. Same logic as `genqctl`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use genq_shared::domain::JobStatus;
 use genq_shared::ops;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::AdminUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::routes::generations::JobView;
 use crate::routes::page_limit;
 use crate::state::AppState;
@@ -21,10 +21,10 @@ use crate::state::AppState;
 /// The whole diagnosis of a user: account, credits, jobs with timelines, audit, conclusion.
 #[utoipa::path(
     get, path = "/v1/admin/users/{user}/diagnosis", tag = "admin",
-    params(("user" = String, Path, description = "The user's email (with an @), external ID (`sub`) or genq ID")),
+    params(("user" = String, Path, description = "The user's email (with an @), external ID (`sub`) or genq ID",
+        example = "viewer@example.com")),
     responses(
         (status = 200, description = "The diagnosis", body = Object),
-        (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
@@ -34,7 +34,7 @@ use crate::state::AppState;
 pub async fn diagnose(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
 ) -> Result<Json<ops::Diagnosis>, ApiError> {
     // No user has control characters in their names; don't send them to SQL.
     if user.chars().any(char::is_control) || user.len() > 320 {
@@ -118,7 +118,7 @@ pub async fn jobs(
 pub async fn job(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = crate::routes::generations::parse_job_id(&id)?;
     let job = store::get_job(&state.pool, id)
@@ -180,7 +180,7 @@ fn letter_id(raw: &str) -> Result<i64, ApiError> {
 pub async fn dlq_show(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<dlq::DeadLetter>, ApiError> {
     dlq::get(&state.pool, letter_id(&id)?)
         .await?
@@ -226,7 +226,7 @@ fn resolution(r: Result<dlq::Resolution, StoreError>) -> Result<Json<ResolutionV
 pub async fn dlq_replay(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ResolutionView>, ApiError> {
     let replayed = dlq::replay(&state.pool, letter_id(&id)?, &admin.0.actor()).await;
     if replayed.as_ref().is_ok_and(|r| r.done) {
@@ -250,7 +250,7 @@ pub async fn dlq_replay(
 pub async fn dlq_discard(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ResolutionView>, ApiError> {
     resolution(dlq::discard(&state.pool, letter_id(&id)?, &admin.0.actor()).await)
 }
