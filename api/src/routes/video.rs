@@ -2,13 +2,14 @@
 //! streamed to its owner, with single byte ranges for seeking players.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use genq_shared::store;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiPath;
 use crate::routes::generations::parse_job_id;
 use crate::state::AppState;
 
@@ -33,7 +34,7 @@ use crate::state::AppState;
 pub async fn video(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_job_id(&id)?;
