@@ -75,6 +75,7 @@ pub async fn all(
     v.extend(balances(pool, funding).await?);
     let (commits, refunds) = ledger_counts(pool).await?;
     v.extend(shared_provider_tasks(pool).await?);
+    v.extend(archived_videos(pool, &sys.dir.join("videos")).await?);
     let (submitted, provider) = provider_figures(pool, http, sys.sim_port).await?;
     let tasks_created = provider["tasks_created"].as_i64().unwrap_or(0);
     v.extend(provider_tasks(tasks_created, submitted));
@@ -92,6 +93,36 @@ pub async fn all(
         tasks_created,
         submitted,
     })
+}
+
+/// Every succeeded job's video is stored whole under its key (a worker
+/// killed mid-copy left nothing half-written there), and no job that lacks
+/// its copy was charged.
+async fn archived_videos(pool: &PgPool, videos: &Path) -> anyhow::Result<Vec<String>> {
+    let rows: Vec<(uuid::Uuid, String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT id, status, video_key, video_bytes FROM jobs WHERE status = 'succeeded' OR video_key IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut v = vec![];
+    for (id, status, key, bytes) in rows {
+        let (Some(key), Some(bytes)) = (key, bytes) else {
+            v.push(format!("job {id} is {status} without a stored video"));
+            continue;
+        };
+        if status != "succeeded" {
+            v.push(format!("job {id} is {status} but has a stored video"));
+        }
+        match std::fs::metadata(videos.join(&key)) {
+            Ok(m) if m.len() == bytes as u64 => {}
+            Ok(m) => v.push(format!(
+                "job {id}: the stored video has {} bytes, the job says {bytes}",
+                m.len()
+            )),
+            Err(e) => v.push(format!("job {id}: its video {key} is not stored: {e}")),
+        }
+    }
+    Ok(v)
 }
 
 /// Every job reached a terminal state within the settle time.

@@ -177,7 +177,7 @@ fn prepare(cli: &Cli, plan: &Plan) -> anyhow::Result<(Names, System)> {
     );
     let db_url = format!("{server}/{db_name}");
     let (api_port, sim_port) = (free_port()?, free_port()?);
-    let env = system::environment(&db_url, &prefix, sim_port);
+    let env = system::environment(&db_url, &prefix, sim_port, &dir.join("videos"));
     println!(
         "chaos run {stamp}: profile {:?}, {} users, {} jobs; logs in {}",
         cli.profile,

@@ -22,8 +22,15 @@ pub const VIDEO_COST: i64 = 10;
 
 /// The environment every process of the system gets: its own database and
 /// queue prefix, and short timeouts so that faults resolve within the run.
-pub fn environment(db_url: &str, prefix: &str, sim_port: u16) -> Vec<(String, String)> {
+pub fn environment(
+    db_url: &str,
+    prefix: &str,
+    sim_port: u16,
+    videos: &std::path::Path,
+) -> Vec<(String, String)> {
     [
+        ("GENQ__STORAGE__KIND", "fs".into()),
+        ("GENQ__STORAGE__PATH", videos.display().to_string()),
         ("DATABASE_URL", db_url.to_owned()),
         ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
         ("GENQ__AUTH__JWT_SECRET", JWT_SECRET.into()),
@@ -150,6 +157,9 @@ impl System {
             "0.05",
             "--hang-rate",
             "0.02",
+            // Downloads take a while, so worker kills land mid-copy too.
+            "--download-ms",
+            "400",
         ]
         .map(String::from);
         self.sim = Some(self.spawn("sim", "genq-provider-sim", &args, &[])?);

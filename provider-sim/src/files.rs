@@ -9,6 +9,7 @@ use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use crate::{Dialect, Phase, Sim};
 
@@ -52,5 +53,21 @@ pub(crate) async fn download(State(sim): State<Arc<Sim>>, Path(id): Path<String>
         let page = "<!doctype html><title>Your video</title><p>Sign in to download.</p>";
         return ([(header::CONTENT_TYPE, "text/html")], page).into_response();
     }
-    ([(header::CONTENT_TYPE, "video/mp4")], SAMPLE_MP4).into_response()
+    if sim.config.download.is_zero() {
+        return ([(header::CONTENT_TYPE, "video/mp4")], SAMPLE_MP4).into_response();
+    }
+    // Slowly, in four pieces: a downloader can die half-way through.
+    let pause = sim.config.download / 4;
+    let pieces = SAMPLE_MP4.chunks(SAMPLE_MP4.len().div_ceil(4)).enumerate();
+    let body = futures::stream::iter(pieces).then(move |(i, piece)| async move {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from_static(piece))
+    });
+    (
+        [(header::CONTENT_TYPE, "video/mp4")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }

@@ -83,6 +83,8 @@ pub struct SimConfig {
     pub dialect: Dialect,
     /// How long an output URL works after the video is ready (`None`: one hour).
     pub url_ttl: Option<Duration>,
+    /// How long serving one output video takes (it is sent in pieces).
+    pub download: Duration,
 }
 
 impl Default for SimConfig {
@@ -97,6 +99,7 @@ impl Default for SimConfig {
             hang_rate: 0.0,
             dialect: Dialect::TaskId,
             url_ttl: None,
+            download: Duration::ZERO,
         }
     }
 }

@@ -41,9 +41,13 @@ struct Cli {
     #[arg(long, value_enum, default_value = "taskid")]
     dialect: Dialect,
     /// How long an output URL works once the video is ready, in milliseconds
-    /// (default one hour; taskid without it keeps undownloadable legacy URLs).
+    /// (default one hour).
     #[arg(long)]
     url_ttl_ms: Option<u64>,
+    /// How long serving one output video takes (sent in pieces), in
+    /// milliseconds, so a download can be interrupted half-way.
+    #[arg(long, default_value_t = 0)]
+    download_ms: u64,
 }
 
 #[tokio::main]
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             retry_after_secs: cli.retry_after_secs,
             permanent_fail_rate: cli.permanent_fail_rate,
             hang_rate: cli.hang_rate,
+            download: Duration::from_millis(cli.download_ms),
             dialect: cli.dialect,
             url_ttl: cli.url_ttl_ms.map(Duration::from_millis),
         },
