@@ -294,8 +294,9 @@ async fn genqctl_ledger_verify(sys: &System) -> anyhow::Result<Vec<String>> {
         .context("running genqctl ledger verify")?;
     Ok(if !verify.status.success() {
         vec![format!(
-            "genqctl ledger verify failed: {}",
-            String::from_utf8_lossy(&verify.stdout)
+            "genqctl ledger verify failed: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
         )]
     } else {
         vec![]
