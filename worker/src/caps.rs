@@ -42,7 +42,7 @@ impl Handler {
         let outcome =
             caps::claim_within_caps(&self.pool, claim, &provider.name, provider.caps).await?;
         let (cap, limit, retry_in) = match outcome {
-            CapClaim::Claimed(job) => return Ok(Some(job)),
+            CapClaim::Claimed(job) => return Ok(Some(*job)),
             CapClaim::Moved => return Ok(None),
             CapClaim::Over {
                 cap,

@@ -52,7 +52,7 @@ impl Cap {
 #[derive(Debug)]
 pub enum CapClaim {
     /// Within the caps: the claim was applied (the job as it is now).
-    Claimed(Job),
+    Claimed(Box<Job>),
     /// The job was no longer in a status the claim expects.
     Moved,
     /// Over `cap`'s `limit`: nothing claimed; a slot is expected in about `retry_in`.
@@ -168,5 +168,5 @@ pub async fn claim_within_caps(
             .await?;
     }
     tx.commit().await?;
-    Ok(CapClaim::Claimed(job))
+    Ok(CapClaim::Claimed(Box::new(job)))
 }
