@@ -1,11 +1,16 @@
 //! Layered settings: defaults in code → optional TOML file → `DATABASE_URL` /
 //! `AMQP_URL` → `GENQ__SECTION__KEY` environment variables, validated at load.
 
+mod models;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+pub use models::{ModelSettings, Offer, MODEL_NAME_MAX};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -16,7 +21,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub credits: CreditSettings,
     pub queue: QueueSettings,
+    /// The deployment's default provider: jobs submitted without `model`.
     pub provider: ProviderSettings,
+    /// Models a submission may name, each a provider with its price and caps.
+    pub models: BTreeMap<String, ModelSettings>,
     pub worker: WorkerSettings,
     pub storage: crate::storage::StorageSettings,
     pub log: LogSettings,
@@ -95,6 +103,10 @@ pub struct ProviderSettings {
     /// The provider's credential (Kling: `ACCESS_KEY:SECRET_KEY`).
     pub api_key: SecretString,
     pub timeout_ms: u64,
+    /// Tasks in flight at once (submitting or running), across all workers; 0 = no cap.
+    pub max_concurrent: u32,
+    /// Submissions to the provider per minute, across all workers; 0 = no cap.
+    pub max_per_minute: u32,
 }
 
 /// The provider APIs genq has an adapter for.
@@ -298,6 +310,8 @@ impl Default for ProviderSettings {
             base_url: String::new(),
             api_key: SecretString::from(""),
             timeout_ms: 10_000,
+            max_concurrent: 0,
+            max_per_minute: 0,
         }
     }
 }
@@ -455,47 +469,10 @@ impl Settings {
         if let Err((key, why)) = self.storage.check() {
             fail(key, why)?;
         }
-        let Some(kind) = ProviderKind::parse(&self.provider.kind) else {
-            return fail(
-                "provider.kind",
-                &format!(
-                    "must be one of taskid, replicate, fal, runway, luma, kling (not {:?})",
-                    self.provider.kind
-                ),
-            );
-        };
-        if !self.provider.base_url.trim().is_empty()
-            && url::Url::parse(self.provider.base_url.trim()).is_err()
-        {
-            fail(
-                "provider.base_url",
-                "must be a URL such as http://127.0.0.1:8090 (or empty for the provider's own API)",
-            )?;
-        }
-        if self.provider.timeout_ms == 0 {
-            fail("provider.timeout_ms", "must be more than 0")?;
-        }
-        let key = self.provider.api_key.expose_secret();
-        // A real provider's API needs a key; a simulator at another base_url may not.
-        if kind != ProviderKind::TaskId
-            && key.is_empty()
-            && self.provider.base_url.trim().is_empty()
-        {
-            fail(
-                "provider.api_key",
-                &format!("must be set for provider.kind = {kind}"),
-            )?;
-        }
-        if kind == ProviderKind::Kling && !key.is_empty() {
-            let ok = key
-                .split_once(':')
-                .is_some_and(|(ak, sk)| !ak.is_empty() && !sk.is_empty());
-            if !ok {
-                fail(
-                    "provider.api_key",
-                    "must be ACCESS_KEY:SECRET_KEY for provider.kind = kling",
-                )?;
-            }
+        let checked = models::check_provider("provider", &self.provider)
+            .and_then(|()| models::check_models(&self.models, &self.provider.name));
+        if let Err((key, why)) = checked {
+            fail(&key, &why)?;
         }
         Ok(())
     }

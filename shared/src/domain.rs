@@ -146,6 +146,8 @@ pub struct VideoRequest {
     pub prompt: Prompt,
     pub duration: DurationSeconds,
     pub aspect_ratio: AspectRatio,
+    /// The configured model asked for; `None` is the deployment's default.
+    pub model: Option<String>,
 }
 
 /// What the provider needs besides the prompt, stored as the job's `params`.
@@ -190,11 +192,16 @@ impl VideoRequest {
     /// different request reusing the same key.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "prompt": self.prompt.as_str(),
             "duration_seconds": self.duration.get(),
             "aspect_ratio": self.aspect_ratio.as_str(),
         });
+        // Only when named, so a request without a model keeps the
+        // fingerprint it had before models existed.
+        if let Some(model) = &self.model {
+            canonical["model"] = model.as_str().into();
+        }
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 }
@@ -359,11 +366,22 @@ mod tests {
             prompt: Prompt::parse("a cat").unwrap(),
             duration: DurationSeconds::default(),
             aspect_ratio: AspectRatio::Landscape,
+            model: None,
         };
         let mut b = a.clone();
         assert_eq!(a.fingerprint(), b.fingerprint());
+        // The digest of a request without a model, as stored before models.
+        assert_eq!(
+            a.fingerprint(),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                r#"{"aspect_ratio":"16:9","duration_seconds":5,"prompt":"a cat"}"#
+            ))
+        );
         b.aspect_ratio = AspectRatio::Square;
         assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut c = a.clone();
+        c.model = Some("fast".into());
+        assert_ne!(a.fingerprint(), c.fingerprint());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use genq_broker::{dead_letters, tier_at_least, tier_at_most, Publisher, Topology
 use genq_shared::config::Settings;
 use genq_shared::domain::JobStatus;
 use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
-use genq_shared::provider::{self, ProviderError, TaskRequest, TaskStatus, VideoProvider};
+use genq_shared::provider::{self, Configured, ProviderError, Providers, TaskRequest, TaskStatus};
 use genq_shared::storage::VideoStore;
 use genq_shared::store::{self, Job, Transition};
 use rand::Rng;
@@ -59,7 +59,8 @@ pub struct Handler {
     pub pool: PgPool,
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
-    pub provider: Arc<dyn VideoProvider>,
+    /// The default provider and each configured model, by name.
+    pub providers: Arc<Providers>,
     pub settings: Arc<Settings>,
     pub videos: VideoStore,
 }
@@ -139,7 +140,7 @@ impl Handler {
 
     /// Publishes `message` to come back on the work exchange after `delay`
     /// (rounded to a wait tier), keeping its routing key.
-    async fn publish_delayed<T: serde::Serialize>(
+    pub(crate) async fn publish_delayed<T: serde::Serialize>(
         &self,
         key: &str,
         message: &T,
@@ -189,7 +190,22 @@ impl Handler {
             format!("Submitting to the provider (attempt {attempt})."),
         );
         claim.count_attempt = true;
-        let Some((job, _)) = store::transition(&self.pool, &claim).await? else {
+        let next = StartMessage::Start {
+            job_id,
+            attempt: attempt + 1,
+        };
+        let Some(provider) = self.providers.for_job(job.provider.as_deref()).cloned() else {
+            // Claimed so the attempt counts: retried slowly, then dead,
+            // refunded and dead-lettered (replayable once configured).
+            let Some((job, _)) = store::transition(&self.pool, &claim).await? else {
+                return Ok(());
+            };
+            return self
+                .unknown_provider(WorkQueue::Start, &job, attempt, &next)
+                .await;
+        };
+        // Within the provider's caps, or back to the queue to wait.
+        let Some(job) = self.claim(&provider, &claim, attempt).await? else {
             return Ok(());
         };
         let request = TaskRequest {
@@ -200,7 +216,7 @@ impl Handler {
             cancel_after: Some(self.settings.job_timeout()),
         };
         let started = std::time::Instant::now();
-        let submitted = self.provider.submit(&request).await;
+        let submitted = provider.adapter.submit(&request).await;
         record_provider_call("submit", started, &submitted);
         match submitted {
             Ok(task_id) => {
@@ -234,15 +250,11 @@ impl Handler {
                     .as_ref()
                     .is_some_and(|j| j.status == JobStatus::Canceled)
                 {
-                    self.best_effort_cancel(&task_id).await;
+                    self.best_effort_cancel(&provider, &task_id).await;
                 }
                 Ok(())
             }
             Err(e) => {
-                let next = StartMessage::Start {
-                    job_id,
-                    attempt: attempt + 1,
-                };
                 self.provider_error(WorkQueue::Start, &job, attempt, e, &next)
                     .await
             }
@@ -281,8 +293,18 @@ impl Handler {
                 )
                 .await;
         };
+        let Some(provider) = self.providers.for_job(job.provider.as_deref()).cloned() else {
+            let next = PollMessage::Poll {
+                job_id,
+                seq,
+                errors: errors + 1,
+            };
+            return self
+                .unknown_provider(WorkQueue::Poll, &job, errors + 1, &next)
+                .await;
+        };
         if job.deadline_at.is_some_and(|d| d <= Utc::now()) {
-            self.best_effort_cancel(&task_id).await;
+            self.best_effort_cancel(&provider, &task_id).await;
             metrics::counter!("genq_deadline_exceeded_total").increment(1);
             return self
                 .finish_failed(job_id, &[JobStatus::Running], "deadline_exceeded",
@@ -290,7 +312,7 @@ impl Handler {
                 .await;
         }
         let started = std::time::Instant::now();
-        let status = self.provider.status(&task_id).await;
+        let status = provider.adapter.status(&task_id).await;
         record_provider_call("status", started, &status);
         match status {
             Ok(
@@ -392,8 +414,12 @@ impl Handler {
             return Ok(());
         }
         if let Some(task_id) = &job.provider_task_id {
+            let Some(provider) = self.providers.for_job(job.provider.as_deref()) else {
+                tracing::warn!(provider = ?job.provider, "no such provider configured; its task is not canceled");
+                return Ok(());
+            };
             if store::mark_provider_canceled(&self.pool, job_id).await? {
-                self.best_effort_cancel(task_id).await;
+                self.best_effort_cancel(provider, task_id).await;
                 store::record_event(
                     &self.pool,
                     job_id,
@@ -408,9 +434,9 @@ impl Handler {
     }
 
     /// Asks the provider to stop a task; a failure only costs provider time.
-    async fn best_effort_cancel(&self, task_id: &str) {
+    pub(crate) async fn best_effort_cancel(&self, provider: &Configured, task_id: &str) {
         let started = std::time::Instant::now();
-        let r = self.provider.cancel(task_id).await;
+        let r = provider.adapter.cancel(task_id).await;
         record_provider_call("cancel", started, &r);
         if let Err(e) = r {
             tracing::warn!(task_id, error = %e, "provider cancel failed");
@@ -440,7 +466,7 @@ impl Handler {
     /// After a transient error: retry later (backoff with full jitter, never
     /// sooner than `Retry-After`), or past the limit mark the job dead,
     /// refund it and dead-letter the message with the reason.
-    async fn retry_or_die<T: serde::Serialize>(
+    pub(crate) async fn retry_or_die<T: serde::Serialize>(
         &self,
         queue: WorkQueue,
         job: &Job,

@@ -2,6 +2,7 @@
 //! and settlement, and the worker's `/metrics`.
 
 pub mod archive;
+pub mod caps;
 pub mod handler;
 pub mod relay;
 pub mod runner;
@@ -13,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use genq_broker::Topology;
 use genq_shared::config::Settings;
-use genq_shared::provider::{self, VideoProvider};
+use genq_shared::provider::{Providers, VideoProvider};
 use genq_shared::{db, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,15 +30,13 @@ pub struct Worker {
 impl Worker {
     /// Connects to the database (creating and migrating it if needed) and
     /// binds the metrics address; the broker is connected when running.
+    /// One adapter per configured provider; `provider` replaces the default's.
     pub async fn build(
         settings: Settings,
         provider: Option<Arc<dyn VideoProvider>>,
     ) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(&settings.database).await?;
-        let provider = match provider {
-            Some(p) => p,
-            None => provider::build(&settings.provider)?,
-        };
+        let providers = std::sync::Arc::new(Providers::build(&settings, provider)?);
         let metrics_listener = TcpListener::bind(&settings.worker.metrics_addr).await?;
         Ok(Self {
             runner: Runner {
@@ -45,7 +44,7 @@ impl Worker {
                 videos: genq_shared::storage::VideoStore::new(&settings.storage)?,
                 settings: Arc::new(settings),
                 pool,
-                provider,
+                providers,
                 processed: Arc::default(),
                 kill: CancellationToken::new(),
             },

@@ -10,7 +10,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use genq_broker::{Publisher, Topology, CONNECT_TIMEOUT};
 use genq_shared::config::Settings;
-use genq_shared::provider::VideoProvider;
+use genq_shared::provider::Providers;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
@@ -36,7 +36,7 @@ enum SessionEnd {
 pub struct Runner {
     pub(crate) settings: Arc<Settings>,
     pub(crate) pool: PgPool,
-    pub(crate) provider: Arc<dyn VideoProvider>,
+    pub(crate) providers: Arc<Providers>,
     pub(crate) topology: Arc<Topology>,
     pub(crate) videos: genq_shared::storage::VideoStore,
     /// Deliveries this worker handled and acked (read by tests).
@@ -128,7 +128,7 @@ impl Runner {
             pool: self.pool.clone(),
             publisher: publisher.clone(),
             topology: self.topology.clone(),
-            provider: self.provider.clone(),
+            providers: self.providers.clone(),
             settings: self.settings.clone(),
             videos: self.videos.clone(),
         };

@@ -143,7 +143,7 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
 
     // Running past the deadline (and the poll chain missed it): fail, refund.
     let overdue = jobs::overdue_running(&handler.pool, stale, SWEEP_BATCH).await?;
-    for (id, task) in overdue {
+    for (id, task, provider) in overdue {
         let mut t = Transition::new(
             id,
             &[JobStatus::Running],
@@ -156,8 +156,9 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
         ));
         if store::transition(&handler.pool, &t).await?.is_some() {
             report.deadline_failed += 1;
-            if let Some(task) = task {
-                let _ = handler.provider.cancel(&task).await;
+            let provider = handler.providers.for_job(provider.as_deref());
+            if let (Some(task), Some(provider)) = (task, provider) {
+                handler.best_effort_cancel(provider, &task).await;
             }
         }
     }

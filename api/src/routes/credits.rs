@@ -20,7 +20,23 @@ pub struct CreditsView {
     pub available: i64,
     pub reserved: i64,
     pub spent: i64,
+    /// What a video of the default provider (no `model`) costs.
     pub video_cost: i64,
+    /// Whether the caller can afford a video of the default provider.
+    pub can_generate: bool,
+    /// The models a submission may name, with their prices; absent when
+    /// none are configured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelPrice>,
+}
+
+/// A model a submission may name (`model`), and what one video of it costs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelPrice {
+    #[schema(example = "fast")]
+    pub name: String,
+    pub cost: i64,
+    /// Whether the caller can afford a video of this model.
     pub can_generate: bool,
 }
 
@@ -28,7 +44,7 @@ pub struct CreditsView {
 #[utoipa::path(
     get, path = "/v1/credits", tag = "credits",
     responses(
-        (status = 200, description = "Balance and the cost of a video", body = CreditsView),
+        (status = 200, description = "Balance, the cost of a video and each model's price", body = CreditsView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -49,6 +65,16 @@ pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView
         spent: a.spent,
         video_cost: cost,
         can_generate: a.available >= cost,
+        models: state
+            .settings
+            .model_prices()
+            .into_iter()
+            .map(|(name, cost)| ModelPrice {
+                name: name.to_owned(),
+                cost,
+                can_generate: a.available >= cost,
+            })
+            .collect(),
     })
 }
 

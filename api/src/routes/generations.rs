@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use genq_shared::config::{Offer, Settings};
 use genq_shared::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
 use genq_shared::store::{
     self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
@@ -40,6 +41,15 @@ pub struct CreateGeneration {
     /// "16:9" (default), "9:16" or "1:1".
     #[schema(value_type = Option<AspectRatio>, example = "16:9")]
     pub aspect_ratio: Option<String>,
+    /// One of the configured models (their names and prices: `GET /v1/credits`);
+    /// absent means the default, at `video_cost`. The price is the model's.
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = "^[a-z0-9_-]+$",
+        example = "fast"
+    )]
+    pub model: Option<String>,
 }
 
 impl CreateGeneration {
@@ -54,6 +64,7 @@ impl CreateGeneration {
                 Some(a) => AspectRatio::parse(a)?,
                 None => AspectRatio::default(),
             },
+            model: self.model,
         })
     }
 }
@@ -84,6 +95,9 @@ pub struct JobView {
     pub status: JobStatus,
     pub prompt: String,
     pub cost: i64,
+    /// The model the submission named; absent for the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub duration_seconds: Option<u32>,
     pub aspect_ratio: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -111,6 +125,7 @@ impl JobView {
             aspect_ratio: Some(job.params.aspect_ratio.as_str().to_owned()),
             prompt: job.prompt,
             cost: job.cost,
+            model: job.model,
             created_at: job.created_at,
             updated_at: job.updated_at,
             provider_task_id: job.provider_task_id,
@@ -207,6 +222,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = body.parse()?;
+    // The price and provider come from configuration, never from the client.
+    let offer = offer(&state.settings, request.model.as_deref())?;
     if let Err(wait) = state.check_submit_rate(user.id) {
         metrics::counter!("genq_submissions_total", "outcome" => "rate_limited").increment(1);
         return Err(ApiError::RateLimited {
@@ -221,9 +238,9 @@ pub async fn create(
             job_id,
             user_id: user.id,
             request: &request,
-            cost: state.settings.credits.video_cost,
+            cost: offer.cost,
             idempotency_key: key.as_deref(),
-            provider: &state.settings.provider.name,
+            provider: offer.provider,
         },
     )
     .await?;
@@ -252,6 +269,27 @@ pub async fn create(
         }
         SubmitOutcome::IdempotencyConflict => Err(ApiError::IdempotencyConflict),
     }
+}
+
+/// What a submission naming `model` runs on and costs; an unknown model is
+/// a 400 on `model` listing the known ones.
+fn offer<'a>(settings: &'a Settings, model: Option<&'a str>) -> Result<Offer<'a>, ApiError> {
+    if let Some(offer) = settings.offer(model) {
+        return Ok(offer);
+    }
+    let known: Vec<&str> = settings.models.keys().map(String::as_str).collect();
+    let asked: String = model.unwrap_or_default().chars().take(60).collect();
+    let message = if known.is_empty() {
+        format!(
+            "Unknown model {asked:?}: no models are configured; leave model out for the default."
+        )
+    } else {
+        format!(
+            "Unknown model {asked:?}; the models are: {} (or leave model out for the default).",
+            known.join(", ")
+        )
+    };
+    Err(ApiError::invalid("model", message))
 }
 
 /// Where the owner reads genq's copy of a job's video (relative to the API).

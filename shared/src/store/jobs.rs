@@ -25,7 +25,10 @@ pub struct Job {
     pub prompt: String,
     pub params: Json<JobParams>,
     pub cost: i64,
+    /// The configured provider the job runs on (a model's name, or `provider.name`).
     pub provider: Option<String>,
+    /// The model the submission named; `None` for the default provider.
+    pub model: Option<String>,
     pub provider_task_id: Option<String>,
     pub attempts: i32,
     pub poll_seq: i32,
@@ -47,7 +50,7 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
 }
 
-pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, provider_task_id, \
+pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
     provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, created_at, updated_at";
 
@@ -83,6 +86,7 @@ pub struct NewSubmission<'a> {
     pub request: &'a VideoRequest,
     pub cost: i64,
     pub idempotency_key: Option<&'a str>,
+    /// The configured provider the job runs on; `request.model` names the model.
     pub provider: &'a str,
 }
 
@@ -145,8 +149,8 @@ async fn submit_attempt(
     let accepted: std::result::Result<Option<Job>, sqlx::Error> = sqlx::query_as(&format!(
         "WITH {reserve}, j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
-                              idempotency_key, request_fingerprint)
-            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8 FROM acct
+                              idempotency_key, request_fingerprint, model)
+            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8, $11 FROM acct
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -165,6 +169,7 @@ async fn submit_attempt(
     .bind(&fingerprint)
     .bind(start.routing_key())
     .bind(start.to_json())
+    .bind(new.request.model.as_deref())
     .fetch_optional(pool)
     .await;
 
@@ -222,8 +227,8 @@ async fn reject(
     let job: Job = sqlx::query_as(&format!(
         "WITH j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider, request_fingerprint,
-                              error_code, error_message, required_credits, available_credits)
-            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, 'insufficient_credits', $8, $5, $9)
+                              error_code, error_message, required_credits, available_credits, model)
+            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, 'insufficient_credits', $8, $5, $9, $10)
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -241,6 +246,7 @@ async fn reject(
     .bind(fingerprint)
     .bind(&message)
     .bind(available)
+    .bind(new.request.model.as_deref())
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -505,14 +511,14 @@ pub async fn claim_stale(
     .await?)
 }
 
-/// Running jobs more than `grace` past their deadline: (job, provider task).
+/// Running jobs more than `grace` past their deadline: (job, provider task, provider).
 pub async fn overdue_running(
     pool: &PgPool,
     grace: Duration,
     limit: i64,
-) -> Result<Vec<(Uuid, Option<String>)>> {
+) -> Result<Vec<(Uuid, Option<String>, Option<String>)>> {
     Ok(sqlx::query_as(
-        "SELECT id, provider_task_id FROM jobs
+        "SELECT id, provider_task_id, provider FROM jobs
           WHERE status = 'running' AND deadline_at < now() - make_interval(secs => $1) LIMIT $2",
     )
     .bind(grace.as_secs_f64())

@@ -6,9 +6,11 @@
 //! - [`credits`]: accounts and the ledger; the one reserve and settle path
 //! - [`jobs`]: submit, read, list, cancel, and the sweeper's queries
 //! - [`transition`]: a job's conditional status change with its settlement
+//! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the relay's doorbell
 //! - [`dead_letters`]: the archive of dead letters, replay and discard
 
+pub mod caps;
 pub mod credits;
 pub mod dead_letters;
 pub mod jobs;

@@ -2,7 +2,7 @@
 //! its timeline event and, for a terminal status, its commit or refund, all
 //! in one statement.
 
-use sqlx::{FromRow, PgPool};
+use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::credits;
@@ -94,7 +94,12 @@ struct JobWithOld {
 /// event and, for a terminal status, the commit or refund (account and
 /// ledger). Returns the updated job and its previous status, or `None` when
 /// the job was not in an expected status (a duplicate or stale message).
-pub async fn transition(pool: &PgPool, t: &Transition<'_>) -> Result<Option<(Job, JobStatus)>> {
+/// `executor` is the pool, or a transaction the change belongs to (a claim
+/// under a provider's cap).
+pub async fn transition<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    t: &Transition<'_>,
+) -> Result<Option<(Job, JobStatus)>> {
     let settle = Settlement::for_status(t.to);
     // Only a reserved job (an open one) can be settled, and a terminal job
     // never moves again; the statement enforces both, and so do we.
@@ -149,7 +154,7 @@ pub async fn transition(pool: &PgPool, t: &Transition<'_>) -> Result<Option<(Job
     .bind(&t.data)
     .bind(t.video.map(|(key, _)| key))
     .bind(t.video.map(|(_, bytes)| bytes))
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await?;
     let Some(r) = row else { return Ok(None) };
     debug_assert!(

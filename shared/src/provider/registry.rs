@@ -1,0 +1,70 @@
+//! Every provider a worker can call: the deployment's default and each
+//! configured model, by the name jobs store in `jobs.provider`, each with
+//! its adapter and caps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{build, VideoProvider};
+use crate::config::Settings;
+use crate::store::caps::Caps;
+
+/// One configured provider.
+#[derive(Clone)]
+pub struct Configured {
+    /// The name stored on its jobs (`jobs.provider`).
+    pub name: String,
+    pub adapter: Arc<dyn VideoProvider>,
+    pub caps: Caps,
+}
+
+/// The providers of a deployment, by name.
+#[derive(Clone)]
+pub struct Providers {
+    default: String,
+    by_name: HashMap<String, Configured>,
+}
+
+impl Providers {
+    /// One adapter per configured provider; `default_adapter` replaces the
+    /// default provider's (tests).
+    pub fn build(
+        settings: &Settings,
+        default_adapter: Option<Arc<dyn VideoProvider>>,
+    ) -> anyhow::Result<Self> {
+        let mut by_name = HashMap::new();
+        let mut default_adapter = default_adapter;
+        for (i, p) in settings.configured_providers().into_iter().enumerate() {
+            let adapter = match default_adapter.take().filter(|_| i == 0) {
+                Some(a) => a,
+                None => build(&p)?,
+            };
+            let caps = Caps {
+                max_concurrent: p.max_concurrent,
+                max_per_minute: p.max_per_minute,
+            };
+            by_name.insert(
+                p.name.clone(),
+                Configured {
+                    name: p.name,
+                    adapter,
+                    caps,
+                },
+            );
+        }
+        Ok(Self {
+            default: settings.provider.name.clone(),
+            by_name,
+        })
+    }
+
+    /// The provider a job names; a job without one (from before providers
+    /// were recorded) runs on the default. `None`: not configured here.
+    pub fn for_job(&self, provider: Option<&str>) -> Option<&Configured> {
+        self.by_name.get(provider.unwrap_or(&self.default))
+    }
+
+    pub fn default_provider(&self) -> &Configured {
+        &self.by_name[&self.default]
+    }
+}
