@@ -55,7 +55,8 @@ async fn get_video(
 /// Submits one video, waits for it to succeed, waits for the provider's
 /// URL to expire, then downloads genq's copy (whole and by range).
 async fn kept_past_expiry(kind: ProviderKind, dialect: Dialect) {
-    let env = env_for(kind, dialect, Duration::from_millis(300)).await;
+    // Long enough for a loaded machine to copy it in time, short enough to wait out.
+    let env = env_for(kind, dialect, Duration::from_millis(2_000)).await;
     let worker = env.spawn_worker().await;
     let token = env.new_user("keeper", "keeper@example.com").await;
     env.grant("keeper@example.com", 10).await;
@@ -224,7 +225,7 @@ async fn videos_are_kept_in_an_s3_compatible_bucket() {
     settings.storage = moto.storage("genq-videos");
     let sim = SimConfig {
         generation: Duration::from_millis(200),
-        url_ttl: Some(Duration::from_millis(300)),
+        url_ttl: Some(Duration::from_secs(30)),
         ..SimConfig::default()
     };
     let env = TestEnv::with_sim_and_settings(sim, settings).await;
