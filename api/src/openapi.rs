@@ -31,12 +31,31 @@ use crate::routes::{admin, credits, generations, health, ops, video};
 )]
 pub struct ApiDoc;
 
-/// The document as served at `/openapi.json`, pretty-printed with a final
+/// The document of a deployment whose configured models are `models`: the
+/// submission's `model` takes exactly those names, and is absent when there
+/// are none (any value would be refused), so a client generated from it
+/// can't build a request the server refuses.
+pub fn document(models: &[&str]) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let props = doc
+        .pointer_mut("/components/schemas/CreateGeneration/properties")
+        .and_then(|p| p.as_object_mut());
+    if let Some(props) = props {
+        if models.is_empty() {
+            props.remove("model");
+        } else if let Some(model) = props.get_mut("model").and_then(|m| m.as_object_mut()) {
+            model.insert("enum".into(), serde_json::json!(models));
+            model.insert("example".into(), serde_json::json!(models[0]));
+        }
+    }
+    doc
+}
+
+/// The document of a deployment without models, pretty-printed with a final
 /// newline: the form of the committed copy `api/openapi.json`.
 pub fn document_json() -> String {
-    let mut json = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes");
+    let mut json =
+        serde_json::to_string_pretty(&document(&[])).expect("the OpenAPI document serializes");
     json.push('\n');
     json
 }

@@ -15,10 +15,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 
 use crate::error::{error_json, ApiError};
-use crate::openapi::ApiDoc;
 use crate::routes::{admin, credits, generations, health, ops, video};
 use crate::state::AppState;
 
@@ -127,8 +125,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+/// The document, with this deployment's models (see [`crate::openapi::document`]).
+async fn openapi(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    let models: Vec<&str> = state.settings.models.keys().map(String::as_str).collect();
+    Json(crate::openapi::document(&models))
 }
 
 async fn not_found() -> ApiError {

@@ -29,3 +29,29 @@ async fn the_served_document_is_the_committed_copy() {
          regenerate it with `cargo run -q -p genq-api -- openapi > api/openapi.json`"
     );
 }
+
+#[tokio::test]
+async fn a_deployment_with_models_documents_exactly_their_names() {
+    let mut settings = genq_tests::test_settings();
+    for name in ["fast", "veo"] {
+        settings.models.insert(
+            name.into(),
+            genq_shared::config::ModelSettings {
+                cost: Some(5),
+                ..Default::default()
+            },
+        );
+    }
+    let env = TestEnv::with_settings(settings).await;
+    let (_, served) = env
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    let model = &served["components"]["schemas"]["CreateGeneration"]["properties"]["model"];
+    assert_eq!(model["enum"], serde_json::json!(["fast", "veo"]), "{model}");
+    // Without models the field is not documented at all: any value is refused.
+    let committed: Value = serde_json::from_str(COMMITTED).unwrap();
+    assert!(
+        committed["components"]["schemas"]["CreateGeneration"]["properties"]["model"].is_null()
+    );
+    env.cleanup().await;
+}
