@@ -26,6 +26,8 @@ bench_env() {
   export GENQ__LOG__FILTER=warn
   log="target/$bench_db"
   mkdir -p "$log"
+  # Videos the workers keep go with the run's logs.
+  export GENQ__STORAGE__PATH="$PWD/$log/videos"
   pids=()
   trap bench_cleanup EXIT
 }
