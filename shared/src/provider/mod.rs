@@ -202,29 +202,6 @@ pub fn build(settings: &ProviderSettings) -> anyhow::Result<Arc<dyn VideoProvide
     })
 }
 
-/// The provider of `settings.kind`, under the name the worker has always
-/// built (`HttpProvider::new`): callers that predate `build` get the
-/// configured adapter without a change.
-pub struct HttpProvider(Arc<dyn VideoProvider>);
-
-impl HttpProvider {
-    pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
-        Ok(Self(build(settings)?))
-    }
-}
-
-impl VideoProvider for HttpProvider {
-    fn submit<'a>(&'a self, request: &'a TaskRequest) -> BoxFuture<'a, ProviderResult<String>> {
-        self.0.submit(request)
-    }
-    fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
-        self.0.status(task_id)
-    }
-    fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
-        self.0.cancel(task_id)
-    }
-}
-
 /// A status word `provider` answered that its adapter does not know: logged,
 /// counted, and reported as `Unknown` (never a success).
 pub(crate) fn unknown_status(provider: &'static str, status: &str) -> TaskStatus {
