@@ -234,38 +234,29 @@ impl VideoStore {
         }
     }
 
-    /// Reads `key`, or the byte range `range` of it (clamped to its size).
+    /// Reads `key`, or the byte range `range` of it (its end clamped to the
+    /// size; the caller resolves ranges that start past the end).
     /// `None` when nothing is stored there.
     pub async fn read(
         &self,
         key: &str,
         range: Option<Range<u64>>,
     ) -> Result<Option<VideoRead>, object_store::Error> {
-        let path = Path::from(key);
-        let meta = match self.inner.head(&path).await {
-            Ok(meta) => meta,
+        // One request: the answer carries the object's size and the range served.
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let got = match self.inner.get_opts(&Path::from(key), options).await {
+            Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let size = meta.size;
-        let range = match range {
-            Some(r) => r.start.min(size)..r.end.min(size),
-            None => 0..size,
-        };
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(range.clone())),
-            ..Default::default()
-        };
-        let body = if range.is_empty() {
-            futures::stream::empty().boxed()
-        } else {
-            self.inner
-                .get_opts(&path, options)
-                .await?
-                .into_stream()
-                .boxed()
-        };
-        Ok(Some(VideoRead { size, range, body }))
+        Ok(Some(VideoRead {
+            size: got.meta.size,
+            range: got.range.clone(),
+            body: got.into_stream().boxed(),
+        }))
     }
 }
 

@@ -8,7 +8,7 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use super::credits::{self, Reserve};
-use super::jobs::get_job_for_update;
+use super::jobs::{get_job_for_update, Job};
 use super::outbox;
 use super::transition::{transition, Transition};
 use super::{Result, StoreError};
@@ -183,7 +183,7 @@ pub async fn replay(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution> {
                     job.cost
                 )));
             }
-            reserve_again(&mut tx, job_id, job.status, actor).await?;
+            reserve_again(&mut tx, &job, actor).await?;
             (
                 WorkMessage::Start(StartMessage::first(job_id)),
                 format!("requeued; {} credits reserved again", job.cost),
@@ -212,27 +212,22 @@ pub async fn replay(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution> {
     finish(tx, &letter, "replayed", actor, Some(job_id), note).await
 }
 
-/// Puts a refunded job back to `queued` as its next reservation, through
-/// the one reserve path. The job is locked by the caller, who checked the
-/// balance under the account's lock.
-async fn reserve_again(
-    tx: &mut sqlx::PgConnection,
-    job_id: Uuid,
-    was: JobStatus,
-    actor: &str,
-) -> Result<()> {
-    debug_assert!(matches!(was, JobStatus::Dead | JobStatus::Failed));
+/// Puts a refunded `job` back to `queued` as its next reservation, through
+/// the one reserve path. The caller read `job` under its row lock and
+/// checked the balance under the account's lock, so its values are current.
+async fn reserve_again(tx: &mut sqlx::PgConnection, job: &Job, actor: &str) -> Result<()> {
+    debug_assert!(matches!(job.status, JobStatus::Dead | JobStatus::Failed));
     let reserve = credits::reserve_ctes(&Reserve {
-        user: "(SELECT user_id FROM jobs WHERE id = $1)",
-        cost: "(SELECT cost FROM jobs WHERE id = $1)",
+        user: "$4",
+        cost: "$5",
         job: "$1",
-        reservation: "(SELECT reservation + 1 FROM jobs WHERE id = $1)",
+        reservation: "$6",
         actor: "$2",
         reason: "'replayed from the dead-letter queue'",
     });
     let replayed: Option<Uuid> = sqlx::query_scalar(&format!(
         "WITH {reserve}, j AS (
-            UPDATE jobs SET status = 'queued', reservation = reservation + 1, attempts = 0, poll_seq = 0,
+            UPDATE jobs SET status = 'queued', reservation = $6, attempts = 0, poll_seq = 0,
                    error_code = NULL, error_message = NULL, provider_task_id = NULL, provider_result_url = NULL,
                    video_key = NULL, video_bytes = NULL, provider_state = NULL,
                    deadline_at = NULL, provider_canceled_at = NULL, polled_at = NULL, updated_at = now()
@@ -245,9 +240,12 @@ async fn reserve_again(
         )
         SELECT id FROM j"
     ))
-    .bind(job_id)
+    .bind(job.id)
     .bind(actor)
-    .bind(was)
+    .bind(job.status)
+    .bind(job.user_id)
+    .bind(job.cost)
+    .bind(job.reservation + 1)
     .fetch_optional(&mut *tx)
     .await?;
     // The caller holds both locks and checked the balance: this cannot miss.
