@@ -184,23 +184,12 @@ impl Runner {
                 _ = shutdown.cancelled() => break SessionEnd::Stopped,
                 r = &mut relay, if !relay_ended => {
                     relay_ended = true;
-                    let e = match r {
-                        Ok(Ok(())) => anyhow::anyhow!("relay stopped"),
-                        Ok(Err(e)) => e,
-                        Err(e) => anyhow::anyhow!("relay panicked: {e}"),
-                    };
-                    break SessionEnd::Lost(e.context("outbox relay"));
+                    break SessionEnd::Lost(task_ended("outbox relay", r));
                 }
                 r = &mut archiver, if !archiver_ended => {
                     // Dead letters would pile up unarchived: start a new session.
                     archiver_ended = true;
-                    let e = match r {
-                        Ok(Ok(())) => anyhow::anyhow!("the dead-letter archiver stopped"),
-                        Ok(Err(e)) => e,
-                        Err(e) => anyhow::anyhow!("the dead-letter archiver panicked: {e}"),
-                    };
-                    tracing::error!(error = %format!("{e:#}"), "dead-letter archiver ended; restarting the session");
-                    break SessionEnd::Lost(e.context("dead-letter archiver"));
+                    break SessionEnd::Lost(task_ended("dead-letter archiver", r));
                 }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Err(e) = done { tracing::error!(error = %e, "delivery task panicked"); }
@@ -256,6 +245,19 @@ impl Runner {
         tracing::info!("worker session ended");
         end
     }
+}
+
+/// Why a session task that should run until the session ends has ended.
+fn task_ended(
+    task: &str,
+    result: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Error {
+    let e = match result {
+        Ok(Ok(())) => anyhow::anyhow!("stopped"),
+        Ok(Err(e)) => e,
+        Err(e) => anyhow::anyhow!("panicked: {e}"),
+    };
+    e.context(task.to_owned())
 }
 
 /// Handles one delivery and acks it; an infrastructure failure sends the
