@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, credits, generations, health, ops, video};
+use crate::routes::{admin, credits, dev, generations, health, ops, video, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use crate::routes::{admin, credits, generations, health, ops, video};
         ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
         ops::dlq_discard, ops::ledger_verify,
         health::healthz, health::readyz, health::metrics,
+        dev::sign_in, web::config,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&BearerAuth, &ServerErrors, &Links),
@@ -121,23 +122,23 @@ fn error_response(description: &str) -> RefOr<Response> {
 /// (source path, method, status, link name, target operationId, parameter, runtime expression)
 #[rustfmt::skip]
 const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
-    ("/v1/generations", "post", "202", "GetJob", "get", "id", "$response.body#/id"),
-    ("/v1/generations", "post", "202", "CancelJob", "cancel", "id", "$response.body#/id"),
-    ("/v1/generations", "post", "402", "GetRejectedJob", "get", "id", "$response.body#/error/job_id"),
-    ("/v1/generations", "get", "200", "GetFirstJob", "get", "id", "$response.body#/items/0/id"),
-    ("/v1/generations/{id}", "get", "200", "CancelJob", "cancel", "id", "$response.body#/id"),
-    ("/v1/generations/{id}/cancel", "post", "200", "GetJob", "get", "id", "$response.body#/id"),
-    ("/v1/admin/credits", "post", "200", "DiagnoseUser", "diagnose", "user", "$response.body#/user_id"),
-    ("/v1/admin/jobs", "get", "200", "GetFirstJob", "job", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "ShowFirstDeadLetter", "dlq_show", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "ReplayFirstDeadLetter", "dlq_replay", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "DiscardFirstDeadLetter", "dlq_discard", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "DiagnoseFirstUser", "diagnose", "user", "$response.body#/0/user_id"),
-    ("/v1/admin/dlq/{id}", "get", "200", "ReplayDeadLetter", "dlq_replay", "id", "$response.body#/id"),
-    ("/v1/admin/dlq/{id}", "get", "200", "DiscardDeadLetter", "dlq_discard", "id", "$response.body#/id"),
-    ("/v1/admin/dlq/{id}", "get", "200", "DiagnoseUser", "diagnose", "user", "$response.body#/user_id"),
-    ("/v1/admin/dlq/{id}/replay", "post", "200", "ShowDeadLetter", "dlq_show", "id", "$response.body#/id"),
-    ("/v1/admin/dlq/{id}/discard", "post", "200", "ShowDeadLetter", "dlq_show", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "202", "GetJob", "get_generation", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "202", "CancelJob", "cancel_generation", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "402", "GetRejectedJob", "get_generation", "id", "$response.body#/error/job_id"),
+    ("/v1/generations", "get", "200", "GetFirstJob", "get_generation", "id", "$response.body#/items/0/id"),
+    ("/v1/generations/{id}", "get", "200", "CancelJob", "cancel_generation", "id", "$response.body#/id"),
+    ("/v1/generations/{id}/cancel", "post", "200", "GetJob", "get_generation", "id", "$response.body#/id"),
+    ("/v1/admin/credits", "post", "200", "DiagnoseUser", "diagnose_user", "user", "$response.body#/user_id"),
+    ("/v1/admin/jobs", "get", "200", "GetFirstJob", "admin_get_job", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "ShowFirstDeadLetter", "get_dead_letter", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "ReplayFirstDeadLetter", "replay_dead_letter", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "DiscardFirstDeadLetter", "discard_dead_letter", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "DiagnoseFirstUser", "diagnose_user", "user", "$response.body#/0/user_id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "ReplayDeadLetter", "replay_dead_letter", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "DiscardDeadLetter", "discard_dead_letter", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "DiagnoseUser", "diagnose_user", "user", "$response.body#/user_id"),
+    ("/v1/admin/dlq/{id}/replay", "post", "200", "ShowDeadLetter", "get_dead_letter", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}/discard", "post", "200", "ShowDeadLetter", "get_dead_letter", "id", "$response.body#/id"),
 ];
 
 struct Links;

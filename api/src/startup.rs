@@ -17,7 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{error_json, ApiError};
-use crate::routes::{admin, credits, generations, health, ops, video};
+use crate::routes::{admin, credits, dev, generations, health, ops, video, web};
 use crate::state::AppState;
 
 pub struct Application {
@@ -99,13 +99,19 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq/{id}", get(ops::dlq_show))
         .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))
         .route("/admin/dlq/{id}/discard", post(ops::dlq_discard))
-        .route("/admin/ledger/verify", get(ops::ledger_verify));
+        .route("/admin/ledger/verify", get(ops::ledger_verify))
+        .route("/dev/sign-in", post(dev::sign_in));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi))
+        // The page (not part of the API document, except its settings).
+        .route("/", get(web::index))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/app.css", get(web::app_css))
+        .route("/web/config.json", get(web::config))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

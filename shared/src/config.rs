@@ -2,6 +2,7 @@
 //! `AMQP_URL` → `GENQ__SECTION__KEY` environment variables, validated at load.
 
 mod models;
+mod web;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub use models::{ModelSettings, Offer, MODEL_NAME_MAX};
+pub use web::WebSettings;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +30,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub storage: crate::storage::StorageSettings,
     pub log: LogSettings,
+    /// The page served at `/`.
+    pub web: WebSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -467,6 +471,9 @@ impl Settings {
             fail("worker.relay_batch", "must be more than 0")?;
         }
         if let Err((key, why)) = self.storage.check() {
+            fail(key, why)?;
+        }
+        if let Err((key, why)) = self.web.check() {
             fail(key, why)?;
         }
         let checked = models::check_provider("provider", &self.provider)

@@ -156,7 +156,7 @@ fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError
 
 /// Add credits to a user (grant or purchase), audited with the admin as actor.
 #[utoipa::path(
-    post, path = "/v1/admin/credits", tag = "admin",
+    post, path = "/v1/admin/credits", tag = "admin", operation_id = "add_credits",
     request_body(content = AdminCreditRequestDoc, example = json!(
         {"email": "viewer@example.com", "amount": 10, "reason": "support ticket 1", "kind": "grant"}
     )),

@@ -2,10 +2,12 @@
 
 pub mod admin;
 pub mod credits;
+pub mod dev;
 pub mod generations;
 pub mod health;
 pub mod ops;
 pub mod video;
+pub mod web;
 
 /// Largest page size of any listing.
 pub const MAX_PAGE: i64 = 100;
