@@ -98,6 +98,8 @@ export class JobList {
     private readonly empty: HTMLElement,
     private readonly actions: RowActions,
     private readonly announce: (text: string) => void,
+    /** A job seen open has ended: its settlement is in the ledger now. */
+    private readonly onEnded: (id: string) => void,
   ) {}
 
   has(id: string): boolean {
@@ -145,9 +147,11 @@ export class JobList {
       return;
     }
     if (ORDER[job.status] < ORDER[row.job.status]) return;
+    const ended = !isTerminal(row.job.status) && isTerminal(job.status);
     row.job = { ...job };
     if (isTerminal(job.status)) row.note = null;
     this.render(row);
+    if (ended) this.onEnded(job.id);
   }
 
   /**
@@ -161,6 +165,7 @@ export class JobList {
     row.lastEventId = frame.id;
     const to = frame.to_status;
     let changed = false;
+    const wasOpen = !isTerminal(row.job.status);
     if (to && to !== row.job.status) {
       row.job = { ...row.job, status: to, updated_at: frame.at };
       changed = true;
@@ -168,6 +173,7 @@ export class JobList {
     }
     row.note = isTerminal(row.job.status) ? null : (frame.message ?? row.note);
     this.render(row);
+    if (changed && wasOpen && to && isTerminal(to)) this.onEnded(row.job.id);
     return changed;
   }
 

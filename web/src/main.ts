@@ -88,7 +88,23 @@ function say(text: string): void {
   window.setTimeout(() => (ui.announce.textContent = text), 50);
 }
 
-const jobs = new JobList(ui.list, ui.jobsEmpty, { cancel: (id) => void cancel(id), play: (id) => void play(id) }, say);
+const jobs = new JobList(
+  ui.list,
+  ui.jobsEmpty,
+  { cancel: (id) => void cancel(id), play: (id) => void play(id) },
+  say,
+  () => settled(),
+);
+
+let settleTimer: number | undefined;
+/** Jobs ended: re-read the ledger and the credits once for a burst of endings. */
+function settled(): void {
+  window.clearTimeout(settleTimer);
+  settleTimer = window.setTimeout(() => {
+    void refreshLedger();
+    void refreshCredits();
+  }, 100);
+}
 
 const live = new Live({
   streamToken: async () => {
@@ -143,6 +159,8 @@ async function loadConfig(): Promise<void> {
     state.pricingUrl = result.data.pricing_url;
     ui.devForm.hidden = !result.data.dev_sign_in;
     for (const a of document.querySelectorAll<HTMLAnchorElement>('a.pricing-link')) a.href = state.pricingUrl;
+  } else {
+    showProblem(ui.signInProblem, { ...describe(result), text: `Could not load this page's settings: ${describe(result).text}` });
   }
 }
 
@@ -266,9 +284,10 @@ async function refreshLedger(): Promise<void> {
   const byJob = new Map<string, Settlement>();
   for (const e of result.data.items) {
     if (!e.job_id) continue;
+    if (e.kind !== 'refund' && e.kind !== 'commit') continue;
     const s = byJob.get(e.job_id) ?? { refunded: 0, spent: 0 };
     if (e.kind === 'refund') s.refunded += e.amount;
-    if (e.kind === 'commit') s.spent += e.amount;
+    else s.spent += e.amount;
     byJob.set(e.job_id, s);
   }
   jobs.setSettlements(byJob);
@@ -441,11 +460,11 @@ function onJobEvent(frame: JobEventFrame): void {
   if (!changed) return;
   void refreshCredits();
   if (frame.to_status && isTerminal(frame.to_status)) {
-    // The error, the video's address and the settlement come with the job and the ledger.
+    // The error and the video's address come with the job (the ledger is
+    // re-read by `settled`); a video made while watching plays at once.
     void refreshJob(frame.job_id).then(() => {
       if (frame.to_status === 'succeeded') void play(frame.job_id);
     });
-    void refreshLedger();
   }
 }
 
@@ -477,8 +496,6 @@ async function cancel(id: string): Promise<void> {
   if (result.data) {
     jobs.upsert(result.data);
     say('Canceled; the credits were refunded.');
-    void refreshCredits();
-    void refreshLedger();
     return;
   }
   const problem = failed(result);
