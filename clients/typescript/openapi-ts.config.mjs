@@ -11,8 +11,9 @@ export default defineConfig({
     postProcess: [],
   },
   plugins: [
-    // The fetch client, generated into src/client (no runtime dependency).
-    '@hey-api/client-fetch',
+    // The fetch client, generated into src/client (no runtime dependency);
+    // `client` is exported from the entry file, to be configured.
+    { name: '@hey-api/client-fetch', includeInEntry: true },
     '@hey-api/typescript',
     '@hey-api/sdk',
   ],

@@ -1,7 +1,6 @@
 // The generated client, pointed at this origin with the signed-in user's
 // token, and every failure of a call turned into a sentence for a person.
-import { client } from '@genq/client/client.gen';
-import type { ErrorBody } from '@genq/client';
+import { client, type ErrorBody } from '@genq/client';
 
 let token: string | null = null;
 

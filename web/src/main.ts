@@ -4,6 +4,7 @@
 // words (see api.ts).
 import {
   cancelGeneration,
+  client,
   createGeneration,
   devSignIn,
   getCredits,
@@ -15,7 +16,6 @@ import {
   type CreateGeneration,
   type CreditsView,
 } from '@genq/client';
-import { client } from '@genq/client/client.gen';
 import { describe, setToken, type Failed, type Problem } from './api';
 import { isTerminal, JobList, type JobEventFrame, type Settlement } from './jobs';
 import { Live, type LiveState } from './live';
