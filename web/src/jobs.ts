@@ -156,16 +156,19 @@ export class JobList {
 
   /**
    * Applies a live event of a known job; returns whether it changed the
-   * job's status. Events come in order, so their status always applies
-   * (an operator's replay moves a job from dead back to queued).
+   * job's status. Events come in order, so their status applies even
+   * backwards (an operator's replay moves a job from dead back to queued);
+   * `forwardOnly` is for events held while the job was being fetched, which
+   * may be older than the snapshot that was fetched.
    */
-  applyEvent(frame: JobEventFrame): boolean {
+  applyEvent(frame: JobEventFrame, forwardOnly = false): boolean {
     const row = this.rows.get(frame.job_id);
     if (!row || frame.id <= row.lastEventId) return false;
     row.lastEventId = frame.id;
     const to = frame.to_status;
     let changed = false;
     const wasOpen = !isTerminal(row.job.status);
+    if (forwardOnly && to && ORDER[to] < ORDER[row.job.status]) return false;
     if (to && to !== row.job.status) {
       row.job = { ...row.job, status: to, updated_at: frame.at };
       changed = true;

@@ -194,6 +194,7 @@ function signOut(why?: string): void {
   setToken(null);
   saveToken(null);
   jobs.clear();
+  heldEvents.clear();
   state.credits = null;
   state.pending = null;
   ui.who.hidden = true;
@@ -449,14 +450,34 @@ async function refreshJob(id: string): Promise<void> {
   if (result.data && state.signedIn) jobs.upsert(result.data);
 }
 
+/** Events of jobs being fetched, applied once the job is in the list. */
+const heldEvents = new Map<string, JobEventFrame[]>();
+
 function onJobEvent(frame: JobEventFrame): void {
-  if (!jobs.has(frame.job_id)) {
-    // A job made elsewhere (another tab, the API): fetch it whole.
-    void refreshJob(frame.job_id);
-    void refreshCredits();
+  const held = heldEvents.get(frame.job_id);
+  if (held) {
+    held.push(frame);
     return;
   }
-  const changed = jobs.applyEvent(frame);
+  if (!jobs.has(frame.job_id)) {
+    // A job not in the list yet (just submitted, or made in another tab):
+    // fetch it whole, holding its events meanwhile.
+    heldEvents.set(frame.job_id, [frame]);
+    void getGeneration({ path: { id: frame.job_id } }).then((result) => {
+      const frames = heldEvents.get(frame.job_id) ?? [];
+      heldEvents.delete(frame.job_id);
+      if (!result.data || !state.signedIn) return;
+      jobs.upsert(result.data);
+      for (const f of frames) applyFrame(f, true);
+      void refreshCredits();
+    });
+    return;
+  }
+  applyFrame(frame, false);
+}
+
+function applyFrame(frame: JobEventFrame, forwardOnly: boolean): void {
+  const changed = jobs.applyEvent(frame, forwardOnly);
   if (!changed) return;
   void refreshCredits();
   if (frame.to_status && isTerminal(frame.to_status)) {
