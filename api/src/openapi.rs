@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, credits, generations, health, ops, video};
+use crate::routes::{admin, credits, events, generations, health, ops, video};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use crate::routes::{admin, credits, generations, health, ops, video};
     paths(
         generations::create, generations::list, generations::get, generations::cancel,
         video::video,
+        events::create_stream_token, events::job_events, events::user_events,
         credits::balance, credits::ledger,
         admin::add_credits,
         ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
@@ -48,7 +49,50 @@ pub fn document(models: &[&str]) -> serde_json::Value {
             model.insert("example".into(), serde_json::json!(models[0]));
         }
     }
+    describe_event_streams(&mut doc);
     doc
+}
+
+/// Paths whose 200 is a stream of `job` events.
+const EVENT_STREAMS: [&str; 2] = ["/v1/events", "/v1/generations/{id}/events"];
+
+/// Before OpenAPI 3.2's `itemSchema`, a `text/event-stream` schema describes
+/// each event: its fields as the SSE parser sees them, with `data` a JSON
+/// text whose schema is `JobEventFrame` (so checkers and generators can
+/// read it). utoipa has no `contentSchema`, hence the JSON.
+fn describe_event_streams(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        schemas.insert(
+            "JobEventMessage".into(),
+            json!({
+                "description": "One Server-Sent Event of a job event stream.",
+                "type": "object",
+                "required": ["event", "id", "data"],
+                "properties": {
+                    "event": {"type": "string", "const": "job"},
+                    "id": {"type": "string", "pattern": "^[0-9]+$",
+                        "description": "The event's id; send it back as Last-Event-ID to resume."},
+                    "data": {"type": "string", "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/JobEventFrame"}},
+                    "retry": {"type": "integer", "minimum": 0,
+                        "description": "Milliseconds to wait before reconnecting."}
+                }
+            }),
+        );
+    }
+    for path in EVENT_STREAMS {
+        let pointer = format!(
+            "/paths/{}/get/responses/200/content/text~1event-stream/schema",
+            path.replace('/', "~1")
+        );
+        if let Some(schema) = doc.pointer_mut(&pointer) {
+            *schema = json!({"$ref": "#/components/schemas/JobEventMessage"});
+        }
+    }
 }
 
 /// The document of a deployment without models, pretty-printed with a final

@@ -1,6 +1,7 @@
 //! Layered settings: defaults in code → optional TOML file → `DATABASE_URL` /
 //! `AMQP_URL` → `GENQ__SECTION__KEY` environment variables, validated at load.
 
+mod events;
 mod models;
 
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+pub use events::EventsSettings;
 pub use models::{ModelSettings, Offer, MODEL_NAME_MAX};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -26,6 +28,7 @@ pub struct Settings {
     /// Models a submission may name, each a provider with its price and caps.
     pub models: BTreeMap<String, ModelSettings>,
     pub worker: WorkerSettings,
+    pub events: EventsSettings,
     pub storage: crate::storage::StorageSettings,
     pub log: LogSettings,
 }
@@ -466,7 +469,7 @@ impl Settings {
         if self.worker.relay_batch <= 0 {
             fail("worker.relay_batch", "must be more than 0")?;
         }
-        if let Err((key, why)) = self.storage.check() {
+        if let Err((key, why)) = self.storage.check().and_then(|()| self.events.check()) {
             fail(key, why)?;
         }
         let checked = models::check_provider("provider", &self.provider)

@@ -12,6 +12,7 @@ use genq_shared::domain::JobStatus;
 use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
 use genq_shared::provider::{self, Configured, ProviderError, Providers, TaskRequest, TaskStatus};
 use genq_shared::storage::VideoStore;
+use genq_shared::store::outbox::Doorbell;
 use genq_shared::store::{self, Job, Transition};
 use rand::Rng;
 use sqlx::PgPool;
@@ -63,6 +64,8 @@ pub struct Handler {
     pub providers: Arc<Providers>,
     pub settings: Arc<Settings>,
     pub videos: VideoStore,
+    /// Wakes the APIs' live event feeds once a step's events are committed.
+    pub events_bell: Doorbell,
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -88,6 +91,13 @@ impl Handler {
     /// acked: its effects are committed and follow-ups confirmed, or it was
     /// dead-lettered, or it was a duplicate.
     pub async fn handle(&self, queue: WorkQueue, body: &[u8]) -> Step {
+        let step = self.step(queue, body).await;
+        // Coalesced: a burst of steps costs one NOTIFY.
+        self.events_bell.ring();
+        step
+    }
+
+    async fn step(&self, queue: WorkQueue, body: &[u8]) -> Step {
         match queue {
             WorkQueue::Start => match serde_json::from_slice::<StartMessage>(body) {
                 Ok(StartMessage::Start { job_id, attempt }) => self.start(job_id, attempt).await,

@@ -47,6 +47,7 @@ impl Worker {
                 providers,
                 processed: Arc::default(),
                 kill: CancellationToken::new(),
+                events_bell: genq_shared::store::outbox::Doorbell::job_events(),
             },
             metrics_listener,
         })

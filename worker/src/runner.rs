@@ -11,6 +11,7 @@ use futures::StreamExt;
 use genq_broker::{Publisher, Topology, CONNECT_TIMEOUT};
 use genq_shared::config::Settings;
 use genq_shared::provider::Providers;
+use genq_shared::store::outbox::Doorbell;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
@@ -43,12 +44,21 @@ pub struct Runner {
     pub(crate) processed: Arc<AtomicU64>,
     /// Drops everything at once, as a crash would; only tests cancel it.
     pub(crate) kill: CancellationToken,
+    /// Rung after each handled delivery: wakes the APIs' event feeds.
+    pub(crate) events_bell: Doorbell,
 }
 
 impl Runner {
     /// Runs sessions until `shutdown` (then drains in-flight work).
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let kill = self.kill.clone();
+        let bell_stop = shutdown.child_token();
+        tokio::spawn(
+            self.events_bell
+                .clone()
+                .run(self.pool.clone(), bell_stop.clone()),
+        );
+        let _stop_bell = bell_stop.drop_guard();
         let mut backoff = reconnect_backoff();
         loop {
             if shutdown.is_cancelled() || kill.is_cancelled() {
@@ -131,6 +141,7 @@ impl Runner {
             providers: self.providers.clone(),
             settings: self.settings.clone(),
             videos: self.videos.clone(),
+            events_bell: self.events_bell.clone(),
         };
         let session_over = CancellationToken::new();
         let relay = tokio::spawn({

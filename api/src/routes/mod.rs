@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod credits;
+pub mod events;
 pub mod generations;
 pub mod health;
 pub mod ops;
