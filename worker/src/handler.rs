@@ -9,7 +9,7 @@ use chrono::Utc;
 use genq_broker::{dead_letters, tier_at_least, tier_at_most, Publisher, Topology};
 use genq_shared::config::Settings;
 use genq_shared::domain::JobStatus;
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
+use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY, WEBHOOK_KEY};
 use genq_shared::provider::{self, Configured, ProviderError, Providers, TaskRequest, TaskStatus};
 use genq_shared::storage::VideoStore;
 use genq_shared::store::{self, Job, Transition};
@@ -22,6 +22,7 @@ use uuid::Uuid;
 pub enum WorkQueue {
     Start,
     Poll,
+    Webhook,
 }
 
 impl WorkQueue {
@@ -29,6 +30,16 @@ impl WorkQueue {
         match self {
             Self::Start => START_KEY,
             Self::Poll => POLL_KEY,
+            Self::Webhook => WEBHOOK_KEY,
+        }
+    }
+
+    /// The status a job is in while this queue's handler calls the provider
+    /// (only start and poll do).
+    fn calling_status(self) -> JobStatus {
+        match self {
+            Self::Start => JobStatus::Submitting,
+            Self::Poll | Self::Webhook => JobStatus::Running,
         }
     }
 }
@@ -63,6 +74,8 @@ pub struct Handler {
     pub providers: Arc<Providers>,
     pub settings: Arc<Settings>,
     pub videos: VideoStore,
+    /// The outbound client of webhook deliveries.
+    pub webhook_client: Arc<crate::webhooks::WebhookClient>,
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -107,10 +120,11 @@ impl Handler {
                 }
                 Err(e) => self.malformed(queue, body, &e.to_string()).await,
             },
+            WorkQueue::Webhook => self.webhook(body).await,
         }
     }
 
-    async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
+    pub(crate) async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
         tracing::warn!(?queue, error = why, "malformed message dead-lettered");
         metrics::counter!("genq_malformed_messages_total").increment(1);
         self.dead_letter(queue, body, None, &format!("malformed message: {why}"))
@@ -377,18 +391,12 @@ impl Handler {
     ) -> Step {
         match error {
             ProviderError::Permanent { code, message } if code == provider::CONTENT_REJECTED => {
-                let from = match queue {
-                    WorkQueue::Start => JobStatus::Submitting,
-                    WorkQueue::Poll => JobStatus::Running,
-                };
+                let from = queue.calling_status();
                 self.finish_failed(job.id, &[from], provider::CONTENT_REJECTED, &message)
                     .await
             }
             ProviderError::Permanent { code, message } => {
-                let from = match queue {
-                    WorkQueue::Start => JobStatus::Submitting,
-                    WorkQueue::Poll => JobStatus::Running,
-                };
+                let from = queue.calling_status();
                 self.finish_failed(
                     job.id,
                     &[from],

@@ -9,6 +9,7 @@
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the relay's doorbell
 //! - [`dead_letters`]: the archive of dead letters, replay and discard
+//! - [`webhooks`]: webhook endpoints, their deliveries and attempts
 
 pub mod caps;
 pub mod credits;
@@ -17,6 +18,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod transition;
 pub mod users;
+pub mod webhooks;
 
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
 pub use jobs::{
