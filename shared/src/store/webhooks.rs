@@ -20,6 +20,7 @@ use crate::webhooks::Secret;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
+#[schema(as = WebhookEndpointState)]
 pub enum EndpointState {
     Enabled,
     Disabled,
@@ -32,6 +33,7 @@ pub enum EndpointState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
+#[schema(as = WebhookDeliveryStatus)]
 pub enum DeliveryStatus {
     Pending,
     Delivered,
@@ -59,6 +61,7 @@ impl DeliveryStatus {
 
 /// An endpoint as operators see it: never its secrets.
 #[derive(Debug, Clone, FromRow, Serialize, ToSchema)]
+#[schema(as = WebhookEndpoint)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: String,
@@ -88,6 +91,7 @@ fn endpoint_select(source: &str) -> String {
 
 /// A delivery as operators see it.
 #[derive(Debug, Clone, FromRow, Serialize, ToSchema)]
+#[schema(as = WebhookDelivery)]
 pub struct Delivery {
     pub id: i64,
     pub endpoint_id: Uuid,
@@ -125,6 +129,7 @@ const DELIVERY_COLS: &str = "d.id, d.endpoint_id, e.url, d.job_id, d.job_event_i
 
 /// One attempt at a delivery.
 #[derive(Debug, Clone, FromRow, Serialize, ToSchema)]
+#[schema(as = WebhookAttempt)]
 pub struct Attempt {
     pub at: DateTime<Utc>,
     /// Null when no HTTP answer came.
