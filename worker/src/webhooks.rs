@@ -253,7 +253,9 @@ impl Handler {
                 .await;
         }
         if d.earlier_id.is_some() {
-            // The job's earlier change goes first: wait until it is due.
+            // The job's earlier change goes first. Its end wakes this one
+            // (see `record_attempt`); this wait is the safety net: until the
+            // earlier one is due, or its sender's claim runs out.
             let due_in = Duration::from_millis(d.earlier_wait_ms.unwrap_or(0).max(0) as u64);
             return self.wait(id, seq, due_in.max(ORDER_WAIT)).await;
         }
@@ -286,7 +288,7 @@ impl Handler {
             error: sent.error.as_deref(),
             verdict,
         };
-        let status = store::record_attempt(&self.pool, &record).await?;
+        let recorded = store::record_attempt(&self.pool, &record).await?;
         let outcome = match verdict {
             Verdict::Delivered => "delivered",
             Verdict::Gone => "gone",
@@ -302,8 +304,9 @@ impl Handler {
                 "webhook attempt failed"
             ),
         }
-        if status == Some(DeliveryStatus::Pending) {
-            // The retry's wake-up is in the outbox; ring after the commit.
+        if recorded.is_some_and(|r| r.woke) {
+            // A wake-up (the retry, or the job's next change) is in the
+            // outbox; ring after the commit.
             if let Err(e) = outbox::wake_relays(&self.pool).await {
                 tracing::debug!(error = %e, "NOTIFY failed; the relay's timer will pick the retry up");
             }
@@ -328,5 +331,32 @@ impl Handler {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve;
+
+    #[tokio::test]
+    async fn the_resolver_refuses_names_of_private_addresses() {
+        let refused = PublicOnly
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("localhost is refused");
+        assert!(
+            refused.to_string().contains("not a public address"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn error_chains_read_as_one_line() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = anyhow::Error::new(inner).context("sending");
+        let text = error_chain(outer.as_ref());
+        assert_eq!(text, "sending: connection refused");
     }
 }

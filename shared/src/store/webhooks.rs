@@ -459,16 +459,25 @@ pub struct AttemptRecord<'a> {
     pub verdict: Verdict,
 }
 
+/// What recording an attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
+pub struct Recorded {
+    /// The delivery's new status.
+    pub status: DeliveryStatus,
+    /// Whether a wake-up went to the outbox (a retry, or the job's next
+    /// status change to this endpoint, which waited for this one): the
+    /// caller rings the relays' doorbell.
+    pub woke: bool,
+}
+
 /// Records an attempt and its consequence in one statement: the attempt
 /// row; the delivery's new status (a retry stays `pending`, with its next
 /// wake-up in the outbox; an endpoint deleted or disabled meanwhile drops
-/// it); for a 410, the endpoint disabled (audited) and its other pending
-/// deliveries dropped. Returns the delivery's new status, or `None` when
-/// the attempt's claim was stale (a replay came in between).
-pub async fn record_attempt(
-    pool: &PgPool,
-    r: &AttemptRecord<'_>,
-) -> Result<Option<DeliveryStatus>> {
+/// it); once it is no longer pending, a wake-up for the job's next pending
+/// delivery to the endpoint (which waits for this one, to keep the order);
+/// for a 410, the endpoint disabled (audited) and its other pending
+/// deliveries dropped. `None` when the attempt's claim was stale.
+pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Option<Recorded>> {
     let (verdict, retry_secs) = match r.verdict {
         Verdict::Delivered => ("delivered", None),
         Verdict::Gone => ("gone", None),
@@ -476,7 +485,7 @@ pub async fn record_attempt(
         Verdict::Failed => ("failed", None),
     };
     let gone_reason = "the endpoint answered 410 Gone";
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_as(
         "WITH d AS (
             UPDATE webhook_deliveries d
                SET attempts = d.attempts + 1, round_attempts = d.round_attempts + 1, seq = d.seq + 1,
@@ -491,7 +500,7 @@ pub async fn record_attempt(
                        THEN now() + make_interval(secs => $7) ELSE d.next_attempt_at END
               FROM webhook_endpoints e
              WHERE d.id = $1 AND d.seq = $2 AND e.id = d.endpoint_id
-            RETURNING d.id, d.seq, d.status, d.endpoint_id
+            RETURNING d.id, d.seq, d.status, d.endpoint_id, d.job_id
         ), attempt AS (
             INSERT INTO webhook_attempts (delivery_id, status_code, response_ms, error)
             SELECT id, $3, $4, $5 FROM d
@@ -499,6 +508,15 @@ pub async fn record_attempt(
             INSERT INTO outbox (routing_key, payload)
             SELECT $9, jsonb_build_object('type', 'deliver', 'delivery_id', id, 'seq', seq)
               FROM d WHERE status = 'pending'
+            UNION ALL
+            SELECT $9, jsonb_build_object('type', 'deliver', 'delivery_id', n.id, 'seq', n.seq)
+              FROM d, LATERAL (
+                   SELECT id, seq FROM webhook_deliveries n
+                    WHERE n.endpoint_id = d.endpoint_id AND n.job_id = d.job_id
+                      AND n.status = 'pending' AND n.id > d.id
+                    ORDER BY n.id LIMIT 1) n
+             WHERE d.status <> 'pending' AND $6 <> 'gone'
+            RETURNING id
         ), gone AS (
             UPDATE webhook_endpoints SET state = 'disabled', disabled_reason = $8, updated_at = now()
              WHERE $6 = 'gone' AND id = (SELECT endpoint_id FROM d) AND state = 'enabled'
@@ -512,7 +530,7 @@ pub async fn record_attempt(
             SELECT 'system', 'webhook.disable', user_id,
                    jsonb_build_object('endpoint', id, 'url', url, 'reason', $8::text) FROM gone
         )
-        SELECT status FROM d",
+        SELECT status, EXISTS (SELECT 1 FROM wake) AS woke FROM d",
     )
     .bind(r.delivery_id)
     .bind(r.seq)
