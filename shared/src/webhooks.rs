@@ -246,8 +246,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     !reserved
 }
 
-/// Checks an endpoint URL given by an operator: http or https, no
-/// credentials, no fragment, no white space, at most [`URL_MAX`] bytes;
+/// Checks an endpoint URL given by an operator: a URI (RFC 3986 characters
+/// only), http or https, no credentials, no fragment, at most [`URL_MAX`] bytes;
 /// unless `allow_private`, no host that is a non-public address or
 /// `localhost`. Host names are resolved only when sending, where every
 /// address they resolve to is checked again.
@@ -256,11 +256,21 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, InvalidInput> {
     if raw.is_empty() || raw.len() > URL_MAX {
         return Err(invalid(format!("url must have 1 to {URL_MAX} bytes.")));
     }
-    // The URL parser would silently drop tabs and newlines.
-    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(
-            "url must not contain spaces or control characters.".into(),
-        ));
+    // Only what RFC 3986 allows unencoded (the URL parser would silently
+    // drop tabs and newlines, and encode the rest), and `%` only as `%XX`.
+    let bytes = raw.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let allowed = b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b);
+        if !allowed {
+            return Err(invalid(format!(
+                "url must be a URI (RFC 3986): percent-encode {:?} (no spaces or control characters).",
+                raw[i..].chars().next().unwrap_or(' ')
+            )));
+        }
+        let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+        if b == b'%' && !(hex(i + 1) && hex(i + 2)) {
+            return Err(invalid("url has a % that is not followed by two hex digits.".into()));
+        }
     }
     let url = Url::parse(raw).map_err(|e| invalid(format!("url is not a valid URL: {e}.")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -396,6 +406,9 @@ mod tests {
             "https://user:pw@example.com/",
             "https://example.com/#frag",
             "https://exa mple.com/",
+            "https://example.com/a<b>",
+            "https://example.com/%zz",
+            "https://example.com/\u{e9}",
             "not a url",
             "http://127.0.0.1:8080/",
             "http://[::1]/",

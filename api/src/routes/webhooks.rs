@@ -26,15 +26,15 @@ use crate::state::AppState;
 
 /// A URL of a named host, as [`genq_shared::webhooks::check_url`] accepts
 /// it whatever the configuration: http(s), a host name whose last label
-/// starts with a letter, an optional port, a path and query without white
-/// space or `#`. (Hosts given as IP addresses are accepted too when public,
+/// starts with a letter, an optional port, a path and query of RFC 3986's
+/// characters (others percent-encoded), no `#`. (Hosts given as IP addresses are accepted too when public,
 /// or with `webhooks.allow_private`; the pattern leaves them out because
 /// whether one is accepted depends on the deployment.)
 const URL_PATTERN: &str = concat!(
     r"^[Hh][Tt][Tt][Pp][Ss]?://",
     r"([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?",
     r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?",
-    r"(/[!$-~]*)?$",
+    r"(/(%[0-9A-Fa-f]{2}|[A-Za-z0-9._~!$&'()*+,;=:@/?-])*)?$",
 );
 
 fn url_schema() -> Object {
