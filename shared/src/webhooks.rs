@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use url::{Host, Url};
+use url::Url;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -296,9 +296,7 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, InvalidInput> {
         return Err(invalid("url must not have a fragment (#…)."));
     }
     if tail.contains(['[', ']']) {
-        return Err(invalid(
-            "url may have [ and ] only around an IPv6 address.",
-        ));
+        return Err(invalid("url may have [ and ] only around an IPv6 address."));
     }
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => {
