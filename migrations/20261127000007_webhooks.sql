@@ -27,7 +27,11 @@ CREATE INDEX webhook_endpoints_enabled_idx ON webhook_endpoints (user_id) WHERE 
 
 CREATE TABLE webhook_deliveries (
     id                bigserial PRIMARY KEY,
-    endpoint_id       uuid NOT NULL REFERENCES webhook_endpoints (id),
+    -- No foreign key on purpose: its check would share-lock the endpoint's
+    -- row from every status change's transaction, and many transactions
+    -- share-locking one (tenant-wide) row churn multixacts. Endpoints are
+    -- never deleted (an operator's delete marks them), so it always exists.
+    endpoint_id       uuid NOT NULL,
     job_id            uuid NOT NULL REFERENCES jobs (id),
     job_event_id      bigint NOT NULL REFERENCES job_events (id),
     -- The `webhook-id` header: the same on every attempt and replay.
