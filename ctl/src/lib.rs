@@ -141,7 +141,7 @@ pub enum WebhooksCmd {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
-    /// Send a delivery again, with the same webhook-id, from the start of the retry schedule.
+    /// Send a delivery again now, with the same webhook-id, from the start of the retry schedule.
     Replay {
         id: i64,
         #[arg(long)]

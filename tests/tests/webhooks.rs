@@ -752,18 +752,41 @@ async fn operators_list_failed_deliveries_and_replay_one() {
 }
 
 #[tokio::test]
-async fn an_endpoint_removed_with_deliveries_waiting_drops_them() {
+async fn a_waiting_delivery_is_replayed_at_once_or_dropped_with_its_endpoint() {
     let mut settings = hook_settings();
     settings.webhooks.retry_schedule_ms = vec![60_000];
     let env = TestEnv::with_settings(settings).await;
-    let rx = Receiver::start(&[], 500).await;
+    let rx = Receiver::start(&[500, 200], 500).await;
     let (endpoint, _) = register(&env, &rx.url, None).await;
     let worker = env.spawn_worker().await;
-    let t = env.new_user("drop-user", "drop@example.com").await;
-    env.submit(&t, "waits a minute").await;
-    rx.wait_for(1).await;
-    // The retry waits in a wait queue; the endpoint goes meanwhile.
     let admin = env.admin_token("hook-admin");
+    let t = env.new_user("drop-user", "drop@example.com").await;
+
+    // A delivery waiting a minute for its retry is sent at once when replayed.
+    env.submit(&t, "first").await;
+    rx.wait_for(1).await;
+    let first = deliveries(&env, "").await[0]["id"].as_i64().unwrap();
+    let waiting = delivery_in(&env, first, "pending").await;
+    assert_eq!(waiting["attempts"], 1);
+    let (status, body) = env
+        .post(
+            &format!("/v1/admin/webhook-deliveries/{first}/replay"),
+            &admin,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = delivery_in(&env, first, "delivered").await;
+    assert_eq!(done["attempts"], 2);
+
+    // Another waits in a wait queue; the endpoint goes meanwhile: it is dropped.
+    env.submit(&t, "second").await;
+    let second = eventually(WAIT, || async {
+        let d = deliveries(&env, "").await.remove(0);
+        (d["id"] != first && d["attempts"] == 1).then(|| d["id"].as_i64().unwrap())
+    })
+    .await
+    .expect("the second delivery's first attempt is recorded");
     let (status, _) = env
         .call(
             Method::DELETE,
@@ -774,10 +797,10 @@ async fn an_endpoint_removed_with_deliveries_waiting_drops_them() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let d = &deliveries(&env, "").await[0];
-    let d = delivery_in(&env, d["id"].as_i64().unwrap(), "disabled").await;
+    let d = delivery_in(&env, second, "disabled").await;
     assert_eq!(d["last_error"], "dropped: the endpoint was deleted");
     assert_eq!(d["attempts"], 1);
+    assert_eq!(rx.hits().len(), 3);
     worker.stop().await;
     env.cleanup().await;
 }

@@ -369,8 +369,9 @@ pub async fn delivery_show(
     }))
 }
 
-/// Send a delivery again (a failed one, say), with the same `webhook-id`,
-/// from the start of the retry schedule.
+/// Send a delivery again now (a failed one, say, or a pending one without
+/// waiting for its next retry), with the same `webhook-id`, from the start
+/// of the retry schedule.
 #[utoipa::path(
     post, path = "/v1/admin/webhook-deliveries/{id}/replay", tag = "webhooks",
     params(("id" = i64, Path, description = "The delivery's ID")),
@@ -379,7 +380,7 @@ pub async fn delivery_show(
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such delivery", body = ErrorBody),
-        (status = 409, description = "Pending already, or its endpoint is disabled or deleted (`invalid_state`)", body = ErrorBody),
+        (status = 409, description = "An attempt is under way, or its endpoint is disabled or deleted (`invalid_state`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -300,11 +300,12 @@ pub async fn attempts(pool: &PgPool, delivery_id: i64) -> Result<Vec<Attempt>> {
     .await?)
 }
 
-/// Sends a delivery that is not pending (failed, delivered, dropped) again,
-/// with the same `webhook-id`, from the start of the retry schedule;
-/// audited. The caller rings the relays' doorbell. `NotFound` when there is
-/// no such delivery; `Conflict` (saying why) when it is pending already or
-/// its endpoint is not enabled.
+/// Sends a delivery again now (a failed, delivered or dropped one, or a
+/// pending one waiting to retry), with the same `webhook-id`, from the start
+/// of the retry schedule; its older wake-ups become stale. Audited; the
+/// caller rings the relays' doorbell. `NotFound` when there is no such
+/// delivery; `Conflict` (saying why) while a sender is attempting it or
+/// when its endpoint is not enabled.
 pub async fn replay_delivery(pool: &PgPool, id: i64, actor: &str) -> Result<Delivery> {
     let replayed: Option<i64> = sqlx::query_scalar(
         "WITH d AS (
@@ -312,7 +313,8 @@ pub async fn replay_delivery(pool: &PgPool, id: i64, actor: &str) -> Result<Deli
                SET status = 'pending', seq = d.seq + 1, round_attempts = 0,
                    next_attempt_at = now(), claimed_until = NULL, updated_at = now()
               FROM webhook_endpoints e
-             WHERE d.id = $1 AND d.status <> 'pending' AND e.id = d.endpoint_id AND e.state = 'enabled'
+             WHERE d.id = $1 AND e.id = d.endpoint_id AND e.state = 'enabled'
+               AND (d.claimed_until IS NULL OR d.claimed_until <= now())
             RETURNING d.id, d.seq, d.job_id, d.status AS old_status, e.user_id
         ), wake AS (
             INSERT INTO outbox (routing_key, payload)
@@ -332,16 +334,16 @@ pub async fn replay_delivery(pool: &PgPool, id: i64, actor: &str) -> Result<Deli
     if replayed.is_some() {
         return Ok(delivery);
     }
-    if delivery.status == DeliveryStatus::Pending {
-        return Err(StoreError::Conflict(
-            "the delivery is pending already: it will be sent (or retried) on its own".into(),
-        ));
-    }
     let state: EndpointState =
         sqlx::query_scalar("SELECT state FROM webhook_endpoints WHERE id = $1")
             .bind(delivery.endpoint_id)
             .fetch_one(pool)
             .await?;
+    if state == EndpointState::Enabled {
+        return Err(StoreError::Conflict(
+            "it is being sent right now; its result is recorded in a moment".into(),
+        ));
+    }
     Err(StoreError::Conflict(format!(
         "its endpoint is {}: register the URL again to receive events there",
         serde_json::to_value(state)
