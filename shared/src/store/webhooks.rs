@@ -353,8 +353,9 @@ pub async fn replay_delivery(pool: &PgPool, id: i64, actor: &str) -> Result<Deli
     )))
 }
 
-/// A delivery as the sender loads it, with its endpoint's URL and secrets.
-#[derive(Debug, Clone, FromRow)]
+/// A delivery as the sender loads it, with its endpoint's URL and secrets
+/// (no `Debug`: nothing should print it).
+#[derive(Clone, FromRow)]
 pub struct Outgoing {
     pub id: i64,
     pub endpoint_id: Uuid,
