@@ -7,6 +7,7 @@ pub mod generations;
 pub mod health;
 pub mod ops;
 pub mod video;
+pub mod webhooks;
 
 /// Largest page size of any listing.
 pub const MAX_PAGE: i64 = 100;

@@ -10,6 +10,7 @@
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
 //! - [`events`]: reading the job-event stream after a position
 //! - [`dead_letters`]: the archive of dead letters, replay and discard
+//! - [`webhooks`]: webhook endpoints, their deliveries and attempts
 
 pub mod caps;
 pub mod credits;
@@ -19,6 +20,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod transition;
 pub mod users;
+pub mod webhooks;
 
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
 pub use jobs::{
