@@ -2,7 +2,7 @@
 //! created on their first authenticated call.
 
 use axum::extract::FromRequestParts;
-use axum::http::{header, request::Parts};
+use axum::http::{header, request::Parts, HeaderMap};
 use genq_shared::store::{self, Identity};
 use jsonwebtoken::{decode, encode, Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -22,9 +22,17 @@ pub struct Claims {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Set on genq's own narrow tokens: [`STREAM_SCOPE`] opens event streams only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 pub const ADMIN_ROLE: &str = "admin";
+
+/// The scope of a stream token: accepted by the event streams (as
+/// `?access_token=`, since `EventSource` can't send headers) and refused
+/// everywhere else, so one that leaks from a URL into a log opens nothing more.
+pub const STREAM_SCOPE: &str = "genq:stream";
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -55,8 +63,30 @@ fn validation(leeway_secs: u64) -> Validation {
     v
 }
 
-/// Checks a token and returns its claims; every failure is a 401.
+/// Checks an API token and returns its claims; every failure is a 401.
 pub fn verify(token: &str, state: &AppState) -> Result<Claims, ApiError> {
+    let claims = verify_any(token, state)?;
+    if claims.scope.as_deref() == Some(STREAM_SCOPE) {
+        return Err(ApiError::Unauthorized(
+            "A stream token only opens event streams; send an API token.".into(),
+        ));
+    }
+    Ok(claims)
+}
+
+/// Checks a stream token (see [`STREAM_SCOPE`]); every failure is a 401.
+pub fn verify_stream(token: &str, state: &AppState) -> Result<Claims, ApiError> {
+    let claims = verify_any(token, state)?;
+    if claims.scope.as_deref() != Some(STREAM_SCOPE) {
+        return Err(ApiError::Unauthorized(
+            "access_token must be a stream token (POST /v1/stream-tokens); send an API token as Authorization: Bearer instead.".into(),
+        ));
+    }
+    Ok(claims)
+}
+
+/// Signature, expiry and the shape of the claims, whatever the scope.
+fn verify_any(token: &str, state: &AppState) -> Result<Claims, ApiError> {
     let data = decode::<Claims>(
         token,
         &state.jwt_key,
@@ -113,6 +143,7 @@ impl Claims {
             email: None,
             name: None,
             role: None,
+            scope: None,
         }
     }
 
@@ -131,9 +162,54 @@ impl Claims {
         self
     }
 
+    /// A stream token for the same caller, valid for `ttl_secs`.
+    pub fn for_stream(&self, ttl_secs: i64) -> Self {
+        Self {
+            scope: Some(STREAM_SCOPE.into()),
+            ..Self::new(self.sub.clone(), ttl_secs)
+                .email(self.email.as_deref())
+                .name(self.name.as_deref())
+                .role(self.role.as_deref())
+        }
+    }
+
     /// The signed token (HS256 with `secret`).
     pub fn mint(&self, secret: &[u8]) -> anyhow::Result<String> {
         mint(secret, self)
+    }
+}
+
+/// The bearer token of a request, if it sent `Authorization: Bearer`.
+pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| ApiError::Unauthorized("Send Authorization: Bearer <token>.".into())),
+    )
+}
+
+impl AuthUser {
+    /// The caller the verified `claims` name (created on first sight).
+    pub async fn from_claims(claims: Claims, state: &AppState) -> Result<Self, ApiError> {
+        let identity = Identity {
+            external_id: claims.sub.clone(),
+            email: claims.email.clone(),
+            name: claims.name.clone(),
+        };
+        let id = store::ensure_user(&state.pool, &identity, state.settings.credits.initial).await?;
+        tracing::Span::current().record("user_id", tracing::field::display(id));
+        Ok(AuthUser {
+            id,
+            external_id: claims.sub,
+            is_admin: claims.role.as_deref() == Some(ADMIN_ROLE),
+        })
     }
 }
 
@@ -144,33 +220,13 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("Send Authorization: Bearer <token>.".into()))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthorized("Send Authorization: Bearer <token>.".into()))?;
+        let token = bearer(&parts.headers).unwrap_or_else(|| {
+            Err(ApiError::Unauthorized(
+                "Send Authorization: Bearer <token>.".into(),
+            ))
+        })?;
         let claims = verify(token, state)?;
-        let identity = Identity {
-            external_id: claims.sub.clone(),
-            email: claims.email.clone(),
-            name: claims.name.clone(),
-        };
-        let id = store::ensure_user(&state.pool, &identity, state.settings.credits.initial).await?;
-        let user = AuthUser {
-            id,
-            external_id: claims.sub,
-            is_admin: claims.role.as_deref() == Some(ADMIN_ROLE),
-        };
-        tracing::Span::current().record("user_id", tracing::field::display(id));
-        Ok(user)
+        Self::from_claims(claims, state).await
     }
 }
 

@@ -39,6 +39,8 @@ pub enum ApiError {
     RangeNotSatisfiable,
     #[error("Too many submissions; try again in {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
+    #[error("You have {limit} event streams open here; close one first.")]
+    TooManyStreams { limit: u32 },
     #[error("the service is temporarily unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -94,6 +96,7 @@ impl ApiError {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::TooManyStreams { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

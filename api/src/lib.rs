@@ -1,7 +1,9 @@
-//! genq's HTTP API: authentication, validation, submission, queries, admin.
+//! genq's HTTP API: authentication, validation, submission, queries, live
+//! event streams, admin.
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod openapi;
 pub mod routes;

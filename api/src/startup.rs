@@ -17,7 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{error_json, ApiError};
-use crate::routes::{admin, credits, dev, generations, health, ops, video, web};
+use crate::routes::{admin, credits, dev, events, generations, health, ops, video, web, webhooks};
 use crate::state::AppState;
 
 pub struct Application {
@@ -60,6 +60,12 @@ impl Application {
                 .clone()
                 .run(self.state.pool.clone(), shutdown.clone()),
         );
+        // One feed per process tails the job events for every open stream.
+        tokio::spawn(self.state.events.clone().run(
+            self.state.pool.clone(),
+            Duration::from_millis(self.state.settings.events.poll_interval_ms),
+            shutdown.clone(),
+        ));
         // The limiter keeps a state per user; forget the idle ones now and then.
         let limiter = self.state.submit_limiter.clone();
         let stop = shutdown.clone();
@@ -89,6 +95,9 @@ pub fn router(state: AppState) -> Router {
         .route("/generations/{id}", get(generations::get))
         .route("/generations/{id}/cancel", post(generations::cancel))
         .route("/generations/{id}/video", get(video::video))
+        .route("/generations/{id}/events", get(events::job_events))
+        .route("/events", get(events::user_events))
+        .route("/stream-tokens", post(events::create_stream_token))
         .route("/credits", get(credits::balance))
         .route("/credits/ledger", get(credits::ledger))
         .route("/admin/credits", post(admin::add_credits))
@@ -100,6 +109,27 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))
         .route("/admin/dlq/{id}/discard", post(ops::dlq_discard))
         .route("/admin/ledger/verify", get(ops::ledger_verify))
+        .route(
+            "/admin/webhooks",
+            post(webhooks::webhook_create).get(webhooks::webhook_list),
+        )
+        .route(
+            "/admin/webhooks/{id}",
+            get(webhooks::webhook_show).delete(webhooks::webhook_delete),
+        )
+        .route(
+            "/admin/webhooks/{id}/rotate",
+            post(webhooks::webhook_rotate),
+        )
+        .route("/admin/webhook-deliveries", get(webhooks::delivery_list))
+        .route(
+            "/admin/webhook-deliveries/{id}",
+            get(webhooks::delivery_show),
+        )
+        .route(
+            "/admin/webhook-deliveries/{id}/replay",
+            post(webhooks::delivery_replay),
+        )
         .route("/dev/sign-in", post(dev::sign_in));
     Router::new()
         .nest("/v1", v1)

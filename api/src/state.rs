@@ -1,5 +1,5 @@
 //! What every handler shares: the pool, the settings, the JWT key, the
-//! submission limiter and the relays' doorbell.
+//! submission limiter, the relays' doorbell and the live event feed.
 
 use std::sync::Arc;
 
@@ -12,6 +12,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::events::EventFeed;
 
 /// Per-user limiter of submissions.
 pub type SubmitLimiter = governor::DefaultKeyedRateLimiter<Uuid>;
@@ -27,6 +29,8 @@ pub struct AppState {
     pub outbox_bell: Doorbell,
     /// genq's copies of finished videos.
     pub videos: VideoStore,
+    /// This process's live job-event feed and stream bounds.
+    pub events: EventFeed,
 }
 
 impl AppState {
@@ -38,9 +42,13 @@ impl AppState {
                 settings.auth.jwt_secret.expose_secret().as_bytes(),
             )),
             submit_limiter: Arc::new(submit_limiter(&settings.api)),
-            outbox_bell: Doorbell::default(),
+            outbox_bell: Doorbell::outbox(),
             metrics: telemetry::metrics_handle(),
             videos: VideoStore::new(&settings.storage)?,
+            events: EventFeed::new(
+                settings.events.max_streams,
+                settings.events.max_streams_per_user,
+            ),
             settings: Arc::new(settings),
         })
     }

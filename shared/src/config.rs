@@ -1,6 +1,7 @@
 //! Layered settings: defaults in code → optional TOML file → `DATABASE_URL` /
 //! `AMQP_URL` → `GENQ__SECTION__KEY` environment variables, validated at load.
 
+mod events;
 mod models;
 mod web;
 
@@ -11,6 +12,7 @@ use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+pub use events::EventsSettings;
 pub use models::{ModelSettings, Offer, MODEL_NAME_MAX};
 pub use web::WebSettings;
 
@@ -28,7 +30,9 @@ pub struct Settings {
     /// Models a submission may name, each a provider with its price and caps.
     pub models: BTreeMap<String, ModelSettings>,
     pub worker: WorkerSettings,
+    pub events: EventsSettings,
     pub storage: crate::storage::StorageSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
     /// The page served at `/`.
     pub web: WebSettings,
@@ -240,6 +244,57 @@ pub struct WorkerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Let deliveries (and registrations) target private, loopback,
+    /// link-local, CGNAT, unique-local and other non-public addresses.
+    /// Off by default: a registered URL must not reach genq's own network.
+    pub allow_private: bool,
+    /// How long one attempt may take, connecting included (the spec
+    /// recommends 15 to 30 s).
+    pub timeout_ms: u64,
+    /// Deliveries one worker sends at once (also its prefetch on the
+    /// webhooks queue), apart from the job consumers' own bound.
+    pub concurrency: usize,
+    /// After a rotation the previous secret signs too, for this long.
+    pub rotation_overlap_secs: u64,
+    /// The delay before each retry, in milliseconds; after the last one a
+    /// delivery has failed. In TOML a list, in the environment a
+    /// comma-separated list.
+    #[serde(deserialize_with = "millis_list")]
+    pub retry_schedule_ms: Vec<u64>,
+    /// Each retry's delay is moved by a random amount up to this share of
+    /// it, either way (0.1: ±10%).
+    pub jitter: f64,
+}
+
+/// A list of milliseconds, from a TOML list or the environment's
+/// comma-separated text (or a single number).
+fn millis_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<u64>),
+        One(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::List(v) => Ok(v),
+        Raw::One(n) => Ok(vec![n]),
+        Raw::Text(t) => t
+            .split(',')
+            .map(|p| p.trim().parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                D::Error::custom(format!(
+                    "expected milliseconds separated by commas, found {t:?}"
+                ))
+            }),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     pub json: bool,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
@@ -337,6 +392,19 @@ impl Default for WorkerSettings {
             sweep_interval_ms: 5_000,
             stale_after_secs: 120,
             max_job_age_secs: 2 * 60 * 60,
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            timeout_ms: 15_000,
+            concurrency: 16,
+            rotation_overlap_secs: 24 * 60 * 60,
+            retry_schedule_ms: crate::webhooks::RETRY_SCHEDULE_MS.to_vec(),
+            jitter: 0.1,
         }
     }
 }
@@ -470,7 +538,37 @@ impl Settings {
         if self.worker.relay_batch <= 0 {
             fail("worker.relay_batch", "must be more than 0")?;
         }
-        if let Err((key, why)) = self.storage.check() {
+        let w = &self.webhooks;
+        if w.timeout_ms == 0 || w.timeout_ms > 120_000 {
+            fail("webhooks.timeout_ms", "must be between 1 and 120000")?;
+        }
+        if w.concurrency == 0 {
+            fail("webhooks.concurrency", "must be more than 0")?;
+        }
+        if w.concurrency > u16::MAX as usize {
+            fail("webhooks.concurrency", "must be at most 65535")?;
+        }
+        if w.rotation_overlap_secs > 30 * 24 * 60 * 60 {
+            fail(
+                "webhooks.rotation_overlap_secs",
+                "must be at most 2592000 (30 days)",
+            )?;
+        }
+        let longest = 7 * 24 * 60 * 60 * 1000;
+        if w.retry_schedule_ms.len() > 50
+            || w.retry_schedule_ms
+                .iter()
+                .any(|ms| *ms == 0 || *ms > longest)
+        {
+            fail(
+                "webhooks.retry_schedule_ms",
+                "must be at most 50 delays, each from 1 ms to 7 days (an empty list: no retries)",
+            )?;
+        }
+        if !(0.0..=1.0).contains(&w.jitter) {
+            fail("webhooks.jitter", "must be between 0 and 1")?;
+        }
+        if let Err((key, why)) = self.storage.check().and_then(|()| self.events.check()) {
             fail(key, why)?;
         }
         if let Err((key, why)) = self.web.check() {

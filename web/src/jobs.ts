@@ -1,19 +1,9 @@
 // The job list: one row per job (refused attempts included), updated in
 // place from snapshots (list, submit, get) and from live events, never
 // moving a job's status backwards on a stale snapshot.
-import type { JobStatus, JobView } from '@genq/client';
+import type { JobEventFrame, JobStatus, JobView } from '@genq/client';
 
-/** One frame of `/v1/events` (`event: job`). */
-export interface JobEventFrame {
-  id: number;
-  job_id: string;
-  at: string;
-  kind: string;
-  from_status: JobStatus | null;
-  to_status: JobStatus | null;
-  message: string | null;
-  data: Record<string, unknown> | null;
-}
+export type { JobEventFrame };
 
 /** Words for each status: the API's word, capitalised, so the two never disagree. */
 export const STATUS_LABEL: Record<JobStatus, string> = {
@@ -165,7 +155,8 @@ export class JobList {
     const row = this.rows.get(frame.job_id);
     if (!row || frame.id <= row.lastEventId) return false;
     row.lastEventId = frame.id;
-    const to = frame.to_status;
+    // A status this page doesn't know (a newer API) changes nothing.
+    const to = frame.to_status && frame.to_status in ORDER ? frame.to_status : null;
     let changed = false;
     const wasOpen = !isTerminal(row.job.status);
     if (forwardOnly && to && ORDER[to] < ORDER[row.job.status]) return false;

@@ -2,8 +2,9 @@
 // token (EventSource can't send an Authorization header). The browser
 // reconnects by itself with Last-Event-ID; when it gives up (the token
 // expired, the server refused), a new token opens a new stream after a
-// backoff, and the page re-reads its state, since events in the gap are not
-// replayed to a new stream.
+// backoff, resuming after the last event seen (`last_event_id`); the page
+// also re-reads its state then, in case the gap was longer than the server
+// keeps.
 import type { JobEventFrame } from './jobs';
 
 export type LiveState = 'connecting' | 'live' | 'reconnecting' | 'down';
@@ -25,12 +26,15 @@ export class Live {
   private stopped = true;
   private failures = 0;
   private timer: number | undefined;
+  /** The last event id seen, so that a new stream resumes after it. */
+  private lastEventId: number | null = null;
 
   constructor(private readonly hooks: LiveHooks) {}
 
   start(): void {
     this.stopped = false;
     this.failures = 0;
+    this.lastEventId = null;
     void this.open();
   }
 
@@ -50,7 +54,9 @@ export class Live {
       this.retryLater();
       return;
     }
-    const source = new EventSource(`/v1/events?access_token=${encodeURIComponent(token)}`);
+    const query = new URLSearchParams({ access_token: token });
+    if (this.lastEventId !== null) query.set('last_event_id', String(this.lastEventId));
+    const source = new EventSource(`/v1/events?${query}`);
     this.source = source;
     let resynced = false;
     source.addEventListener('open', () => {
@@ -65,11 +71,14 @@ export class Live {
     });
     source.addEventListener('job', (event) => {
       const message = event as MessageEvent<string>;
+      let frame: JobEventFrame;
       try {
-        this.hooks.onEvent(JSON.parse(message.data) as JobEventFrame);
+        frame = JSON.parse(message.data) as JobEventFrame;
       } catch {
-        // a frame that is not JSON: ignore it, the next resync corrects the list
+        return; // a frame that is not JSON: ignore it, the next resync corrects the list
       }
+      if (typeof frame.id === 'number') this.lastEventId = Math.max(this.lastEventId ?? 0, frame.id);
+      this.hooks.onEvent(frame);
     });
     source.addEventListener('error', () => {
       if (this.source !== source) return;

@@ -4,8 +4,8 @@
 // words (see api.ts).
 import {
   cancelGeneration,
-  client,
   createGeneration,
+  createStreamToken,
   devSignIn,
   getCredits,
   getGeneration,
@@ -108,11 +108,7 @@ function settled(): void {
 
 const live = new Live({
   streamToken: async () => {
-    // POST /v1/stream-tokens with the bearer token.
-    const result = await client.post<{ 201: { token: string; expires_at: string } }, unknown, false>({
-      url: '/v1/stream-tokens',
-      security: [{ scheme: 'bearer', type: 'http' }],
-    });
+    const result = await createStreamToken();
     if (result.data) return result.data.token;
     if (result.response?.status === 401) signOut(describe(result).text);
     return null;

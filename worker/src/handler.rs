@@ -9,9 +9,10 @@ use chrono::Utc;
 use genq_broker::{dead_letters, tier_at_least, tier_at_most, Publisher, Topology};
 use genq_shared::config::Settings;
 use genq_shared::domain::JobStatus;
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
+use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY, WEBHOOK_KEY};
 use genq_shared::provider::{self, Configured, ProviderError, Providers, TaskRequest, TaskStatus};
 use genq_shared::storage::VideoStore;
+use genq_shared::store::outbox::Doorbell;
 use genq_shared::store::{self, Job, Transition};
 use rand::Rng;
 use sqlx::PgPool;
@@ -22,6 +23,7 @@ use uuid::Uuid;
 pub enum WorkQueue {
     Start,
     Poll,
+    Webhook,
 }
 
 impl WorkQueue {
@@ -29,6 +31,16 @@ impl WorkQueue {
         match self {
             Self::Start => START_KEY,
             Self::Poll => POLL_KEY,
+            Self::Webhook => WEBHOOK_KEY,
+        }
+    }
+
+    /// The status a job is in while this queue's handler calls the provider
+    /// (only start and poll do).
+    fn calling_status(self) -> JobStatus {
+        match self {
+            Self::Start => JobStatus::Submitting,
+            Self::Poll | Self::Webhook => JobStatus::Running,
         }
     }
 }
@@ -63,6 +75,10 @@ pub struct Handler {
     pub providers: Arc<Providers>,
     pub settings: Arc<Settings>,
     pub videos: VideoStore,
+    /// Wakes the APIs' live event feeds once a step's events are committed.
+    pub events_bell: Doorbell,
+    /// The outbound client of webhook deliveries.
+    pub webhook_client: Arc<crate::webhooks::WebhookClient>,
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -88,6 +104,13 @@ impl Handler {
     /// acked: its effects are committed and follow-ups confirmed, or it was
     /// dead-lettered, or it was a duplicate.
     pub async fn handle(&self, queue: WorkQueue, body: &[u8]) -> Step {
+        let step = self.step(queue, body).await;
+        // Coalesced: a burst of steps costs one NOTIFY.
+        self.events_bell.ring();
+        step
+    }
+
+    async fn step(&self, queue: WorkQueue, body: &[u8]) -> Step {
         match queue {
             WorkQueue::Start => match serde_json::from_slice::<StartMessage>(body) {
                 Ok(StartMessage::Start { job_id, attempt }) => self.start(job_id, attempt).await,
@@ -107,10 +130,11 @@ impl Handler {
                 }
                 Err(e) => self.malformed(queue, body, &e.to_string()).await,
             },
+            WorkQueue::Webhook => self.webhook(body).await,
         }
     }
 
-    async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
+    pub(crate) async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
         tracing::warn!(?queue, error = why, "malformed message dead-lettered");
         metrics::counter!("genq_malformed_messages_total").increment(1);
         self.dead_letter(queue, body, None, &format!("malformed message: {why}"))
@@ -377,18 +401,12 @@ impl Handler {
     ) -> Step {
         match error {
             ProviderError::Permanent { code, message } if code == provider::CONTENT_REJECTED => {
-                let from = match queue {
-                    WorkQueue::Start => JobStatus::Submitting,
-                    WorkQueue::Poll => JobStatus::Running,
-                };
+                let from = queue.calling_status();
                 self.finish_failed(job.id, &[from], provider::CONTENT_REJECTED, &message)
                     .await
             }
             ProviderError::Permanent { code, message } => {
-                let from = match queue {
-                    WorkQueue::Start => JobStatus::Submitting,
-                    WorkQueue::Poll => JobStatus::Running,
-                };
+                let from = queue.calling_status();
                 self.finish_failed(
                     job.id,
                     &[from],

@@ -199,6 +199,7 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     if acted > 0 {
         tracing::warn!(?report, "sweeper acted on stuck jobs");
         metrics::counter!("genq_sweeper_actions_total").increment(acted as u64);
+        handler.events_bell.ring();
     }
     Ok(report)
 }

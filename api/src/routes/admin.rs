@@ -107,7 +107,7 @@ const TEXT_PATTERN: &str = concat!(
     r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
 );
 
-fn text(max: usize, description: &str) -> ObjectBuilder {
+pub(crate) fn text(max: usize, description: &str) -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))

@@ -81,7 +81,9 @@ pub struct JobError {
 pub struct JobEventView {
     pub at: DateTime<Utc>,
     pub kind: String,
+    #[schema(value_type = Option<JobStatus>)]
     pub from_status: Option<String>,
+    #[schema(value_type = Option<JobStatus>)]
     pub to_status: Option<String>,
     pub message: Option<String>,
     #[schema(value_type = Option<Object>)]

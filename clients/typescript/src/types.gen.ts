@@ -4,6 +4,8 @@ export type ClientOptions = {
     baseUrl: `${string}://${string}` | (string & {});
 };
 
+export type Webhooks = JobStatusWebhookWebhookRequest;
+
 /**
  * Credits for the user with this email.
  */
@@ -86,6 +88,20 @@ export type CreateGeneration = {
      * What the video shows; 1 to 2,000 characters once trimmed, no control characters.
      */
     prompt: string;
+};
+
+/**
+ * An endpoint to register.
+ */
+export type CreateWebhook = {
+    /**
+     * Where deliveries go: http or https, without credentials or fragment. A host that is (or, when sending, resolves to) a private, loopback, link-local or otherwise non-public address is refused unless the deployment sets webhooks.allow_private.
+     */
+    url: string;
+    /**
+     * The user whose job events go there: an email (with an @), genq's user ID or the identity provider's `sub`. Absent or null: every user's job events.
+     */
+    user?: string | null;
 };
 
 /**
@@ -191,6 +207,45 @@ export type JobError = {
 };
 
 /**
+ * One job event, as the `data` of an SSE `job` event (its `id:` is `id`).
+ */
+export type JobEventFrame = {
+    at: string;
+    data?: {
+        [key: string]: unknown;
+    } | null;
+    from_status?: null | JobStatus;
+    /**
+     * The event's position; send it back as `Last-Event-ID` to resume.
+     */
+    id: number;
+    job_id: string;
+    /**
+     * What happened: `status` for a status change, or a note such as
+     * `provider_submitted` or `retry`.
+     */
+    kind: string;
+    message?: string | null;
+    to_status?: null | JobStatus;
+};
+
+/**
+ * One Server-Sent Event of a job event stream.
+ */
+export type JobEventMessage = {
+    data: string;
+    event: 'job';
+    /**
+     * The event's id; send it back as Last-Event-ID to resume.
+     */
+    id: string;
+    /**
+     * Milliseconds to wait before reconnecting.
+     */
+    retry?: number;
+};
+
+/**
  * One entry of a job's timeline.
  */
 export type JobEventView = {
@@ -198,10 +253,10 @@ export type JobEventView = {
     data?: {
         [key: string]: unknown;
     } | null;
-    from_status?: string | null;
+    from_status?: null | JobStatus;
     kind: string;
     message?: string | null;
-    to_status?: string | null;
+    to_status?: null | JobStatus;
 };
 
 /**
@@ -217,6 +272,68 @@ export type JobPage = {
  * terminal states other than `succeeded` carry a refund.
  */
 export type JobStatus = 'rejected' | 'queued' | 'submitting' | 'running' | 'succeeded' | 'failed' | 'canceled' | 'dead';
+
+/**
+ * What changed, and what a receiver needs to act on it without calling back.
+ */
+export type JobStatusData = {
+    available_credits?: number | null;
+    /**
+     * Credits the job reserves (and spends if it succeeds).
+     */
+    cost: number;
+    error?: null | WebhookJobError;
+    /**
+     * The timeline event's ID: increases with every change of every job, so
+     * a receiver can order changes and drop ones it has seen.
+     */
+    event_id: number;
+    /**
+     * The owner's ID at the identity provider (the token's `sub`).
+     */
+    external_user_id: string;
+    from_status?: null | JobStatus;
+    job_id: string;
+    /**
+     * The timeline's sentence for people.
+     */
+    message?: string | null;
+    /**
+     * The model the submission named; null for the default.
+     */
+    model?: string | null;
+    /**
+     * On `rejected`: what a video needed and what the user had.
+     */
+    required_credits?: number | null;
+    /**
+     * On `succeeded`: genq's copy of the video, a path on the API (owner's token).
+     */
+    result_url?: string | null;
+    to_status: JobStatus;
+    /**
+     * genq's ID of the job's owner.
+     */
+    user_id: string;
+    video_bytes?: number | null;
+};
+
+/**
+ * The body of every delivery: a job's status change. The trigger on
+ * `job_events` writes it (migration `webhooks`); this type documents it and
+ * reads it back in tests.
+ */
+export type JobStatusWebhook = {
+    data: JobStatusData;
+    /**
+     * When the status changed (not when this attempt was made: that is `webhook-timestamp`).
+     */
+    timestamp: string;
+    /**
+     * Always `job.status`.
+     */
+    type: string;
+};
 
 /**
  * A video job as the caller sees it.
@@ -295,6 +412,20 @@ export type ResolutionView = {
     message: string;
 };
 
+/**
+ * A stream token: opens event streams, nothing else.
+ */
+export type StreamToken = {
+    /**
+     * The token opens streams until then; an open stream outlives it.
+     */
+    expires_at: string;
+    /**
+     * Send as `?access_token=` to `/v1/events` or `/v1/generations/{id}/events`.
+     */
+    token: string;
+};
+
 export type VerifyView = {
     ok: boolean;
     violations: Array<{
@@ -314,6 +445,142 @@ export type WebConfig = {
      * Where to buy credits (`web.pricing_url`): a path on this site or a URL.
      */
     pricing_url: string;
+};
+
+/**
+ * One attempt at a delivery.
+ */
+export type WebhookAttempt = {
+    at: string;
+    error?: string | null;
+    response_ms: number;
+    /**
+     * Null when no HTTP answer came.
+     */
+    status_code?: number | null;
+};
+
+/**
+ * A registered endpoint and its signing secret, shown this once.
+ */
+export type WebhookCreated = {
+    endpoint: WebhookEndpoint;
+    id: string;
+    /**
+     * `whsec_` + base64 of the key: verify each delivery's `webhook-signature` with it.
+     */
+    secret: string;
+};
+
+/**
+ * A delivery as operators see it.
+ */
+export type WebhookDelivery = {
+    /**
+     * Every attempt made, replays included.
+     */
+    attempts: number;
+    created_at: string;
+    endpoint_id: string;
+    id: number;
+    /**
+     * The timeline event it reports.
+     */
+    job_event_id: number;
+    job_id: string;
+    last_attempt_at?: string | null;
+    last_error?: string | null;
+    last_response_ms?: number | null;
+    /**
+     * The last attempt's HTTP status; null when none came (refused, timeout, connection error).
+     */
+    last_status_code?: number | null;
+    /**
+     * The `webhook-id` header, the same on every attempt and replay.
+     */
+    msg_id: string;
+    /**
+     * When the next attempt is due, while pending.
+     */
+    next_attempt_at?: string | null;
+    /**
+     * The body every attempt sends.
+     */
+    payload: JobStatusWebhook;
+    status: WebhookDeliveryStatus;
+    /**
+     * The status the job moved to.
+     */
+    to_status?: string | null;
+    updated_at: string;
+    url: string;
+};
+
+/**
+ * A delivery with its attempts.
+ */
+export type WebhookDeliveryDetail = WebhookDelivery & {
+    /**
+     * Every attempt, oldest first.
+     */
+    attempt_log: Array<WebhookAttempt>;
+};
+
+/**
+ * A delivery's status: `pending` (to be sent, or waiting to retry);
+ * `delivered` (a 2xx); `failed` (the retry schedule ran out); `disabled`
+ * (dropped: its endpoint was deleted or disabled).
+ */
+export type WebhookDeliveryStatus = 'pending' | 'delivered' | 'failed' | 'disabled';
+
+/**
+ * An endpoint as operators see it: never its secrets.
+ */
+export type WebhookEndpoint = {
+    created_at: string;
+    created_by: string;
+    /**
+     * Why it was disabled.
+     */
+    disabled_reason?: string | null;
+    id: string;
+    /**
+     * Until then the secret before the last rotation signs too.
+     */
+    previous_secret_expires_at?: string | null;
+    state: WebhookEndpointState;
+    updated_at: string;
+    url: string;
+    user_email?: string | null;
+    /**
+     * The user whose job events go there; null: every user's.
+     */
+    user_id?: string | null;
+};
+
+/**
+ * An endpoint's state: `enabled`; `disabled` (it answered 410 Gone);
+ * `deleted` (by an operator).
+ */
+export type WebhookEndpointState = 'enabled' | 'disabled' | 'deleted';
+
+/**
+ * A job's error in a webhook.
+ */
+export type WebhookJobError = {
+    code: string;
+    message: string;
+};
+
+/**
+ * A new secret, shown this once; the previous one signs too until
+ * `previous_secret_expires_at`.
+ */
+export type WebhookRotated = {
+    endpoint: WebhookEndpoint;
+    id: string;
+    previous_secret_expires_at?: string | null;
+    secret: string;
 };
 
 export type HealthzData = {
@@ -794,6 +1061,397 @@ export type DiagnoseUserResponses = {
 
 export type DiagnoseUserResponse = DiagnoseUserResponses[keyof DiagnoseUserResponses];
 
+export type ListWebhookDeliveriesData = {
+    body?: never;
+    path?: never;
+    query?: {
+        /**
+         * Only deliveries in this status (`failed`: the ones that gave up).
+         */
+        status?: WebhookDeliveryStatus;
+        /**
+         * Only deliveries to this endpoint.
+         */
+        endpoint_id?: string;
+        /**
+         * Only deliveries of this job's status changes.
+         */
+        job_id?: string;
+        /**
+         * 1 to 100; 20 when absent.
+         */
+        limit?: number;
+    };
+    url: '/v1/admin/webhook-deliveries';
+};
+
+export type ListWebhookDeliveriesErrors = {
+    /**
+     * Invalid query
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type ListWebhookDeliveriesError = ListWebhookDeliveriesErrors[keyof ListWebhookDeliveriesErrors];
+
+export type ListWebhookDeliveriesResponses = {
+    /**
+     * Deliveries
+     */
+    200: Array<WebhookDelivery>;
+};
+
+export type ListWebhookDeliveriesResponse = ListWebhookDeliveriesResponses[keyof ListWebhookDeliveriesResponses];
+
+export type GetWebhookDeliveryData = {
+    body?: never;
+    path: {
+        /**
+         * The delivery's ID
+         */
+        id: number;
+    };
+    query?: never;
+    url: '/v1/admin/webhook-deliveries/{id}';
+};
+
+export type GetWebhookDeliveryErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * No such delivery
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type GetWebhookDeliveryError = GetWebhookDeliveryErrors[keyof GetWebhookDeliveryErrors];
+
+export type GetWebhookDeliveryResponses = {
+    /**
+     * The delivery
+     */
+    200: WebhookDeliveryDetail;
+};
+
+export type GetWebhookDeliveryResponse = GetWebhookDeliveryResponses[keyof GetWebhookDeliveryResponses];
+
+export type ReplayWebhookDeliveryData = {
+    body?: never;
+    path: {
+        /**
+         * The delivery's ID
+         */
+        id: number;
+    };
+    query?: never;
+    url: '/v1/admin/webhook-deliveries/{id}/replay';
+};
+
+export type ReplayWebhookDeliveryErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * No such delivery
+     */
+    404: ErrorBody;
+    /**
+     * An attempt is under way, or its endpoint is disabled or deleted (`invalid_state`)
+     */
+    409: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type ReplayWebhookDeliveryError = ReplayWebhookDeliveryErrors[keyof ReplayWebhookDeliveryErrors];
+
+export type ReplayWebhookDeliveryResponses = {
+    /**
+     * Pending again; sent shortly
+     */
+    200: WebhookDelivery;
+};
+
+export type ReplayWebhookDeliveryResponse = ReplayWebhookDeliveryResponses[keyof ReplayWebhookDeliveryResponses];
+
+export type ListWebhooksData = {
+    body?: never;
+    path?: never;
+    query?: {
+        /**
+         * Include deleted endpoints.
+         */
+        all?: boolean;
+        /**
+         * 1 to 100; 20 when absent.
+         */
+        limit?: number;
+    };
+    url: '/v1/admin/webhooks';
+};
+
+export type ListWebhooksErrors = {
+    /**
+     * Invalid query
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type ListWebhooksError = ListWebhooksErrors[keyof ListWebhooksErrors];
+
+export type ListWebhooksResponses = {
+    /**
+     * Endpoints
+     */
+    200: Array<WebhookEndpoint>;
+};
+
+export type ListWebhooksResponse = ListWebhooksResponses[keyof ListWebhooksResponses];
+
+export type CreateWebhookData = {
+    body: CreateWebhook;
+    path?: never;
+    query?: never;
+    url: '/v1/admin/webhooks';
+};
+
+export type CreateWebhookErrors = {
+    /**
+     * Invalid request (`field` names it: a URL that is not http(s), has credentials or names a refused address)
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * No such user
+     */
+    404: ErrorBody;
+    /**
+     * Ambiguous email
+     */
+    409: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type CreateWebhookError = CreateWebhookErrors[keyof CreateWebhookErrors];
+
+export type CreateWebhookResponses = {
+    /**
+     * Registered; the secret is shown only here
+     */
+    201: WebhookCreated;
+};
+
+export type CreateWebhookResponse = CreateWebhookResponses[keyof CreateWebhookResponses];
+
+export type DeleteWebhookData = {
+    body?: never;
+    path: {
+        /**
+         * The endpoint's ID
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/v1/admin/webhooks/{id}';
+};
+
+export type DeleteWebhookErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * No such endpoint, or deleted already
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type DeleteWebhookError = DeleteWebhookErrors[keyof DeleteWebhookErrors];
+
+export type DeleteWebhookResponses = {
+    /**
+     * Deleted
+     */
+    204: void;
+};
+
+export type DeleteWebhookResponse = DeleteWebhookResponses[keyof DeleteWebhookResponses];
+
+export type GetWebhookData = {
+    body?: never;
+    path: {
+        /**
+         * The endpoint's ID
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/v1/admin/webhooks/{id}';
+};
+
+export type GetWebhookErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * No such endpoint, or deleted
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type GetWebhookError = GetWebhookErrors[keyof GetWebhookErrors];
+
+export type GetWebhookResponses = {
+    /**
+     * The endpoint
+     */
+    200: WebhookEndpoint;
+};
+
+export type GetWebhookResponse = GetWebhookResponses[keyof GetWebhookResponses];
+
+export type RotateWebhookSecretData = {
+    body?: never;
+    path: {
+        /**
+         * The endpoint's ID
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/v1/admin/webhooks/{id}/rotate';
+};
+
+export type RotateWebhookSecretErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin
+     */
+    403: ErrorBody;
+    /**
+     * No such endpoint, or deleted
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type RotateWebhookSecretError = RotateWebhookSecretErrors[keyof RotateWebhookSecretErrors];
+
+export type RotateWebhookSecretResponses = {
+    /**
+     * Rotated; the new secret is shown only here
+     */
+    200: WebhookRotated;
+};
+
+export type RotateWebhookSecretResponse = RotateWebhookSecretResponses[keyof RotateWebhookSecretResponses];
+
 export type GetCreditsData = {
     body?: never;
     path?: never;
@@ -909,6 +1567,64 @@ export type DevSignInResponses = {
 };
 
 export type DevSignInResponse = DevSignInResponses[keyof DevSignInResponses];
+
+export type StreamEventsData = {
+    body?: never;
+    headers?: {
+        /**
+         * Resume after this event.
+         */
+        'Last-Event-ID'?: number;
+    };
+    path?: never;
+    query?: {
+        /**
+         * A stream token (`POST /v1/stream-tokens`), for clients that can't
+         * send `Authorization` (a browser's `EventSource`).
+         */
+        access_token?: string;
+        /**
+         * Resume after this event; the `Last-Event-ID` header wins when both
+         * are sent (a reconnecting `EventSource` sends the header).
+         */
+        last_event_id?: number;
+    };
+    url: '/v1/events';
+};
+
+export type StreamEventsErrors = {
+    /**
+     * Invalid Last-Event-ID or last_event_id
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Too many streams open for this user
+     */
+    429: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type StreamEventsError = StreamEventsErrors[keyof StreamEventsErrors];
+
+export type StreamEventsResponses = {
+    /**
+     * Server-Sent Events of every job of the caller: a `retry:` hint, then `id: <event id>`, `event: job`, `data: <JobEventFrame JSON>` for each event from now on (or after `Last-Event-ID`), and heartbeat comments. It ends only when the server rotates it (`events.max_stream_secs`) or stops; the client then resumes with `Last-Event-ID`.
+     */
+    200: JobEventMessage;
+};
+
+export type StreamEventsResponse = StreamEventsResponses[keyof StreamEventsResponses];
 
 export type ListGenerationsData = {
     body?: never;
@@ -1105,6 +1821,73 @@ export type CancelGenerationResponses = {
 
 export type CancelGenerationResponse = CancelGenerationResponses[keyof CancelGenerationResponses];
 
+export type StreamGenerationEventsData = {
+    body?: never;
+    headers?: {
+        /**
+         * Resume after this event.
+         */
+        'Last-Event-ID'?: number;
+    };
+    path: {
+        /**
+         * The job's ID
+         */
+        id: string;
+    };
+    query?: {
+        /**
+         * A stream token (`POST /v1/stream-tokens`), for clients that can't
+         * send `Authorization` (a browser's `EventSource`).
+         */
+        access_token?: string;
+        /**
+         * Resume after this event; the `Last-Event-ID` header wins when both
+         * are sent (a reconnecting `EventSource` sends the header).
+         */
+        last_event_id?: number;
+    };
+    url: '/v1/generations/{id}/events';
+};
+
+export type StreamGenerationEventsErrors = {
+    /**
+     * Invalid Last-Event-ID or last_event_id
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * No such job of the caller's
+     */
+    404: ErrorBody;
+    /**
+     * Too many streams open for this user
+     */
+    429: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type StreamGenerationEventsError = StreamGenerationEventsErrors[keyof StreamGenerationEventsErrors];
+
+export type StreamGenerationEventsResponses = {
+    /**
+     * Server-Sent Events: first a `retry:` hint, then each event of the job's timeline as `id: <event id>`, `event: job`, `data: <JobEventFrame JSON>`, from the start (or after `Last-Event-ID`); comments as heartbeats; the stream ends after the event with a terminal `to_status` (or when the server rotates it; resume with `Last-Event-ID`).
+     */
+    200: JobEventMessage;
+};
+
+export type StreamGenerationEventsResponse = StreamGenerationEventsResponses[keyof StreamGenerationEventsResponses];
+
 export type GetGenerationVideoData = {
     body?: never;
     headers?: {
@@ -1161,6 +1944,39 @@ export type GetGenerationVideoResponses = {
 
 export type GetGenerationVideoResponse = GetGenerationVideoResponses[keyof GetGenerationVideoResponses];
 
+export type CreateStreamTokenData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/v1/stream-tokens';
+};
+
+export type CreateStreamTokenErrors = {
+    /**
+     * Missing or invalid token (a stream token can't mint another)
+     */
+    401: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type CreateStreamTokenError = CreateStreamTokenErrors[keyof CreateStreamTokenErrors];
+
+export type CreateStreamTokenResponses = {
+    /**
+     * A short-lived token that only opens event streams
+     */
+    201: StreamToken;
+};
+
+export type CreateStreamTokenResponse = CreateStreamTokenResponses[keyof CreateStreamTokenResponses];
+
 export type GetWebConfigData = {
     body?: never;
     path?: never;
@@ -1176,3 +1992,12 @@ export type GetWebConfigResponses = {
 };
 
 export type GetWebConfigResponse = GetWebConfigResponses[keyof GetWebConfigResponses];
+
+export type JobStatusWebhookWebhookPayload = JobStatusWebhook;
+
+export type JobStatusWebhookWebhookRequest = {
+    body: JobStatusWebhookWebhookPayload;
+    key: 'job.status';
+    path?: never;
+    query?: never;
+};

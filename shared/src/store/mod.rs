@@ -7,16 +7,20 @@
 //! - [`jobs`]: submit, read, list, cancel, and the sweeper's queries
 //! - [`transition`]: a job's conditional status change with its settlement
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
-//! - [`outbox`]: every outbox query, and the relay's doorbell
+//! - [`outbox`]: every outbox query, and the doorbells that wake listeners
+//! - [`events`]: reading the job-event stream after a position
 //! - [`dead_letters`]: the archive of dead letters, replay and discard
+//! - [`webhooks`]: webhook endpoints, their deliveries and attempts
 
 pub mod caps;
 pub mod credits;
 pub mod dead_letters;
+pub mod events;
 pub mod jobs;
 pub mod outbox;
 pub mod transition;
 pub mod users;
+pub mod webhooks;
 
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
 pub use jobs::{

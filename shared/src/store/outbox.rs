@@ -90,22 +90,47 @@ pub async fn delete_old_published(pool: &PgPool) -> Result<u64> {
 /// global notify lock across the commit's WAL flush and serialize every
 /// submission (about 300/s here).
 pub async fn wake_relays(pool: &PgPool) -> Result<()> {
-    sqlx::query(&format!("SELECT pg_notify('{OUTBOX_CHANNEL}', '')"))
+    notify(pool, OUTBOX_CHANNEL).await
+}
+
+async fn notify(pool: &PgPool, channel: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(channel)
         .execute(pool)
         .await?;
     Ok(())
 }
 
-/// The relays' doorbell: rung after each committed outbox write; one task
+/// A doorbell for one channel: rung after each committed write; one task
 /// turns rings into NOTIFYs, and rings during a NOTIFY fold into the next
-/// one, so a burst of submissions costs few NOTIFYs. A lost ring costs only
-/// the relay's safety-net interval.
-#[derive(Clone, Default)]
-pub struct Doorbell(Arc<tokio::sync::Notify>);
+/// one, so a burst of writes costs few NOTIFYs. A lost ring costs only the
+/// listener's safety-net interval.
+#[derive(Clone)]
+pub struct Doorbell {
+    bell: Arc<tokio::sync::Notify>,
+    channel: &'static str,
+}
 
 impl Doorbell {
+    /// Wakes the outbox relays (new outbox rows).
+    pub fn outbox() -> Self {
+        Self::new(OUTBOX_CHANNEL)
+    }
+
+    /// Wakes the API's event feeds (new job events).
+    pub fn job_events() -> Self {
+        Self::new(super::events::JOB_EVENTS_CHANNEL)
+    }
+
+    fn new(channel: &'static str) -> Self {
+        Self {
+            bell: Arc::default(),
+            channel,
+        }
+    }
+
     pub fn ring(&self) {
-        self.0.notify_one();
+        self.bell.notify_one();
     }
 
     /// Sends a NOTIFY per ring (coalesced) until `stop`.
@@ -113,10 +138,10 @@ impl Doorbell {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.0.notified() => {}
+                _ = self.bell.notified() => {}
             }
-            if let Err(e) = wake_relays(&pool).await {
-                tracing::debug!(error = %e, "NOTIFY failed; the relay's timer will pick the job up");
+            if let Err(e) = notify(&pool, self.channel).await {
+                tracing::debug!(error = %e, channel = self.channel, "NOTIFY failed; the listener's timer will catch up");
             }
         }
     }
