@@ -259,3 +259,34 @@ test('usable at 375 px: nothing wider than the screen', async (t) => {
   assert.ok(width <= 375, `the page is ${width} px wide`);
   await shot(page, 'phone');
 });
+
+test('the list: a refused attempt, a failure with its refund, a finished video to play, and the reason the button waits', async (t) => {
+  const user = await newUser('story');
+  const [refusedStatus] = await api('POST', '/v1/generations', user.token, { prompt: 'a lighthouse at dusk' });
+  assert.equal(refusedStatus, 402);
+  await grant(user, 10);
+  const [, failing] = await api('POST', '/v1/generations', user.token, { prompt: '[sim:moderation] a forbidden scene' });
+  await eventually('the failure', async () => (await api('GET', `/v1/generations/${failing.id}`, user.token))[1].status === 'failed', 30_000);
+  const [, made] = await api('POST', '/v1/generations', user.token, { prompt: 'a lighthouse at dusk, again' });
+  await eventually('the video', async () => (await api('GET', `/v1/generations/${made.id}`, user.token))[1].status === 'succeeded', 30_000);
+
+  const { page } = await openPage(browser, t);
+  await pasteToken(page, user.token);
+  await page.locator('li.job').nth(2).waitFor();
+  assert.deepEqual(
+    await page.locator('li.job').evaluateAll((lis) => lis.map((li) => li.dataset.status)),
+    ['succeeded', 'failed', 'rejected'],
+  );
+  assert.equal(
+    await page.locator('li.job[data-status="rejected"] .detail').textContent(),
+    'A video needs 10 credits; you have 8. No credits were taken.',
+  );
+  await eventually('the refund', async () => /10 credits refunded\.$/.test(await row(page, failing.id).locator('.detail').textContent()));
+  await row(page, made.id).getByRole('button', { name: /^Play/ }).click();
+  assert.match(await row(page, made.id).locator('video').getAttribute('src'), /^blob:/);
+  await eventually('the credits', async () => (await page.locator('#credits-available').textContent()) === '8');
+  assert.equal(await button(page).isDisabled(), true);
+  assert.equal((await reason(page).textContent()).trim(), 'A video needs 10 credits; you have 8. Buy credits');
+  await page.getByLabel('What should the video show?').fill('a lighthouse at dawn');
+  await shot(page, 'page');
+});
