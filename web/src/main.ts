@@ -48,6 +48,7 @@ const ui = {
   available: $('credits-available'),
   reserved: $('credits-reserved'),
   cost: $('credits-cost'),
+  creditsProblem: $('credits-problem'),
   form: $<HTMLFormElement>('generate-form'),
   prompt: $<HTMLTextAreaElement>('prompt'),
   promptProblem: $('prompt-problem'),
@@ -192,6 +193,8 @@ function signOut(why?: string): void {
   jobs.clear();
   heldEvents.clear();
   state.credits = null;
+  for (const out of [ui.available, ui.reserved, ui.cost]) out.textContent = '…';
+  ui.creditsProblem.textContent = '';
   state.pending = null;
   ui.who.hidden = true;
   ui.app.hidden = true;
@@ -254,10 +257,13 @@ async function refreshCredits(): Promise<void> {
   const result = await getCredits();
   if (!state.signedIn) return;
   if (!result.data) {
+    // Shown beside the credits, quietly: this runs in the background, and
+    // must not replace what the form says about the last click.
     const problem = failed(result);
-    if (problem.status !== 401) showProblem(ui.generateProblem, { ...problem, text: `Could not read your credits: ${problem.text}` });
+    if (problem.status !== 401) ui.creditsProblem.textContent = `Could not read your credits: ${problem.text}`;
     return;
   }
+  ui.creditsProblem.textContent = '';
   state.credits = result.data;
   const c = result.data;
   ui.available.textContent = String(c.available);
