@@ -76,7 +76,6 @@ const state = {
   /** The key of the last submission that may have reached the API without an answer, kept for a retry of the same request. */
   pending: null as { key: string; body: string } | null,
   nextCursor: null as string | null,
-  liveState: 'connecting' as LiveState,
 };
 
 let creditsTimer: number | undefined;
@@ -497,7 +496,6 @@ async function resync(): Promise<void> {
 }
 
 function showLive(s: LiveState): void {
-  state.liveState = s;
   ui.live.dataset.state = s;
   ui.live.textContent = {
     connecting: 'Live updates: connecting…',
