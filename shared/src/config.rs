@@ -50,7 +50,21 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// One AMQP URL, or a cluster's nodes separated by commas.
     pub url: SecretString,
+}
+
+impl AmqpSettings {
+    /// The nodes to connect to, in the configured order.
+    pub fn urls(&self) -> Vec<SecretString> {
+        self.url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(SecretString::from)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,6 +495,18 @@ impl Settings {
             fail(
                 "api.submit_per_minute",
                 "and api.submit_burst must be more than 0",
+            )?;
+        }
+        let urls = self.amqp.urls();
+        if urls.is_empty()
+            || urls.iter().any(|u| {
+                let u = u.expose_secret();
+                !(u.starts_with("amqp://") || u.starts_with("amqps://"))
+            })
+        {
+            fail(
+                "amqp.url",
+                "must be one or more amqp:// or amqps:// URLs separated by commas",
             )?;
         }
         if self.database.max_connections == 0 {
