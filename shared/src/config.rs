@@ -74,10 +74,24 @@ pub struct ApiSettings {
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
-    /// Submissions one user may make per minute, sustained (per API process).
+    /// Submissions one user may make per minute, sustained.
     pub submit_per_minute: u32,
     /// Submissions one user may make in a burst.
     pub submit_burst: u32,
+    /// Where the allowance is kept: `postgres` (one allowance across every
+    /// API process) or `memory` (per process, no database round trip).
+    pub rate_limit: RateLimitStore,
+}
+
+/// Where the per-user submission allowance is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitStore {
+    /// Shared by every API process (a row per user).
+    #[default]
+    Postgres,
+    /// In each process's memory: N processes allow N times the limit.
+    Memory,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +356,7 @@ impl Default for ApiSettings {
             request_timeout_ms: 10_000,
             submit_per_minute: 60,
             submit_burst: 20,
+            rate_limit: RateLimitStore::default(),
         }
     }
 }

@@ -226,7 +226,7 @@ pub async fn create(
     let request = body.parse()?;
     // The price and provider come from configuration, never from the client.
     let offer = offer(&state.settings, request.model.as_deref())?;
-    if let Err(wait) = state.check_submit_rate(user.id) {
+    if let Err(wait) = state.check_submit_rate(user.id).await? {
         metrics::counter!("genq_submissions_total", "outcome" => "rate_limited").increment(1);
         return Err(ApiError::RateLimited {
             retry_after_secs: wait.as_secs() + 1,
