@@ -2,6 +2,7 @@
 //! once the broker confirmed (or refused) each message.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,10 +18,12 @@ use genq_shared::config::Settings;
 /// accept TCP and never finish the AMQP handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the next [`connect`] starts in the list of nodes: each call starts
-/// one further, so a worker whose node failed reconnects to another one
-/// first, and connections spread over a cluster.
-static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
+/// Where the next [`connect`] starts in the list of nodes: a random node at
+/// first (so the processes of a deployment spread over the cluster), then
+/// one further each call, so a session whose node failed reconnects to
+/// another one first.
+static NEXT_NODE: LazyLock<AtomicUsize> =
+    LazyLock::new(|| AtomicUsize::new(rand::random::<u32>() as usize));
 
 /// Opens a connection to one of the configured nodes (`amqp.url`, one URL or
 /// several separated by commas): the first that answers, trying each once,

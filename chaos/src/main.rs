@@ -205,8 +205,14 @@ fn prepare(cli: &Cli, plan: &Plan) -> anyhow::Result<(Names, System)> {
         1,
     );
     let db_url = format!("{server}/{db_name}");
-    let apis = if matches!(cli.profile, Profile::Cluster) { 2 } else { 1 };
-    let api_ports = (0..apis).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
+    let apis = if matches!(cli.profile, Profile::Cluster) {
+        2
+    } else {
+        1
+    };
+    let api_ports = (0..apis)
+        .map(|_| free_port())
+        .collect::<Result<Vec<_>, _>>()?;
     let sim_port = free_port()?;
     let env = system::environment(
         &db_url,

@@ -170,7 +170,12 @@ impl System {
 
     pub fn start_api(&mut self, i: usize) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{}", self.api_ports[i]);
-        let p = self.spawn(&format!("api{i}"), "genq-api", &[], &[("GENQ__API__ADDR", addr)])?;
+        let p = self.spawn(
+            &format!("api{i}"),
+            "genq-api",
+            &[],
+            &[("GENQ__API__ADDR", addr)],
+        )?;
         self.apis[i] = Some(p);
         Ok(())
     }
