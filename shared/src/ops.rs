@@ -180,7 +180,10 @@ pub struct Violation {
 /// Recomputes every balance from the ledger and checks the invariants:
 /// the account equals its ledger; available + reserved + spent = granted +
 /// purchased + adjustments; reserved = the costs of open jobs; a job has one
-/// reserve and at most one settlement per reservation, matching its status.
+/// reserve and at most one settlement per reservation, matching its status;
+/// every entry of a job belongs to a reservation it made, and to its user.
+/// `genqctl ledger verify`, the admin endpoint, the sweeper and the
+/// deterministic simulator (`sim/`, after every step) all run this one check.
 pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> {
     let mut out = vec![];
     #[derive(FromRow)]

@@ -91,7 +91,7 @@ async fn run(env: &Env, args: &Args) -> anyhow::Result<bool> {
             return Ok(false);
         }
         let done = seed - args.first + 1;
-        if done % 100 == 0 {
+        if done.is_multiple_of(100) {
             eprintln!(
                 "{done} seeds, {steps} steps, {:.0} s",
                 started.elapsed().as_secs_f64()
