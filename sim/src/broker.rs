@@ -1,6 +1,7 @@
 //! The simulated broker: a private topology with the names genq publishes
-//! to, whose wait queues never expire (simulated time), drained after every
-//! step into the simulator's pool of deliverable messages.
+//! to, whose delay exchanges route straight to the work queues (simulated
+//! time: the seed decides when a delayed message comes back), drained after
+//! every step into the simulator's pool of deliverable messages.
 
 use genq_broker::{Topology, DELAY_TIERS_MS};
 use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
@@ -40,7 +41,6 @@ pub struct Drained {
 pub struct Broker {
     channel: Channel,
     topology: Topology,
-    wait: String,
 }
 
 fn key_of(routing_key: &str) -> Option<&'static str> {
@@ -70,7 +70,6 @@ impl Broker {
             auto_delete: true,
             ..Default::default()
         };
-        let wait = format!("{}.wait", topology.prefix);
         let mut exchanges = vec![
             (topology.work_exchange(), exchange(ExchangeKind::Direct)),
             (
@@ -78,10 +77,12 @@ impl Broker {
                 exchange(ExchangeKind::Fanout),
             ),
         ];
+        // The delay exchanges route by key straight to the work queues: the
+        // simulator decides when a delayed message comes back.
         for tier in DELAY_TIERS_MS {
             exchanges.push((
                 topology.delay_exchange(tier),
-                exchange(ExchangeKind::Fanout),
+                exchange(ExchangeKind::Direct),
             ));
         }
         for (name, (kind, opts)) in &exchanges {
@@ -103,10 +104,17 @@ impl Broker {
                 "",
             ),
         ];
-        // Every delay tier into one wait queue without a TTL: the simulator
-        // decides when a delayed message comes back.
         for tier in DELAY_TIERS_MS {
-            bindings.push((wait.clone(), topology.delay_exchange(tier), ""));
+            bindings.push((
+                topology.start_queue(),
+                topology.delay_exchange(tier),
+                START_KEY,
+            ));
+            bindings.push((
+                topology.poll_queue(),
+                topology.delay_exchange(tier),
+                POLL_KEY,
+            ));
         }
         for (queue, exchange, key) in bindings {
             channel
@@ -122,11 +130,7 @@ impl Broker {
                 )
                 .await?;
         }
-        Ok(Self {
-            channel,
-            topology,
-            wait,
-        })
+        Ok(Self { channel, topology })
     }
 
     /// Takes everything out of the broker: work messages in a canonical
@@ -135,11 +139,7 @@ impl Broker {
     pub async fn drain(&self, pool: &PgPool) -> anyhow::Result<Drained> {
         let mut out = Drained::default();
         let get = BasicGetOptions { no_ack: true };
-        for queue in [
-            self.topology.start_queue(),
-            self.topology.poll_queue(),
-            self.wait.clone(),
-        ] {
+        for queue in [self.topology.start_queue(), self.topology.poll_queue()] {
             while let Some(m) = self.channel.basic_get(queue.as_str().into(), get).await? {
                 let Some(key) = key_of(m.delivery.routing_key.as_str()) else {
                     anyhow::bail!("a message with routing key {}", m.delivery.routing_key);
