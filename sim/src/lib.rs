@@ -446,6 +446,30 @@ impl Run<'_> {
     async fn relay(&mut self) -> Check {
         let batch = 1 + self.roll(4) as i64;
         let h = &self.env.handler;
+        if self.roll(5) == 0 {
+            // The relay's own steps up to a crash after the confirms and
+            // before marking the rows: they are published again later.
+            let mut tx = h.pool.begin().await?;
+            let rows = store::outbox::claim_batch(&mut tx, batch).await?;
+            for row in &rows {
+                let body = serde_json::to_vec(&row.payload)?;
+                h.publisher
+                    .publish(
+                        &h.topology.work_exchange(),
+                        &row.routing_key,
+                        &body,
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await?;
+            }
+            tx.rollback().await?;
+            self.note(format!(
+                "{:>4} relay (batch {batch}) -> {} published, then it crashes before marking them",
+                self.steps,
+                rows.len()
+            ));
+            return Ok(None);
+        }
         let n = relay::relay_once(&h.pool, &h.publisher, &h.topology, batch).await?;
         self.note(format!(
             "{:>4} relay (batch {batch}) -> {n} published",
