@@ -40,7 +40,11 @@ async fn main() -> anyhow::Result<()> {
         bugs::set(switch, true);
     }
     let env = Env::new().await?;
-    let result = run(&env, &args).await;
+    // Interrupted: the run's database is dropped all the same.
+    let result = tokio::select! {
+        r = run(&env, &args) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     env.close().await;
     match result? {
         true => Ok(()),
