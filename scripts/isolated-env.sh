@@ -45,7 +45,8 @@ bench_cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" postgres >/dev/null 2>&1 || true
-  for q in start poll dead wait.100 wait.250 wait.1000 wait.2000 wait.5000 wait.15000 wait.30000 wait.60000; do
+  for q in start poll webhooks dead wait.100 wait.250 wait.1000 wait.2000 wait.5000 wait.15000 wait.30000 wait.60000 \
+           webhook-wait.300000 webhook-wait.1800000 webhook-wait.7200000 webhook-wait.18000000 webhook-wait.36000000; do
     rabbitmqctl -q delete_queue "$GENQ__QUEUE__PREFIX.$q" >/dev/null 2>&1 || true
   done
 }

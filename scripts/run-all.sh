@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 export GENQ__AUTH__JWT_SECRET="${GENQ__AUTH__JWT_SECRET:-dev-secret-change-me-0123456789}"
 export GENQ__PROVIDER__BASE_URL="${GENQ__PROVIDER__BASE_URL:-http://127.0.0.1:8090}"
+# The page at / offers the development sign-in (any name) on this local system.
+export GENQ__WEB__DEV_SIGN_IN="${GENQ__WEB__DEV_SIGN_IN:-true}"
 
 scripts/services.sh
 cargo build --release --bins
@@ -22,5 +24,5 @@ trap stop EXIT INT TERM
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8080/readyz >/dev/null && break; sleep 0.2; done
 GENQ__WORKER__METRICS_ADDR=127.0.0.1:9091 "$bin/genq-worker" & pids+=($!)
 GENQ__WORKER__METRICS_ADDR=127.0.0.1:9092 "$bin/genq-worker" & pids+=($!)
-echo "genq is up: API http://127.0.0.1:8080, worker metrics :9091 and :9092, simulator :8090"
+echo "genq is up: API and the page http://127.0.0.1:8080/, worker metrics :9091 and :9092, simulator :8090"
 wait

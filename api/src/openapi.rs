@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, credits, events, generations, health, ops, video};
+use crate::routes::{admin, credits, dev, events, generations, health, ops, video, web, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,9 +25,16 @@ use crate::routes::{admin, credits, events, generations, health, ops, video};
         admin::add_credits,
         ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
         ops::dlq_discard, ops::ledger_verify,
+        webhooks::webhook_create, webhooks::webhook_list, webhooks::webhook_show,
+        webhooks::webhook_delete, webhooks::webhook_rotate,
+        webhooks::delivery_list, webhooks::delivery_show, webhooks::delivery_replay,
         health::healthz, health::readyz, health::metrics,
+        dev::sign_in, web::config,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(
+        crate::error::ErrorBody, crate::error::ErrorDetail,
+        genq_shared::webhooks::JobStatusWebhook,
+    )),
     modifiers(&BearerAuth, &ServerErrors, &Links),
 )]
 pub struct ApiDoc;
@@ -50,6 +57,7 @@ pub fn document(models: &[&str]) -> serde_json::Value {
         }
     }
     describe_event_streams(&mut doc);
+    doc["webhooks"] = webhooks_doc();
     doc
 }
 
@@ -95,6 +103,43 @@ fn describe_event_streams(doc: &mut serde_json::Value) {
     }
 }
 
+/// OpenAPI 3.1's `webhooks`: what genq sends to a registered endpoint.
+fn webhooks_doc() -> serde_json::Value {
+    use genq_shared::webhooks::{EVENT_TYPE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+    let header = |name: &str, description: &str, example: &str| {
+        serde_json::json!({
+            "name": name, "in": "header", "required": true, "description": description,
+            "schema": {"type": "string"}, "example": example,
+        })
+    };
+    serde_json::json!({
+        EVENT_TYPE: {"post": {
+            "operationId": "job_status_webhook",
+            "tags": ["webhooks"],
+            "summary": "A job's status changed (Standard Webhooks)",
+            "description": "Sent to each enabled endpoint registered for the job's user or for every user, \
+                once per status change, in order per job. Verify `webhook-signature` before trusting the body: \
+                it is `v1,` + base64 HMAC-SHA256, keyed with the base64-decoded part of the secret after `whsec_`, \
+                of `{webhook-id}.{webhook-timestamp}.{body}`; several signatures are space-separated (during a \
+                secret rotation). A 2xx answer delivers it; 410 Gone disables the endpoint; anything else, a \
+                timeout (15 s) or a refused connection is retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and \
+                10 h, with jitter, then the delivery has failed (operators can replay it).",
+            "parameters": [
+                header(HEADER_ID, "The message's ID: the same on every retry and replay; use it to drop duplicates.", "msg_genq_1234"),
+                header(HEADER_TIMESTAMP, "Unix seconds of this attempt; refuse one far from your clock.", "1790000000"),
+                header(HEADER_SIGNATURE, "Space-separated `v1,<base64>` signatures.", "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="),
+            ],
+            "requestBody": {"required": true, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/JobStatusWebhook"}}}},
+            "responses": {
+                "2XX": {"description": "Delivered"},
+                "410": {"description": "Gone: genq disables the endpoint"},
+                "default": {"description": "Not delivered: retried on the schedule"},
+            },
+        }}
+    })
+}
+
 /// The document of a deployment without models, pretty-printed with a final
 /// newline: the form of the committed copy `api/openapi.json`.
 pub fn document_json() -> String {
@@ -132,7 +177,10 @@ impl Modify for ServerErrors {
             if !path.starts_with("/v1/") {
                 continue;
             }
-            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
                 for (status, description) in [
                     ("500", "Internal error (no details)"),
                     ("503", "The database is unavailable; try again"),
@@ -165,23 +213,36 @@ fn error_response(description: &str) -> RefOr<Response> {
 /// (source path, method, status, link name, target operationId, parameter, runtime expression)
 #[rustfmt::skip]
 const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
-    ("/v1/generations", "post", "202", "GetJob", "get", "id", "$response.body#/id"),
-    ("/v1/generations", "post", "202", "CancelJob", "cancel", "id", "$response.body#/id"),
-    ("/v1/generations", "post", "402", "GetRejectedJob", "get", "id", "$response.body#/error/job_id"),
-    ("/v1/generations", "get", "200", "GetFirstJob", "get", "id", "$response.body#/items/0/id"),
-    ("/v1/generations/{id}", "get", "200", "CancelJob", "cancel", "id", "$response.body#/id"),
-    ("/v1/generations/{id}/cancel", "post", "200", "GetJob", "get", "id", "$response.body#/id"),
-    ("/v1/admin/credits", "post", "200", "DiagnoseUser", "diagnose", "user", "$response.body#/user_id"),
-    ("/v1/admin/jobs", "get", "200", "GetFirstJob", "job", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "ShowFirstDeadLetter", "dlq_show", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "ReplayFirstDeadLetter", "dlq_replay", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "DiscardFirstDeadLetter", "dlq_discard", "id", "$response.body#/0/id"),
-    ("/v1/admin/dlq", "get", "200", "DiagnoseFirstUser", "diagnose", "user", "$response.body#/0/user_id"),
-    ("/v1/admin/dlq/{id}", "get", "200", "ReplayDeadLetter", "dlq_replay", "id", "$response.body#/id"),
-    ("/v1/admin/dlq/{id}", "get", "200", "DiscardDeadLetter", "dlq_discard", "id", "$response.body#/id"),
-    ("/v1/admin/dlq/{id}", "get", "200", "DiagnoseUser", "diagnose", "user", "$response.body#/user_id"),
-    ("/v1/admin/dlq/{id}/replay", "post", "200", "ShowDeadLetter", "dlq_show", "id", "$response.body#/id"),
-    ("/v1/admin/dlq/{id}/discard", "post", "200", "ShowDeadLetter", "dlq_show", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "202", "GetJob", "get_generation", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "202", "CancelJob", "cancel_generation", "id", "$response.body#/id"),
+    ("/v1/generations", "post", "402", "GetRejectedJob", "get_generation", "id", "$response.body#/error/job_id"),
+    ("/v1/generations", "get", "200", "GetFirstJob", "get_generation", "id", "$response.body#/items/0/id"),
+    ("/v1/generations/{id}", "get", "200", "CancelJob", "cancel_generation", "id", "$response.body#/id"),
+    ("/v1/generations/{id}/cancel", "post", "200", "GetJob", "get_generation", "id", "$response.body#/id"),
+    ("/v1/admin/credits", "post", "200", "DiagnoseUser", "diagnose_user", "user", "$response.body#/user_id"),
+    ("/v1/admin/jobs", "get", "200", "GetFirstJob", "admin_get_job", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "ShowFirstDeadLetter", "get_dead_letter", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "ReplayFirstDeadLetter", "replay_dead_letter", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "DiscardFirstDeadLetter", "discard_dead_letter", "id", "$response.body#/0/id"),
+    ("/v1/admin/dlq", "get", "200", "DiagnoseFirstUser", "diagnose_user", "user", "$response.body#/0/user_id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "ReplayDeadLetter", "replay_dead_letter", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "DiscardDeadLetter", "discard_dead_letter", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}", "get", "200", "DiagnoseUser", "diagnose_user", "user", "$response.body#/user_id"),
+    ("/v1/admin/dlq/{id}/replay", "post", "200", "ShowDeadLetter", "get_dead_letter", "id", "$response.body#/id"),
+    ("/v1/admin/dlq/{id}/discard", "post", "200", "ShowDeadLetter", "get_dead_letter", "id", "$response.body#/id"),
+    ("/v1/admin/webhooks", "post", "201", "GetWebhook", "get_webhook", "id", "$response.body#/id"),
+    ("/v1/admin/webhooks", "post", "201", "RotateWebhook", "rotate_webhook_secret", "id", "$response.body#/id"),
+    ("/v1/admin/webhooks", "post", "201", "DeleteWebhook", "delete_webhook", "id", "$response.body#/id"),
+    ("/v1/admin/webhooks", "post", "201", "ListWebhookDeliveries", "list_webhook_deliveries", "endpoint_id", "$response.body#/id"),
+    ("/v1/admin/webhooks", "get", "200", "GetFirstWebhook", "get_webhook", "id", "$response.body#/0/id"),
+    ("/v1/admin/webhooks/{id}", "get", "200", "RotateWebhook", "rotate_webhook_secret", "id", "$response.body#/id"),
+    ("/v1/admin/webhooks/{id}", "get", "200", "DeleteWebhook", "delete_webhook", "id", "$response.body#/id"),
+    ("/v1/admin/webhooks/{id}/rotate", "post", "200", "GetWebhook", "get_webhook", "id", "$response.body#/id"),
+    ("/v1/admin/webhook-deliveries", "get", "200", "ShowFirstDelivery", "get_webhook_delivery", "id", "$response.body#/0/id"),
+    ("/v1/admin/webhook-deliveries", "get", "200", "ReplayFirstDelivery", "replay_webhook_delivery", "id", "$response.body#/0/id"),
+    ("/v1/admin/webhook-deliveries/{id}", "get", "200", "ReplayDelivery", "replay_webhook_delivery", "id", "$response.body#/id"),
+    ("/v1/admin/webhook-deliveries/{id}", "get", "200", "GetJob", "admin_get_job", "id", "$response.body#/job_id"),
+    ("/v1/admin/webhook-deliveries/{id}/replay", "post", "200", "ShowDelivery", "get_webhook_delivery", "id", "$response.body#/id"),
 ];
 
 struct Links;
@@ -216,6 +277,7 @@ fn operation_mut<'a>(
     match method {
         "get" => item.get.as_mut(),
         "post" => item.post.as_mut(),
+        "delete" => item.delete.as_mut(),
         _ => None,
     }
 }

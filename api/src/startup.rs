@@ -17,7 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{error_json, ApiError};
-use crate::routes::{admin, credits, events, generations, health, ops, video};
+use crate::routes::{admin, credits, dev, events, generations, health, ops, video, web, webhooks};
 use crate::state::AppState;
 
 pub struct Application {
@@ -108,13 +108,40 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq/{id}", get(ops::dlq_show))
         .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))
         .route("/admin/dlq/{id}/discard", post(ops::dlq_discard))
-        .route("/admin/ledger/verify", get(ops::ledger_verify));
+        .route("/admin/ledger/verify", get(ops::ledger_verify))
+        .route(
+            "/admin/webhooks",
+            post(webhooks::webhook_create).get(webhooks::webhook_list),
+        )
+        .route(
+            "/admin/webhooks/{id}",
+            get(webhooks::webhook_show).delete(webhooks::webhook_delete),
+        )
+        .route(
+            "/admin/webhooks/{id}/rotate",
+            post(webhooks::webhook_rotate),
+        )
+        .route("/admin/webhook-deliveries", get(webhooks::delivery_list))
+        .route(
+            "/admin/webhook-deliveries/{id}",
+            get(webhooks::delivery_show),
+        )
+        .route(
+            "/admin/webhook-deliveries/{id}/replay",
+            post(webhooks::delivery_replay),
+        )
+        .route("/dev/sign-in", post(dev::sign_in));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi))
+        // The page (not part of the API document, except its settings).
+        .route("/", get(web::index))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/app.css", get(web::app_css))
+        .route("/web/config.json", get(web::config))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use genq_shared::config::Settings;
+use genq_shared::config::{RateLimitStore, Settings};
 use genq_shared::storage::VideoStore;
 use genq_shared::store::outbox::Doorbell;
 use genq_shared::telemetry;
@@ -53,12 +53,31 @@ impl AppState {
         })
     }
 
-    /// Takes one submission from the user's allowance, or says how long to wait.
-    pub fn check_submit_rate(&self, user_id: Uuid) -> Result<(), std::time::Duration> {
-        use governor::clock::{Clock, DefaultClock};
-        self.submit_limiter
-            .check_key(&user_id)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    /// Takes one submission from the user's allowance, or says how long to
+    /// wait (`Ok(Err(wait))`), from wherever `api.rate_limit` keeps it.
+    pub async fn check_submit_rate(
+        &self,
+        user_id: Uuid,
+    ) -> Result<Result<(), std::time::Duration>, genq_shared::store::StoreError> {
+        let api = &self.settings.api;
+        match api.rate_limit {
+            RateLimitStore::Postgres => {
+                genq_shared::store::rate::take_submission(
+                    &self.pool,
+                    user_id,
+                    api.submit_per_minute,
+                    api.submit_burst,
+                )
+                .await
+            }
+            RateLimitStore::Memory => {
+                use governor::clock::{Clock, DefaultClock};
+                Ok(self
+                    .submit_limiter
+                    .check_key(&user_id)
+                    .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())))
+            }
+        }
     }
 }
 

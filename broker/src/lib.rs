@@ -7,4 +7,4 @@ pub mod publisher;
 pub mod topology;
 
 pub use publisher::{check_confirm, connect, Publisher, CONNECT_TIMEOUT};
-pub use topology::{tier_at_least, tier_at_most, Topology, DELAY_TIERS_MS};
+pub use topology::{tier_at_least, tier_at_most, Topology, DELAY_TIERS_MS, WEBHOOK_DELAY_TIERS_MS};

@@ -1,6 +1,7 @@
 //! Connecting to RabbitMQ within a bound, and a publisher that returns only
 //! once the broker confirmed (or refused) each message.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -16,15 +17,52 @@ use genq_shared::config::Settings;
 /// accept TCP and never finish the AMQP handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens a connection to the configured broker, or fails within [`CONNECT_TIMEOUT`].
+/// Where the next [`connect`] starts in the list of nodes: each call starts
+/// one further, so a worker whose node failed reconnects to another one
+/// first, and connections spread over a cluster.
+static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
+
+/// Opens a connection to one of the configured nodes (`amqp.url`, one URL or
+/// several separated by commas): the first that answers, trying each once,
+/// each within [`CONNECT_TIMEOUT`]. Callers retry with backoff.
 pub async fn connect(settings: &Settings) -> anyhow::Result<Connection> {
-    let connecting = Connection::connect(
-        settings.amqp.url.expose_secret(),
-        ConnectionProperties::default(),
-    );
+    let urls = settings.amqp.urls();
+    if urls.is_empty() {
+        bail!("amqp.url names no broker");
+    }
+    let start = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
+    let mut failures = Vec::with_capacity(urls.len());
+    for i in 0..urls.len() {
+        let url = &urls[(start + i) % urls.len()];
+        match connect_one(url.expose_secret()).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => {
+                tracing::warn!(node = %node_name(url.expose_secret()), error = %format!("{e:#}"), "a RabbitMQ node did not answer");
+                failures.push(format!("{}: {e:#}", node_name(url.expose_secret())));
+            }
+        }
+    }
+    bail!("connecting to RabbitMQ failed: {}", failures.join("; "))
+}
+
+async fn connect_one(url: &str) -> anyhow::Result<Connection> {
+    let connecting = Connection::connect(url, ConnectionProperties::default());
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(connected) => connected.context("connecting to RabbitMQ"),
         Err(_) => bail!("connecting to RabbitMQ timed out after {CONNECT_TIMEOUT:?}"),
+    }
+}
+
+/// A node as logs may name it: host and port, never the credentials.
+fn node_name(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or("?"),
+            u.port()
+                .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 })
+        ),
+        Err(_) => "an unreadable URL".into(),
     }
 }
 
@@ -135,5 +173,20 @@ pub fn amqp_text(v: &AMQPValue) -> String {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_owned(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_name;
+
+    #[test]
+    fn a_node_is_named_without_its_credentials() {
+        assert_eq!(
+            node_name("amqp://guest:secret@10.0.0.7:5673/%2f"),
+            "10.0.0.7:5673"
+        );
+        assert_eq!(node_name("amqps://u:p@mq.example/%2f"), "mq.example:5671");
+        assert!(!node_name("not a url :secret@").contains("secret"));
     }
 }

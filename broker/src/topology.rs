@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use genq_shared::config::Settings;
-use genq_shared::messages::{POLL_KEY, START_KEY};
+use genq_shared::messages::{POLL_KEY, START_KEY, WEBHOOK_KEY};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
@@ -12,6 +12,18 @@ use lapin::{Channel, ExchangeKind};
 /// Delays the wait queues offer, in milliseconds. Per-message TTLs only expire
 /// at a queue's head, so each delay is its own queue with a fixed TTL.
 pub const DELAY_TIERS_MS: [u64; 8] = [100, 250, 1_000, 2_000, 5_000, 15_000, 30_000, 60_000];
+
+/// The longer delays of webhook retries (5 min, 30 min, 2 h, 5 h, 10 h, the
+/// steps of the Standard Webhooks schedule), for webhook messages only. A
+/// delay between tiers is made of several waits: a woken delivery that is
+/// not due yet waits again for what remains (see `tier_for_webhook`).
+pub const WEBHOOK_DELAY_TIERS_MS: [u64; 5] = [
+    5 * 60_000,
+    30 * 60_000,
+    2 * 3_600_000,
+    5 * 3_600_000,
+    10 * 3_600_000,
+];
 
 /// Every name of one deployment's topology, derived from its prefix.
 #[derive(Debug, Clone)]
@@ -50,6 +62,27 @@ impl Topology {
     }
     pub fn wait_queue(&self, tier_ms: u64) -> String {
         format!("{}.wait.{tier_ms}", self.prefix)
+    }
+    /// The webhook deliveries' queue: its own consumer, so that a slow or
+    /// dead endpoint never holds a job's delivery.
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+    pub fn webhook_delay_exchange(&self, tier_ms: u64) -> String {
+        format!("{}.webhook-delay.{tier_ms}", self.prefix)
+    }
+    pub fn webhook_wait_queue(&self, tier_ms: u64) -> String {
+        format!("{}.webhook-wait.{tier_ms}", self.prefix)
+    }
+    /// Where a webhook message waits for `delay` at most: the longest tier
+    /// (short ones shared with the jobs, long ones of the webhooks) not
+    /// above it, and at least the shortest.
+    pub fn webhook_delay_for(&self, delay: Duration) -> String {
+        let ms = delay.as_millis() as u64;
+        match WEBHOOK_DELAY_TIERS_MS.iter().rev().find(|t| **t <= ms) {
+            Some(long) => self.webhook_delay_exchange(*long),
+            None => self.delay_exchange(tier_at_most(delay)),
+        }
     }
 
     /// Declares everything; idempotent, so every worker does it at start.
@@ -92,6 +125,7 @@ impl Topology {
         for (queue, key) in [
             (self.start_queue(), START_KEY),
             (self.poll_queue(), POLL_KEY),
+            (self.webhook_queue(), WEBHOOK_KEY),
         ] {
             let mut args = FieldTable::default();
             args.insert("x-queue-type".into(), string("quorum"));
@@ -144,6 +178,40 @@ impl Topology {
             )
             .await?;
         }
+
+        // Webhook retries' long delays: the same shape, one tier per delay,
+        // whose expired messages always come back as webhook messages.
+        for tier in WEBHOOK_DELAY_TIERS_MS {
+            channel
+                .exchange_declare(
+                    self.webhook_delay_exchange(tier).into(),
+                    ExchangeKind::Fanout,
+                    durable_exchange,
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), string("quorum"));
+            // The delay itself: every message waits exactly this long.
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier as i64));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                string(&self.work_exchange()),
+            );
+            // Back to the webhooks queue whatever key it was published with.
+            args.insert("x-dead-letter-routing-key".into(), string(WEBHOOK_KEY));
+            // As above: never dropped on the way back, refused when full.
+            args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+            args.insert("x-overflow".into(), string("reject-publish"));
+            declare_bound(
+                channel,
+                &self.webhook_wait_queue(tier),
+                args,
+                &self.webhook_delay_exchange(tier),
+                "",
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -154,6 +222,11 @@ impl Topology {
         }
         let mut exchanges = vec![self.work_exchange(), self.dead_letter_exchange()];
         exchanges.extend(DELAY_TIERS_MS.iter().map(|t| self.delay_exchange(*t)));
+        exchanges.extend(
+            WEBHOOK_DELAY_TIERS_MS
+                .iter()
+                .map(|t| self.webhook_delay_exchange(*t)),
+        );
         for e in exchanges {
             channel
                 .exchange_delete(e.into(), Default::default())
@@ -167,9 +240,15 @@ impl Topology {
         let mut queues = vec![
             self.start_queue(),
             self.poll_queue(),
+            self.webhook_queue(),
             self.dead_letter_queue(),
         ];
         queues.extend(DELAY_TIERS_MS.iter().map(|t| self.wait_queue(*t)));
+        queues.extend(
+            WEBHOOK_DELAY_TIERS_MS
+                .iter()
+                .map(|t| self.webhook_wait_queue(*t)),
+        );
         queues
     }
 }
@@ -236,5 +315,27 @@ mod tests {
         assert_eq!(tier_at_least(Duration::from_millis(1_500)), 2_000);
         assert_eq!(tier_at_least(Duration::from_secs(1)), 1_000);
         assert_eq!(tier_at_least(Duration::from_secs(3_600)), 60_000);
+    }
+
+    #[test]
+    fn webhook_delays_take_the_longest_tier_not_above_them() {
+        let t = Topology {
+            prefix: "p".into(),
+            delivery_limit: 5,
+        };
+        assert_eq!(t.webhook_delay_for(Duration::from_secs(5)), "p.delay.5000");
+        assert_eq!(
+            t.webhook_delay_for(Duration::from_secs(299)),
+            "p.delay.60000"
+        );
+        assert_eq!(
+            t.webhook_delay_for(Duration::from_secs(330)),
+            "p.webhook-delay.300000"
+        );
+        assert_eq!(
+            t.webhook_delay_for(Duration::from_secs(11 * 3600)),
+            "p.webhook-delay.36000000"
+        );
+        assert_eq!(t.webhook_delay_for(Duration::ZERO), "p.delay.100");
     }
 }

@@ -25,6 +25,8 @@ pub struct Inputs<'a> {
     pub prefix: &'a str,
     pub funding: &'a HashMap<String, i64>,
     pub seen: &'a Observations,
+    /// The command (with its first arguments) that reaches the run's broker.
+    pub rabbitmqctl: &'a [String],
 }
 
 /// The violations, and the figures the checks read on the way (for the report).
@@ -54,6 +56,7 @@ pub async fn all(
         prefix,
         funding,
         seen,
+        rabbitmqctl,
     } = inputs;
     let mut v = unexpected;
     v.extend(not_settled(settled));
@@ -79,7 +82,7 @@ pub async fn all(
     let (submitted, provider) = provider_figures(pool, http, sys.sim_port).await?;
     let tasks_created = provider["tasks_created"].as_i64().unwrap_or(0);
     v.extend(provider_tasks(tasks_created, submitted));
-    v.extend(workers_consuming(prefix).await);
+    v.extend(workers_consuming(prefix, rabbitmqctl).await);
     v.extend(stop_on_sigterm(sys).await);
     v.extend(clean_logs(&sys.dir)?);
     Ok(Findings {
@@ -403,12 +406,15 @@ fn provider_tasks(tasks_created: i64, submitted: i64) -> Vec<String> {
 }
 
 /// Every worker must be consuming again (none stuck after the restarts).
-async fn workers_consuming(prefix: &str) -> Vec<String> {
+/// `rabbitmqctl` is the command (and its first arguments) that reaches the
+/// broker the run used.
+async fn workers_consuming(prefix: &str, rabbitmqctl: &[String]) -> Vec<String> {
     let queues = [format!("{prefix}.start"), format!("{prefix}.poll")];
     let consuming = wait_until("every worker consuming", Duration::from_secs(60), || {
         let queues = queues.clone();
         async move {
-            let Ok(out) = Command::new("rabbitmqctl")
+            let Ok(out) = Command::new(&rabbitmqctl[0])
+                .args(&rabbitmqctl[1..])
                 .args(["-q", "list_queues", "name", "consumers"])
                 .output()
                 .await
@@ -439,8 +445,10 @@ async fn stop_on_sigterm(sys: &mut System) -> Vec<String> {
             v.push("a worker did not stop on SIGTERM within 30 s".into());
         }
     }
-    if !System::stop(&mut sys.api).await {
-        v.push("the API did not stop on SIGTERM within 30 s".into());
+    for api in sys.apis.iter_mut() {
+        if !System::stop(api).await {
+            v.push("an API process did not stop on SIGTERM within 30 s".into());
+        }
     }
     System::stop(&mut sys.sim).await;
     v

@@ -51,7 +51,9 @@ pub struct Observations {
 
 pub struct Client {
     pub http: reqwest::Client,
-    pub base: String,
+    /// Every API process; requests go round-robin, as a load balancer's would.
+    pub bases: Vec<String>,
+    pub next: std::sync::atomic::AtomicUsize,
     pub figures: Arc<Figures>,
 }
 
@@ -69,9 +71,10 @@ impl Client {
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut delay = Duration::from_millis(100);
         loop {
+            let base = &self.bases[self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()];
             let mut req = self
                 .http
-                .request(method.clone(), format!("{}{path}", self.base))
+                .request(method.clone(), format!("{base}{path}"))
                 .bearer_auth(token);
             if let Some(b) = body {
                 req = req.json(b);

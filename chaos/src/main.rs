@@ -40,6 +40,11 @@ enum Profile {
     Short,
     /// Thousands of jobs, many worker kills.
     Long,
+    /// The short run's load against a three-node RabbitMQ cluster
+    /// (`scripts/cluster.sh`) and two API processes: one broker node
+    /// SIGKILLed and restarted, another stopped cleanly and restarted, one
+    /// API process killed.
+    Cluster,
 }
 
 #[derive(Parser, Debug)]
@@ -68,6 +73,12 @@ struct Cli {
     /// Keep the database and queues after the run, for inspection.
     #[arg(long)]
     keep: bool,
+    /// The broker: one AMQP URL, or a cluster's nodes separated by commas.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// The script that kills, stops and starts cluster nodes (cluster profile).
+    #[arg(long, default_value = "scripts/cluster.sh")]
+    cluster_script: PathBuf,
 }
 
 struct Plan {
@@ -89,6 +100,14 @@ impl Plan {
                 concurrency: 12,
                 rate: 12.0,
                 worker_kills: 3,
+                settle: Duration::from_secs(240),
+            },
+            Profile::Cluster => Plan {
+                users: 60,
+                jobs: 400,
+                concurrency: 12,
+                rate: 12.0,
+                worker_kills: 2,
                 settle: Duration::from_secs(240),
             },
             Profile::Long => Plan {
@@ -148,10 +167,20 @@ async fn run(cli: Cli) -> anyhow::Result<usize> {
         prefix: &names.prefix,
         funding: &funding,
         seen: &seen,
+        rabbitmqctl: &rabbitmqctl(&cli),
     };
     let findings = checks::all(inputs, unexpected.into_inner().unwrap(), settled).await?;
     tear_down(&cli, &names, pool).await;
     report(&cli, &plan, started, settle_secs, &figures, &sys, findings)
+}
+
+/// The command that lists the run's queues: the local broker's
+/// `rabbitmqctl`, or the cluster script's for the cluster profile.
+fn rabbitmqctl(cli: &Cli) -> Vec<String> {
+    match cli.profile {
+        Profile::Cluster => vec![cli.cluster_script.display().to_string(), "ctl".into()],
+        _ => vec!["rabbitmqctl".into()],
+    }
 }
 
 /// Names the run, makes its log directory and picks its ports; the system
@@ -176,8 +205,22 @@ fn prepare(cli: &Cli, plan: &Plan) -> anyhow::Result<(Names, System)> {
         1,
     );
     let db_url = format!("{server}/{db_name}");
-    let (api_port, sim_port) = (free_port()?, free_port()?);
-    let env = system::environment(&db_url, &prefix, sim_port, &dir.join("videos"));
+    let apis = if matches!(cli.profile, Profile::Cluster) {
+        2
+    } else {
+        1
+    };
+    let api_ports = (0..apis)
+        .map(|_| free_port())
+        .collect::<Result<Vec<_>, _>>()?;
+    let sim_port = free_port()?;
+    let env = system::environment(
+        &db_url,
+        &prefix,
+        sim_port,
+        &dir.join("videos"),
+        &cli.amqp_url,
+    );
     println!(
         "chaos run {stamp}: profile {:?}, {} users, {} jobs; logs in {}",
         cli.profile,
@@ -190,35 +233,41 @@ fn prepare(cli: &Cli, plan: &Plan) -> anyhow::Result<(Names, System)> {
         prefix,
         db_url,
     };
-    Ok((names, System::new(bin, dir, env, api_port, sim_port)))
+    Ok((names, System::new(bin, dir, env, api_ports, sim_port)))
 }
 
 /// Starts the simulator and the API, waits for the API to be ready (it
 /// creates and migrates the fresh database), then starts the three workers.
 async fn start_system(sys: &mut System, figures: Arc<Figures>) -> anyhow::Result<Arc<Client>> {
     sys.start_sim()?;
-    sys.start_api()?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()?;
-    let base = format!("http://127.0.0.1:{}", sys.api_port);
-    wait_until("the API being ready", Duration::from_secs(60), || {
-        let (http, url) = (http.clone(), format!("{base}/readyz"));
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
-        }
-    })
-    .await?;
+    let mut bases = vec![];
+    // One at a time: the first creates and migrates the database.
+    for i in 0..sys.api_ports.len() {
+        sys.start_api(i)?;
+        let base = format!("http://127.0.0.1:{}", sys.api_ports[i]);
+        wait_until("the API being ready", Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), format!("{base}/readyz"));
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .await?;
+        bases.push(base);
+    }
     for i in 0..3 {
         sys.start_worker(i)?;
     }
     Ok(Arc::new(Client {
         http,
-        base,
+        bases,
+        next: Default::default(),
         figures,
     }))
 }
@@ -245,7 +294,7 @@ async fn load_with_faults(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let when = t0.elapsed().as_secs_f64();
-        inject_fault(sys, what, &client.figures).await?;
+        inject_fault(cli, sys, what, &client.figures).await?;
         println!("  {when:>6.1}s  {what}");
     }
     while !load.is_finished() {
@@ -274,7 +323,13 @@ fn fault_schedule(cli: &Cli, plan: &Plan) -> Vec<(f64, &'static str)> {
         })
         .collect();
     events.push((0.30, "kill-api"));
-    if !cli.no_service_restarts {
+    if matches!(cli.profile, Profile::Cluster) {
+        // Never two nodes down at once: a quorum (2 of 3) stays up throughout.
+        events.push((0.35, "kill-broker-node-2"));
+        events.push((0.50, "start-broker-node-2"));
+        events.push((0.65, "stop-broker-node-3"));
+        events.push((0.85, "start-broker-node-3"));
+    } else if !cli.no_service_restarts {
         events.push((0.55, "restart-rabbitmq"));
         events.push((0.80, "restart-postgres"));
     }
@@ -282,7 +337,13 @@ fn fault_schedule(cli: &Cli, plan: &Plan) -> Vec<(f64, &'static str)> {
     events
 }
 
-async fn inject_fault(sys: &mut System, what: &str, figures: &Figures) -> anyhow::Result<()> {
+async fn inject_fault(
+    cli: &Cli,
+    sys: &mut System,
+    what: &str,
+    figures: &Figures,
+) -> anyhow::Result<()> {
+    let script = &cli.cluster_script;
     match what {
         "kill-worker" => {
             let i = rand::rng().random_range(0..3);
@@ -292,11 +353,22 @@ async fn inject_fault(sys: &mut System, what: &str, figures: &Figures) -> anyhow
             sys.start_worker(i)?;
         }
         "kill-api" => {
-            System::kill(&mut sys.api).await;
+            let i = rand::rng().random_range(0..sys.apis.len());
+            System::kill(&mut sys.apis[i]).await;
             figures.api_kills.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(2)).await;
-            sys.start_api()?;
+            sys.start_api(i)?;
         }
+        "kill-broker-node-2" => {
+            system::cluster_node(script, "kill", 2).await?;
+            figures.broker_node_kills.fetch_add(1, Ordering::Relaxed);
+        }
+        "stop-broker-node-3" => {
+            system::cluster_node(script, "stop", 3).await?;
+            figures.broker_node_stops.fetch_add(1, Ordering::Relaxed);
+        }
+        "start-broker-node-2" => system::cluster_node(script, "start", 2).await?,
+        "start-broker-node-3" => system::cluster_node(script, "start", 3).await?,
         "restart-rabbitmq" => {
             restart_rabbitmq().await?;
             figures.rabbitmq_restarts.fetch_add(1, Ordering::Relaxed);

@@ -22,6 +22,8 @@ pub struct Figures {
     pub api_kills: AtomicU64,
     pub rabbitmq_restarts: AtomicU64,
     pub postgres_restarts: AtomicU64,
+    pub broker_node_kills: AtomicU64,
+    pub broker_node_stops: AtomicU64,
 }
 
 fn n(a: &AtomicU64) -> u64 {
@@ -69,11 +71,13 @@ pub fn print_report(r: &Report, f: &Figures) {
         n(&f.cancels_ok)
     );
     println!(
-        "faults: worker SIGKILLs {}  API kills {}  RabbitMQ restarts {}  Postgres restarts {}",
+        "faults: worker SIGKILLs {}  API kills {}  RabbitMQ restarts {}  Postgres restarts {}  broker node SIGKILLs {}  broker node stops {}",
         n(&f.worker_kills),
         n(&f.api_kills),
         n(&f.rabbitmq_restarts),
-        n(&f.postgres_restarts)
+        n(&f.postgres_restarts),
+        n(&f.broker_node_kills),
+        n(&f.broker_node_stops)
     );
     println!(
         "provider: {}  (tasks created {} for {} jobs submitted)",

@@ -27,12 +27,13 @@ pub fn environment(
     prefix: &str,
     sim_port: u16,
     videos: &std::path::Path,
+    amqp_url: &str,
 ) -> Vec<(String, String)> {
     [
         ("GENQ__STORAGE__KIND", "fs".into()),
         ("GENQ__STORAGE__PATH", videos.display().to_string()),
         ("DATABASE_URL", db_url.to_owned()),
-        ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        ("AMQP_URL", amqp_url.to_owned()),
         ("GENQ__AUTH__JWT_SECRET", JWT_SECRET.into()),
         ("GENQ__QUEUE__PREFIX", prefix.to_owned()),
         ("GENQ__CREDITS__INITIAL", "0".into()),
@@ -76,9 +77,10 @@ pub struct System {
     /// The run's directory: every process logs here, one file per start.
     pub dir: PathBuf,
     pub env: Vec<(String, String)>,
-    pub api_port: u16,
+    /// One port per API process (the cluster profile runs two).
+    pub api_ports: Vec<u16>,
     pub sim_port: u16,
-    pub api: Option<Proc>,
+    pub apis: Vec<Option<Proc>>,
     pub sim: Option<Proc>,
     pub workers: Vec<Option<Proc>>,
     starts: usize,
@@ -91,21 +93,21 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl System {
-    /// Nothing started yet; three worker slots.
+    /// Nothing started yet; an API slot per port, three worker slots.
     pub fn new(
         bin: PathBuf,
         dir: PathBuf,
         env: Vec<(String, String)>,
-        api_port: u16,
+        api_ports: Vec<u16>,
         sim_port: u16,
     ) -> Self {
         System {
             bin,
             dir,
             env,
-            api_port,
+            apis: api_ports.iter().map(|_| None).collect(),
+            api_ports,
             sim_port,
-            api: None,
             sim: None,
             workers: vec![None, None, None],
             starts: 0,
@@ -166,9 +168,15 @@ impl System {
         Ok(())
     }
 
-    pub fn start_api(&mut self) -> anyhow::Result<()> {
-        let addr = format!("127.0.0.1:{}", self.api_port);
-        self.api = Some(self.spawn("api", "genq-api", &[], &[("GENQ__API__ADDR", addr)])?);
+    pub fn start_api(&mut self, i: usize) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", self.api_ports[i]);
+        let p = self.spawn(
+            &format!("api{i}"),
+            "genq-api",
+            &[],
+            &[("GENQ__API__ADDR", addr)],
+        )?;
+        self.apis[i] = Some(p);
         Ok(())
     }
 
@@ -223,14 +231,17 @@ impl System {
             self.workers[i] = None;
             self.start_worker(i)?;
         }
-        if let Some(p) = &mut self.api {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                unexpected
-                    .lock()
-                    .unwrap()
-                    .push(format!("api exited by itself: {status}"));
-                self.start_api()?;
+        let mut dead_apis = vec![];
+        for (i, a) in self.apis.iter_mut().enumerate() {
+            if let Some(p) = a {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    dead_apis.push((i, format!("{} exited by itself: {status}", p.name)));
+                }
             }
+        }
+        for (i, why) in dead_apis {
+            unexpected.lock().unwrap().push(why);
+            self.start_api(i)?;
         }
         Ok(())
     }
@@ -270,6 +281,13 @@ async fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
         bail!("{program} {args:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Runs `scripts/cluster.sh ACTION NODE` (kill, stop or start one node of
+/// the local three-node cluster).
+pub async fn cluster_node(script: &std::path::Path, action: &str, node: u8) -> anyhow::Result<()> {
+    let script = script.display().to_string();
+    run_cmd(&script, &[action, &node.to_string()]).await
 }
 
 pub async fn restart_rabbitmq() -> anyhow::Result<()> {

@@ -1,8 +1,9 @@
 //! `genqctl`: the operator CLI over genq's database and broker — diagnose a
 //! user, grant credits, show and list jobs, work the dead-letter archive,
-//! verify the ledger. Tables for people, `--json` for scripts.
+//! manage webhooks, verify the ledger. Tables for people, `--json` for scripts.
 
 mod dlq;
+mod webhooks;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Check the ledger.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Webhook endpoints and their deliveries.
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -69,6 +73,80 @@ impl UserArg {
             (None, None) => unreachable!("clap requires one"),
         }
     }
+}
+
+/// A user named optionally (by one of the two).
+#[derive(Args, Debug, Clone)]
+#[group(required = false, multiple = false)]
+pub struct OptionalUser {
+    /// The user's email.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// The user's external ID (the identity provider's `sub`) or genq ID.
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+impl OptionalUser {
+    fn to_ref(&self) -> Option<UserRef> {
+        match (&self.email, &self.user) {
+            (Some(e), _) => Some(UserRef::Email(e.clone())),
+            (None, Some(u)) => Some(UserRef::from_id(u)),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhooksCmd {
+    /// Register an endpoint for one user's job status changes (--email or --user), or every user's; prints its secret once.
+    Add {
+        /// http(s) URL; non-public addresses are refused unless webhooks.allow_private.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        user: OptionalUser,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Endpoints (never their secrets).
+    List {
+        /// Include deleted endpoints.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete an endpoint; its pending deliveries are dropped.
+    Remove {
+        id: Uuid,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// A new secret (printed once); the previous one signs too for webhooks.rotation_overlap_secs.
+    Rotate {
+        id: Uuid,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Deliveries, newest first, with their last attempt.
+    Deliveries {
+        /// pending, delivered, failed or disabled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only to this endpoint.
+        #[arg(long)]
+        endpoint: Option<Uuid>,
+        /// Only of this job.
+        #[arg(long)]
+        job: Option<Uuid>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Send a delivery again now, with the same webhook-id, from the start of the retry schedule.
+    Replay {
+        id: i64,
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -235,6 +313,7 @@ pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::R
             ok(format!("{t}\n{} job(s)", jobs.len()))
         }
         Command::Dlq(cmd) => dlq::dead_letters(cli.json, settings, pool, cmd).await,
+        Command::Webhooks(cmd) => webhooks::webhooks(cli.json, settings, pool, cmd).await,
         Command::Ledger(LedgerCmd::Verify) => {
             let violations = ops::verify_ledger(pool).await?;
             let code = if violations.is_empty() { 0 } else { 1 };

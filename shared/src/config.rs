@@ -3,6 +3,7 @@
 
 mod events;
 mod models;
+mod web;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 pub use events::EventsSettings;
 pub use models::{ModelSettings, Offer, MODEL_NAME_MAX};
+pub use web::WebSettings;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,7 +32,10 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub events: EventsSettings,
     pub storage: crate::storage::StorageSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
+    /// The page served at `/`.
+    pub web: WebSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,7 +50,21 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// One AMQP URL, or a cluster's nodes separated by commas.
     pub url: SecretString,
+}
+
+impl AmqpSettings {
+    /// The nodes to connect to, in the configured order.
+    pub fn urls(&self) -> Vec<SecretString> {
+        self.url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(SecretString::from)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,10 +74,24 @@ pub struct ApiSettings {
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
-    /// Submissions one user may make per minute, sustained (per API process).
+    /// Submissions one user may make per minute, sustained.
     pub submit_per_minute: u32,
     /// Submissions one user may make in a burst.
     pub submit_burst: u32,
+    /// Where the allowance is kept: `postgres` (one allowance across every
+    /// API process) or `memory` (per process, no database round trip).
+    pub rate_limit: RateLimitStore,
+}
+
+/// Where the per-user submission allowance is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitStore {
+    /// Shared by every API process (a row per user).
+    #[default]
+    Postgres,
+    /// In each process's memory: N processes allow N times the limit.
+    Memory,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,6 +272,57 @@ pub struct WorkerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Let deliveries (and registrations) target private, loopback,
+    /// link-local, CGNAT, unique-local and other non-public addresses.
+    /// Off by default: a registered URL must not reach genq's own network.
+    pub allow_private: bool,
+    /// How long one attempt may take, connecting included (the spec
+    /// recommends 15 to 30 s).
+    pub timeout_ms: u64,
+    /// Deliveries one worker sends at once (also its prefetch on the
+    /// webhooks queue), apart from the job consumers' own bound.
+    pub concurrency: usize,
+    /// After a rotation the previous secret signs too, for this long.
+    pub rotation_overlap_secs: u64,
+    /// The delay before each retry, in milliseconds; after the last one a
+    /// delivery has failed. In TOML a list, in the environment a
+    /// comma-separated list.
+    #[serde(deserialize_with = "millis_list")]
+    pub retry_schedule_ms: Vec<u64>,
+    /// Each retry's delay is moved by a random amount up to this share of
+    /// it, either way (0.1: ±10%).
+    pub jitter: f64,
+}
+
+/// A list of milliseconds, from a TOML list or the environment's
+/// comma-separated text (or a single number).
+fn millis_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<u64>),
+        One(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::List(v) => Ok(v),
+        Raw::One(n) => Ok(vec![n]),
+        Raw::Text(t) => t
+            .split(',')
+            .map(|p| p.trim().parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                D::Error::custom(format!(
+                    "expected milliseconds separated by commas, found {t:?}"
+                ))
+            }),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     pub json: bool,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
@@ -272,6 +356,7 @@ impl Default for ApiSettings {
             request_timeout_ms: 10_000,
             submit_per_minute: 60,
             submit_burst: 20,
+            rate_limit: RateLimitStore::default(),
         }
     }
 }
@@ -336,6 +421,19 @@ impl Default for WorkerSettings {
             sweep_interval_ms: 5_000,
             stale_after_secs: 120,
             max_job_age_secs: 2 * 60 * 60,
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            timeout_ms: 15_000,
+            concurrency: 16,
+            rotation_overlap_secs: 24 * 60 * 60,
+            retry_schedule_ms: crate::webhooks::RETRY_SCHEDULE_MS.to_vec(),
+            jitter: 0.1,
         }
     }
 }
@@ -414,6 +512,18 @@ impl Settings {
                 "and api.submit_burst must be more than 0",
             )?;
         }
+        let urls = self.amqp.urls();
+        if urls.is_empty()
+            || urls.iter().any(|u| {
+                let u = u.expose_secret();
+                !(u.starts_with("amqp://") || u.starts_with("amqps://"))
+            })
+        {
+            fail(
+                "amqp.url",
+                "must be one or more amqp:// or amqps:// URLs separated by commas",
+            )?;
+        }
         if self.database.max_connections == 0 {
             fail("database.max_connections", "must be more than 0")?;
         }
@@ -469,7 +579,40 @@ impl Settings {
         if self.worker.relay_batch <= 0 {
             fail("worker.relay_batch", "must be more than 0")?;
         }
+        let w = &self.webhooks;
+        if w.timeout_ms == 0 || w.timeout_ms > 120_000 {
+            fail("webhooks.timeout_ms", "must be between 1 and 120000")?;
+        }
+        if w.concurrency == 0 {
+            fail("webhooks.concurrency", "must be more than 0")?;
+        }
+        if w.concurrency > u16::MAX as usize {
+            fail("webhooks.concurrency", "must be at most 65535")?;
+        }
+        if w.rotation_overlap_secs > 30 * 24 * 60 * 60 {
+            fail(
+                "webhooks.rotation_overlap_secs",
+                "must be at most 2592000 (30 days)",
+            )?;
+        }
+        let longest = 7 * 24 * 60 * 60 * 1000;
+        if w.retry_schedule_ms.len() > 50
+            || w.retry_schedule_ms
+                .iter()
+                .any(|ms| *ms == 0 || *ms > longest)
+        {
+            fail(
+                "webhooks.retry_schedule_ms",
+                "must be at most 50 delays, each from 1 ms to 7 days (an empty list: no retries)",
+            )?;
+        }
+        if !(0.0..=1.0).contains(&w.jitter) {
+            fail("webhooks.jitter", "must be between 0 and 1")?;
+        }
         if let Err((key, why)) = self.storage.check().and_then(|()| self.events.check()) {
+            fail(key, why)?;
+        }
+        if let Err((key, why)) = self.web.check() {
             fail(key, why)?;
         }
         let checked = models::check_provider("provider", &self.provider)

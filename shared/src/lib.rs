@@ -14,3 +14,4 @@ pub mod shutdown;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

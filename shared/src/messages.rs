@@ -8,6 +8,8 @@ use uuid::Uuid;
 pub const START_KEY: &str = "start";
 /// Routing key of poll messages on the work exchange.
 pub const POLL_KEY: &str = "poll";
+/// Routing key of webhook messages on the work exchange (their own queue).
+pub const WEBHOOK_KEY: &str = "webhook";
 
 /// The payload of the start queue: submit the job to the provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,20 @@ pub enum PollMessage {
     },
     /// Ask the provider to cancel the task of a job canceled in genq.
     Cancel { job_id: Uuid },
+}
+
+/// The payload of the webhooks queue: a wake-up for one delivery. The
+/// delivery's row is the truth (when to send, whether still pending); the
+/// message only says which row to look at. Written by the trigger on
+/// `job_events` as JSON (see the migration `webhooks`) and by replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WebhookMessage {
+    Deliver {
+        delivery_id: i64,
+        /// Must match the delivery's `seq`; a stale or duplicate wake-up is dropped.
+        seq: i32,
+    },
 }
 
 impl StartMessage {
@@ -61,6 +77,7 @@ impl PollMessage {
 pub enum WorkMessage {
     Start(StartMessage),
     Poll(PollMessage),
+    Webhook(WebhookMessage),
 }
 
 impl WorkMessage {
@@ -68,13 +85,17 @@ impl WorkMessage {
         match self {
             Self::Start(_) => START_KEY,
             Self::Poll(_) => POLL_KEY,
+            Self::Webhook(_) => WEBHOOK_KEY,
         }
     }
 
-    pub fn job_id(&self) -> Uuid {
+    /// The job the message moves; a webhook message moves none (its outbox
+    /// row must not make the sweeper think a job has work waiting).
+    pub fn job_id(&self) -> Option<Uuid> {
         match self {
-            Self::Start(m) => m.job_id(),
-            Self::Poll(m) => m.job_id(),
+            Self::Start(m) => Some(m.job_id()),
+            Self::Poll(m) => Some(m.job_id()),
+            Self::Webhook(_) => None,
         }
     }
 
@@ -83,6 +104,7 @@ impl WorkMessage {
         match self {
             Self::Start(m) => serde_json::to_value(m),
             Self::Poll(m) => serde_json::to_value(m),
+            Self::Webhook(m) => serde_json::to_value(m),
         }
         .expect("work messages serialize")
     }
@@ -97,6 +119,12 @@ impl From<StartMessage> for WorkMessage {
 impl From<PollMessage> for WorkMessage {
     fn from(m: PollMessage) -> Self {
         Self::Poll(m)
+    }
+}
+
+impl From<WebhookMessage> for WorkMessage {
+    fn from(m: WebhookMessage) -> Self {
+        Self::Webhook(m)
     }
 }
 
@@ -138,5 +166,21 @@ mod tests {
             start
         );
         assert_eq!(job_of(&body), Some(Uuid::nil()));
+    }
+
+    #[test]
+    fn webhook_messages_have_their_own_key_and_no_job() {
+        let m = WorkMessage::from(WebhookMessage::Deliver {
+            delivery_id: 7,
+            seq: 2,
+        });
+        assert_eq!(m.routing_key(), WEBHOOK_KEY);
+        assert_eq!(m.job_id(), None);
+        assert_eq!(
+            m.to_json(),
+            serde_json::json!({"type": "deliver", "delivery_id": 7, "seq": 2})
+        );
+        let body = serde_json::to_vec(&m.to_json()).unwrap();
+        assert_eq!(job_of(&body), None);
     }
 }

@@ -4,7 +4,7 @@
 //! every step into the simulator's pool of deliverable messages.
 
 use genq_broker::{Topology, DELAY_TIERS_MS};
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
+use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY, WEBHOOK_KEY};
 use genq_worker::handler::WorkQueue;
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -22,10 +22,10 @@ pub struct Msg {
 
 impl Msg {
     pub fn queue(&self) -> WorkQueue {
-        if self.key == START_KEY {
-            WorkQueue::Start
-        } else {
-            WorkQueue::Poll
+        match self.key {
+            START_KEY => WorkQueue::Start,
+            WEBHOOK_KEY => WorkQueue::Webhook,
+            _ => WorkQueue::Poll,
         }
     }
 }
@@ -47,6 +47,7 @@ fn key_of(routing_key: &str) -> Option<&'static str> {
     match routing_key {
         START_KEY => Some(START_KEY),
         POLL_KEY => Some(POLL_KEY),
+        WEBHOOK_KEY => Some(WEBHOOK_KEY),
         _ => None,
     }
 }
@@ -98,6 +99,13 @@ impl Broker {
         let mut bindings = vec![
             (topology.start_queue(), topology.work_exchange(), START_KEY),
             (topology.poll_queue(), topology.work_exchange(), POLL_KEY),
+            // The simulated users subscribe no webhooks; their queue is here
+            // so that a webhook message would be delivered like any other.
+            (
+                topology.webhook_queue(),
+                topology.work_exchange(),
+                WEBHOOK_KEY,
+            ),
             (
                 topology.dead_letter_queue(),
                 topology.dead_letter_exchange(),
@@ -114,6 +122,11 @@ impl Broker {
                 topology.poll_queue(),
                 topology.delay_exchange(tier),
                 POLL_KEY,
+            ));
+            bindings.push((
+                topology.webhook_queue(),
+                topology.delay_exchange(tier),
+                WEBHOOK_KEY,
             ));
         }
         for (queue, exchange, key) in bindings {
@@ -139,7 +152,11 @@ impl Broker {
     pub async fn drain(&self, pool: &PgPool) -> anyhow::Result<Drained> {
         let mut out = Drained::default();
         let get = BasicGetOptions { no_ack: true };
-        for queue in [self.topology.start_queue(), self.topology.poll_queue()] {
+        for queue in [
+            self.topology.start_queue(),
+            self.topology.poll_queue(),
+            self.topology.webhook_queue(),
+        ] {
             while let Some(m) = self.channel.basic_get(queue.as_str().into(), get).await? {
                 let Some(key) = key_of(m.delivery.routing_key.as_str()) else {
                     anyhow::bail!("a message with routing key {}", m.delivery.routing_key);
@@ -179,5 +196,6 @@ pub fn describe(msg: &Msg, alias: impl Fn(uuid::Uuid) -> String) -> String {
             Ok(PollMessage::Cancel { job_id }) => format!("cancel-at-provider {}", alias(job_id)),
             Err(_) => "poll <malformed>".into(),
         },
+        WorkQueue::Webhook => "webhook delivery".into(),
     }
 }

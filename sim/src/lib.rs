@@ -161,6 +161,9 @@ impl Env {
             settings: Arc::new(settings.clone()),
             videos: VideoStore::new(&settings.storage)?,
             events_bell: Doorbell::job_events(),
+            webhook_client: Arc::new(genq_worker::webhooks::WebhookClient::new(
+                &settings.webhooks,
+            )?),
         };
         Ok(Self {
             pool,

@@ -18,7 +18,15 @@ fn assert_error_shape(body: &Value, context: &str) {
 
 #[tokio::test]
 async fn submissions_are_rate_limited_per_user_with_retry_after() {
+    use genq_shared::config::RateLimitStore;
+    for store in [RateLimitStore::Postgres, RateLimitStore::Memory] {
+        rate_limited_per_user(store).await;
+    }
+}
+
+async fn rate_limited_per_user(store: genq_shared::config::RateLimitStore) {
     let mut settings = test_settings();
+    settings.api.rate_limit = store;
     settings.api.submit_burst = 3;
     settings.api.submit_per_minute = 1;
     let env = TestEnv::with_settings(settings).await;
@@ -51,6 +59,60 @@ async fn submissions_are_rate_limited_per_user_with_retry_after() {
     assert_eq!(env.submit(&other, "mine").await.0, StatusCode::ACCEPTED);
     let (_, credits) = env.get("/v1/credits", &t).await;
     assert_eq!(credits["reserved"], 30);
+    env.cleanup().await;
+}
+
+/// Two API processes over one database: the allowance is the user's, not
+/// each process's (`api.rate_limit = "postgres"`, the default).
+#[tokio::test]
+async fn the_submission_limit_holds_across_api_processes() {
+    let mut settings = test_settings();
+    settings.api.submit_burst = 3;
+    settings.api.submit_per_minute = 1;
+    let env = TestEnv::with_settings(settings.clone()).await;
+    settings.api.addr = "127.0.0.1:0".into();
+    let second = genq_api::Application::build(settings)
+        .await
+        .expect("second api");
+    let second_base = format!("http://127.0.0.1:{}", second.port());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(second.run_until_stopped(stop.clone()));
+    let t = env.new_user("two", "two@example.com").await;
+    env.grant("two@example.com", 100).await;
+    let submit_at = |base: String, prompt: &'static str| {
+        let (client, t) = (env.client.clone(), t.clone());
+        async move {
+            client
+                .post(format!("{base}/v1/generations"))
+                .bearer_auth(&t)
+                .json(&json!({ "prompt": prompt }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The burst of three, spread over both processes.
+    for (base, prompt) in [(&env.base, "a"), (&second_base, "b"), (&env.base, "c")] {
+        assert_eq!(
+            submit_at(base.clone(), prompt).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    // The fourth is refused by either process, each with its wait.
+    for base in [&second_base, &env.base] {
+        let r = submit_at(base.clone(), "d").await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "at {base}");
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=61).contains(&wait), "{wait}");
+    }
+    let (_, credits) = env.get("/v1/credits", &t).await;
+    assert_eq!(credits["reserved"], 30);
+    stop.cancel();
+    serving.await.unwrap().unwrap();
     env.cleanup().await;
 }
 

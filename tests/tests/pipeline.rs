@@ -552,3 +552,40 @@ async fn a_broker_that_never_answers_neither_hangs_a_worker_nor_its_shutdown() {
     held.abort();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_dead_broker_node_in_the_list_is_skipped() {
+    // Port 1 refuses at once: a node that is down. The real node follows.
+    let mut settings = test_settings();
+    let real = secrecy::ExposeSecret::expose_secret(&settings.amqp.url).to_owned();
+    settings.amqp.url =
+        secrecy::SecretString::from(format!("amqp://guest:guest@127.0.0.1:1/%2f, {real}"));
+    settings.validate().expect("a list of nodes is valid");
+    // Whichever node a call starts with, it ends connected to the live one.
+    for _ in 0..2 {
+        let conn = genq_broker::connect(&settings)
+            .await
+            .expect("the live node");
+        conn.close(200, "done".into()).await.ok();
+    }
+    let env = TestEnv::with_sim_and_settings(fast_sim(), settings).await;
+    let worker = env.spawn_worker().await;
+    let t = env.new_user("nod", "nod@example.com").await;
+    env.grant("nod@example.com", 2).await;
+    let (s, job) = env.submit(&t, "a node is down").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    env.wait_for_status(&t, job["id"].as_str().unwrap(), "succeeded", WAIT)
+        .await;
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[test]
+fn broker_urls_are_checked_at_load() {
+    let mut settings = test_settings();
+    settings.amqp.url = secrecy::SecretString::from("amqp://a/%2f,http://b/");
+    let err = settings.validate().expect_err("http is not AMQP");
+    assert!(err.to_string().contains("amqp.url"), "{err}");
+    settings.amqp.url = secrecy::SecretString::from(" , ");
+    assert!(settings.validate().is_err());
+}

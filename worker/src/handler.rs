@@ -9,7 +9,7 @@ use chrono::Utc;
 use genq_broker::{dead_letters, tier_at_least, tier_at_most, Publisher, Topology};
 use genq_shared::config::Settings;
 use genq_shared::domain::JobStatus;
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
+use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY, WEBHOOK_KEY};
 use genq_shared::provider::{self, Configured, ProviderError, Providers, TaskRequest, TaskStatus};
 use genq_shared::storage::VideoStore;
 use genq_shared::store::outbox::Doorbell;
@@ -23,6 +23,7 @@ use uuid::Uuid;
 pub enum WorkQueue {
     Start,
     Poll,
+    Webhook,
 }
 
 impl WorkQueue {
@@ -30,6 +31,16 @@ impl WorkQueue {
         match self {
             Self::Start => START_KEY,
             Self::Poll => POLL_KEY,
+            Self::Webhook => WEBHOOK_KEY,
+        }
+    }
+
+    /// The status a job is in while this queue's handler calls the provider
+    /// (only start and poll do).
+    fn calling_status(self) -> JobStatus {
+        match self {
+            Self::Start => JobStatus::Submitting,
+            Self::Poll | Self::Webhook => JobStatus::Running,
         }
     }
 }
@@ -66,6 +77,8 @@ pub struct Handler {
     pub videos: VideoStore,
     /// Wakes the APIs' live event feeds once a step's events are committed.
     pub events_bell: Doorbell,
+    /// The outbound client of webhook deliveries.
+    pub webhook_client: Arc<crate::webhooks::WebhookClient>,
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -117,10 +130,11 @@ impl Handler {
                 }
                 Err(e) => self.malformed(queue, body, &e.to_string()).await,
             },
+            WorkQueue::Webhook => self.webhook(body).await,
         }
     }
 
-    async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
+    pub(crate) async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
         tracing::warn!(?queue, error = why, "malformed message dead-lettered");
         metrics::counter!("genq_malformed_messages_total").increment(1);
         self.dead_letter(queue, body, None, &format!("malformed message: {why}"))
@@ -395,18 +409,12 @@ impl Handler {
     ) -> Step {
         match error {
             ProviderError::Permanent { code, message } if code == provider::CONTENT_REJECTED => {
-                let from = match queue {
-                    WorkQueue::Start => JobStatus::Submitting,
-                    WorkQueue::Poll => JobStatus::Running,
-                };
+                let from = queue.calling_status();
                 self.finish_failed(job.id, &[from], provider::CONTENT_REJECTED, &message)
                     .await
             }
             ProviderError::Permanent { code, message } => {
-                let from = match queue {
-                    WorkQueue::Start => JobStatus::Submitting,
-                    WorkQueue::Poll => JobStatus::Running,
-                };
+                let from = queue.calling_status();
                 self.finish_failed(
                     job.id,
                     &[from],

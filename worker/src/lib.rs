@@ -1,5 +1,5 @@
 //! genq's worker: the outbox relay, the start/poll consumers, provider calls
-//! and settlement, and the worker's `/metrics`.
+//! and settlement, webhook deliveries, and the worker's `/metrics`.
 
 pub mod archive;
 pub mod caps;
@@ -7,6 +7,7 @@ pub mod handler;
 pub mod relay;
 pub mod runner;
 pub mod sweeper;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ impl Worker {
             runner: Runner {
                 topology: Arc::new(Topology::new(&settings)),
                 videos: genq_shared::storage::VideoStore::new(&settings.storage)?,
+                webhook_client: Arc::new(webhooks::WebhookClient::new(&settings.webhooks)?),
                 settings: Arc::new(settings),
                 pool,
                 providers,

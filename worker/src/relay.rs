@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use genq_broker::{check_confirm, Publisher, Topology};
+use genq_shared::store::events::JOB_EVENTS_CHANNEL;
 use genq_shared::store::outbox::{self, OUTBOX_CHANNEL};
 use lapin::types::FieldTable;
 use sqlx::postgres::PgListener;
@@ -122,7 +123,9 @@ async fn drain(
 ) -> anyhow::Result<()> {
     if listener.is_none() {
         let mut l = PgListener::connect_with(pool).await?;
-        l.listen(OUTBOX_CHANNEL).await?;
+        // New outbox rows (submissions, cancels), and job events, whose
+        // status changes may have written webhook deliveries' outbox rows.
+        l.listen_all([OUTBOX_CHANNEL, JOB_EVENTS_CHANNEL]).await?;
         *listener = Some(l);
     }
     while relay_once(pool, publisher, topology, batch).await? as i64 == batch {

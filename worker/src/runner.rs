@@ -1,6 +1,7 @@
 //! The worker process: connects (and reconnects, with backoff) to the broker,
-//! runs the outbox relay and the start/poll consumers with bounded prefetch
-//! and concurrency, and on shutdown stops consuming and drains in-flight work.
+//! runs the outbox relay, the start/poll consumers and the webhook consumer
+//! (its own channel, prefetch and concurrency, so that slow endpoints never
+//! hold jobs) and on shutdown stops consuming and drains in-flight work.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub struct Runner {
     pub(crate) providers: Arc<Providers>,
     pub(crate) topology: Arc<Topology>,
     pub(crate) videos: genq_shared::storage::VideoStore,
+    pub(crate) webhook_client: Arc<crate::webhooks::WebhookClient>,
     /// Deliveries this worker handled and acked (read by tests).
     pub(crate) processed: Arc<AtomicU64>,
     /// Drops everything at once, as a crash would; only tests cancel it.
@@ -124,16 +126,34 @@ impl Runner {
                     FieldTable::default(),
                 )
                 .await?;
-            anyhow::Ok((publisher, channel, start, poll))
+            // Webhooks on a channel of their own, prefetching only what
+            // their own concurrency can send.
+            let webhook_channel = connection.create_channel().await?;
+            webhook_channel
+                .basic_qos(
+                    self.settings.webhooks.concurrency as u16,
+                    BasicQosOptions::default(),
+                )
+                .await?;
+            let webhooks = webhook_channel
+                .basic_consume(
+                    self.topology.webhook_queue().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            anyhow::Ok((publisher, channel, start, poll, webhook_channel, webhooks))
         };
         // Bounded: a broker that is still starting may never answer.
-        let (publisher, channel, start, poll) = match tokio::time::timeout(CONNECT_TIMEOUT, setup)
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return SessionEnd::Lost(e),
-            Err(_) => return SessionEnd::Lost(anyhow::anyhow!("setting up the session timed out")),
-        };
+        let (publisher, channel, start, poll, webhook_channel, webhooks) =
+            match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return SessionEnd::Lost(e),
+                Err(_) => {
+                    return SessionEnd::Lost(anyhow::anyhow!("setting up the session timed out"))
+                }
+            };
         let handler = Handler {
             pool: self.pool.clone(),
             publisher: publisher.clone(),
@@ -142,6 +162,7 @@ impl Runner {
             settings: self.settings.clone(),
             videos: self.videos.clone(),
             events_bell: self.events_bell.clone(),
+            webhook_client: self.webhook_client.clone(),
         };
         let session_over = CancellationToken::new();
         let relay = tokio::spawn({
@@ -173,11 +194,16 @@ impl Runner {
 
         let start_tag = start.tag();
         let poll_tag = poll.tag();
+        let webhooks_tag = webhooks.tag();
         let mut deliveries = futures::stream::select(
-            start.map(|d| (WorkQueue::Start, d)),
-            poll.map(|d| (WorkQueue::Poll, d)),
+            futures::stream::select(
+                start.map(|d| (WorkQueue::Start, d)),
+                poll.map(|d| (WorkQueue::Poll, d)),
+            ),
+            webhooks.map(|d| (WorkQueue::Webhook, d)),
         );
         let limit = Arc::new(Semaphore::new(self.settings.worker.concurrency));
+        let webhook_limit = Arc::new(Semaphore::new(self.settings.webhooks.concurrency));
         let mut in_flight = JoinSet::new();
         let (mut relay, mut archiver) = (relay, archiver);
         // Set once a task ended, so its handle is not awaited twice.
@@ -207,7 +233,11 @@ impl Runner {
                 }
                 next = deliveries.next() => match next {
                     Some((queue, Ok(delivery))) => {
-                        let (handler, limit) = (handler.clone(), limit.clone());
+                        let limit = match queue {
+                            WorkQueue::Webhook => webhook_limit.clone(),
+                            _ => limit.clone(),
+                        };
+                        let handler = handler.clone();
                         let processed = self.processed.clone();
                         // Prefetch bounds the tasks; the semaphore bounds the
                         // provider calls, without blocking this loop (so a
@@ -231,6 +261,9 @@ impl Runner {
             .await;
         let _ = channel
             .basic_cancel(poll_tag, BasicCancelOptions::default())
+            .await;
+        let _ = webhook_channel
+            .basic_cancel(webhooks_tag, BasicCancelOptions::default())
             .await;
         let grace = Duration::from_secs(self.settings.worker.shutdown_grace_secs);
         let drained = tokio::time::timeout(grace, async {

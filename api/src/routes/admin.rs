@@ -107,7 +107,7 @@ const TEXT_PATTERN: &str = concat!(
     r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
 );
 
-fn text(max: usize, description: &str) -> ObjectBuilder {
+pub(crate) fn text(max: usize, description: &str) -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
@@ -156,7 +156,7 @@ fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError
 
 /// Add credits to a user (grant or purchase), audited with the admin as actor.
 #[utoipa::path(
-    post, path = "/v1/admin/credits", tag = "admin",
+    post, path = "/v1/admin/credits", tag = "admin", operation_id = "add_credits",
     request_body(content = AdminCreditRequestDoc, example = json!(
         {"email": "viewer@example.com", "amount": 10, "reason": "support ticket 1", "kind": "grant"}
     )),

@@ -42,7 +42,7 @@ pub struct ModelPrice {
 
 /// The caller's balance.
 #[utoipa::path(
-    get, path = "/v1/credits", tag = "credits",
+    get, path = "/v1/credits", tag = "credits", operation_id = "get_credits",
     responses(
         (status = 200, description = "Balance, the cost of a video and each model's price", body = CreditsView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
@@ -98,7 +98,7 @@ pub struct LedgerParams {
 
 /// The caller's ledger entries, newest first.
 #[utoipa::path(
-    get, path = "/v1/credits/ledger", tag = "credits",
+    get, path = "/v1/credits/ledger", tag = "credits", operation_id = "list_ledger_entries",
     params(LedgerParams),
     responses(
         (status = 200, description = "A page of ledger entries", body = LedgerPage),

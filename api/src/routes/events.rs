@@ -42,9 +42,11 @@ pub struct JobEventFrame {
     /// What happened: `status` for a status change, or a note such as
     /// `provider_submitted` or `retry`.
     pub kind: String,
+    #[schema(value_type = Option<JobStatus>)]
     pub from_status: Option<String>,
     /// Set when the job's status changed; a terminal one (`rejected`,
     /// `succeeded`, `failed`, `canceled`, `dead`) ends a job's stream.
+    #[schema(value_type = Option<JobStatus>)]
     pub to_status: Option<String>,
     pub message: Option<String>,
     #[schema(value_type = Option<Object>)]

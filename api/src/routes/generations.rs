@@ -81,7 +81,9 @@ pub struct JobError {
 pub struct JobEventView {
     pub at: DateTime<Utc>,
     pub kind: String,
+    #[schema(value_type = Option<JobStatus>)]
     pub from_status: Option<String>,
+    #[schema(value_type = Option<JobStatus>)]
     pub to_status: Option<String>,
     pub message: Option<String>,
     #[schema(value_type = Option<Object>)]
@@ -199,7 +201,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Submit a video: reserves its cost and queues it.
 #[utoipa::path(
-    post, path = "/v1/generations", tag = "generations",
+    post, path = "/v1/generations", tag = "generations", operation_id = "create_generation",
     request_body = CreateGeneration,
     params(SubmitHeaders),
     responses(
@@ -224,7 +226,7 @@ pub async fn create(
     let request = body.parse()?;
     // The price and provider come from configuration, never from the client.
     let offer = offer(&state.settings, request.model.as_deref())?;
-    if let Err(wait) = state.check_submit_rate(user.id) {
+    if let Err(wait) = state.check_submit_rate(user.id).await? {
         metrics::counter!("genq_submissions_total", "outcome" => "rate_limited").increment(1);
         return Err(ApiError::RateLimited {
             retry_after_secs: wait.as_secs() + 1,
@@ -304,7 +306,7 @@ pub fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// One of the caller's jobs, with its timeline.
 #[utoipa::path(
-    get, path = "/v1/generations/{id}", tag = "generations",
+    get, path = "/v1/generations/{id}", tag = "generations", operation_id = "get_generation",
     params(("id" = Uuid, Path, description = "The job's ID")),
     responses(
         (status = 200, description = "The job and its timeline", body = JobView),
@@ -351,7 +353,7 @@ pub struct JobPage {
 
 /// The caller's jobs, newest first, refused attempts included.
 #[utoipa::path(
-    get, path = "/v1/generations", tag = "generations",
+    get, path = "/v1/generations", tag = "generations", operation_id = "list_generations",
     params(ListParams),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
@@ -395,7 +397,7 @@ pub async fn list(
 
 /// Cancel a job that has not finished; its credits are refunded at once.
 #[utoipa::path(
-    post, path = "/v1/generations/{id}/cancel", tag = "generations",
+    post, path = "/v1/generations/{id}/cancel", tag = "generations", operation_id = "cancel_generation",
     params(("id" = Uuid, Path, description = "The job's ID")),
     responses(
         (status = 200, description = "Canceled and refunded", body = JobView),

@@ -2,11 +2,14 @@
 
 pub mod admin;
 pub mod credits;
+pub mod dev;
 pub mod events;
 pub mod generations;
 pub mod health;
 pub mod ops;
 pub mod video;
+pub mod web;
+pub mod webhooks;
 
 /// Largest page size of any listing.
 pub const MAX_PAGE: i64 = 100;

@@ -20,7 +20,7 @@ use crate::state::AppState;
 
 /// The whole diagnosis of a user: account, credits, jobs with timelines, audit, conclusion.
 #[utoipa::path(
-    get, path = "/v1/admin/users/{user}/diagnosis", tag = "admin",
+    get, path = "/v1/admin/users/{user}/diagnosis", tag = "admin", operation_id = "diagnose_user",
     params(("user" = String, Path, description = "The user's email (with an @), external ID (`sub`) or genq ID",
         example = "viewer@example.com")),
     responses(
@@ -70,7 +70,7 @@ pub struct AdminJobParams {
 
 /// Jobs of every user, least recently updated first.
 #[utoipa::path(
-    get, path = "/v1/admin/jobs", tag = "admin",
+    get, path = "/v1/admin/jobs", tag = "admin", operation_id = "admin_list_jobs",
     params(AdminJobParams),
     responses(
         (status = 200, description = "Jobs", body = Vec<JobView>),
@@ -105,7 +105,7 @@ pub async fn jobs(
 
 /// Any user's job, with its timeline.
 #[utoipa::path(
-    get, path = "/v1/admin/jobs/{id}", tag = "admin",
+    get, path = "/v1/admin/jobs/{id}", tag = "admin", operation_id = "admin_get_job",
     params(("id" = Uuid, Path, description = "The job's ID")),
     responses(
         (status = 200, description = "The job", body = JobView),
@@ -141,7 +141,7 @@ pub struct DlqParams {
 
 /// Dead letters archived from the broker, oldest first.
 #[utoipa::path(
-    get, path = "/v1/admin/dlq", tag = "admin",
+    get, path = "/v1/admin/dlq", tag = "admin", operation_id = "list_dead_letters",
     params(DlqParams),
     responses(
         (status = 200, description = "Dead letters", body = Vec<dlq::DeadLetter>),
@@ -167,7 +167,7 @@ fn letter_id(raw: &str) -> Result<i64, ApiError> {
 
 /// One dead letter.
 #[utoipa::path(
-    get, path = "/v1/admin/dlq/{id}", tag = "admin",
+    get, path = "/v1/admin/dlq/{id}", tag = "admin", operation_id = "get_dead_letter",
     params(("id" = i64, Path, description = "The dead letter's ID")),
     responses(
         (status = 200, description = "The dead letter", body = dlq::DeadLetter),
@@ -213,7 +213,7 @@ fn resolution(r: Result<dlq::Resolution, StoreError>) -> Result<Json<ResolutionV
 
 /// Run a dead letter's job again (reserving again if it was refunded).
 #[utoipa::path(
-    post, path = "/v1/admin/dlq/{id}/replay", tag = "admin",
+    post, path = "/v1/admin/dlq/{id}/replay", tag = "admin", operation_id = "replay_dead_letter",
     params(("id" = i64, Path, description = "The dead letter's ID")),
     responses(
         (status = 200, description = "Replayed, or why not", body = ResolutionView),
@@ -237,7 +237,7 @@ pub async fn dlq_replay(
 
 /// Close a dead letter; its job, if still open, is closed and refunded.
 #[utoipa::path(
-    post, path = "/v1/admin/dlq/{id}/discard", tag = "admin",
+    post, path = "/v1/admin/dlq/{id}/discard", tag = "admin", operation_id = "discard_dead_letter",
     params(("id" = i64, Path, description = "The dead letter's ID")),
     responses(
         (status = 200, description = "Discarded, or why not", body = ResolutionView),
@@ -264,7 +264,7 @@ pub struct VerifyView {
 
 /// Recompute every balance from the ledger and check the invariants.
 #[utoipa::path(
-    get, path = "/v1/admin/ledger/verify", tag = "admin",
+    get, path = "/v1/admin/ledger/verify", tag = "admin", operation_id = "verify_ledger",
     responses(
         (status = 200, description = "The verification", body = VerifyView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),

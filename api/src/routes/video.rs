@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 /// The video of one of the caller's succeeded jobs.
 #[utoipa::path(
-    get, path = "/v1/generations/{id}/video", tag = "generations",
+    get, path = "/v1/generations/{id}/video", tag = "generations", operation_id = "get_generation_video",
     params(
         ("id" = Uuid, Path, description = "The job's ID"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),

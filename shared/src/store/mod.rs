@@ -9,7 +9,9 @@
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
 //! - [`events`]: reading the job-event stream after a position
+//! - [`rate`]: the per-user submission limit shared by every API process
 //! - [`dead_letters`]: the archive of dead letters, replay and discard
+//! - [`webhooks`]: webhook endpoints, their deliveries and attempts
 
 pub mod caps;
 pub mod credits;
@@ -17,8 +19,10 @@ pub mod dead_letters;
 pub mod events;
 pub mod jobs;
 pub mod outbox;
+pub mod rate;
 pub mod transition;
 pub mod users;
+pub mod webhooks;
 
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
 pub use jobs::{

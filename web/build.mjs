@@ -1,0 +1,36 @@
+// Builds the page into dist/ (committed; the API embeds it with
+// include_bytes!): app.js (src/main.ts with the generated client, bundled
+// and minified by esbuild), app.css and index.html. `node build.mjs OUT`
+// builds into OUT instead (scripts/web.sh check compares the two).
+import { copyFileSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const out = resolve(process.argv[2] ?? join(here, 'dist'));
+mkdirSync(out, { recursive: true });
+
+const common = {
+  bundle: true,
+  minify: true,
+  legalComments: 'none',
+  logLevel: 'warning',
+  absWorkingDir: here,
+};
+await esbuild.build({
+  ...common,
+  entryPoints: ['src/main.ts'],
+  outfile: join(out, 'app.js'),
+  format: 'esm',
+  target: ['es2022', 'chrome109', 'firefox115', 'safari16'],
+  tsconfig: 'tsconfig.json',
+  charset: 'utf8',
+});
+await esbuild.build({
+  ...common,
+  entryPoints: ['src/app.css'],
+  outfile: join(out, 'app.css'),
+  target: ['chrome109', 'firefox115', 'safari16'],
+});
+copyFileSync(join(here, 'src/index.html'), join(out, 'index.html'));
