@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 # Databases left by an earlier run that was interrupted (a passing test drops its own).
 psql -qAt -h 127.0.0.1 -U postgres -d postgres \
-  -c "SELECT datname FROM pg_database WHERE datname LIKE 'genq\_test\_%' OR datname LIKE 'genq\_chaos\_%' OR datname LIKE 'genq\_browser\_%'" |
+  -c "SELECT datname FROM pg_database WHERE datname LIKE 'genq\_test\_%' OR datname LIKE 'genq\_chaos\_%' OR datname LIKE 'genq\_browser\_%' OR datname LIKE 'genq\_sim\_%'" |
   while read -r db; do
     psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" </dev/null >/dev/null
   done

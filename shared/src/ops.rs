@@ -180,7 +180,10 @@ pub struct Violation {
 /// Recomputes every balance from the ledger and checks the invariants:
 /// the account equals its ledger; available + reserved + spent = granted +
 /// purchased + adjustments; reserved = the costs of open jobs; a job has one
-/// reserve and at most one settlement per reservation, matching its status.
+/// reserve and at most one settlement per reservation, matching its status;
+/// every entry of a job belongs to a reservation it made, and to its user.
+/// `genqctl ledger verify`, the admin endpoint, the sweeper and the
+/// deterministic simulator (`sim/`, after every step) all run this one check.
 pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> {
     let mut out = vec![];
     #[derive(FromRow)]
@@ -320,6 +323,23 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
             detail: format!(
                 "reservation {reservation} has {reserves} reserve, {refunds} refund, {commits} commit entries"
             ),
+        });
+    }
+    // Settlements of a reservation the job never made (or another user's).
+    let strays: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
+        "SELECT l.job_id, l.user_id, l.kind, l.reservation FROM credit_ledger l
+           JOIN jobs j ON j.id = l.job_id
+          WHERE l.reservation > j.reservation OR l.user_id <> j.user_id
+          LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (job_id, user_id, kind, reservation) in strays {
+        out.push(Violation {
+            user_id: Some(user_id),
+            job_id: Some(job_id),
+            rule: "entry_matches_job".into(),
+            detail: format!("a {kind} entry for reservation {reservation}, which the job never made or does not own"),
         });
     }
     Ok(out)

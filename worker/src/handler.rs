@@ -300,6 +300,14 @@ impl Handler {
         tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
         match job.status {
             JobStatus::Running => {}
+            JobStatus::Canceled
+                if genq_shared::bugs::on(genq_shared::bugs::Switch::RefundAfterCancel) =>
+            {
+                let canceled = [JobStatus::Canceled];
+                return self
+                    .finish_failed(job_id, &canceled, "provider_canceled", "canceled")
+                    .await;
+            }
             JobStatus::Canceled => return self.cancel_at_provider(&job).await,
             _ => return Ok(()),
         }

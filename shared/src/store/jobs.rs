@@ -130,7 +130,8 @@ async fn submit_attempt(
     tries_left: u32,
 ) -> Result<SubmitOutcome> {
     let fingerprint = new.request.fingerprint();
-    if let Some(key) = new.idempotency_key {
+    let raced = crate::bugs::take(crate::bugs::Switch::StaleKeyLookup);
+    if let Some(key) = new.idempotency_key.filter(|_| !raced) {
         if let Some(job) = job_by_key(pool, new.user_id, key).await? {
             return Ok(replay_or_conflict(job, &fingerprint));
         }
@@ -204,7 +205,8 @@ async fn reject(
     let available = credits::available_for_update(&mut tx, new.user_id).await?;
     // A concurrent request with the same key may have won the account lock
     // and spent the credits: this request is its replay, not a refusal.
-    if let Some(key) = new.idempotency_key {
+    let repeat_402 = crate::bugs::on(crate::bugs::Switch::Repeat402);
+    if let Some(key) = new.idempotency_key.filter(|_| !repeat_402) {
         if let Some(job) = job_by_key(&mut *tx, new.user_id, key).await? {
             tx.rollback().await?;
             return Ok(replay_or_conflict(job, fingerprint));
