@@ -24,7 +24,7 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
         credits::balance, credits::ledger,
         admin::add_credits,
         ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
-        ops::dlq_discard, ops::ledger_verify,
+        ops::dlq_discard, ops::ledger_verify, ops::system,
         webhooks::webhook_create, webhooks::webhook_list, webhooks::webhook_show,
         webhooks::webhook_delete, webhooks::webhook_rotate,
         webhooks::delivery_list, webhooks::delivery_show, webhooks::delivery_replay,
@@ -33,7 +33,7 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
-        genq_shared::webhooks::JobStatusWebhook,
+        genq_shared::webhooks::JobStatusWebhook, ops::DlqState,
     )),
     modifiers(&BearerAuth, &ServerErrors, &Links),
 )]

@@ -344,3 +344,49 @@ pub async fn list_jobs(
     .fetch_all(pool)
     .await?)
 }
+
+/// The system at a glance, for the console's System page.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SystemSummary {
+    /// Every job by status (statuses without jobs are absent).
+    pub jobs_by_status: std::collections::BTreeMap<String, i64>,
+    /// Jobs that reached each status in the last hour (by their last update).
+    pub last_hour_by_status: std::collections::BTreeMap<String, i64>,
+    /// Outbox rows not yet published to the broker.
+    pub outbox_backlog: i64,
+    /// Seconds since the oldest unpublished outbox row was written.
+    pub outbox_oldest_secs: Option<i64>,
+    /// Dead letters neither replayed nor discarded.
+    pub dead_letters_open: i64,
+}
+
+/// Counts for [`SystemSummary`]: a few aggregate queries, each on an index
+/// or a small table.
+pub async fn system_summary(pool: &PgPool) -> Result<SystemSummary, StoreError> {
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    let last_hour: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM jobs WHERE updated_at > now() - interval '1 hour' GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await?;
+    let (outbox_backlog, outbox_oldest_secs): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::bigint
+           FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let dead_letters_open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE state = 'open'")
+            .fetch_one(pool)
+            .await?;
+    Ok(SystemSummary {
+        jobs_by_status: by_status.into_iter().collect(),
+        last_hour_by_status: last_hour.into_iter().collect(),
+        outbox_backlog,
+        outbox_oldest_secs,
+        dead_letters_open,
+    })
+}

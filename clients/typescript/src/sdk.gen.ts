@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, MetricsData, MetricsResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses } from './types.gen';
+import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, MetricsData, MetricsResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -47,7 +47,7 @@ export const addCredits = <ThrowOnError extends boolean = false>(options: Option
 });
 
 /**
- * Dead letters archived from the broker, oldest first.
+ * Dead letters archived from the broker, oldest first, narrowed by the filters.
  */
 export const listDeadLetters = <ThrowOnError extends boolean = false>(options?: Options<ListDeadLettersData, ThrowOnError>) => (options?.client ?? client).get<ListDeadLettersResponses, ListDeadLettersErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],
@@ -106,6 +106,17 @@ export const adminGetJob = <ThrowOnError extends boolean = false>(options: Optio
 export const verifyLedger = <ThrowOnError extends boolean = false>(options?: Options<VerifyLedgerData, ThrowOnError>) => (options?.client ?? client).get<VerifyLedgerResponses, VerifyLedgerErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],
     url: '/v1/admin/ledger/verify',
+    ...options
+});
+
+/**
+ * The system at a glance: jobs per status, the last hour, the outbox
+ * backlog, open dead letters. (Queue depths are not read: genq doesn't talk
+ * to RabbitMQ's management API.)
+ */
+export const systemSummary = <ThrowOnError extends boolean = false>(options?: Options<SystemSummaryData, ThrowOnError>) => (options?.client ?? client).get<SystemSummaryResponses, SystemSummaryErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/system',
     ...options
 });
 

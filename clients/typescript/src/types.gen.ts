@@ -151,6 +151,10 @@ export type DeadLetter = {
     state: string;
     user_email?: string | null;
     user_id?: string | null;
+    /**
+     * The user's identity provider ID (`sub`).
+     */
+    user_sub?: string | null;
 };
 
 /**
@@ -174,6 +178,11 @@ export type DevToken = {
     sub: string;
     token: string;
 };
+
+/**
+ * The state of a dead letter.
+ */
+export type DlqState = 'open' | 'replayed' | 'discarded';
 
 /**
  * The documented error body.
@@ -426,6 +435,36 @@ export type StreamToken = {
     token: string;
 };
 
+/**
+ * The system at a glance, for the console's System page.
+ */
+export type SystemSummary = {
+    /**
+     * Dead letters neither replayed nor discarded.
+     */
+    dead_letters_open: number;
+    /**
+     * Every job by status (statuses without jobs are absent).
+     */
+    jobs_by_status: {
+        [key: string]: number;
+    };
+    /**
+     * Jobs that reached each status in the last hour (by their last update).
+     */
+    last_hour_by_status: {
+        [key: string]: number;
+    };
+    /**
+     * Outbox rows not yet published to the broker.
+     */
+    outbox_backlog: number;
+    /**
+     * Seconds since the oldest unpublished outbox row was written.
+     */
+    outbox_oldest_secs?: number | null;
+};
+
 export type VerifyView = {
     ok: boolean;
     violations: Array<{
@@ -659,7 +698,7 @@ export type AddCreditsErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -696,9 +735,34 @@ export type ListDeadLettersData = {
     path?: never;
     query?: {
         /**
-         * Include replayed and discarded letters.
+         * Include replayed and discarded letters (when `state` is absent).
          */
         all?: boolean;
+        /**
+         * Only letters in this state: `open`, `replayed` or `discarded`.
+         */
+        state?: DlqState;
+        /**
+         * A substring of the reason (case-insensitive).
+         */
+        reason?: string;
+        /**
+         * The queue the message died in, exactly.
+         */
+        source_queue?: string;
+        /**
+         * The job's user: genq ID, identity provider `sub` or email, exactly.
+         */
+        user?: string;
+        /**
+         * Only letters received at least this many seconds ago (at most ten years).
+         */
+        older_than_secs?: number;
+        /**
+         * A substring (case-insensitive) of the reason, the message, the source
+         * queue, the user's email or the job ID.
+         */
+        q?: string;
         /**
          * 1 to 100; 20 when absent.
          */
@@ -717,7 +781,7 @@ export type ListDeadLettersErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -759,7 +823,7 @@ export type GetDeadLetterErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -805,7 +869,7 @@ export type DiscardDeadLetterErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -851,7 +915,7 @@ export type ReplayDeadLetterErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -906,7 +970,7 @@ export type AdminListJobsErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -948,7 +1012,7 @@ export type AdminGetJobErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -989,7 +1053,7 @@ export type VerifyLedgerErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1013,6 +1077,43 @@ export type VerifyLedgerResponses = {
 
 export type VerifyLedgerResponse = VerifyLedgerResponses[keyof VerifyLedgerResponses];
 
+export type SystemSummaryData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/v1/admin/system';
+};
+
+export type SystemSummaryErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Neither the admin nor the viewer role
+     */
+    403: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type SystemSummaryError = SystemSummaryErrors[keyof SystemSummaryErrors];
+
+export type SystemSummaryResponses = {
+    /**
+     * The summary
+     */
+    200: SystemSummary;
+};
+
+export type SystemSummaryResponse = SystemSummaryResponses[keyof SystemSummaryResponses];
+
 export type DiagnoseUserData = {
     body?: never;
     path: {
@@ -1031,7 +1132,7 @@ export type DiagnoseUserErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1095,7 +1196,7 @@ export type ListWebhookDeliveriesErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1137,7 +1238,7 @@ export type GetWebhookDeliveryErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1183,7 +1284,7 @@ export type ReplayWebhookDeliveryErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -1241,7 +1342,7 @@ export type ListWebhooksErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1282,7 +1383,7 @@ export type CreateWebhookErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -1332,7 +1433,7 @@ export type DeleteWebhookErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -1378,7 +1479,7 @@ export type GetWebhookErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1424,7 +1525,7 @@ export type RotateWebhookSecretErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
