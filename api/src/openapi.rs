@@ -23,7 +23,7 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
         events::create_stream_token, events::job_events, events::user_events,
         credits::balance, credits::ledger,
         admin::add_credits,
-        ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
+        ops::diagnose, ops::jobs, ops::job, ops::job_ledger, ops::job_cancel, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
         ops::dlq_discard, ops::ledger_verify, ops::system,
         webhooks::webhook_create, webhooks::webhook_list, webhooks::webhook_show,
         webhooks::webhook_delete, webhooks::webhook_rotate,

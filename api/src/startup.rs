@@ -104,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/users/{user}/diagnosis", get(ops::diagnose))
         .route("/admin/jobs", get(ops::jobs))
         .route("/admin/jobs/{id}", get(ops::job))
+        .route("/admin/jobs/{id}/ledger", get(ops::job_ledger))
+        .route("/admin/jobs/{id}/cancel", post(ops::job_cancel))
         .route("/admin/dlq", get(ops::dlq_list))
         .route("/admin/dlq/{id}", get(ops::dlq_show))
         .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))

@@ -15,6 +15,7 @@ const READS: &[&str] = &[
     "/v1/admin/ledger/verify",
     "/v1/admin/webhooks",
     "/v1/admin/webhook-deliveries",
+    "/v1/admin/system",
 ];
 
 async fn letter(env: &TestEnv, reason: &str, queue: &str, job_id: Option<uuid::Uuid>) -> i64 {
@@ -153,5 +154,62 @@ async fn dead_letters_are_filtered_by_state_reason_queue_user_age_and_search() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {body}");
         assert_eq!(body["error"]["field"], field, "{query}");
     }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_admin_cancels_any_users_job_with_its_refund_and_reads_its_ledger() {
+    let env = TestEnv::new().await;
+    let t = env.new_user("user-3", "rich@example.com").await;
+    env.grant("rich@example.com", 2).await;
+    // No worker: the job stays queued.
+    let (s, job) = env.submit(&t, "a video").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let viewer = env.token_with("ops-viewer", None, Some("viewer"), 3600);
+    let cancel = format!("/v1/admin/jobs/{id}/cancel");
+    let (s, body) = env.post(&cancel, &viewer, &json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, body) = env.post(&cancel, &t, &json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+
+    let admin = env.admin_token("ops-admin");
+    let (s, canceled) = env.post(&cancel, &admin, &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{canceled}");
+    assert_eq!(canceled["status"], "canceled");
+    let (s, again) = env.post(&cancel, &admin, &json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{again}");
+
+    let (s, ledger) = env
+        .get(&format!("/v1/admin/jobs/{id}/ledger"), &viewer)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ledger}");
+    let kinds: Vec<&str> = ledger
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["reserve", "refund"]);
+    let (_, credits) = env.get("/v1/credits", &t).await;
+    assert_eq!(credits["available"], 10);
+    let (_, d) = env
+        .get("/v1/admin/users/rich@example.com/diagnosis", &admin)
+        .await;
+    assert!(
+        d["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "job.cancel" && a["actor"] == "admin:ops-admin"),
+        "{d}"
+    );
+    let (s, _) = env
+        .get(
+            "/v1/admin/jobs/00000000-0000-0000-0000-000000000000/ledger",
+            &admin,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     env.cleanup().await;
 }

@@ -5,7 +5,9 @@
 // decides which buttons are on, and says why the others are off.
 import {
   addCredits,
+  adminCancelJob,
   adminGetJob,
+  adminJobLedger,
   adminListJobs,
   diagnoseUser,
   discardDeadLetter,
@@ -343,11 +345,43 @@ async function showLetter(id: number): Promise<void> {
     el('h4', 'Headers'),
     el('pre', JSON.stringify(l.headers, null, 2)),
   ];
-  if (l.job_id) {
-    const job = await adminGetJob({ path: { id: l.job_id } });
-    parts.push(...(job.data ? jobParts(job.data) : [el('p', describe(job).text, { class: 'problem' })]));
-  }
+  if (l.job_id) parts.push(...(await jobDetail(l.job_id)));
   box.replaceChildren(...parts);
+}
+
+/** A job, its timeline and its ledger rows. */
+async function jobDetail(id: string): Promise<HTMLElement[]> {
+  const [job, ledger] = await Promise.all([adminGetJob({ path: { id } }), adminJobLedger({ path: { id } })]);
+  if (!job.data) return [el('p', describe(job).text, { class: 'problem' })];
+  const parts = jobParts(job.data);
+  parts.push(el('h4', 'Ledger rows'));
+  if (!ledger.data) {
+    parts.push(el('p', describe(ledger).text, { class: 'problem' }));
+    return parts;
+  }
+  const table = el('table', undefined, { 'data-role': 'ledger' });
+  const head = el('tr');
+  for (const h of ['#', 'When', 'Kind', 'Amount', 'By', 'Reason']) head.append(el('th', h));
+  table.append(head);
+  for (const e of ledger.data) {
+    const tr = el('tr');
+    for (const c of [String(e.id), e.created_at, e.kind, String(e.amount), e.actor, e.reason ?? '']) tr.append(el('td', c));
+    table.append(tr);
+  }
+  parts.push(table);
+  return parts;
+}
+
+const OPEN = new Set(['queued', 'submitting', 'running']);
+
+/** Cancels an open job with its refund, after a confirmation; admins only (the API checks). */
+async function cancelJob(job: JobView, button: HTMLButtonElement, out: HTMLElement): Promise<void> {
+  if (state.readOnly || button.disabled) return;
+  if (!window.confirm(`Cancel job ${job.id}? Its ${plural(job.cost, 'credit', 'credits')} go back to its user.`)) return;
+  button.disabled = true;
+  const r = await adminCancelJob({ path: { id: job.id } });
+  out.textContent = r.data ? `Canceled; ${plural(r.data.cost, 'credit', 'credits')} refunded.` : describe(r).text;
+  if (!r.data) button.disabled = false;
 }
 
 /** A job and its timeline; the reserve, settle and refund events are its ledger rows' story. */
@@ -395,18 +429,27 @@ async function loadJobs(): Promise<void> {
     open.addEventListener('click', async () => {
       const box = $('job-detail');
       box.hidden = false;
-      const full = await adminGetJob({ path: { id: j.id } });
-      box.replaceChildren(...(full.data ? jobParts(full.data) : [el('p', describe(full).text, { class: 'problem' })]));
+      box.replaceChildren(...(await jobDetail(j.id)));
     });
     const td = el('td');
     td.append(open);
     tr.append(td);
     for (const c of [j.status, j.updated_at, String(j.cost), j.error ? `${j.error.code}: ${j.error.message}` : '', j.prompt]) tr.append(el('td', c));
+    const act = el('td');
+    if (OPEN.has(j.status)) {
+      const cancel = el('button', 'Cancel and refund', { type: 'button', class: 'secondary admin-action' });
+      cancel.disabled = state.readOnly;
+      if (state.readOnly) cancel.title = 'Needs the admin role: your token has the viewer role.';
+      const out = el('span', undefined, { role: 'status' });
+      cancel.addEventListener('click', () => void cancelJob(j, cancel, out));
+      act.append(cancel, out);
+    }
+    tr.append(act);
     body.append(tr);
   }
   if (!r.data.length) {
     const tr = el('tr');
-    tr.append(el('td', 'No jobs match.', { colspan: '6' }));
+    tr.append(el('td', 'No jobs match.', { colspan: '7' }));
     body.append(tr);
   }
 }

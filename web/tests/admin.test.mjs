@@ -46,7 +46,7 @@ async function reservesOf(user, jobId) {
 test('a filtered bulk replay reserves again only for the user who can afford it, and names the one who could not', async (t) => {
   const [rich, poor] = await Promise.all([deadJob('rich'), deadJob('poor')]);
   // The poor user's refunded 10 credits go to a video that never ends.
-  const [s] = await api('POST', '/v1/generations', poor.user.token, { prompt: '[sim:hang] holds the credits' });
+  const [s, hang] = await api('POST', '/v1/generations', poor.user.token, { prompt: '[sim:hang] holds the credits' });
   assert.equal(s, 202);
 
   const { page } = await openPage(browser, t, {}, '/admin');
@@ -98,6 +98,9 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   const detail = page.locator('#dlq-detail');
   await detail.locator('[data-role=timeline]').waitFor();
   assert.ok((await detail.textContent()).includes(poor.job.id));
+  const ledger = await detail.locator('[data-role=ledger]').textContent();
+  assert.match(ledger, /reserve/);
+  assert.match(ledger, /refund/);
   await shot(page, 'admin-dlq-detail');
 
   // Users: the diagnosis, conclusion first, and a grant with a reason.
@@ -113,10 +116,19 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   await eventually('the grant', async () => (await page.locator('#credit-result').textContent()).includes('Added 10 credits (grant)'));
   await shot(page, 'admin-users');
 
-  // Jobs and System render for an admin.
+  // Jobs: the hanging job among the running ones, canceled with its refund after a confirmation.
   await page.getByRole('link', { name: 'Jobs' }).click();
-  await page.locator('#jobs-rows tr').first().waitFor();
+  await page.getByLabel('Status').selectOption('running');
+  await page.getByRole('button', { name: 'Show' }).click();
+  const hangRow = page.locator(`#jobs-rows tr[data-id="${hang.id}"]`);
+  await hangRow.waitFor();
   await shot(page, 'admin-jobs');
+  page.once('dialog', (d) => d.accept());
+  await hangRow.getByRole('button', { name: 'Cancel and refund' }).click();
+  await eventually('the cancel', async () => (await hangRow.textContent()).includes('Canceled; 10 credits refunded.'));
+  const [, canceled] = await api('GET', `/v1/generations/${hang.id}`, poor.user.token);
+  assert.equal(canceled.status, 'canceled');
+  assert.ok(canceled.events.some((e) => /Canceled by admin:browser-admin/.test(e.message ?? '')), JSON.stringify(canceled.events));
   await page.getByRole('link', { name: 'System' }).click();
   await page.getByRole('button', { name: 'Verify the ledger now' }).click();
   await eventually('the verification', async () => /The ledger verifies|violation/.test(await page.locator('#verify-result').textContent()));

@@ -128,6 +128,84 @@ pub async fn job(
     Ok(Json(JobView::from_job(job).with_events(events)))
 }
 
+/// Any user's job's ledger entries, oldest first: what the job reserved,
+/// spent and refunded.
+#[utoipa::path(
+    get, path = "/v1/admin/jobs/{id}/ledger", tag = "admin", operation_id = "admin_job_ledger",
+    params(("id" = Uuid, Path, description = "The job's ID")),
+    responses(
+        (status = 200, description = "The job's ledger entries", body = Vec<store::LedgerEntry>),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn job_ledger(
+    State(state): State<AppState>,
+    _admin: AdminViewer,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<store::LedgerEntry>>, ApiError> {
+    let id = crate::routes::generations::parse_job_id(&id)?;
+    if store::get_job(&state.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound("No such job.".into()));
+    }
+    Ok(Json(
+        store::credits::job_ledger_entries(&state.pool, id).await?,
+    ))
+}
+
+/// Cancel any user's job that has not finished; its credits are refunded at
+/// once, the timeline and the audit log name the admin.
+#[utoipa::path(
+    post, path = "/v1/admin/jobs/{id}/cancel", tag = "admin", operation_id = "admin_cancel_job",
+    params(("id" = Uuid, Path, description = "The job's ID")),
+    responses(
+        (status = 200, description = "Canceled and refunded", body = JobView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job has already finished", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(actor = %admin.0.external_id, job_id = %id))]
+pub async fn job_cancel(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = crate::routes::generations::parse_job_id(&id)?;
+    let job = store::get_job(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
+    let actor = admin.0.actor();
+    match store::cancel_job(&state.pool, job.user_id, id, &actor).await? {
+        store::CancelOutcome::Canceled { job, at_provider } => {
+            if at_provider {
+                // A worker cancels the provider's task from the outbox.
+                state.outbox_bell.ring();
+            }
+            store::credits::audit(
+                &state.pool,
+                &actor,
+                "job.cancel",
+                job.user_id,
+                Some(job.id),
+                serde_json::json!({"refunded": job.cost}),
+            )
+            .await?;
+            tracing::info!("job canceled by an admin");
+            Ok(Json(JobView::from_job(job)))
+        }
+        store::CancelOutcome::NotCancelable(job) => Err(ApiError::InvalidState(format!(
+            "The job is {} and can no longer be canceled.",
+            job.status
+        ))),
+        store::CancelOutcome::NotFound => Err(ApiError::NotFound("No such job.".into())),
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

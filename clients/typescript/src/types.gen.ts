@@ -1040,6 +1040,102 @@ export type AdminGetJobResponses = {
 
 export type AdminGetJobResponse = AdminGetJobResponses[keyof AdminGetJobResponses];
 
+export type AdminCancelJobData = {
+    body?: never;
+    path: {
+        /**
+         * The job's ID
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/v1/admin/jobs/{id}/cancel';
+};
+
+export type AdminCancelJobErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin (the viewer role only reads)
+     */
+    403: ErrorBody;
+    /**
+     * No such job
+     */
+    404: ErrorBody;
+    /**
+     * The job has already finished
+     */
+    409: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type AdminCancelJobError = AdminCancelJobErrors[keyof AdminCancelJobErrors];
+
+export type AdminCancelJobResponses = {
+    /**
+     * Canceled and refunded
+     */
+    200: JobView;
+};
+
+export type AdminCancelJobResponse = AdminCancelJobResponses[keyof AdminCancelJobResponses];
+
+export type AdminJobLedgerData = {
+    body?: never;
+    path: {
+        /**
+         * The job's ID
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/v1/admin/jobs/{id}/ledger';
+};
+
+export type AdminJobLedgerErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Neither the admin nor the viewer role
+     */
+    403: ErrorBody;
+    /**
+     * No such job
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type AdminJobLedgerError = AdminJobLedgerErrors[keyof AdminJobLedgerErrors];
+
+export type AdminJobLedgerResponses = {
+    /**
+     * The job's ledger entries
+     */
+    200: Array<LedgerEntry>;
+};
+
+export type AdminJobLedgerResponse = AdminJobLedgerResponses[keyof AdminJobLedgerResponses];
+
 export type VerifyLedgerData = {
     body?: never;
     path?: never;
