@@ -42,6 +42,11 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, text?: string, attrs:
   return e;
 }
 
+/** A timestamp as people read it: date, time to the millisecond, UTC. */
+function when(iso: string): string {
+  return iso.replace('T', ' ').replace(/(\.\d{3})\d*/, '$1').replace('Z', ' UTC');
+}
+
 function plural(n: number, one: string, many: string): string {
   return `${n} ${n === 1 ? one : many}`;
 }
@@ -336,7 +341,7 @@ async function showLetter(id: number): Promise<void> {
   const l = r.data;
   const parts: HTMLElement[] = [
     el('h3', `Dead letter #${l.id}`),
-    el('p', `${l.state}; received ${l.received_at} (${age(l.age_secs)} ago) from ${l.source_queue}` +
+    el('p', `${l.state}; received ${when(l.received_at)} (${age(l.age_secs)} ago) from ${l.source_queue}` +
       (l.resolved_by ? `; ${l.state} by ${l.resolved_by} at ${l.resolved_at}` : '') + '.'),
     el('p', `Reason: ${l.reason}`),
     el('p', `User: ${who(l)}. Attempts: ${l.attempts ?? '—'}.`),
@@ -365,7 +370,7 @@ async function jobDetail(id: string): Promise<HTMLElement[]> {
   table.append(head);
   for (const e of ledger.data) {
     const tr = el('tr');
-    for (const c of [String(e.id), e.created_at, e.kind, String(e.amount), e.actor, e.reason ?? '']) tr.append(el('td', c));
+    for (const c of [String(e.id), when(e.created_at), e.kind, String(e.amount), e.actor, e.reason ?? '']) tr.append(el('td', c));
     table.append(tr);
   }
   parts.push(table);
@@ -398,7 +403,7 @@ function jobParts(job: JobView): HTMLElement[] {
   const tb = el('tbody');
   for (const e of job.events ?? []) {
     const tr = el('tr');
-    for (const c of [e.at, e.kind, e.from_status ?? '', e.to_status ?? '', e.message ?? '']) tr.append(el('td', c));
+    for (const c of [when(e.at), e.kind, e.from_status ?? '', e.to_status ?? '', e.message ?? '']) tr.append(el('td', c));
     tb.append(tr);
   }
   table.append(tb);
@@ -434,7 +439,7 @@ async function loadJobs(): Promise<void> {
     const td = el('td');
     td.append(open);
     tr.append(td);
-    for (const c of [j.status, j.updated_at, String(j.cost), j.error ? `${j.error.code}: ${j.error.message}` : '', j.prompt]) tr.append(el('td', c));
+    for (const c of [j.status, when(j.updated_at), String(j.cost), j.error ? `${j.error.code}: ${j.error.message}` : '', j.prompt]) tr.append(el('td', c));
     const act = el('td');
     if (OPEN.has(j.status)) {
       const cancel = el('button', 'Cancel and refund', { type: 'button', class: 'secondary admin-action' });

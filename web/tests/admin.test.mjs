@@ -118,7 +118,7 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
 
   // Jobs: the hanging job among the running ones, canceled with its refund after a confirmation.
   await page.getByRole('link', { name: 'Jobs' }).click();
-  await page.getByLabel('Status').selectOption('running');
+  await page.getByLabel('Status', { exact: true }).selectOption('running');
   await page.getByRole('button', { name: 'Show' }).click();
   const hangRow = page.locator(`#jobs-rows tr[data-id="${hang.id}"]`);
   await hangRow.waitFor();
