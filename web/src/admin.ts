@@ -261,6 +261,20 @@ async function replayCost(ids: number[]): Promise<{ credits: number; jobs: numbe
   return { credits, jobs, users: users.size };
 }
 
+/** What a discard of these letters would refund: each still-open job's cost. */
+async function discardRefund(ids: number[]): Promise<{ credits: number; jobs: number }> {
+  let credits = 0;
+  let jobs = 0;
+  for (const l of state.letters.filter((x) => ids.includes(x.id))) {
+    if (!l.job_id || !OPEN.has(l.job_status ?? '')) continue;
+    const job = await adminGetJob({ path: { id: l.job_id } });
+    if (!job.data || !OPEN.has(job.data.status)) continue;
+    credits += job.data.cost;
+    jobs += 1;
+  }
+  return { credits, jobs };
+}
+
 async function ask(action: 'replay' | 'discard'): Promise<void> {
   if (state.busy || state.readOnly) return;
   const ids = [...state.selected].sort((a, b) => a - b);
@@ -273,8 +287,12 @@ async function ask(action: 'replay' | 'discard'): Promise<void> {
       `${plural(cost.jobs, 'refunded job reserves', 'refunded jobs reserve')} ${plural(cost.credits, 'credit', 'credits')} again ` +
       `from ${plural(cost.users, 'user', 'users')}; a user who can't afford it is skipped and named. The others are sent again as they are.`;
   } else {
+    const refund = await discardRefund(ids);
     text =
-      `Discard ${plural(ids.length, 'dead letter', 'dead letters')}? Each one's job, if still open, is closed and its credits refunded; ` +
+      `Discard ${plural(ids.length, 'dead letter', 'dead letters')}? ` +
+      (refund.jobs
+        ? `${plural(refund.jobs, 'open job is', 'open jobs are')} closed and ${plural(refund.credits, 'credit', 'credits')} refunded; `
+        : 'No open job: nothing is refunded; ') +
       'a refunded job stays refunded. This cannot be undone.';
   }
   state.pending = { action, ids };

@@ -116,6 +116,20 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   await eventually('the grant', async () => (await page.locator('#credit-result').textContent()).includes('Added 10 credits (grant)'));
   await shot(page, 'admin-users');
 
+  // Discard the poor user's letter: its job is already refunded, so nothing more is.
+  await page.getByRole('link', { name: 'Dead letters' }).click();
+  await page.getByLabel('Search').fill(poor.job.id);
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.getByLabel(`Select letter ${poor.letter.id}`).check();
+  await page.getByRole('button', { name: 'Discard selected (1)' }).click();
+  await page.locator('#dlq-confirm-text').waitFor({ state: 'visible' });
+  assert.match(await page.locator('#dlq-confirm-text').textContent(), /^Discard 1 dead letter\? No open job: nothing is refunded;/);
+  await page.locator('#dlq-confirm-go').click();
+  await eventually('the discard', async () => (await result.textContent()).includes('1 letter discarded, 0 not.'));
+  const [, discarded] = await api('GET', `/v1/admin/dlq/${poor.letter.id}`, ADMIN_TOKEN);
+  assert.equal(discarded.state, 'discarded');
+  assert.equal(await reservesOf(poor.user, poor.job.id), 1);
+
   // Jobs: the hanging job among the running ones, canceled with its refund after a confirmation.
   await page.getByRole('link', { name: 'Jobs' }).click();
   await page.getByLabel('Status', { exact: true }).selectOption('running');
