@@ -33,7 +33,7 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
-        genq_shared::webhooks::JobStatusWebhook, ops::DlqState,
+        genq_shared::webhooks::JobStatusWebhook, ops::DlqState, genq_shared::ops::HourCount,
     )),
     modifiers(&BearerAuth, &ServerErrors, &Links),
 )]

@@ -358,6 +358,19 @@ pub struct SystemSummary {
     pub outbox_oldest_secs: Option<i64>,
     /// Dead letters neither replayed nor discarded.
     pub dead_letters_open: i64,
+    /// Failed and dead jobs of the last 24 hours by error code.
+    pub failures_by_code: std::collections::BTreeMap<String, i64>,
+    /// Jobs finished (succeeded, failed, dead, canceled) per hour, last 24 hours; hours without any are absent.
+    pub finished_per_hour: Vec<HourCount>,
+    /// Dead letters received per hour, last 24 hours; hours without any are absent.
+    pub dead_letters_per_hour: Vec<HourCount>,
+}
+
+/// A count in one hour (the hour's start, UTC).
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
+pub struct HourCount {
+    pub hour: DateTime<Utc>,
+    pub count: i64,
 }
 
 /// Counts for [`SystemSummary`]: a few aggregate queries, each on an index
@@ -382,7 +395,32 @@ pub async fn system_summary(pool: &PgPool) -> Result<SystemSummary, StoreError> 
         sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE state = 'open'")
             .fetch_one(pool)
             .await?;
+    let failures: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT COALESCE(error_code, 'none'), count(*) FROM jobs
+          WHERE status IN ('failed', 'dead') AND updated_at > now() - interval '24 hours'
+          GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let finished_per_hour: Vec<HourCount> = sqlx::query_as(
+        "SELECT date_trunc('hour', updated_at) AS hour, count(*) AS count FROM jobs
+          WHERE status IN ('succeeded', 'failed', 'dead', 'canceled')
+            AND updated_at > now() - interval '24 hours'
+          GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let dead_letters_per_hour: Vec<HourCount> = sqlx::query_as(
+        "SELECT date_trunc('hour', received_at) AS hour, count(*) AS count FROM dead_letters
+          WHERE received_at > now() - interval '24 hours'
+          GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(SystemSummary {
+        failures_by_code: failures.into_iter().collect(),
+        finished_per_hour,
+        dead_letters_per_hour,
         jobs_by_status: by_status.into_iter().collect(),
         last_hour_by_status: last_hour.into_iter().collect(),
         outbox_backlog,

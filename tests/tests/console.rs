@@ -193,6 +193,11 @@ async fn an_admin_cancels_any_users_job_with_its_refund_and_reads_its_ledger() {
     assert_eq!(kinds, ["reserve", "refund"]);
     let (_, credits) = env.get("/v1/credits", &t).await;
     assert_eq!(credits["available"], 10);
+    let (s, system) = env.get("/v1/admin/system", &viewer).await;
+    assert_eq!(s, StatusCode::OK, "{system}");
+    assert_eq!(system["jobs_by_status"]["canceled"], 1, "{system}");
+    assert_eq!(system["finished_per_hour"][0]["count"], 1, "{system}");
+    assert_eq!(system["dead_letters_open"], 0, "{system}");
     let (_, d) = env
         .get("/v1/admin/users/rich@example.com/diagnosis", &admin)
         .await;

@@ -565,25 +565,30 @@ function bars(counts: Record<string, number>, label: string): SVGSVGElement {
   svg.setAttribute('class', 'bars');
   svg.setAttribute('role', 'img');
   svg.setAttribute('aria-label', `${label}: ${entries.map(([k, n]) => `${k} ${n}`).join(', ') || 'none'}`);
-  svg.setAttribute('width', '420');
+  svg.setAttribute('width', '480');
   svg.setAttribute('height', String(Math.max(20, entries.length * 22)));
   entries.forEach(([k, n], i) => {
     const t = document.createElementNS(ns, 'text');
     t.setAttribute('x', '0');
     t.setAttribute('y', String(i * 22 + 14));
-    t.textContent = k;
+    t.textContent = k.length > 24 ? `${k.slice(0, 23)}…` : k;
     const r = document.createElementNS(ns, 'rect');
-    r.setAttribute('x', '90');
+    r.setAttribute('x', '150');
     r.setAttribute('y', String(i * 22 + 3));
     r.setAttribute('height', '14');
     r.setAttribute('width', String(Math.max(1, (n / max) * 280)));
     const v = document.createElementNS(ns, 'text');
-    v.setAttribute('x', String(95 + (n / max) * 280));
+    v.setAttribute('x', String(155 + (n / max) * 280));
     v.setAttribute('y', String(i * 22 + 14));
     v.textContent = String(n);
     svg.append(t, r, v);
   });
   return svg;
+}
+
+/** Hourly counts as labelled bars ("14:00"). */
+function perHour(rows: { hour: string; count: number }[]): Record<string, number> {
+  return Object.fromEntries(rows.map((r) => [r.hour.slice(11, 16), r.count]));
 }
 
 function renderSystem(s: SystemSummary): void {
@@ -602,6 +607,9 @@ function renderSystem(s: SystemSummary): void {
     figures,
     el('h3', 'Jobs per status'), bars(s.jobs_by_status, 'Jobs per status'),
     el('h3', 'Last hour, by the status jobs reached'), bars(s.last_hour_by_status, 'Last hour'),
+    el('h3', 'Finished per hour (last 24 h, UTC)'), bars(perHour(s.finished_per_hour), 'Finished per hour'),
+    el('h3', 'Failures by code (last 24 h)'), bars(s.failures_by_code, 'Failures by code'),
+    el('h3', 'Dead letters per hour (last 24 h, UTC)'), bars(perHour(s.dead_letters_per_hour), 'Dead letters per hour'),
   );
 }
 

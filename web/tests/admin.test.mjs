@@ -144,6 +144,9 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   assert.equal(canceled.status, 'canceled');
   assert.ok(canceled.events.some((e) => /Canceled by admin:browser-admin/.test(e.message ?? '')), JSON.stringify(canceled.events));
   await page.getByRole('link', { name: 'System' }).click();
+  const failures = await page.locator('svg[aria-label^="Failures by code"]').getAttribute('aria-label');
+  assert.match(failures, /retries_exhausted [1-9]/);
+  assert.match(await page.locator('svg[aria-label^="Dead letters per hour"]').getAttribute('aria-label'), /\d\d:00 [1-9]/);
   await page.getByRole('button', { name: 'Verify the ledger now' }).click();
   await eventually('the verification', async () => /The ledger verifies|violation/.test(await page.locator('#verify-result').textContent()));
   await shot(page, 'admin-system');

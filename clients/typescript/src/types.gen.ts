@@ -208,6 +208,14 @@ export type ErrorDetail = {
 export type GrantKind = 'grant' | 'purchase';
 
 /**
+ * A count in one hour (the hour's start, UTC).
+ */
+export type HourCount = {
+    count: number;
+    hour: string;
+};
+
+/**
  * Why a job failed or was refused.
  */
 export type JobError = {
@@ -443,6 +451,20 @@ export type SystemSummary = {
      * Dead letters neither replayed nor discarded.
      */
     dead_letters_open: number;
+    /**
+     * Dead letters received per hour, last 24 hours; hours without any are absent.
+     */
+    dead_letters_per_hour: Array<HourCount>;
+    /**
+     * Failed and dead jobs of the last 24 hours by error code.
+     */
+    failures_by_code: {
+        [key: string]: number;
+    };
+    /**
+     * Jobs finished (succeeded, failed, dead, canceled) per hour, last 24 hours; hours without any are absent.
+     */
+    finished_per_hour: Array<HourCount>;
     /**
      * Every job by status (statuses without jobs are absent).
      */
