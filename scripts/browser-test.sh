@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The page in a real browser: builds the binaries, starts an isolated stack
+# The pages (/ and the operator console /admin) in a real browser: builds the binaries, starts an isolated stack
 # (own database and queue prefix, the provider simulator, the API with the
 # development sign-in, a worker), runs web/tests with node:test in Debian's
 # headless Chromium (playwright-core; no browser is ever downloaded), and
@@ -32,6 +32,8 @@ export GENQ__LOG__FILTER=info
 export GENQ__API__SUBMIT_BURST=3 GENQ__API__SUBMIT_PER_MINUTE=1
 # Quick polls, so that a 2.5 s generation is seen running, then done.
 export GENQ__WORKER__POLL_INITIAL_MS=250 GENQ__WORKER__POLL_MAX_MS=500
+# A provider that always answers 503 kills the job soon: the console's dead letters.
+export GENQ__WORKER__MAX_ATTEMPTS=2 GENQ__WORKER__RETRY_BASE_MS=100 GENQ__WORKER__RETRY_MAX_MS=200
 
 "$bin/genq-provider-sim" --addr "127.0.0.1:${SIM_PORT:-18382}" --generation-ms 2500 >"$log/sim.log" 2>&1 &
 pids+=($!)
@@ -40,6 +42,7 @@ bench_start_api
 pids+=($!)
 
 GENQ_ADMIN_TOKEN=$("$bin/genq-api" token --sub browser-admin --admin --ttl 3600)
-export GENQ_ADMIN_TOKEN GENQ_BASE_URL="http://$GENQ__API__ADDR" GENQ_ARTIFACTS="$PWD/$log"
+GENQ_VIEWER_TOKEN=$("$bin/genq-api" token --sub browser-viewer --viewer --ttl 3600)
+export GENQ_ADMIN_TOKEN GENQ_VIEWER_TOKEN GENQ_BASE_URL="http://$GENQ__API__ADDR" GENQ_ARTIFACTS="$PWD/$log"
 (cd web && node --test --test-concurrency=1 tests/)
 echo "browser tests passed; screenshots in $log/"

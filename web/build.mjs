@@ -1,6 +1,8 @@
-// Builds the page into dist/ (committed; the API embeds it with
+// Builds the pages into dist/ (committed; the API embeds them with
 // include_bytes!): app.js (src/main.ts with the generated client, bundled
-// and minified by esbuild), app.css and index.html. `node build.mjs OUT`
+// and minified by esbuild), app.css and index.html for `/`; admin.js
+// (src/admin.ts) and admin.html for the operator console at `/admin`, a
+// second entry point so that neither page carries the other's code. `node build.mjs OUT`
 // builds into OUT instead (scripts/web.sh check compares the two).
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -18,15 +20,17 @@ const common = {
   logLevel: 'warning',
   absWorkingDir: here,
 };
-await esbuild.build({
-  ...common,
-  entryPoints: ['src/main.ts'],
-  outfile: join(out, 'app.js'),
-  format: 'esm',
-  target: ['es2022', 'chrome109', 'firefox115', 'safari16'],
-  tsconfig: 'tsconfig.json',
-  charset: 'utf8',
-});
+for (const [entry, file] of [['src/main.ts', 'app.js'], ['src/admin.ts', 'admin.js']]) {
+  await esbuild.build({
+    ...common,
+    entryPoints: [entry],
+    outfile: join(out, file),
+    format: 'esm',
+    target: ['es2022', 'chrome109', 'firefox115', 'safari16'],
+    tsconfig: 'tsconfig.json',
+    charset: 'utf8',
+  });
+}
 await esbuild.build({
   ...common,
   entryPoints: ['src/app.css'],
@@ -34,3 +38,4 @@ await esbuild.build({
   target: ['chrome109', 'firefox115', 'safari16'],
 });
 copyFileSync(join(here, 'src/index.html'), join(out, 'index.html'));
+copyFileSync(join(here, 'src/admin.html'), join(out, 'admin.html'));

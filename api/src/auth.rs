@@ -28,6 +28,8 @@ pub struct Claims {
 }
 
 pub const ADMIN_ROLE: &str = "admin";
+/// An operator who may read every admin endpoint and change nothing.
+pub const VIEWER_ROLE: &str = "viewer";
 
 /// The scope of a stream token: accepted by the event streams (as
 /// `?access_token=`, since `EventSource` can't send headers) and refused
@@ -40,6 +42,8 @@ pub struct AuthUser {
     pub id: Uuid,
     pub external_id: String,
     pub is_admin: bool,
+    /// The token's `role` claim, as sent (for the refusal's message).
+    pub role: Option<String>,
 }
 
 impl AuthUser {
@@ -50,9 +54,15 @@ impl AuthUser {
     }
 }
 
-/// An authenticated caller with the admin role.
+/// An authenticated caller with the admin role: may call every admin
+/// endpoint, including the ones that change something.
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
+
+/// An authenticated caller with the admin or the viewer role: may call the
+/// admin endpoints that only read.
+#[derive(Debug, Clone)]
+pub struct AdminViewer(pub AuthUser);
 
 fn validation(leeway_secs: u64) -> Validation {
     // Only HS256: `alg: none` and every other algorithm are refused.
@@ -209,6 +219,7 @@ impl AuthUser {
             id,
             external_id: claims.sub,
             is_admin: claims.role.as_deref() == Some(ADMIN_ROLE),
+            role: claims.role,
         })
     }
 }
@@ -238,9 +249,30 @@ impl FromRequestParts<AppState> for AdminUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if !user.is_admin {
-            return Err(ApiError::Forbidden);
+        match user.role.as_deref() {
+            Some(ADMIN_ROLE) => Ok(AdminUser(user)),
+            Some(VIEWER_ROLE) => Err(ApiError::ForbiddenFor(
+                "The viewer role reads and changes nothing: this action needs the admin role."
+                    .into(),
+            )),
+            _ => Err(ApiError::Forbidden),
         }
-        Ok(AdminUser(user))
+    }
+}
+
+impl FromRequestParts<AppState> for AdminViewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        match user.role.as_deref() {
+            Some(ADMIN_ROLE | VIEWER_ROLE) => Ok(AdminViewer(user)),
+            _ => Err(ApiError::ForbiddenFor(
+                "This endpoint needs the admin or the viewer role.".into(),
+            )),
+        }
     }
 }

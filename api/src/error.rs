@@ -17,6 +17,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("this endpoint needs the admin role")]
     Forbidden,
+    /// A 403 that says which role the caller lacks.
+    #[error("{0}")]
+    ForbiddenFor(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -82,7 +85,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Forbidden | Self::ForbiddenFor(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::InsufficientCredits { .. } => {

@@ -2,7 +2,7 @@
 //! `genq-api openapi` prints the OpenAPI document (`api/openapi.json`).
 
 use clap::{Parser, Subcommand};
-use genq_api::auth::{Claims, ADMIN_ROLE};
+use genq_api::auth::{Claims, ADMIN_ROLE, VIEWER_ROLE};
 use genq_api::Application;
 use genq_shared::config::Settings;
 use genq_shared::telemetry;
@@ -33,8 +33,11 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
         /// Give the token the admin role.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "viewer")]
         admin: bool,
+        /// Give the token the viewer role: every admin read, no admin action.
+        #[arg(long)]
+        viewer: bool,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
@@ -68,9 +71,14 @@ async fn run() -> anyhow::Result<()> {
             email,
             name,
             admin,
+            viewer,
             ttl,
         } => {
-            let role = admin.then_some(ADMIN_ROLE);
+            let role = if admin {
+                Some(ADMIN_ROLE)
+            } else {
+                viewer.then_some(VIEWER_ROLE)
+            };
             let token = Claims::new(sub, ttl.min(i64::MAX as u64) as i64)
                 .email(email.as_deref())
                 .name(name.as_deref())

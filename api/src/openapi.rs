@@ -23,8 +23,8 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
         events::create_stream_token, events::job_events, events::user_events,
         credits::balance, credits::ledger,
         admin::add_credits,
-        ops::diagnose, ops::jobs, ops::job, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
-        ops::dlq_discard, ops::ledger_verify,
+        ops::diagnose, ops::jobs, ops::job, ops::job_ledger, ops::job_cancel, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
+        ops::dlq_discard, ops::ledger_verify, ops::system,
         webhooks::webhook_create, webhooks::webhook_list, webhooks::webhook_show,
         webhooks::webhook_delete, webhooks::webhook_rotate,
         webhooks::delivery_list, webhooks::delivery_show, webhooks::delivery_replay,
@@ -33,7 +33,7 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
-        genq_shared::webhooks::JobStatusWebhook,
+        genq_shared::webhooks::JobStatusWebhook, ops::DlqState, genq_shared::ops::HourCount,
     )),
     modifiers(&BearerAuth, &ServerErrors, &Links),
 )]

@@ -104,11 +104,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/users/{user}/diagnosis", get(ops::diagnose))
         .route("/admin/jobs", get(ops::jobs))
         .route("/admin/jobs/{id}", get(ops::job))
+        .route("/admin/jobs/{id}/ledger", get(ops::job_ledger))
+        .route("/admin/jobs/{id}/cancel", post(ops::job_cancel))
         .route("/admin/dlq", get(ops::dlq_list))
         .route("/admin/dlq/{id}", get(ops::dlq_show))
         .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))
         .route("/admin/dlq/{id}/discard", post(ops::dlq_discard))
         .route("/admin/ledger/verify", get(ops::ledger_verify))
+        .route("/admin/system", get(ops::system))
         .route(
             "/admin/webhooks",
             post(webhooks::webhook_create).get(webhooks::webhook_list),
@@ -140,6 +143,8 @@ pub fn router(state: AppState) -> Router {
         // The page (not part of the API document, except its settings).
         .route("/", get(web::index))
         .route("/assets/app.js", get(web::app_js))
+        .route("/admin", get(web::admin))
+        .route("/assets/admin.js", get(web::admin_js))
         .route("/assets/app.css", get(web::app_css))
         .route("/web/config.json", get(web::config))
         .fallback(not_found)

@@ -364,3 +364,87 @@ pub async fn list_jobs(
     .fetch_all(pool)
     .await?)
 }
+
+/// The system at a glance, for the console's System page.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SystemSummary {
+    /// Every job by status (statuses without jobs are absent).
+    pub jobs_by_status: std::collections::BTreeMap<String, i64>,
+    /// Jobs that reached each status in the last hour (by their last update).
+    pub last_hour_by_status: std::collections::BTreeMap<String, i64>,
+    /// Outbox rows not yet published to the broker.
+    pub outbox_backlog: i64,
+    /// Seconds since the oldest unpublished outbox row was written.
+    pub outbox_oldest_secs: Option<i64>,
+    /// Dead letters neither replayed nor discarded.
+    pub dead_letters_open: i64,
+    /// Failed and dead jobs of the last 24 hours by error code.
+    pub failures_by_code: std::collections::BTreeMap<String, i64>,
+    /// Jobs finished (succeeded, failed, dead, canceled) per hour, last 24 hours; hours without any are absent.
+    pub finished_per_hour: Vec<HourCount>,
+    /// Dead letters received per hour, last 24 hours; hours without any are absent.
+    pub dead_letters_per_hour: Vec<HourCount>,
+}
+
+/// A count in one hour (the hour's start, UTC).
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
+pub struct HourCount {
+    pub hour: DateTime<Utc>,
+    pub count: i64,
+}
+
+/// Counts for [`SystemSummary`]: a few aggregate queries, each on an index
+/// or a small table.
+pub async fn system_summary(pool: &PgPool) -> Result<SystemSummary, StoreError> {
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    let last_hour: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM jobs WHERE updated_at > now() - interval '1 hour' GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await?;
+    let (outbox_backlog, outbox_oldest_secs): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::bigint
+           FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let dead_letters_open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE state = 'open'")
+            .fetch_one(pool)
+            .await?;
+    let failures: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT COALESCE(error_code, 'none'), count(*) FROM jobs
+          WHERE status IN ('failed', 'dead') AND updated_at > now() - interval '24 hours'
+          GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let finished_per_hour: Vec<HourCount> = sqlx::query_as(
+        "SELECT date_trunc('hour', updated_at) AS hour, count(*) AS count FROM jobs
+          WHERE status IN ('succeeded', 'failed', 'dead', 'canceled')
+            AND updated_at > now() - interval '24 hours'
+          GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let dead_letters_per_hour: Vec<HourCount> = sqlx::query_as(
+        "SELECT date_trunc('hour', received_at) AS hour, count(*) AS count FROM dead_letters
+          WHERE received_at > now() - interval '24 hours'
+          GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(SystemSummary {
+        failures_by_code: failures.into_iter().collect(),
+        finished_per_hour,
+        dead_letters_per_hour,
+        jobs_by_status: by_status.into_iter().collect(),
+        last_hour_by_status: last_hour.into_iter().collect(),
+        outbox_backlog,
+        outbox_oldest_secs,
+        dead_letters_open,
+    })
+}

@@ -242,6 +242,15 @@ async fn every_admin_endpoint_needs_the_admin_role() {
         (Method::POST, "/v1/admin/dlq/1/replay"),
         (Method::POST, "/v1/admin/dlq/1/discard"),
         (Method::GET, "/v1/admin/ledger/verify"),
+        (Method::GET, "/v1/admin/system"),
+        (
+            Method::GET,
+            "/v1/admin/jobs/00000000-0000-0000-0000-000000000000/ledger",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/jobs/00000000-0000-0000-0000-000000000000/cancel",
+        ),
     ];
     for (method, path) in endpoints {
         let (s, b) = env

@@ -22,6 +22,12 @@ async fn the_page_and_its_assets_are_served_with_types_and_validators() {
             "text/css; charset=utf-8",
             ":focus-visible",
         ),
+        ("/admin", "text/html; charset=utf-8", "operator console"),
+        (
+            "/assets/admin.js",
+            "text/javascript; charset=utf-8",
+            "/v1/admin/dlq",
+        ),
     ] {
         let response = env
             .client
@@ -49,13 +55,23 @@ async fn the_page_and_its_assets_are_served_with_types_and_validators() {
         assert_eq!(again.headers()[header::ETAG], etag.as_str());
         assert!(again.text().await.unwrap().is_empty());
     }
-    // The page may load only itself and this API.
-    let page = env.client.get(&env.base).send().await.unwrap();
-    let csp = page.headers()[header::CONTENT_SECURITY_POLICY]
-        .to_str()
-        .unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
-    assert_eq!(page.headers()[header::X_FRAME_OPTIONS], "DENY");
+    // Each page may load only itself and this API.
+    for path in ["/", "/admin"] {
+        let page = env
+            .client
+            .get(format!("{}{path}", env.base))
+            .send()
+            .await
+            .unwrap();
+        let csp = page.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+            "{path}"
+        );
+        assert_eq!(page.headers()[header::X_FRAME_OPTIONS], "DENY", "{path}");
+    }
     env.cleanup().await;
 }
 

@@ -22,7 +22,7 @@ export async function launch() {
 }
 
 /** A fresh browser context (own sessionStorage) and page; uncaught page errors fail the test. */
-export async function openPage(browser, t, options = {}) {
+export async function openPage(browser, t, options = {}, path = '/') {
   const context = await browser.newContext({ viewport: { width: 1000, height: 900 }, ...options });
   const page = await context.newPage();
   const errors = [];
@@ -32,7 +32,7 @@ export async function openPage(browser, t, options = {}) {
     await context.close();
     if (errors.length) throw new Error(`the page threw: ${errors.map(String).join('; ')}`);
   });
-  await page.goto(BASE + '/');
+  await page.goto(BASE + path);
   // Set once; still there at the end means the page never reloaded.
   await page.evaluate(() => (window.__sameDocument = true));
   return { context, page };

@@ -164,7 +164,7 @@ fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError
         (status = 200, description = "Applied, or already applied for this reference", body = AdminCreditResponse),
         (status = 400, description = "Invalid request, or neither or both of email and user_id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "Ambiguous email, or reference used for another user", body = ErrorBody),
     ),

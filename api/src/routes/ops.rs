@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::AdminUser;
+use crate::auth::{AdminUser, AdminViewer};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::routes::generations::JobView;
@@ -26,14 +26,14 @@ use crate::state::AppState;
     responses(
         (status = 200, description = "The diagnosis", body = Object),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn diagnose(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiPath(user): ApiPath<String>,
 ) -> Result<Json<ops::Diagnosis>, ApiError> {
     // No user has control characters in their names; don't send them to SQL.
@@ -76,13 +76,13 @@ pub struct AdminJobParams {
         (status = 200, description = "Jobs", body = Vec<JobView>),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn jobs(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiQuery(p): ApiQuery<AdminJobParams>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let status = p
@@ -110,14 +110,14 @@ pub async fn jobs(
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn job(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = crate::routes::generations::parse_job_id(&id)?;
@@ -128,18 +128,138 @@ pub async fn job(
     Ok(Json(JobView::from_job(job).with_events(events)))
 }
 
+/// Any user's job's ledger entries, oldest first: what the job reserved,
+/// spent and refunded.
+#[utoipa::path(
+    get, path = "/v1/admin/jobs/{id}/ledger", tag = "admin", operation_id = "admin_job_ledger",
+    params(("id" = Uuid, Path, description = "The job's ID")),
+    responses(
+        (status = 200, description = "The job's ledger entries", body = Vec<store::LedgerEntry>),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn job_ledger(
+    State(state): State<AppState>,
+    _admin: AdminViewer,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<store::LedgerEntry>>, ApiError> {
+    let id = crate::routes::generations::parse_job_id(&id)?;
+    if store::get_job(&state.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound("No such job.".into()));
+    }
+    Ok(Json(
+        store::credits::job_ledger_entries(&state.pool, id).await?,
+    ))
+}
+
+/// Cancel any user's job that has not finished; its credits are refunded at
+/// once, the timeline and the audit log name the admin.
+#[utoipa::path(
+    post, path = "/v1/admin/jobs/{id}/cancel", tag = "admin", operation_id = "admin_cancel_job",
+    params(("id" = Uuid, Path, description = "The job's ID")),
+    responses(
+        (status = 200, description = "Canceled and refunded", body = JobView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job has already finished", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(actor = %admin.0.external_id, job_id = %id))]
+pub async fn job_cancel(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = crate::routes::generations::parse_job_id(&id)?;
+    let job = store::get_job(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
+    let actor = admin.0.actor();
+    match store::cancel_job(&state.pool, job.user_id, id, &actor).await? {
+        store::CancelOutcome::Canceled { job, at_provider } => {
+            if at_provider {
+                // A worker cancels the provider's task from the outbox.
+                state.outbox_bell.ring();
+            }
+            store::credits::audit(
+                &state.pool,
+                &actor,
+                "job.cancel",
+                job.user_id,
+                Some(job.id),
+                serde_json::json!({"refunded": job.cost}),
+            )
+            .await?;
+            tracing::info!("job canceled by an admin");
+            Ok(Json(JobView::from_job(job)))
+        }
+        store::CancelOutcome::NotCancelable(job) => Err(ApiError::InvalidState(format!(
+            "The job is {} and can no longer be canceled.",
+            job.status
+        ))),
+        store::CancelOutcome::NotFound => Err(ApiError::NotFound("No such job.".into())),
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DlqParams {
-    /// Include replayed and discarded letters.
+    /// Include replayed and discarded letters (when `state` is absent).
     pub all: Option<bool>,
+    /// Only letters in this state: `open`, `replayed` or `discarded`.
+    #[param(value_type = Option<DlqState>)]
+    pub state: Option<String>,
+    /// A substring of the reason (case-insensitive).
+    #[param(max_length = 200)]
+    pub reason: Option<String>,
+    /// The queue the message died in, exactly.
+    #[param(max_length = 200)]
+    pub source_queue: Option<String>,
+    /// The job's user: genq ID, identity provider `sub` or email, exactly.
+    #[param(max_length = 320)]
+    pub user: Option<String>,
+    /// Only letters received at least this many seconds ago (at most ten years).
+    #[param(minimum = 0, maximum = 315_360_000)]
+    pub older_than_secs: Option<u64>,
+    /// A substring (case-insensitive) of the reason, the message, the source
+    /// queue, the user's email or the job ID.
+    #[param(max_length = 200)]
+    pub q: Option<String>,
     /// 1 to 100; 20 when absent.
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
-/// Dead letters archived from the broker, oldest first.
+/// The state of a dead letter.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DlqState {
+    Open,
+    Replayed,
+    Discarded,
+}
+
+/// A text filter: trimmed, empty as absent, bounded, no control characters.
+fn filter_text(value: Option<String>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.chars().count() > max || v.chars().any(char::is_control) => {
+            Err(ApiError::invalid(
+                field,
+                format!("{field} must be at most {max} characters, without control characters."),
+            ))
+        }
+        Some(v) => Ok(Some(v.to_owned())),
+    }
+}
+
+/// Dead letters archived from the broker, oldest first, narrowed by the filters.
 #[utoipa::path(
     get, path = "/v1/admin/dlq", tag = "admin", operation_id = "list_dead_letters",
     params(DlqParams),
@@ -147,16 +267,43 @@ pub struct DlqParams {
         (status = 200, description = "Dead letters", body = Vec<dlq::DeadLetter>),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn dlq_list(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiQuery(p): ApiQuery<DlqParams>,
 ) -> Result<Json<Vec<dlq::DeadLetter>>, ApiError> {
-    let letters = dlq::list(&state.pool, p.all.unwrap_or(false), page_limit(p.limit)?).await?;
+    let letter_state = match p.state.as_deref() {
+        None => (!p.all.unwrap_or(false)).then(|| "open".to_owned()),
+        Some(s @ ("open" | "replayed" | "discarded")) => Some(s.to_owned()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "state",
+                "state must be open, replayed or discarded.",
+            ))
+        }
+    };
+    let older_than = match p.older_than_secs {
+        Some(secs) if secs > MAX_AGE_SECS => {
+            return Err(ApiError::invalid(
+                "older_than_secs",
+                format!("older_than_secs must be at most {MAX_AGE_SECS}."),
+            ));
+        }
+        other => other.map(std::time::Duration::from_secs),
+    };
+    let filter = dlq::Filter {
+        state: letter_state,
+        reason: filter_text(p.reason, "reason", 200)?,
+        source_queue: filter_text(p.source_queue, "source_queue", 200)?,
+        user: filter_text(p.user, "user", 320)?,
+        older_than,
+        search: filter_text(p.q, "q", 200)?,
+    };
+    let letters = dlq::list_filtered(&state.pool, &filter, page_limit(p.limit)?).await?;
     Ok(Json(letters))
 }
 
@@ -172,14 +319,14 @@ fn letter_id(raw: &str) -> Result<i64, ApiError> {
     responses(
         (status = 200, description = "The dead letter", body = dlq::DeadLetter),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn dlq_show(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<dlq::DeadLetter>, ApiError> {
     dlq::get(&state.pool, letter_id(&id)?)
@@ -218,7 +365,7 @@ fn resolution(r: Result<dlq::Resolution, StoreError>) -> Result<Json<ResolutionV
     responses(
         (status = 200, description = "Replayed, or why not", body = ResolutionView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -242,7 +389,7 @@ pub async fn dlq_replay(
     responses(
         (status = 200, description = "Discarded, or why not", body = ResolutionView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -268,17 +415,36 @@ pub struct VerifyView {
     responses(
         (status = 200, description = "The verification", body = VerifyView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn ledger_verify(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
 ) -> Result<Json<VerifyView>, ApiError> {
     let violations = ops::verify_ledger(&state.pool).await?;
     Ok(Json(VerifyView {
         ok: violations.is_empty(),
         violations,
     }))
+}
+
+/// The system at a glance: jobs per status, the last hour, the outbox
+/// backlog, open dead letters. (Queue depths are not read: genq doesn't talk
+/// to RabbitMQ's management API.)
+#[utoipa::path(
+    get, path = "/v1/admin/system", tag = "admin", operation_id = "system_summary",
+    responses(
+        (status = 200, description = "The summary", body = ops::SystemSummary),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn system(
+    State(state): State<AppState>,
+    _admin: AdminViewer,
+) -> Result<Json<ops::SystemSummary>, ApiError> {
+    Ok(Json(ops::system_summary(&state.pool).await?))
 }

@@ -1,6 +1,6 @@
-//! The page served at `/` (built from `web/` into `web/dist/`, embedded in
-//! the binary so that a build needs no Node) and the settings it reads from
-//! `GET /web/config.json`.
+//! The pages served at `/` (users) and `/admin` (the operator console),
+//! built from `web/` into `web/dist/` and embedded in the binary so that a
+//! build needs no Node, and the settings they read from `GET /web/config.json`.
 
 use std::sync::LazyLock;
 
@@ -46,6 +46,18 @@ static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
         "text/javascript; charset=utf-8",
     )
 });
+static ADMIN_HTML: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        include_bytes!("../../../web/dist/admin.html"),
+        "text/html; charset=utf-8",
+    )
+});
+static ADMIN_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        include_bytes!("../../../web/dist/admin.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
 static APP_CSS: LazyLock<Asset> = LazyLock::new(|| {
     Asset::new(
         include_bytes!("../../../web/dist/app.css"),
@@ -61,7 +73,23 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 
 /// `GET /`: the page.
 pub async fn index(headers: HeaderMap) -> Response {
-    let mut response = serve(&INDEX, &headers);
+    page(&INDEX, &headers)
+}
+
+/// `GET /admin`: the operator console. Served to anyone, like `/`: it holds
+/// no data; every read and action is an admin API call that checks the role.
+pub async fn admin(headers: HeaderMap) -> Response {
+    page(&ADMIN_HTML, &headers)
+}
+
+/// `GET /assets/admin.js`.
+pub async fn admin_js(headers: HeaderMap) -> Response {
+    serve(&ADMIN_JS, &headers)
+}
+
+/// An HTML page with the headers that confine it.
+fn page(asset: &Asset, headers: &HeaderMap) -> Response {
+    let mut response = serve(asset, headers);
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -17,7 +17,7 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::AdminUser;
+use crate::auth::{AdminUser, AdminViewer};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::admin::text;
@@ -124,7 +124,7 @@ fn no_endpoint() -> ApiError {
         (status = 201, description = "Registered; the secret is shown only here", body = WebhookCreated),
         (status = 400, description = "Invalid request (`field` names it: a URL that is not http(s), has credentials or names a refused address)", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "Ambiguous email", body = ErrorBody),
     ),
@@ -173,13 +173,13 @@ pub struct WebhookListParams {
         (status = 200, description = "Endpoints", body = Vec<Endpoint>),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn webhook_list(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiQuery(p): ApiQuery<WebhookListParams>,
 ) -> Result<Json<Vec<Endpoint>>, ApiError> {
     let limit = page_limit(p.limit)?;
@@ -195,14 +195,14 @@ pub async fn webhook_list(
     responses(
         (status = 200, description = "The endpoint", body = Endpoint),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
         (status = 404, description = "No such endpoint, or deleted", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn webhook_show(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
     hooks::get_endpoint(&state.pool, endpoint_id(&id)?)
@@ -219,7 +219,7 @@ pub async fn webhook_show(
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
         (status = 404, description = "No such endpoint, or deleted already", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -247,7 +247,7 @@ pub async fn webhook_delete(
     responses(
         (status = 200, description = "Rotated; the new secret is shown only here", body = WebhookRotated),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
         (status = 404, description = "No such endpoint, or deleted", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -296,13 +296,13 @@ pub struct DeliveryListParams {
         (status = 200, description = "Deliveries", body = Vec<Delivery>),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn delivery_list(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiQuery(p): ApiQuery<DeliveryListParams>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
     let status = p
@@ -348,14 +348,14 @@ fn delivery_id(raw: &str) -> Result<i64, ApiError> {
     responses(
         (status = 200, description = "The delivery", body = WebhookDeliveryDetail),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
         (status = 404, description = "No such delivery", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn delivery_show(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    _admin: AdminViewer,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookDeliveryDetail>, ApiError> {
     let id = delivery_id(&id)?;
@@ -378,7 +378,7 @@ pub async fn delivery_show(
     responses(
         (status = 200, description = "Pending again; sent shortly", body = Delivery),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role only reads)", body = ErrorBody),
         (status = 404, description = "No such delivery", body = ErrorBody),
         (status = 409, description = "An attempt is under way, or its endpoint is disabled or deleted (`invalid_state`)", body = ErrorBody),
     ),

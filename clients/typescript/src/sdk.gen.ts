@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, MetricsData, MetricsResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses } from './types.gen';
+import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminCancelJobData, AdminCancelJobErrors, AdminCancelJobResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminJobLedgerData, AdminJobLedgerErrors, AdminJobLedgerResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, MetricsData, MetricsResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -47,7 +47,7 @@ export const addCredits = <ThrowOnError extends boolean = false>(options: Option
 });
 
 /**
- * Dead letters archived from the broker, oldest first.
+ * Dead letters archived from the broker, oldest first, narrowed by the filters.
  */
 export const listDeadLetters = <ThrowOnError extends boolean = false>(options?: Options<ListDeadLettersData, ThrowOnError>) => (options?.client ?? client).get<ListDeadLettersResponses, ListDeadLettersErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],
@@ -101,11 +101,42 @@ export const adminGetJob = <ThrowOnError extends boolean = false>(options: Optio
 });
 
 /**
+ * Cancel any user's job that has not finished; its credits are refunded at
+ * once, the timeline and the audit log name the admin.
+ */
+export const adminCancelJob = <ThrowOnError extends boolean = false>(options: Options<AdminCancelJobData, ThrowOnError>) => (options.client ?? client).post<AdminCancelJobResponses, AdminCancelJobErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/jobs/{id}/cancel',
+    ...options
+});
+
+/**
+ * Any user's job's ledger entries, oldest first: what the job reserved,
+ * spent and refunded.
+ */
+export const adminJobLedger = <ThrowOnError extends boolean = false>(options: Options<AdminJobLedgerData, ThrowOnError>) => (options.client ?? client).get<AdminJobLedgerResponses, AdminJobLedgerErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/jobs/{id}/ledger',
+    ...options
+});
+
+/**
  * Recompute every balance from the ledger and check the invariants.
  */
 export const verifyLedger = <ThrowOnError extends boolean = false>(options?: Options<VerifyLedgerData, ThrowOnError>) => (options?.client ?? client).get<VerifyLedgerResponses, VerifyLedgerErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],
     url: '/v1/admin/ledger/verify',
+    ...options
+});
+
+/**
+ * The system at a glance: jobs per status, the last hour, the outbox
+ * backlog, open dead letters. (Queue depths are not read: genq doesn't talk
+ * to RabbitMQ's management API.)
+ */
+export const systemSummary = <ThrowOnError extends boolean = false>(options?: Options<SystemSummaryData, ThrowOnError>) => (options?.client ?? client).get<SystemSummaryResponses, SystemSummaryErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/system',
     ...options
 });
 

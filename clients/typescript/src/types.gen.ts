@@ -151,6 +151,10 @@ export type DeadLetter = {
     state: string;
     user_email?: string | null;
     user_id?: string | null;
+    /**
+     * The user's identity provider ID (`sub`).
+     */
+    user_sub?: string | null;
 };
 
 /**
@@ -176,6 +180,11 @@ export type DevToken = {
 };
 
 /**
+ * The state of a dead letter.
+ */
+export type DlqState = 'open' | 'replayed' | 'discarded';
+
+/**
  * The documented error body.
  */
 export type ErrorBody = {
@@ -197,6 +206,14 @@ export type ErrorDetail = {
 };
 
 export type GrantKind = 'grant' | 'purchase';
+
+/**
+ * A count in one hour (the hour's start, UTC).
+ */
+export type HourCount = {
+    count: number;
+    hour: string;
+};
 
 /**
  * Why a job failed or was refused.
@@ -424,6 +441,50 @@ export type StreamToken = {
      * Send as `?access_token=` to `/v1/events` or `/v1/generations/{id}/events`.
      */
     token: string;
+};
+
+/**
+ * The system at a glance, for the console's System page.
+ */
+export type SystemSummary = {
+    /**
+     * Dead letters neither replayed nor discarded.
+     */
+    dead_letters_open: number;
+    /**
+     * Dead letters received per hour, last 24 hours; hours without any are absent.
+     */
+    dead_letters_per_hour: Array<HourCount>;
+    /**
+     * Failed and dead jobs of the last 24 hours by error code.
+     */
+    failures_by_code: {
+        [key: string]: number;
+    };
+    /**
+     * Jobs finished (succeeded, failed, dead, canceled) per hour, last 24 hours; hours without any are absent.
+     */
+    finished_per_hour: Array<HourCount>;
+    /**
+     * Every job by status (statuses without jobs are absent).
+     */
+    jobs_by_status: {
+        [key: string]: number;
+    };
+    /**
+     * Jobs that reached each status in the last hour (by their last update).
+     */
+    last_hour_by_status: {
+        [key: string]: number;
+    };
+    /**
+     * Outbox rows not yet published to the broker.
+     */
+    outbox_backlog: number;
+    /**
+     * Seconds since the oldest unpublished outbox row was written.
+     */
+    outbox_oldest_secs?: number | null;
 };
 
 export type VerifyView = {
@@ -659,7 +720,7 @@ export type AddCreditsErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -696,9 +757,34 @@ export type ListDeadLettersData = {
     path?: never;
     query?: {
         /**
-         * Include replayed and discarded letters.
+         * Include replayed and discarded letters (when `state` is absent).
          */
         all?: boolean;
+        /**
+         * Only letters in this state: `open`, `replayed` or `discarded`.
+         */
+        state?: DlqState;
+        /**
+         * A substring of the reason (case-insensitive).
+         */
+        reason?: string;
+        /**
+         * The queue the message died in, exactly.
+         */
+        source_queue?: string;
+        /**
+         * The job's user: genq ID, identity provider `sub` or email, exactly.
+         */
+        user?: string;
+        /**
+         * Only letters received at least this many seconds ago (at most ten years).
+         */
+        older_than_secs?: number;
+        /**
+         * A substring (case-insensitive) of the reason, the message, the source
+         * queue, the user's email or the job ID.
+         */
+        q?: string;
         /**
          * 1 to 100; 20 when absent.
          */
@@ -717,7 +803,7 @@ export type ListDeadLettersErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -759,7 +845,7 @@ export type GetDeadLetterErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -805,7 +891,7 @@ export type DiscardDeadLetterErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -851,7 +937,7 @@ export type ReplayDeadLetterErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -906,7 +992,7 @@ export type AdminListJobsErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -948,7 +1034,7 @@ export type AdminGetJobErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -976,6 +1062,102 @@ export type AdminGetJobResponses = {
 
 export type AdminGetJobResponse = AdminGetJobResponses[keyof AdminGetJobResponses];
 
+export type AdminCancelJobData = {
+    body?: never;
+    path: {
+        /**
+         * The job's ID
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/v1/admin/jobs/{id}/cancel';
+};
+
+export type AdminCancelJobErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin (the viewer role only reads)
+     */
+    403: ErrorBody;
+    /**
+     * No such job
+     */
+    404: ErrorBody;
+    /**
+     * The job has already finished
+     */
+    409: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type AdminCancelJobError = AdminCancelJobErrors[keyof AdminCancelJobErrors];
+
+export type AdminCancelJobResponses = {
+    /**
+     * Canceled and refunded
+     */
+    200: JobView;
+};
+
+export type AdminCancelJobResponse = AdminCancelJobResponses[keyof AdminCancelJobResponses];
+
+export type AdminJobLedgerData = {
+    body?: never;
+    path: {
+        /**
+         * The job's ID
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/v1/admin/jobs/{id}/ledger';
+};
+
+export type AdminJobLedgerErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Neither the admin nor the viewer role
+     */
+    403: ErrorBody;
+    /**
+     * No such job
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type AdminJobLedgerError = AdminJobLedgerErrors[keyof AdminJobLedgerErrors];
+
+export type AdminJobLedgerResponses = {
+    /**
+     * The job's ledger entries
+     */
+    200: Array<LedgerEntry>;
+};
+
+export type AdminJobLedgerResponse = AdminJobLedgerResponses[keyof AdminJobLedgerResponses];
+
 export type VerifyLedgerData = {
     body?: never;
     path?: never;
@@ -989,7 +1171,7 @@ export type VerifyLedgerErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1013,6 +1195,43 @@ export type VerifyLedgerResponses = {
 
 export type VerifyLedgerResponse = VerifyLedgerResponses[keyof VerifyLedgerResponses];
 
+export type SystemSummaryData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/v1/admin/system';
+};
+
+export type SystemSummaryErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Neither the admin nor the viewer role
+     */
+    403: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type SystemSummaryError = SystemSummaryErrors[keyof SystemSummaryErrors];
+
+export type SystemSummaryResponses = {
+    /**
+     * The summary
+     */
+    200: SystemSummary;
+};
+
+export type SystemSummaryResponse = SystemSummaryResponses[keyof SystemSummaryResponses];
+
 export type DiagnoseUserData = {
     body?: never;
     path: {
@@ -1031,7 +1250,7 @@ export type DiagnoseUserErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1095,7 +1314,7 @@ export type ListWebhookDeliveriesErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1137,7 +1356,7 @@ export type GetWebhookDeliveryErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1183,7 +1402,7 @@ export type ReplayWebhookDeliveryErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -1241,7 +1460,7 @@ export type ListWebhooksErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1282,7 +1501,7 @@ export type CreateWebhookErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -1332,7 +1551,7 @@ export type DeleteWebhookErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**
@@ -1378,7 +1597,7 @@ export type GetWebhookErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Neither the admin nor the viewer role
      */
     403: ErrorBody;
     /**
@@ -1424,7 +1643,7 @@ export type RotateWebhookSecretErrors = {
      */
     401: ErrorBody;
     /**
-     * Not an admin
+     * Not an admin (the viewer role only reads)
      */
     403: ErrorBody;
     /**

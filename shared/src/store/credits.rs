@@ -63,6 +63,38 @@ pub async fn ledger_entries(
     Ok(page(rows, limit, |e| e.id))
 }
 
+/// Every ledger entry of one job, oldest first (a job has a handful).
+pub async fn job_ledger_entries(pool: &PgPool, job_id: Uuid) -> Result<Vec<LedgerEntry>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {LEDGER_COLS} FROM credit_ledger WHERE job_id = $1 ORDER BY id LIMIT 1000"
+    ))
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records an operator's action in the audit log.
+pub async fn audit(
+    pool: &PgPool,
+    actor: &str,
+    action: &str,
+    target_user_id: Uuid,
+    job_id: Option<Uuid>,
+    details: serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, target_user_id, job_id, details) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(target_user_id)
+    .bind(job_id)
+    .bind(details)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// An operator's grant or purchase.
 #[derive(Debug, Clone)]
 pub struct CreditGrant {

@@ -22,6 +22,8 @@ pub struct DeadLetter {
     pub job_id: Option<Uuid>,
     pub user_id: Option<Uuid>,
     pub user_email: Option<String>,
+    /// The user's identity provider ID (`sub`).
+    pub user_sub: Option<String>,
     pub job_status: Option<String>,
     pub attempts: Option<i32>,
     pub source_queue: String,
@@ -60,7 +62,7 @@ pub struct NewDeadLetter {
     pub headers: serde_json::Value,
 }
 
-const COLS: &str = "d.id, d.job_id, j.user_id, u.email AS user_email, j.status AS job_status, j.attempts,
+const COLS: &str = "d.id, d.job_id, j.user_id, u.email AS user_email, u.external_id AS user_sub, j.status AS job_status, j.attempts,
     d.source_queue, d.reason, d.body, d.headers, d.received_at,
     EXTRACT(EPOCH FROM now() - d.received_at)::bigint AS age_secs, d.state, d.resolved_at, d.resolved_by
     FROM dead_letters d LEFT JOIN jobs j ON j.id = d.job_id LEFT JOIN users u ON u.id = j.user_id";
@@ -83,10 +85,51 @@ pub async fn archive(pool: &PgPool, letter: &NewDeadLetter) -> Result<i64> {
 }
 
 pub async fn list(pool: &PgPool, include_resolved: bool, limit: i64) -> Result<Vec<DeadLetter>> {
+    let filter = Filter {
+        state: (!include_resolved).then(|| "open".to_owned()),
+        ..Filter::default()
+    };
+    list_filtered(pool, &filter, limit).await
+}
+
+/// Which dead letters to list; every field narrows, `None` doesn't.
+/// Text matches are case-insensitive substrings (no pattern characters).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `open`, `replayed` or `discarded`.
+    pub state: Option<String>,
+    /// A substring of the reason.
+    pub reason: Option<String>,
+    /// The queue the message died in, exactly.
+    pub source_queue: Option<String>,
+    /// The job's user: genq ID, external ID (`sub`) or email, exactly.
+    pub user: Option<String>,
+    /// Received at least this long ago.
+    pub older_than: Option<std::time::Duration>,
+    /// A substring of the reason, the body (non-ASCII bytes as `\ooo` escapes), the
+    /// source queue, the user's email or the job ID.
+    pub search: Option<String>,
+}
+
+/// Dead letters matching `filter`, oldest first.
+pub async fn list_filtered(pool: &PgPool, filter: &Filter, limit: i64) -> Result<Vec<DeadLetter>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLS} WHERE ($1 OR d.state = 'open') ORDER BY d.id LIMIT $2"
+        "SELECT {COLS}
+          WHERE ($1::text IS NULL OR d.state = $1)
+            AND ($2::text IS NULL OR strpos(lower(d.reason), lower($2)) > 0)
+            AND ($3::text IS NULL OR d.source_queue = $3)
+            AND ($4::text IS NULL OR j.user_id::text = $4 OR u.external_id = $4 OR lower(u.email) = lower($4))
+            AND ($5::float8 IS NULL OR d.received_at <= now() - make_interval(secs => $5))
+            AND ($6::text IS NULL OR strpos(lower(concat_ws(' ', d.reason, encode(d.body, 'escape'),
+                 d.source_queue, u.email, d.job_id::text)), lower($6)) > 0)
+          ORDER BY d.id LIMIT $7"
     ))
-    .bind(include_resolved)
+    .bind(&filter.state)
+    .bind(&filter.reason)
+    .bind(&filter.source_queue)
+    .bind(&filter.user)
+    .bind(filter.older_than.map(|d| d.as_secs_f64()))
+    .bind(&filter.search)
     .bind(limit)
     .fetch_all(pool)
     .await?)

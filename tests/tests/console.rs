@@ -1,0 +1,220 @@
+//! What the operator console relies on: the read-only `viewer` role (every
+//! admin read, no admin action; a plain user gets neither) and the dead-letter
+//! list's filters.
+
+use genq_shared::store::dead_letters::{self as dlq, NewDeadLetter};
+use genq_tests::TestEnv;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const READS: &[&str] = &[
+    "/v1/admin/users/viewer@example.com/diagnosis",
+    "/v1/admin/jobs",
+    "/v1/admin/dlq",
+    "/v1/admin/dlq?all=true&reason=boom&q=x",
+    "/v1/admin/ledger/verify",
+    "/v1/admin/webhooks",
+    "/v1/admin/webhook-deliveries",
+    "/v1/admin/system",
+];
+
+async fn letter(env: &TestEnv, reason: &str, queue: &str, job_id: Option<uuid::Uuid>) -> i64 {
+    dlq::archive(
+        &env.pool,
+        &NewDeadLetter {
+            reason: reason.into(),
+            source_queue: queue.into(),
+            job_id,
+            body: format!("{{\"job_id\":\"{}\"}}", job_id.unwrap_or_default()).into_bytes(),
+            headers: json!({}),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_viewer_reads_everything_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.new_user("user-1", "viewer@example.com").await;
+    let id = letter(&env, "boom", "genq.work", None).await;
+    let viewer = env.token_with("ops-viewer", None, Some("viewer"), 3600);
+    for path in READS {
+        let (s, body) = env.get(path, &viewer).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {body}");
+    }
+    let (s, _) = env.get(&format!("/v1/admin/dlq/{id}"), &viewer).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let grant = json!({"email": "viewer@example.com", "amount": 5, "reason": "r", "kind": "grant"});
+    let actions = [
+        ("/v1/admin/credits".to_owned(), grant),
+        (format!("/v1/admin/dlq/{id}/replay"), json!({})),
+        (format!("/v1/admin/dlq/{id}/discard"), json!({})),
+    ];
+    for (path, body) in &actions {
+        let (s, refused) = env.post(path, &viewer, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {refused}");
+        assert_eq!(refused["error"]["code"], "forbidden");
+        assert!(message(&refused).contains("viewer role"), "{refused}");
+    }
+    // Nothing changed: the letter is still open, the user still has 8.
+    let admin = env.admin_token("ops-admin");
+    let (_, open) = env.get(&format!("/v1/admin/dlq/{id}"), &admin).await;
+    assert_eq!(open["state"], "open");
+    let (_, d) = env
+        .get("/v1/admin/users/viewer@example.com/diagnosis", &admin)
+        .await;
+    assert!(d.to_string().contains("\"available\":8"), "{d}");
+
+    // A plain user gets neither, and an unknown role is a plain user.
+    for token in [
+        env.token("user-1", Some("viewer@example.com")),
+        env.token_with("odd", None, Some("superuser"), 3600),
+    ] {
+        for path in READS {
+            let (s, body) = env.get(path, &token).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {body}");
+            assert!(
+                message(&body).contains("admin or the viewer role"),
+                "{body}"
+            );
+        }
+        for (path, body) in &actions {
+            let (s, _) = env.post(path, &token, body).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{path}");
+        }
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_filtered_by_state_reason_queue_user_age_and_search() {
+    let env = TestEnv::new().await;
+    let t = env.new_user("user-2", "poor@example.com").await;
+    // Refused for want of credits, the submission is still recorded as a job.
+    let (s, refused) = env.submit(&t, "a video").await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    let job: uuid::Uuid = refused["error"]["job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let a = letter(&env, "gave up after 3 attempts", "genq.work", Some(job)).await;
+    let b = letter(&env, "Malformed message", "genq.poll", None).await;
+    let c = letter(&env, "gave up after 6 attempts", "genq.poll", None).await;
+    let admin = env.admin_token("ops-admin");
+    let (s, _) = env
+        .post(&format!("/v1/admin/dlq/{c}/discard"), &admin, &json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let ids = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_i64().unwrap())
+            .collect()
+    };
+    for (query, want) in [
+        ("", vec![a, b]),
+        ("all=true", vec![a, b, c]),
+        ("state=discarded", vec![c]),
+        ("all=true&reason=GAVE%20UP", vec![a, c]),
+        ("source_queue=genq.poll", vec![b]),
+        ("user=poor%40example.com", vec![a]),
+        ("user=user-2", vec![a]),
+        (&format!("q={}", &job.to_string()[..8]), vec![a]),
+        ("q=malformed", vec![b]),
+        ("older_than_secs=3600", vec![]),
+        ("older_than_secs=0&q=%20%20", vec![a, b]),
+    ]
+    .map(|(q, w)| (q.to_owned(), w))
+    {
+        let (s, body) = env.get(&format!("/v1/admin/dlq?{query}"), &admin).await;
+        assert_eq!(s, StatusCode::OK, "{query}: {body}");
+        assert_eq!(ids(&body), want, "{query}");
+    }
+    for (query, field) in [
+        ("state=closed", "state"),
+        ("older_than_secs=999999999999", "older_than_secs"),
+        ("q=a%01b", "q"),
+        ("reason=", "reason"),
+    ] {
+        let (s, body) = env.get(&format!("/v1/admin/dlq?{query}"), &admin).await;
+        if query == "reason=" {
+            // An empty filter is no filter.
+            assert_eq!(s, StatusCode::OK, "{body}");
+            continue;
+        }
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_admin_cancels_any_users_job_with_its_refund_and_reads_its_ledger() {
+    let env = TestEnv::new().await;
+    let t = env.new_user("user-3", "rich@example.com").await;
+    env.grant("rich@example.com", 2).await;
+    // No worker: the job stays queued.
+    let (s, job) = env.submit(&t, "a video").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let viewer = env.token_with("ops-viewer", None, Some("viewer"), 3600);
+    let cancel = format!("/v1/admin/jobs/{id}/cancel");
+    let (s, body) = env.post(&cancel, &viewer, &json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, body) = env.post(&cancel, &t, &json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+
+    let admin = env.admin_token("ops-admin");
+    let (s, canceled) = env.post(&cancel, &admin, &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{canceled}");
+    assert_eq!(canceled["status"], "canceled");
+    let (s, again) = env.post(&cancel, &admin, &json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{again}");
+
+    let (s, ledger) = env
+        .get(&format!("/v1/admin/jobs/{id}/ledger"), &viewer)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ledger}");
+    let kinds: Vec<&str> = ledger
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["reserve", "refund"]);
+    let (_, credits) = env.get("/v1/credits", &t).await;
+    assert_eq!(credits["available"], 10);
+    let (s, system) = env.get("/v1/admin/system", &viewer).await;
+    assert_eq!(s, StatusCode::OK, "{system}");
+    assert_eq!(system["jobs_by_status"]["canceled"], 1, "{system}");
+    assert_eq!(system["finished_per_hour"][0]["count"], 1, "{system}");
+    assert_eq!(system["dead_letters_open"], 0, "{system}");
+    let (_, d) = env
+        .get("/v1/admin/users/rich@example.com/diagnosis", &admin)
+        .await;
+    assert!(
+        d["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "job.cancel" && a["actor"] == "admin:ops-admin"),
+        "{d}"
+    );
+    let (s, _) = env
+        .get(
+            "/v1/admin/jobs/00000000-0000-0000-0000-000000000000/ledger",
+            &admin,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    env.cleanup().await;
+}
