@@ -210,26 +210,27 @@ pub async fn job_cancel(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DlqParams {
+    // The text filters refuse control characters (a 400); their pattern says so.
     /// Include replayed and discarded letters (when `state` is absent).
     pub all: Option<bool>,
     /// Only letters in this state: `open`, `replayed` or `discarded`.
     #[param(value_type = Option<DlqState>)]
     pub state: Option<String>,
     /// A substring of the reason (case-insensitive).
-    #[param(max_length = 200)]
+    #[param(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub reason: Option<String>,
     /// The queue the message died in, exactly.
-    #[param(max_length = 200)]
+    #[param(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub source_queue: Option<String>,
     /// The job's user: genq ID, identity provider `sub` or email, exactly.
-    #[param(max_length = 320)]
+    #[param(max_length = 320, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub user: Option<String>,
     /// Only letters received at least this many seconds ago (at most ten years).
     #[param(minimum = 0, maximum = 315_360_000)]
     pub older_than_secs: Option<u64>,
     /// A substring (case-insensitive) of the reason, the message, the source
     /// queue, the user's email or the job ID.
-    #[param(max_length = 200)]
+    #[param(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub q: Option<String>,
     /// 1 to 100; 20 when absent.
     #[param(minimum = 1, maximum = 100)]
