@@ -25,4 +25,4 @@ scripts/web.sh check
 # The page in Debian's Chromium against a real stack.
 scripts/browser-test.sh
 cargo build --bins
-target/debug/genq-chaos --profile short
+"${CARGO_TARGET_DIR:-target}"/debug/genq-chaos --profile short
