@@ -31,7 +31,7 @@ node_env() {
   export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/plugins
 }
 
-ctl() { local n=$1; shift; (node_env "$n"; "$bin/rabbitmqctl" -q -n "genq$n@localhost" "$@"); }
+ctl() { local n=$1; shift; (node_env "$n"; cd "$dir"; "$bin/rabbitmqctl" -q -n "genq$n@localhost" "$@"); }
 
 urls() {
   local out=() n
@@ -45,7 +45,7 @@ start_node() {
   [ -f "$dir/.erlang.cookie" ] || { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' > "$dir/.erlang.cookie"; chmod 400 "$dir/.erlang.cookie"; }
   [ -f "$dir/plugins" ] || echo "[]." > "$dir/plugins"
   printf 'listeners.tcp.local = 127.0.0.1:%s\n' $((5680 + n)) > "$dir/n$n/rabbitmq.conf"
-  (node_env "$n"; "$bin/rabbitmq-server" -detached >/dev/null 2>&1)
+  (node_env "$n"; cd "$dir"; "$bin/rabbitmq-server" -detached >/dev/null 2>&1)
   # Bounded: a node that can't boot fails the script instead of hanging it.
   # (Right after -detached the node is not yet known to epmd: ask again.)
   for _ in $(seq 1 60); do

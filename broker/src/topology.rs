@@ -147,72 +147,65 @@ impl Topology {
         // expire after the tier's TTL and dead-letter, keeping their routing
         // key (`start` or `poll`), back into the work exchange.
         for tier in DELAY_TIERS_MS {
-            channel
-                .exchange_declare(
-                    self.delay_exchange(tier).into(),
-                    ExchangeKind::Fanout,
-                    durable_exchange,
-                    FieldTable::default(),
-                )
+            let (exchange, queue) = (self.delay_exchange(tier), self.wait_queue(tier));
+            self.declare_delay(channel, &exchange, &queue, tier, None)
                 .await?;
-            let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), string("quorum"));
-            // The delay itself: every message waits exactly this long.
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier as i64));
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                string(&self.work_exchange()),
-            );
-            // Expired messages move only once the work exchange confirmed
-            // them, so a delayed message is never dropped on the way back.
-            args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-            // Required by at-least-once: a full queue refuses new publishes
-            // (the publisher sees a nack) rather than dropping its head.
-            args.insert("x-overflow".into(), string("reject-publish"));
-            declare_bound(
-                channel,
-                &self.wait_queue(tier),
-                args,
-                &self.delay_exchange(tier),
-                "",
-            )
-            .await?;
         }
-
         // Webhook retries' long delays: the same shape, one tier per delay,
         // whose expired messages always come back as webhook messages.
         for tier in WEBHOOK_DELAY_TIERS_MS {
-            channel
-                .exchange_declare(
-                    self.webhook_delay_exchange(tier).into(),
-                    ExchangeKind::Fanout,
-                    durable_exchange,
-                    FieldTable::default(),
-                )
+            let exchange = self.webhook_delay_exchange(tier);
+            let queue = self.webhook_wait_queue(tier);
+            self.declare_delay(channel, &exchange, &queue, tier, Some(WEBHOOK_KEY))
                 .await?;
-            let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), string("quorum"));
-            // The delay itself: every message waits exactly this long.
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier as i64));
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                string(&self.work_exchange()),
-            );
-            // Back to the webhooks queue whatever key it was published with.
-            args.insert("x-dead-letter-routing-key".into(), string(WEBHOOK_KEY));
-            // As above: never dropped on the way back, refused when full.
-            args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-            args.insert("x-overflow".into(), string("reject-publish"));
-            declare_bound(
-                channel,
-                &self.webhook_wait_queue(tier),
-                args,
-                &self.webhook_delay_exchange(tier),
-                "",
-            )
-            .await?;
         }
         Ok(())
+    }
+
+    /// One delay tier: a fanout `exchange` into `queue`, whose messages wait
+    /// `tier_ms`, then dead-letter into the work exchange, with their own
+    /// routing key or `routing_key` when given.
+    async fn declare_delay(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        queue: &str,
+        tier_ms: u64,
+        routing_key: Option<&str>,
+    ) -> lapin::Result<()> {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
+        // The delay itself: every message waits exactly this long.
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(tier_ms as i64),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.work_exchange()),
+        );
+        if let Some(key) = routing_key {
+            // Back to this key's queue whatever key it was published with.
+            args.insert("x-dead-letter-routing-key".into(), string(key));
+        }
+        // Expired messages move only once the work exchange confirmed
+        // them, so a delayed message is never dropped on the way back.
+        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        // Required by at-least-once: a full queue refuses new publishes
+        // (the publisher sees a nack) rather than dropping its head.
+        args.insert("x-overflow".into(), string("reject-publish"));
+        declare_bound(channel, queue, args, exchange, "").await
     }
 
     /// Deletes every queue and exchange of the topology (test and chaos runs).
