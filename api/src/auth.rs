@@ -224,7 +224,10 @@ impl AuthUser {
     }
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+/// The verified claims of an API token sent as `Authorization: Bearer`.
+pub struct BearerClaims(pub Claims);
+
+impl FromRequestParts<AppState> for BearerClaims {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -236,7 +239,18 @@ impl FromRequestParts<AppState> for AuthUser {
                 "Send Authorization: Bearer <token>.".into(),
             ))
         })?;
-        let claims = verify(token, state)?;
+        verify(token, state).map(Self)
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let BearerClaims(claims) = BearerClaims::from_request_parts(parts, state).await?;
         Self::from_claims(claims, state).await
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::{request::Parts, HeaderMap, StatusCode};
+use axum::http::{request::Parts, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -23,7 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::generations::parse_job_id;
-use crate::auth::{self, AuthUser};
+use crate::auth::{self, AuthUser, BearerClaims};
 use crate::error::{ApiError, ErrorBody};
 use crate::events::{EventFeed, StreamSlot};
 use crate::extract::{ApiPath, ApiQuery};
@@ -158,14 +158,8 @@ pub struct StreamToken {
 )]
 pub async fn create_stream_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    BearerClaims(claims): BearerClaims,
 ) -> Result<impl IntoResponse, ApiError> {
-    let token = auth::bearer(&headers).unwrap_or_else(|| {
-        Err(ApiError::Unauthorized(
-            "Send Authorization: Bearer <token>.".into(),
-        ))
-    })?;
-    let claims = auth::verify(token, &state)?;
     let ttl = state.settings.events.stream_token_ttl_secs as i64;
     let stream_claims = claims.for_stream(ttl);
     let expires_at = DateTime::from_timestamp(stream_claims.exp as i64, 0).unwrap_or_else(Utc::now);
