@@ -52,6 +52,10 @@ pub struct DatabaseSettings {
 pub struct AmqpSettings {
     /// One AMQP URL, or a cluster's nodes separated by commas.
     pub url: SecretString,
+    /// RabbitMQ's management API (`http://user:pass@host:15672`), read by
+    /// the console's System page for queue depths and consumers. Unset: the
+    /// page says it is not available. A secret because it carries a password.
+    pub management_url: Option<SecretString>,
 }
 
 impl AmqpSettings {
@@ -343,6 +347,7 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            management_url: None,
         }
     }
 }
@@ -451,22 +456,29 @@ impl Settings {
     /// Loads the layers in order, `file` (if given and present) overriding the
     /// defaults, then the usual `DATABASE_URL` / `AMQP_URL`, then `GENQ__*`.
     pub fn load(file: Option<&str>) -> anyhow::Result<Self> {
+        Self::load_from(file, std::env::vars().collect())
+    }
+
+    /// [`Settings::load`] with the environment given as a map: tests pass
+    /// their own rather than change the process's, which other threads read.
+    pub fn load_from(file: Option<&str>, env: BTreeMap<String, String>) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::with_name(path).required(true));
-        } else if let Ok(path) = std::env::var("GENQ_CONFIG") {
-            builder = builder.add_source(config::File::with_name(&path).required(true));
+        } else if let Some(path) = env.get("GENQ_CONFIG") {
+            builder = builder.add_source(config::File::with_name(path).required(true));
         }
-        for (env, key) in [("DATABASE_URL", "database.url"), ("AMQP_URL", "amqp.url")] {
-            if let Ok(value) = std::env::var(env) {
-                builder = builder.set_override(key, value)?;
+        for (var, key) in [("DATABASE_URL", "database.url"), ("AMQP_URL", "amqp.url")] {
+            if let Some(value) = env.get(var) {
+                builder = builder.set_override(key, value.as_str())?;
             }
         }
         builder = builder.add_source(
             config::Environment::with_prefix("GENQ")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(env.into_iter().collect())),
         );
         let settings: Settings = builder
             .build()
@@ -523,6 +535,16 @@ impl Settings {
                 "amqp.url",
                 "must be one or more amqp:// or amqps:// URLs separated by commas",
             )?;
+        }
+        if let Some(m) = &self.amqp.management_url {
+            let ok = url::Url::parse(m.expose_secret())
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                fail(
+                    "amqp.management_url",
+                    "must be an http:// or https:// URL of RabbitMQ's management API",
+                )?;
+            }
         }
         if self.database.max_connections == 0 {
             fail("database.max_connections", "must be more than 0")?;

@@ -486,3 +486,12 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// An environment for `Settings::load_from`: tests never change the
+/// process's own, which every test thread shares.
+pub fn env_of(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -19,7 +19,7 @@ use genq_provider_sim::SimConfig;
 use genq_shared::config::Settings;
 use genq_shared::messages::WebhookMessage;
 use genq_shared::webhooks::JobStatusWebhook;
-use genq_tests::{eventually, test_settings, TestEnv};
+use genq_tests::{env_of, eventually, test_settings, TestEnv};
 use genqctl::{execute, Cli};
 use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
@@ -807,12 +807,14 @@ async fn a_waiting_delivery_is_replayed_at_once_or_dropped_with_its_endpoint() {
 
 #[test]
 fn the_webhook_settings_come_from_the_environment_and_are_checked() {
-    std::env::set_var("GENQ__WEBHOOKS__ALLOW_PRIVATE", "true");
-    std::env::set_var("GENQ__WEBHOOKS__RETRY_SCHEDULE_MS", "100,2000");
-    let loaded = Settings::load(None);
-    std::env::remove_var("GENQ__WEBHOOKS__ALLOW_PRIVATE");
-    std::env::remove_var("GENQ__WEBHOOKS__RETRY_SCHEDULE_MS");
-    let s = loaded.unwrap();
+    let s = Settings::load_from(
+        None,
+        env_of(&[
+            ("GENQ__WEBHOOKS__ALLOW_PRIVATE", "true"),
+            ("GENQ__WEBHOOKS__RETRY_SCHEDULE_MS", "100,2000"),
+        ]),
+    )
+    .unwrap();
     assert!(s.webhooks.allow_private);
     assert_eq!(s.webhooks.retry_schedule_ms, [100, 2000]);
     let defaults = Settings::default().webhooks;

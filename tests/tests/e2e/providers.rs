@@ -11,6 +11,7 @@ use genq_shared::config::{ProviderKind, ProviderSettings, Settings};
 use genq_shared::provider::{
     self, FailureKind, ProviderError, TaskRequest, TaskStatus, VideoProvider,
 };
+use genq_tests::env_of;
 use secrecy::SecretString;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -386,34 +387,41 @@ async fn replicate_cancel_after_aborts_a_prediction_that_never_started() {
 /// validation messages that name the key.
 #[test]
 fn provider_kind_is_configured_from_the_environment() {
-    // The only test in this binary that reads the environment.
-    std::env::set_var("GENQ__PROVIDER__KIND", "replicate");
-    std::env::set_var("GENQ__PROVIDER__API_KEY", "r8_test");
-    let s = Settings::load(None).expect("loads");
+    let load = |pairs: &[(&str, &str)]| Settings::load_from(None, env_of(pairs));
+    let s = load(&[
+        ("GENQ__PROVIDER__KIND", "replicate"),
+        ("GENQ__PROVIDER__API_KEY", "r8_test"),
+    ])
+    .expect("loads");
     assert_eq!(s.provider.kind(), ProviderKind::Replicate);
     assert_eq!(s.provider.effective_base_url(), "https://api.replicate.com");
     assert_eq!(s.provider.effective_model(), "minimax/video-01");
 
-    std::env::set_var("GENQ__PROVIDER__KIND", "sora");
-    let e = Settings::load(None).unwrap_err().to_string();
+    let e = load(&[
+        ("GENQ__PROVIDER__KIND", "sora"),
+        ("GENQ__PROVIDER__API_KEY", "r8_test"),
+    ])
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("provider.kind") && e.contains("GENQ__PROVIDER__KIND"),
         "{e}"
     );
 
-    std::env::set_var("GENQ__PROVIDER__KIND", "runway");
-    std::env::remove_var("GENQ__PROVIDER__API_KEY");
-    let e = Settings::load(None).unwrap_err().to_string();
+    let e = load(&[("GENQ__PROVIDER__KIND", "runway")])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("provider.api_key"), "{e}");
 
-    std::env::set_var("GENQ__PROVIDER__KIND", "kling");
-    std::env::set_var("GENQ__PROVIDER__API_KEY", "no-colon");
-    let e = Settings::load(None).unwrap_err().to_string();
+    let e = load(&[
+        ("GENQ__PROVIDER__KIND", "kling"),
+        ("GENQ__PROVIDER__API_KEY", "no-colon"),
+    ])
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("ACCESS_KEY:SECRET_KEY"), "{e}");
 
-    std::env::remove_var("GENQ__PROVIDER__KIND");
-    std::env::remove_var("GENQ__PROVIDER__API_KEY");
-    let s = Settings::load(None).expect("defaults load");
+    let s = load(&[]).expect("defaults load");
     assert_eq!(s.provider.kind(), ProviderKind::TaskId);
     assert_eq!(s.provider.effective_base_url(), "http://127.0.0.1:8090");
 }

@@ -5,7 +5,7 @@ use genq_tests::TestEnv;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-const COMMITTED: &str = include_str!("../../api/openapi.json");
+const COMMITTED: &str = include_str!("../../../api/openapi.json");
 
 #[tokio::test]
 async fn the_served_document_is_the_committed_copy() {

@@ -3,6 +3,8 @@
 //! list's filters.
 
 use genq_shared::store::dead_letters::{self as dlq, NewDeadLetter};
+use std::time::Duration;
+
 use genq_tests::TestEnv;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -216,5 +218,87 @@ async fn an_admin_cancels_any_users_job_with_its_refund_and_reads_its_ledger() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    env.cleanup().await;
+}
+
+async fn system(env: &TestEnv, token: &str) -> Value {
+    let (s, body) = env.get("/v1/admin/system", token).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    body
+}
+
+/// The System page's queue depths come from RabbitMQ's management API
+/// (`scripts/services.sh` enables it), and its "last verification" from the
+/// worker's periodic check and the console's button.
+#[tokio::test]
+async fn the_system_summary_shows_the_queues_and_the_last_ledger_verification() {
+    let mut settings = genq_tests::test_settings();
+    settings.worker.sweep_interval_ms = 100;
+    settings.amqp.management_url = Some("http://127.0.0.1:15672".into());
+    let env = TestEnv::with_settings(settings).await;
+    let viewer = env.token_with("ops-viewer", None, Some("viewer"), 3600);
+    assert!(system(&env, &viewer).await["last_verification"].is_null());
+
+    let worker = env.spawn_worker().await;
+    // The worker's first sweep verifies the ledger, and the check is recorded.
+    let checked = genq_tests::eventually(Duration::from_secs(30), || async {
+        let v = system(&env, &viewer).await["last_verification"].clone();
+        (v["checked_by"] == "worker").then_some(v)
+    })
+    .await
+    .expect("the worker's verification is recorded");
+    assert_eq!(checked["violations"], 0, "{checked}");
+    assert_eq!(checked["sample"], json!([]), "{checked}");
+
+    // This deployment's queues, with the worker consuming from them.
+    let start = format!("{}.start", env.settings.queue.prefix);
+    let queues = genq_tests::eventually(Duration::from_secs(30), || async {
+        let q = system(&env, &viewer).await["queues"].clone();
+        let consumed = q["queues"].as_array()?.iter().any(|row| {
+            row["name"] == start.as_str() && row["consumers"].as_i64().unwrap_or(0) >= 1
+        });
+        consumed.then_some(q)
+    })
+    .await
+    .expect("the management API lists the worker's queues");
+    assert_eq!(queues["available"], true, "{queues}");
+    let own = format!("{}.", env.settings.queue.prefix);
+    for row in queues["queues"].as_array().unwrap() {
+        assert!(row["name"].as_str().unwrap().starts_with(&own), "{row}");
+        assert_eq!(row["type"], "quorum", "{row}");
+    }
+    worker.stop().await;
+
+    // The console's button is recorded with the admin who pressed it.
+    let admin = env.admin_token("ops-admin");
+    let (s, body) = env.get("/v1/admin/ledger/verify", &admin).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let last = system(&env, &viewer).await["last_verification"].clone();
+    assert_eq!(last["checked_by"], "admin:ops-admin", "{last}");
+    env.cleanup().await;
+}
+
+/// Without the management API the page says so plainly, and still answers.
+#[tokio::test]
+async fn without_the_management_api_the_system_summary_says_why() {
+    let env = TestEnv::new().await;
+    let admin = env.admin_token("ops-admin");
+    let q = system(&env, &admin).await["queues"].clone();
+    assert_eq!(q["available"], false, "{q}");
+    assert!(
+        q["note"].as_str().unwrap().contains("amqp.management_url"),
+        "{q}"
+    );
+    env.cleanup().await;
+
+    let mut settings = genq_tests::test_settings();
+    // Nothing listens on port 9 here: refused at once.
+    settings.amqp.management_url = Some("http://admin:s3cret@127.0.0.1:9".into());
+    let env = TestEnv::with_settings(settings).await;
+    let q = system(&env, &env.admin_token("ops-admin")).await["queues"].clone();
+    assert_eq!(q["available"], false, "{q}");
+    let note = q["note"].as_str().unwrap();
+    assert!(note.contains("did not answer"), "{q}");
+    assert!(!note.contains("s3cret"), "the password never shows: {q}");
     env.cleanup().await;
 }

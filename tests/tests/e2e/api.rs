@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use genq_tests::{ledger_balances, test_settings, user_id, TestEnv};
+use genq_tests::{env_of, ledger_balances, test_settings, user_id, TestEnv};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -806,28 +806,28 @@ fn invalid_configuration_names_the_key() {
 
 #[test]
 fn the_environment_layer_is_read_and_bad_values_name_their_key() {
-    // The only test in this binary that touches the process environment.
-    std::env::set_var("GENQ__CREDITS__INITIAL", "3");
-    std::env::set_var(
-        "DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/from_env",
-    );
-    let s = genq_shared::config::Settings::load(None).unwrap();
+    use genq_shared::config::Settings;
+    let s = Settings::load_from(
+        None,
+        env_of(&[
+            ("GENQ__CREDITS__INITIAL", "3"),
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/from_env",
+            ),
+        ]),
+    )
+    .unwrap();
     assert_eq!(s.credits.initial, 3);
     assert!(secrecy::ExposeSecret::expose_secret(&s.database.url).ends_with("/from_env"));
-    std::env::set_var("GENQ__CREDITS__INITIAL", "lots");
-    let e = genq_shared::config::Settings::load(None)
+    let e = Settings::load_from(None, env_of(&[("GENQ__CREDITS__INITIAL", "lots")]))
         .unwrap_err()
         .to_string();
     assert!(e.contains("credits.initial"), "{e}");
-    std::env::remove_var("GENQ__CREDITS__INITIAL");
-    std::env::set_var("GENQ__CREDITS__BONUS", "1");
-    let e = genq_shared::config::Settings::load(None)
+    let e = Settings::load_from(None, env_of(&[("GENQ__CREDITS__BONUS", "1")]))
         .unwrap_err()
         .to_string();
     assert!(e.contains("bonus"), "{e}");
-    std::env::remove_var("GENQ__CREDITS__BONUS");
-    std::env::remove_var("DATABASE_URL");
 }
 
 #[tokio::test]

@@ -1,0 +1,17 @@
+//! genq's end-to-end suite, one test binary: each module is one area, against
+//! the real Postgres, RabbitMQ and provider simulator (linking the stack once
+//! instead of once per area keeps the debug build small and quick).
+
+mod api;
+mod archive;
+mod console;
+mod events;
+mod hostile;
+mod lifecycles;
+mod models;
+mod openapi;
+mod operator;
+mod pipeline;
+mod providers;
+mod web;
+mod webhooks;
