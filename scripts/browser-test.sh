@@ -27,6 +27,8 @@ cp "$bin/genq-api" "$bin/genq-worker" "$bin/genq-provider-sim" "$log/bin/"
 bin=$log/bin
 
 export GENQ__WEB__DEV_SIGN_IN=true
+# The System page's queue depths (scripts/services.sh enables the plugin).
+export GENQ__AMQP__MANAGEMENT_URL=http://127.0.0.1:15672
 export GENQ__LOG__FILTER=info
 # Three submissions per user at once, then one a minute: the 429 test.
 export GENQ__API__SUBMIT_BURST=3 GENQ__API__SUBMIT_PER_MINUTE=1

@@ -31,3 +31,9 @@ for _ in $(seq 1 60); do
   rabbitmq-diagnostics -q check_running >/dev/null 2>&1 && break
   sleep 1
 done
+# The management API: the console's queue depths (GENQ__AMQP__MANAGEMENT_URL)
+# and its test. Enabled once; the broker keeps it across restarts.
+if ! rabbitmq-plugins -q is_enabled rabbitmq_management >/dev/null 2>&1; then
+  rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+fi
+wait_port 15672 "RabbitMQ management"

@@ -31,6 +31,9 @@ pub struct AppState {
     pub videos: VideoStore,
     /// This process's live job-event feed and stream bounds.
     pub events: EventFeed,
+    /// For RabbitMQ's management API (the console's queue depths); one
+    /// client, so its connections are reused.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -49,6 +52,7 @@ impl AppState {
                 settings.events.max_streams,
                 settings.events.max_streams_per_user,
             ),
+            http: reqwest::Client::new(),
             settings: Arc::new(settings),
         })
     }

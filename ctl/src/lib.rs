@@ -315,7 +315,7 @@ pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::R
         Command::Dlq(cmd) => dlq::dead_letters(cli.json, settings, pool, cmd).await,
         Command::Webhooks(cmd) => webhooks::webhooks(cli.json, settings, pool, cmd).await,
         Command::Ledger(LedgerCmd::Verify) => {
-            let violations = ops::verify_ledger(pool).await?;
+            let violations = ops::verify_and_record(pool, "genqctl").await?;
             let code = if violations.is_empty() { 0 } else { 1 };
             if cli.json {
                 return fail(

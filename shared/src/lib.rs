@@ -10,6 +10,7 @@ pub mod domain;
 pub mod messages;
 pub mod ops;
 pub mod provider;
+pub mod queues;
 pub mod shutdown;
 pub mod storage;
 pub mod store;

@@ -2,7 +2,7 @@
 //! the ledger verification, and job listings across users.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
@@ -169,7 +169,7 @@ fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> S
 }
 
 /// One broken invariant of the ledger.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Violation {
     pub user_id: Option<Uuid>,
     pub job_id: Option<Uuid>,
@@ -384,6 +384,49 @@ pub struct SystemSummary {
     pub finished_per_hour: Vec<HourCount>,
     /// Dead letters received per hour, last 24 hours; hours without any are absent.
     pub dead_letters_per_hour: Vec<HourCount>,
+    /// The most recent ledger verification (the worker runs one every
+    /// minute or so), if any was ever recorded.
+    pub last_verification: Option<VerificationRecord>,
+}
+
+/// One recorded run of [`verify_ledger`].
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
+pub struct VerificationRecord {
+    pub checked_at: DateTime<Utc>,
+    /// `worker`, `genqctl`, or the admin who pressed the button.
+    pub checked_by: String,
+    /// How many invariants were broken (0: the ledger is sound).
+    pub violations: i32,
+    pub took_ms: i32,
+    /// The first few violations (rule, user_id, job_id, detail).
+    #[schema(value_type = Vec<Object>)]
+    pub sample: sqlx::types::Json<Vec<Violation>>,
+}
+
+/// How many violations a record keeps; the logs have them all.
+const SAMPLE: usize = 5;
+/// How long records are kept: the console shows the last one, and a week
+/// answers "since when?".
+const KEEP_DAYS: i32 = 7;
+
+/// Runs [`verify_ledger`] and records the outcome for the console.
+pub async fn verify_and_record(pool: &PgPool, by: &str) -> Result<Vec<Violation>, StoreError> {
+    let started = std::time::Instant::now();
+    let violations = verify_ledger(pool).await?;
+    let took_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
+    let sample: Vec<&Violation> = violations.iter().take(SAMPLE).collect();
+    sqlx::query(
+        "WITH pruned AS (DELETE FROM ledger_verifications WHERE checked_at < now() - make_interval(days => $5))
+         INSERT INTO ledger_verifications (checked_by, violations, took_ms, sample) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(by)
+    .bind(i32::try_from(violations.len()).unwrap_or(i32::MAX))
+    .bind(took_ms)
+    .bind(sqlx::types::Json(&sample))
+    .bind(KEEP_DAYS)
+    .execute(pool)
+    .await?;
+    Ok(violations)
 }
 
 /// A count in one hour (the hour's start, UTC).
@@ -437,7 +480,14 @@ pub async fn system_summary(pool: &PgPool) -> Result<SystemSummary, StoreError> 
     )
     .fetch_all(pool)
     .await?;
+    let last_verification: Option<VerificationRecord> = sqlx::query_as(
+        "SELECT checked_at, checked_by, violations, took_ms, sample FROM ledger_verifications
+          ORDER BY checked_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
     Ok(SystemSummary {
+        last_verification,
         failures_by_code: failures.into_iter().collect(),
         finished_per_hour,
         dead_letters_per_hour,

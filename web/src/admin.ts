@@ -19,7 +19,7 @@ import {
   type DeadLetter,
   type JobView,
   type ResolutionView,
-  type SystemSummary,
+  type SystemView,
 } from '@genq/client';
 import { describe, setToken, type Failed } from './api';
 import { displayName, looksLikeJwt } from './session';
@@ -591,7 +591,7 @@ function perHour(rows: { hour: string; count: number }[]): Record<string, number
   return Object.fromEntries(rows.map((r) => [r.hour.slice(11, 16), r.count]));
 }
 
-function renderSystem(s: SystemSummary): void {
+function renderSystem(s: SystemView): void {
   const figures = el('dl', undefined, { class: 'figures' });
   const add = (k: string, v: string) => {
     const div = el('div');
@@ -611,6 +611,44 @@ function renderSystem(s: SystemSummary): void {
     el('h3', 'Failures by code (last 24 h)'), bars(s.failures_by_code, 'Failures by code'),
     el('h3', 'Dead letters per hour (last 24 h, UTC)'), bars(perHour(s.dead_letters_per_hour), 'Dead letters per hour'),
   );
+  renderQueues(s.queues);
+  renderVerification(s.last_verification ?? null);
+}
+
+/** Depths and consumers from RabbitMQ's management API, or why not. */
+function renderQueues(q: SystemView['queues']): void {
+  const box = $('system-queues');
+  if (!q.available) {
+    box.replaceChildren(el('p', `Queue depths and consumers: not available. ${q.note ?? ''}`, { class: 'help', 'data-role': 'queues-unavailable' }));
+    return;
+  }
+  if (q.queues.length === 0) {
+    box.replaceChildren(el('p', 'The broker lists no queues of this deployment yet.', { class: 'help' }));
+    return;
+  }
+  const table = el('table', undefined, { 'data-role': 'queues' });
+  const head = el('tr');
+  for (const h of ['Queue', 'Type', 'Ready', 'Unacked', 'Consumers']) head.append(el('th', h));
+  table.append(head);
+  for (const row of q.queues) {
+    const tr = el('tr');
+    for (const c of [row.name, row.type ?? '', String(row.ready), String(row.unacked), String(row.consumers)]) tr.append(el('td', c));
+    table.append(tr);
+  }
+  box.replaceChildren(
+    table,
+    el('p', 'Counts lag the broker by its statistics interval (5 s by default).', { class: 'help' }),
+    // Labelled without the deployment's prefix, which every name shares.
+    bars(Object.fromEntries(q.queues.map((r) => [r.name.slice(r.name.indexOf('.') + 1), r.messages])), 'Messages per queue'),
+  );
+}
+
+function renderVerification(v: SystemView['last_verification']): void {
+  $('verify-last').textContent = v
+    ? `Last verified ${when(v.checked_at)} by ${v.checked_by} in ${v.took_ms} ms: ${
+        v.violations === 0 ? 'sound, every balance matches its entries.' : `${plural(v.violations, 'violation', 'violations')}: ${JSON.stringify(v.sample).slice(0, 1000)}`
+      }`
+    : 'No verification recorded yet (the worker verifies the ledger about once a minute).';
 }
 
 async function verify(): Promise<void> {
@@ -621,6 +659,7 @@ async function verify(): Promise<void> {
   const r = await verifyLedger();
   button.disabled = false;
   if (!r.data) return fail(out, r);
+  void loadSystem();
   out.textContent = r.data.ok
     ? `The ledger verifies (${new Date().toISOString()}): every balance matches its entries.`
     : `${plural(r.data.violations.length, 'violation', 'violations')} (${new Date().toISOString()}): ${JSON.stringify(r.data.violations).slice(0, 2000)}`;

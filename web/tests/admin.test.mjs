@@ -147,8 +147,16 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   const failures = await page.locator('svg[aria-label^="Failures by code"]').getAttribute('aria-label');
   assert.match(failures, /retries_exhausted [1-9]/);
   assert.match(await page.locator('svg[aria-label^="Dead letters per hour"]').getAttribute('aria-label'), /\d\d:00 [1-9]/);
+  // Queue depths from RabbitMQ's management API (browser-test.sh sets its URL):
+  // this deployment's queues, the workers consuming from them.
+  const queues = page.locator('table[data-role="queues"]');
+  await queues.waitFor();
+  const startRow = queues.locator('tr', { hasText: '.start' });
+  assert.match(await startRow.textContent(), /quorum/);
   await page.getByRole('button', { name: 'Verify the ledger now' }).click();
   await eventually('the verification', async () => /The ledger verifies|violation/.test(await page.locator('#verify-result').textContent()));
+  // ...and the System page now names the last verification and who ran it.
+  await eventually('the last verification', async () => /Last verified .* by (admin:browser-admin|worker) .*sound/.test(await page.locator('#verify-last').textContent()));
   await shot(page, 'admin-system');
 });
 

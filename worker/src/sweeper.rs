@@ -184,7 +184,7 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     }
 
     if verify {
-        let violations = ops::verify_ledger(&handler.pool).await?;
+        let violations = ops::verify_and_record(&handler.pool, "worker").await?;
         metrics::gauge!("genq_ledger_violations").set(violations.len() as f64);
         for v in violations.iter().take(20) {
             tracing::error!(rule = %v.rule, user_id = ?v.user_id, job_id = ?v.job_id, detail = %v.detail, "ledger invariant violated");

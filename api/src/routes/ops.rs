@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use genq_shared::domain::JobStatus;
 use genq_shared::ops;
+use genq_shared::queues::{queue_stats, QueueStats};
 use genq_shared::store::dead_letters as dlq;
 use genq_shared::store::{self, StoreError, UserRef};
 use serde::{Deserialize, Serialize};
@@ -422,9 +423,10 @@ pub struct VerifyView {
 )]
 pub async fn ledger_verify(
     State(state): State<AppState>,
-    _admin: AdminViewer,
+    admin: AdminViewer,
 ) -> Result<Json<VerifyView>, ApiError> {
-    let violations = ops::verify_ledger(&state.pool).await?;
+    // Recorded, so the System page shows when the ledger was last checked.
+    let violations = ops::verify_and_record(&state.pool, &admin.0.actor()).await?;
     Ok(Json(VerifyView {
         ok: violations.is_empty(),
         violations,
@@ -432,12 +434,13 @@ pub async fn ledger_verify(
 }
 
 /// The system at a glance: jobs per status, the last hour, the outbox
-/// backlog, open dead letters. (Queue depths are not read: genq doesn't talk
-/// to RabbitMQ's management API.)
+/// backlog, open dead letters, the last ledger verification, and the
+/// queues' depths and consumers from RabbitMQ's management API when
+/// `amqp.management_url` is set.
 #[utoipa::path(
     get, path = "/v1/admin/system", tag = "admin", operation_id = "system_summary",
     responses(
-        (status = 200, description = "The summary", body = ops::SystemSummary),
+        (status = 200, description = "The summary", body = SystemView),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
     ),
@@ -446,6 +449,27 @@ pub async fn ledger_verify(
 pub async fn system(
     State(state): State<AppState>,
     _admin: AdminViewer,
-) -> Result<Json<ops::SystemSummary>, ApiError> {
-    Ok(Json(ops::system_summary(&state.pool).await?))
+) -> Result<Json<SystemView>, ApiError> {
+    let (summary, queues) = tokio::join!(
+        ops::system_summary(&state.pool),
+        queue_stats(
+            &state.http,
+            state.settings.amqp.management_url.as_ref(),
+            &state.settings.amqp.url,
+            &state.settings.queue.prefix,
+        )
+    );
+    Ok(Json(SystemView {
+        summary: summary?,
+        queues,
+    }))
+}
+
+/// [`ops::SystemSummary`] and the broker's queues.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemView {
+    #[serde(flatten)]
+    pub summary: ops::SystemSummary,
+    /// Depths and consumers from RabbitMQ's management API, or why not.
+    pub queues: QueueStats,
 }

@@ -131,8 +131,9 @@ export const verifyLedger = <ThrowOnError extends boolean = false>(options?: Opt
 
 /**
  * The system at a glance: jobs per status, the last hour, the outbox
- * backlog, open dead letters. (Queue depths are not read: genq doesn't talk
- * to RabbitMQ's management API.)
+ * backlog, open dead letters, the last ledger verification, and the
+ * queues' depths and consumers from RabbitMQ's management API when
+ * `amqp.management_url` is set.
  */
 export const systemSummary = <ThrowOnError extends boolean = false>(options?: Options<SystemSummaryData, ThrowOnError>) => (options?.client ?? client).get<SystemSummaryResponses, SystemSummaryErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],

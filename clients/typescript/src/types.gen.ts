@@ -417,6 +417,41 @@ export type ModelPrice = {
 };
 
 /**
+ * One queue. The counts lag the broker by its statistics interval (5 s
+ * by default).
+ */
+export type QueueDepth = {
+    consumers: number;
+    /**
+     * Ready plus unacknowledged.
+     */
+    messages: number;
+    name: string;
+    ready: number;
+    /**
+     * `quorum` or `classic`.
+     */
+    type?: string | null;
+    unacked: number;
+};
+
+/**
+ * What the System page shows about the broker's queues.
+ */
+export type QueueStats = {
+    /**
+     * False when the management API is not configured or did not answer;
+     * `note` then says why.
+     */
+    available: boolean;
+    note?: string | null;
+    /**
+     * This deployment's queues (named from its prefix), by name.
+     */
+    queues: Array<QueueDepth>;
+};
+
+/**
  * What a replay or discard did.
  */
 export type ResolutionView = {
@@ -477,6 +512,7 @@ export type SystemSummary = {
     last_hour_by_status: {
         [key: string]: number;
     };
+    last_verification?: null | VerificationRecord;
     /**
      * Outbox rows not yet published to the broker.
      */
@@ -485,6 +521,38 @@ export type SystemSummary = {
      * Seconds since the oldest unpublished outbox row was written.
      */
     outbox_oldest_secs?: number | null;
+};
+
+/**
+ * [`ops::SystemSummary`] and the broker's queues.
+ */
+export type SystemView = SystemSummary & {
+    /**
+     * Depths and consumers from RabbitMQ's management API, or why not.
+     */
+    queues: QueueStats;
+};
+
+/**
+ * One recorded run of [`verify_ledger`].
+ */
+export type VerificationRecord = {
+    checked_at: string;
+    /**
+     * `worker`, `genqctl`, or the admin who pressed the button.
+     */
+    checked_by: string;
+    /**
+     * The first few violations (rule, user_id, job_id, detail).
+     */
+    sample: Array<{
+        [key: string]: unknown;
+    }>;
+    took_ms: number;
+    /**
+     * How many invariants were broken (0: the ledger is sound).
+     */
+    violations: number;
 };
 
 export type VerifyView = {
@@ -1227,7 +1295,7 @@ export type SystemSummaryResponses = {
     /**
      * The summary
      */
-    200: SystemSummary;
+    200: SystemView;
 };
 
 export type SystemSummaryResponse = SystemSummaryResponses[keyof SystemSummaryResponses];
