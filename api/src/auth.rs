@@ -213,7 +213,17 @@ impl AuthUser {
             email: claims.email.clone(),
             name: claims.name.clone(),
         };
-        let id = store::ensure_user(&state.pool, &identity, state.settings.credits.initial).await?;
+        let id = match state.users.get(&identity.external_id) {
+            Some((known, id)) if known == identity => id,
+            _ => {
+                let id = store::ensure_user(&state.pool, &identity, state.settings.credits.initial)
+                    .await?;
+                state
+                    .users
+                    .insert(identity.external_id.clone(), (identity, id));
+                id
+            }
+        };
         tracing::Span::current().record("user_id", tracing::field::display(id));
         Ok(AuthUser {
             id,

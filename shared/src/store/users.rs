@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Result, StoreError};
 
 /// Who the bearer token says the caller is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub external_id: String,
     pub email: Option<String>,

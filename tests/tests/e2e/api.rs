@@ -129,6 +129,13 @@ async fn a_new_user_gets_the_initial_grant_and_claims_stay_current() {
         .await
         .unwrap();
     assert_eq!(email, "alice@new.example.com");
+    // Back to the first email within the API's known-user cache: written too.
+    env.get("/v1/credits", &t).await;
+    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE external_id = 'alice'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(email, "alice@example.com");
     env.cleanup().await;
 }
 
