@@ -17,28 +17,7 @@ export GENQ__WORKER__POLL_INITIAL_MS=100
 "$bin/genq-provider-sim" --addr 127.0.0.1:18285 --generation-ms 0 > "$log/sim.log" 2>&1 & pids+=($!)
 bench_start_api
 for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); done
-# Many users: submissions of one user serialize on their account row.
-: > "$log/tokens"
-for u in $(seq 1 "$USERS"); do
-  t=$("$bin/genq-api" token --sub "tput-$u" --ttl 7200)
-  curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $t" >/dev/null
-  echo "$t" >> "$log/tokens"
-done
-sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
-sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
-export TOKENS_FILE="$log/tokens"
-cat > "$log/submit.lua" <<'LUA'
-local n = 0
-local tokens = {}
-for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
-request = function()
-  n = n + 1
-  local body = string.format('{"prompt": "bench %d %d"}', n, math.random(1000000000))
-  local token = tokens[math.random(#tokens)]
-  return wrk.format("POST", "/v1/generations",
-    {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
-end
-LUA
+bench_users "$USERS"
 start=$(date +%s.%N)
 wrk -t2 -c32 -d"${DURATION}s" --latency -s "$log/submit.lua" "http://$GENQ__API__ADDR" | tee "$log/wrk.txt"
 for _ in $(seq 1 1200); do

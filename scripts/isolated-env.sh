@@ -2,8 +2,11 @@
 # binaries, or debug with GENQ_BUILD=debug). `bench_env NAME API_PORT SIM_PORT`
 # exports a database and queue prefix of their own, a dev JWT secret, no rate
 # limit and quiet logs, and sets `bin`, `log`, `pids` and `sql`;
-# `bench_start_api` starts the API and waits until it is ready. On exit
-# everything started is stopped and the database and queues are dropped.
+# `bench_start_api` starts the API and waits until it is ready; `bench_users N`
+# makes N users with credits that never run out, their tokens in
+# $log/tokens (TOKENS_FILE), and $log/submit.lua, a wrk script submitting as a
+# random one of them. On exit everything started is stopped and the database
+# and queues are dropped.
 
 bench_env() {
   local name=$1 api_port=$2 sim_port=$3
@@ -39,6 +42,33 @@ bench_start_api() {
   for _ in $(seq 1 100); do curl -sf "http://$GENQ__API__ADDR/readyz" >/dev/null && return 0; sleep 0.2; done
   echo "the API did not become ready; see $log/api.log" >&2
   return 1
+}
+
+bench_users() {
+  local n=$1 u t
+  # Many users: submissions of one user serialize on their account row.
+  : > "$log/tokens"
+  for u in $(seq 1 "$n"); do
+    t=$("$bin/genq-api" token --sub "bench-$u" --ttl 7200)
+    curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $t" >/dev/null
+    echo "$t" >> "$log/tokens"
+  done
+  sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
+  sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
+  export TOKENS_FILE="$log/tokens"
+  # A random user and prompt per request.
+  cat > "$log/submit.lua" <<'LUA'
+local n = 0
+local tokens = {}
+for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
+request = function()
+  n = n + 1
+  local body = string.format('{"prompt": "bench %d %d"}', n, math.random(1000000000))
+  local token = tokens[math.random(#tokens)]
+  return wrk.format("POST", "/v1/generations",
+    {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
+end
+LUA
 }
 
 bench_cleanup() {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Flame graphs (issue #12): the API under submit load (wrk, 32 connections,
+# the API alone), then one worker draining the backlog that made, each
+# sampled with perf (DWARF call graphs of the release build) and drawn by
+# inferno into docs/perf/*.svg. Needs perf (linux-perf) and inferno
+# (`cargo install inferno`). Release binaries; its own database and queues.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-15}"
+USERS="${USERS:-200}"
+FREQ="${FREQ:-199}"
+for tool in perf wrk inferno-collapse-perf inferno-flamegraph; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed (perf: apt-get install linux-perf; inferno: cargo install inferno)" >&2; exit 1; }
+done
+. scripts/isolated-env.sh
+export GENQ__WORKER__POLL_INITIAL_MS=100
+bench_env flame 18298 18299
+"$bin/genq-provider-sim" --addr 127.0.0.1:18299 --generation-ms 0 > "$log/sim.log" 2>&1 & pids+=($!)
+bench_start_api
+api_pid=${pids[-1]}
+bench_users "$USERS"
+mkdir -p docs/perf
+
+# Samples `pid` for `secs` into $log/NAME.perf, then folds and draws it.
+profile() {
+  local name=$1 pid=$2 secs=$3 title=$4
+  perf record -q -F "$FREQ" --call-graph dwarf,16384 -p "$pid" -o "$log/$name.perf" -- sleep "$secs" 2>/dev/null
+  perf script -i "$log/$name.perf" 2>/dev/null | inferno-collapse-perf > "$log/$name.folded"
+  inferno-flamegraph --title "$title" --width 1400 < "$log/$name.folded" > "docs/perf/$name.svg"
+  echo "docs/perf/$name.svg: $(awk '{n += $NF} END {print n}' "$log/$name.folded") samples"
+}
+
+profile api-submit "$api_pid" "$DURATION" "genq-api: POST /v1/generations, wrk 32 connections, $USERS users" &
+profiler=$!
+wrk -t2 -c32 -d"${DURATION}s" --latency -s "$log/submit.lua" "http://$GENQ__API__ADDR" | tee "$log/wrk.txt"
+wait "$profiler"
+
+# The backlog the submissions made, drained by one worker.
+sql "SELECT count(*) || ' jobs queued' FROM jobs WHERE status = 'queued'"
+"$bin/genq-worker" > "$log/worker.log" 2>&1 & pids+=($!)
+worker_pid=${pids[-1]}
+profile worker-drain "$worker_pid" "$DURATION" "genq-worker: draining a backlog, instant provider" &
+profiler=$!
+wait "$profiler"
+sql "SELECT count(*) || ' jobs succeeded while sampled' FROM jobs WHERE status = 'succeeded'"
