@@ -49,20 +49,41 @@ stop() {
 
 teardown() {
   [ -n "$celery_pid" ] && stop "$celery_pid"
-  # The Celery queue and its exchange (named after it) live on the shared broker.
-  if [ -x "$venv/bin/python" ]; then
-    timeout 30 "$venv/bin/python" "$log/celery_bench.py" delete >/dev/null 2>&1 || true
-  fi
   for db in "${limit_dbs[@]}"; do
     psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres >/dev/null 2>&1 || true
   done
   bench_cleanup
+  # bench_cleanup deletes genq's queues; the shared broker also keeps the
+  # exchanges of this prefix, and the Celery queue with its exchange.
+  if [ -x "$venv/bin/python" ]; then
+    local names
+    mapfile -t names < <(rabbitmqctl -q list_exchanges name 2>/dev/null | grep -F "$GENQ__QUEUE__PREFIX." || true)
+    timeout 30 "$venv/bin/python" - "$AMQP" "$celery_queue" "${names[@]}" <<'PY' || true
+import sys
+from kombu import Connection
+url, queue, exchanges = sys.argv[1], sys.argv[2], sys.argv[3:]
+with Connection(url) as conn:
+    for delete, name in [("queue_delete", queue)] + [("exchange_delete", e) for e in [queue] + exchanges]:
+        try:
+            with conn.channel() as channel:
+                getattr(channel, delete)(name)
+        except Exception as e:
+            print(f"could not delete {name}: {e}", file=sys.stderr)
+PY
+  fi
 }
 trap teardown EXIT
 
+# The Celery limit runs in a venv of its own, made first so that a failed
+# install stops the run before it has spent minutes.
+if [ ! -x "$venv/bin/celery" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'celery==5.*'
+fi
+
 sql_on() { psql -qtA -h 127.0.0.1 -U postgres "$1" -c "$2"; }
 now() { date +%s.%N; }
-ratio() { echo "scale=2; $1 / $2" | bc; }
+ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; }
 # wrk prints latencies as 812.00us, 4.20ms or 1.02s: in ms.
 to_ms() {
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.1f", n }'
@@ -153,9 +174,9 @@ t1=$(now)
 stop "${worker_pids[@]}"
 succeeded=$(sql "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
 [ "$succeeded" -eq "$backlog" ] || echo "WARNING: $succeeded of $backlog jobs succeeded: $(sql "SELECT status || ' ' || count(*) FROM jobs GROUP BY status")" >&2
-drain_s=$(echo "$t1 - $t0" | bc)
+drain_s=$(printf '%.2f' "$(echo "$t1 - $t0" | bc)")
 drain_rate=$(echo "scale=0; $succeeded / $drain_s" | bc)
-relay_s=$(echo "$relayed_at - $t0" | bc)
+relay_s=$(printf '%.2f' "$(echo "$relayed_at - $t0" | bc)")
 echo "drain: $succeeded jobs in ${drain_s}s = $drain_rate jobs/s (outbox relayed after ${relay_s}s)"
 "$bin/genqctl" ledger verify | tee "$log/ledger-verify.txt"
 
@@ -246,12 +267,12 @@ WITH acct AS (
                    jsonb_build_object('cost', cost) FROM j
         ), outbox_row AS (
             INSERT INTO outbox (job_id, routing_key, payload)
-            SELECT id, 'start', :start_payload FROM j
+            SELECT id, :start_key, :start_payload FROM j
         )
         SELECT * FROM j;
 SQL
 cat "$log/pick.sql" "$log/submit-statement.sql" > "$log/pgbench-submit.sql"
-pgbench_vars=(-D users="$USERS" -D cost="$cost" -D params="$params" -D provider="$provider" -D fingerprint="$fingerprint")
+pgbench_vars=(-D users="$USERS" -D start_key=start -D cost="$cost" -D params="$params" -D provider="$provider" -D fingerprint="$fingerprint")
 # Prepared statements, as sqlx runs them.
 run_pgbench() { # db clients script out; sets tps
   pgbench -n -M prepared -h 127.0.0.1 -U postgres -c "$2" -j 2 -T "$DURATION" "${pgbench_vars[@]}" -f "$3" "$1" > "$4" 2>&1 || { cat "$4" >&2; exit 1; }
@@ -351,12 +372,7 @@ open_left=$(sql_on "$db" "SELECT count(*) FROM jobs WHERE status <> 'succeeded'"
 
 # --------------------------------------------------------------- celery ----
 echo "== limit: Celery, $BACKLOG no-op tasks, prefork -c 2, $CELERY_QUEUE_TYPE queue on the same RabbitMQ"
-if [ ! -x "$venv/bin/celery" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'celery==5.*'
-fi
-# The task module, and (run as a script) the publisher, the drain timer and
-# the queue's removal. The timer asks the broker for the queue's ready count
+# The task module, and (run as a script) the publisher and the drain timer. The timer asks the broker for the queue's ready count
 # with a passive declare every 20 ms on one connection: rabbitmqctl boots an
 # Erlang VM per call, and the management API's counts lag by seconds.
 cat > "$log/celery_bench.py" <<'PY'
@@ -378,7 +394,7 @@ def noop():
 
 def publish(n):
     with app.producer_or_acquire() as producer:
-        for _ in range(n):
+        for _ in range(int(n)):
             noop.apply_async(producer=producer)
 
 def ready(channel):
@@ -402,14 +418,8 @@ def wait_drained(deadline_s):
             time.sleep(0.02)
     sys.exit("the Celery queue was not drained in time")
 
-def delete():
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_delete(QUEUE)
-        conn.default_channel.exchange_delete(QUEUE)
-
 if __name__ == "__main__":
-    {"publish": lambda: publish(int(sys.argv[2])), "wait": lambda: wait_drained(float(sys.argv[2])),
-     "delete": delete}[sys.argv[1]]()
+    {"publish": publish, "wait": wait_drained}[sys.argv[1]](float(sys.argv[2]))
 PY
 "$venv/bin/python" "$log/celery_bench.py" publish "$BACKLOG"
 echo "published $BACKLOG tasks to $celery_queue"
