@@ -273,9 +273,10 @@ WITH acct AS (
 SQL
 cat "$log/pick.sql" "$log/submit-statement.sql" > "$log/pgbench-submit.sql"
 pgbench_vars=(-D users="$USERS" -D start_key=start -D cost="$cost" -D params="$params" -D provider="$provider" -D fingerprint="$fingerprint")
-# Prepared statements, as sqlx runs them.
+# Prepared statements, as sqlx runs them; -r reports each statement's mean
+# latency, to see which dominate.
 run_pgbench() { # db clients script out; sets tps
-  pgbench -n -M prepared -h 127.0.0.1 -U postgres -c "$2" -j 2 -T "$DURATION" "${pgbench_vars[@]}" -f "$3" "$1" > "$4" 2>&1 || { cat "$4" >&2; exit 1; }
+  pgbench -n -r -M prepared -h 127.0.0.1 -U postgres -c "$2" -j 2 -T "$DURATION" "${pgbench_vars[@]}" -f "$3" "$1" > "$4" 2>&1 || { cat "$4" >&2; exit 1; }
   cat "$4"
   if grep -q "aborted" "$4" || ! grep -Eq "number of failed transactions: 0 " "$4"; then
     echo "WARNING: pgbench clients aborted or transactions failed (see $4)" >&2
