@@ -1,0 +1,455 @@
+#!/usr/bin/env bash
+# Benchmark (issue #12): genq's speed as ratios to limits measured in the same
+# run, on the same machine, so that a noisy machine moves both sides alike.
+#   submit: POST /v1/generations (wrk, API alone) vs pgbench running genq's own
+#           submit statement with the same number of clients;
+#   drain:  a backlog of jobs through WORKERS workers and an instant provider vs
+#           pgbench running every durable statement of one job in sequence, and
+#           vs Celery draining as many no-op tasks from the same RabbitMQ.
+# Prints one table and writes it to $log/summary.txt. Release binaries; its own
+# databases and queue prefix (scripts/isolated-env.sh), all dropped at the end.
+# Knobs: DURATION (s), USERS, CLIENTS, BACKLOG (jobs/tasks drained), WORKERS,
+# CELERY_QUEUE_TYPE (classic, Celery's default, or quorum, as genq's queues).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-20}"
+USERS="${USERS:-200}"
+CLIENTS="${CLIENTS:-32}"
+BACKLOG="${BACKLOG:-5000}"
+WORKERS="${WORKERS:-2}"
+CELERY_QUEUE_TYPE="${CELERY_QUEUE_TYPE:-classic}"
+AMQP="amqp://guest:guest@127.0.0.1:5672//"
+for tool in wrk pgbench pg_dump psql curl bc python3; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed (wrk: apt-get install wrk; pgbench: postgresql-contrib)" >&2; exit 1; }
+done
+. scripts/isolated-env.sh
+export GENQ__WORKER__POLL_INITIAL_MS=100 # the shortest wait tier: the first poll finds the video done
+bench_env bench 18296 18297
+# The workers' total concurrency (worker.concurrency, 32 by default in
+# shared/src/config.rs): the lifecycle pgbench runs that many clients.
+worker_concurrency=$(( WORKERS * ${GENQ__WORKER__CONCURRENCY:-32} ))
+limit_dbs=()
+celery_queue="$GENQ__QUEUE__PREFIX.celery"
+celery_pid=""
+venv=target/celery-venv
+export CELERY_QUEUE="$celery_queue" CELERY_BROKER="$AMQP" CELERY_QUEUE_TYPE PYTHONPATH="$PWD/$log"
+
+# Stops processes this script started and forgets them, so that the exit trap
+# never signals a reused pid.
+stop() {
+  local p q keep=()
+  kill "$@" 2>/dev/null || true
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for q in "$@"; do [ "$p" = "$q" ] && continue 2; done
+    keep+=("$p")
+  done
+  pids=("${keep[@]}")
+}
+
+teardown() {
+  [ -n "$celery_pid" ] && stop "$celery_pid"
+  for db in "${limit_dbs[@]}"; do
+    psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  done
+  bench_cleanup
+  # bench_cleanup deletes genq's queues; the shared broker also keeps the
+  # exchanges of this prefix, and the Celery queue with its exchange.
+  if [ -x "$venv/bin/python" ]; then
+    local names
+    mapfile -t names < <(rabbitmqctl -q list_exchanges name 2>/dev/null | grep -F "$GENQ__QUEUE__PREFIX." || true)
+    timeout 30 "$venv/bin/python" - "$AMQP" "$celery_queue" "${names[@]}" <<'PY' || true
+import sys
+from kombu import Connection
+url, queue, exchanges = sys.argv[1], sys.argv[2], sys.argv[3:]
+with Connection(url) as conn:
+    for delete, name in [("queue_delete", queue)] + [("exchange_delete", e) for e in [queue] + exchanges]:
+        try:
+            with conn.channel() as channel:
+                getattr(channel, delete)(name)
+        except Exception as e:
+            print(f"could not delete {name}: {e}", file=sys.stderr)
+PY
+  fi
+}
+trap teardown EXIT
+
+# The Celery limit runs in a venv of its own, made first so that a failed
+# install stops the run before it has spent minutes.
+if [ ! -x "$venv/bin/celery" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'celery==5.*'
+fi
+
+sql_on() { psql -qtA -h 127.0.0.1 -U postgres "$1" -c "$2"; }
+now() { date +%s.%N; }
+ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; }
+# wrk prints latencies as 812.00us, 4.20ms or 1.02s: in ms.
+to_ms() {
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.1f", n }'
+}
+
+"$bin/genq-provider-sim" --addr 127.0.0.1:18297 --generation-ms 0 > "$log/sim.log" 2>&1 & pids+=($!)
+sim_pid=$!
+bench_start_api
+api_pid=${pids[-1]}
+
+# Many users: submissions of one user serialize on their account row. Each
+# user is created through the API, then given credits that never run out.
+: > "$log/tokens"
+for u in $(seq 1 "$USERS"); do
+  t=$("$bin/genq-api" token --sub "bench-$u" --ttl 7200)
+  curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $t" >/dev/null
+  echo "$t" >> "$log/tokens"
+done
+sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
+sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
+export TOKENS_FILE="$log/tokens"
+# A random user and prompt per request; with QUOTA set, each wrk thread stops
+# after that many responses (wrk itself still waits for its -d or a SIGINT).
+cat > "$log/submit.lua" <<'LUA'
+local n = 0
+local answered = 0
+local quota = tonumber(os.getenv("QUOTA") or "0")
+local tokens = {}
+for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
+request = function()
+  n = n + 1
+  local body = string.format('{"prompt": "bench %d %d"}', n, math.random(1000000000))
+  local token = tokens[math.random(#tokens)]
+  return wrk.format("POST", "/v1/generations",
+    {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
+end
+if quota > 0 then
+  response = function()
+    answered = answered + 1
+    if answered >= quota then wrk.thread:stop() end
+  end
+end
+LUA
+
+# ---------------------------------------------------------------- drain ----
+# The backlog goes in through the API with no worker running. The outbox
+# relay runs inside genq-worker (there is no relay-only process), so the
+# drain below includes relaying the backlog to RabbitMQ, as the lifecycle
+# limit includes the relay's statements.
+echo "== drain: submitting $BACKLOG jobs with no worker running"
+QUOTA=$(( (BACKLOG + 1) / 2 )) wrk -t2 -c"$CLIENTS" -d600s -s "$log/submit.lua" "http://$GENQ__API__ADDR" > "$log/wrk-backlog.txt" 2>&1 &
+wrk_pid=$!
+# Until the backlog is in, or no job came in for 10 s (refused requests also
+# count towards wrk's quota).
+deadline=$(( $(date +%s) + 600 ))
+last=-1
+while :; do
+  n=$(sql "SELECT count(*) FROM jobs")
+  [ "$n" -ge "$BACKLOG" ] && break
+  [ "$n" -ne "$last" ] && { last=$n; moved=$(date +%s); }
+  [ $(( $(date +%s) - moved )) -lt 10 ] || { echo "submissions stopped at $n jobs" >&2; break; }
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "the backlog was not submitted in time" >&2; exit 1; }
+  kill -0 "$wrk_pid" 2>/dev/null || { cat "$log/wrk-backlog.txt" >&2; exit 1; }
+  sleep 0.2
+done
+kill -INT "$wrk_pid" 2>/dev/null || true
+wait "$wrk_pid" || true
+sleep 1 # requests still in the API when wrk stopped
+backlog=$(sql "SELECT count(*) FROM jobs WHERE status = 'queued'")
+echo "backlog: $backlog queued jobs, $(sql "SELECT count(*) FROM outbox WHERE published_at IS NULL") unpublished outbox rows"
+
+echo "== drain: $WORKERS workers"
+worker_pids=()
+t0=$(now)
+for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); worker_pids+=($!); done
+relayed_at=""
+deadline=$(( $(date +%s) + 120 + backlog / 10 ))
+while :; do
+  IFS='|' read -r open unpublished <<< "$(sql "SELECT (SELECT count(*) FROM jobs WHERE status IN ('queued','submitting','running')), (SELECT count(*) FROM outbox WHERE published_at IS NULL)")"
+  [ -z "$relayed_at" ] && [ "$unpublished" -eq 0 ] && relayed_at=$(now)
+  [ "$open" -eq 0 ] && break
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "the drain did not finish in time: $open jobs open" >&2; exit 1; }
+  sleep 0.2
+done
+t1=$(now)
+# The relay marks a batch after the broker's confirms, which can come after its jobs finished.
+[ -n "$relayed_at" ] || relayed_at=$t1
+stop "${worker_pids[@]}"
+succeeded=$(sql "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+[ "$succeeded" -eq "$backlog" ] || echo "WARNING: $succeeded of $backlog jobs succeeded: $(sql "SELECT status || ' ' || count(*) FROM jobs GROUP BY status")" >&2
+drain_s=$(printf '%.2f' "$(echo "$t1 - $t0" | bc)")
+drain_rate=$(echo "scale=0; $succeeded / $drain_s" | bc)
+relay_s=$(printf '%.2f' "$(echo "$relayed_at - $t0" | bc)")
+echo "drain: $succeeded jobs in ${drain_s}s = $drain_rate jobs/s (outbox relayed after ${relay_s}s)"
+"$bin/genqctl" ledger verify | tee "$log/ledger-verify.txt"
+
+# A succeeded job's values, bound by the pgbench scripts below so that they
+# write rows of genq's own sizes.
+IFS='|' read -r params cost provider fingerprint task_id result_url video_key video_bytes <<< "$(sql "
+  SELECT params::text, cost, provider, request_fingerprint, provider_task_id, provider_result_url, video_key, video_bytes
+    FROM jobs WHERE status = 'succeeded' LIMIT 1")"
+IFS='|' read -r archived_message archived_data <<< "$(sql "SELECT message, data::text FROM job_events WHERE kind = 'archived' LIMIT 1")"
+stop "$sim_pid"
+
+# --------------------------------------------------------------- submit ----
+echo "== submit: wrk -t2 -c$CLIENTS for ${DURATION}s, the API alone"
+wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s "$log/submit.lua" "http://$GENQ__API__ADDR" | tee "$log/wrk.txt"
+submit_rate=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$log/wrk.txt")
+p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$log/wrk.txt")")
+p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$log/wrk.txt")")
+non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$log/wrk.txt")
+non2xx=${non2xx:-0}
+[ "$non2xx" -eq 0 ] || echo "WARNING: $non2xx responses were not 2xx" >&2
+stop "$api_pid"
+"$bin/genqctl" ledger verify >> "$log/ledger-verify.txt"
+
+# The p99 at a fixed rate needs an open-loop load generator (wrk2, vegeta):
+# wrk is closed-loop, and a Lua script cannot pace it.
+if command -v wrk2 >/dev/null || command -v vegeta >/dev/null; then
+  half_rate_p99="not measured (wrk2/vegeta present, not wired in yet)"
+else
+  half_rate_p99="skipped: no fixed-rate load generator (wrk2, vegeta) on this machine"
+fi
+
+# ---------------------------------------------------------------- limits ---
+# A database of genq's schema (dumped from the run's own) with USERS users of
+# endless credits, and bench_users to pick one at random by number.
+limit_db() { # sets db
+  db="${bench_db}_$1"
+  limit_dbs+=("$db")
+  psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" postgres
+  pg_dump -s -h 127.0.0.1 -U postgres "$bench_db" | psql -q -h 127.0.0.1 -U postgres "$db" >/dev/null
+  sql_on "$db" "
+    INSERT INTO users (external_id) SELECT 'bench-' || g FROM generate_series(1, $USERS) g;
+    INSERT INTO credit_accounts (user_id, available) SELECT id, 1000000000 FROM users;
+    INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
+      SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts;
+    CREATE TABLE bench_users AS SELECT row_number() OVER () AS n, id AS user_id FROM users;
+    ALTER TABLE bench_users ADD PRIMARY KEY (n);" >/dev/null
+  sql_on "$db" "VACUUM ANALYZE" >/dev/null
+}
+
+# Per transaction: a random user, a job id, and the values genq computes in
+# Rust (the start message; the prompt as wrk sends it). The job id is a
+# UUIDv7 as Uuid::now_v7 makes (time-ordered, so the jobs index grows at its
+# end): 48 bits of milliseconds over a random v4, version bits set to 7.
+cat > "$log/pick.sql" <<'SQL'
+\set u random(1, :users)
+SELECT user_id AS uid, job, json_build_object('type', 'start', 'job_id', job, 'attempt', 1) AS start_payload,
+       'bench ' || (random() * 1000000000)::bigint AS prompt
+  FROM bench_users,
+       LATERAL (SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                  placing substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                  FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid AS job) AS g
+ WHERE n = :u \gset
+SQL
+job_cols="id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
+    attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
+    provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, created_at, updated_at"
+# genq's submit statement (store::jobs::submit with credits::reserve_ctes and
+# outbox::insert_cte expanded), for a request without Idempotency-Key or
+# model: genq binds NULL to $7 and $11, written NULL here (a pgbench variable
+# cannot be NULL). The statement ends with its own line so that pgbench runs it whole.
+cat > "$log/submit-statement.sql" <<SQL
+WITH acct AS (
+            UPDATE credit_accounts
+               SET available = available - :cost, reserved = reserved + :cost, updated_at = now()
+             WHERE user_id = :uid AND available >= :cost
+            RETURNING user_id
+        ), reserve_row AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
+            SELECT user_id, 'reserve', :cost, :job, 1, 'system', 'video requested' FROM acct
+        ), j AS (
+            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
+                              idempotency_key, request_fingerprint, model)
+            SELECT :job, user_id, 'queued', :prompt, :params, :cost, :provider, NULL, :fingerprint, NULL FROM acct
+            RETURNING $job_cols
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, to_status, message, data)
+            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
+                   jsonb_build_object('cost', cost) FROM j
+        ), outbox_row AS (
+            INSERT INTO outbox (job_id, routing_key, payload)
+            SELECT id, :start_key, :start_payload FROM j
+        )
+        SELECT * FROM j;
+SQL
+cat "$log/pick.sql" "$log/submit-statement.sql" > "$log/pgbench-submit.sql"
+pgbench_vars=(-D users="$USERS" -D start_key=start -D cost="$cost" -D params="$params" -D provider="$provider" -D fingerprint="$fingerprint")
+# Prepared statements, as sqlx runs them; -r reports each statement's mean
+# latency, to see which dominate.
+run_pgbench() { # db clients script out; sets tps
+  pgbench -n -r -M prepared -h 127.0.0.1 -U postgres -c "$2" -j 2 -T "$DURATION" "${pgbench_vars[@]}" -f "$3" "$1" > "$4" 2>&1 || { cat "$4" >&2; exit 1; }
+  cat "$4"
+  if grep -q "aborted" "$4" || ! grep -Eq "number of failed transactions: 0 " "$4"; then
+    echo "WARNING: pgbench clients aborted or transactions failed (see $4)" >&2
+  fi
+  tps=$(awk '/^tps = / { printf "%d", $3 }' "$4")
+}
+
+echo "== limit: pgbench -c$CLIENTS running genq's submit statement"
+limit_db submit
+run_pgbench "$db" "$CLIENTS" "$log/pgbench-submit.sql" "$log/pgbench-submit.txt"
+pgbench_submit=$tps
+
+# The transition statement (store::transition with credits::settle_ctes
+# expanded), the same text for the claim, running and settle steps; the
+# placeholders genq binds to NULL in a step are written NULL there. pgbench
+# sends each occurrence of a variable as its own untyped parameter, so the
+# one only tested with IS NOT NULL is cast to the type sqlx binds (text).
+transition() { # from to error_code error_message result_url task_id deadline_secs count_attempt kind message data video_key video_bytes
+  cat <<SQL
+WITH old AS (
+            SELECT id, status FROM jobs WHERE id = :job FOR UPDATE
+        ), j AS (
+            UPDATE jobs SET status = $2,
+                   error_code = COALESCE($3, error_code),
+                   error_message = COALESCE($4, error_message),
+                   provider_result_url = COALESCE($5, provider_result_url),
+                   video_key = COALESCE(${12}, video_key),
+                   video_bytes = COALESCE(${13}, video_bytes),
+                   provider_task_id = COALESCE($6, provider_task_id),
+                   deadline_at = COALESCE(now() + make_interval(secs => $7), deadline_at),
+                   attempts = attempts + CASE WHEN $8 THEN 1 ELSE 0 END,
+                   poll_seq = CASE WHEN $2 = 'running' THEN 0 ELSE poll_seq END,
+                   updated_at = now()
+              FROM old
+             WHERE jobs.id = old.id AND old.status = ANY($1)
+            RETURNING jobs.*, old.status AS old_status
+        ), settle_acct AS (
+            UPDATE credit_accounts c
+               SET reserved = c.reserved - j.cost,
+                   available = c.available + CASE WHEN $9 = 'refund' THEN j.cost ELSE 0 END,
+                   spent = c.spent + CASE WHEN $9 = 'commit' THEN j.cost ELSE 0 END,
+                   updated_at = now()
+              FROM j WHERE $9::text IS NOT NULL AND c.user_id = j.user_id
+        ), settle_row AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
+            SELECT user_id, $9, cost, id, reservation, 'system', ${10}
+              FROM j WHERE $9::text IS NOT NULL
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
+            SELECT id, 'status', old_status, $2, ${10}, ${11} FROM j
+        )
+        SELECT $job_cols, old_status FROM j;
+SQL
+}
+# One job's durable statements, in the worker's order (an instant provider:
+# the first poll finds the video done). The relay's claim and mark run in
+# one transaction as in worker/src/relay.rs, with a batch of one row (the
+# marked ids are bound as one bigint array; here ARRAY[:id::bigint]). When
+# every unpublished row is locked by other clients the claim finds none, as
+# the relay can; then the mark (of id 0) changes nothing, and a later claim
+# takes the row.
+# The reads genq makes (the job loaded before each step) are left out.
+{
+  cat "$log/pick.sql" "$log/submit-statement.sql"
+  cat <<'SQL'
+\set batch 1
+\set outbox_id 0
+BEGIN;
+SELECT id, routing_key, payload FROM outbox
+          WHERE published_at IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED \aset outbox_
+UPDATE outbox SET published_at = now() WHERE id = ANY(ARRAY[:outbox_id::bigint]);
+COMMIT;
+SQL
+  transition :claim_from :claim_to NULL NULL NULL NULL NULL :yes NULL :claim_message NULL NULL NULL
+  transition :running_from :running_to NULL NULL NULL :task_id :job_timeout :no NULL :running_message NULL NULL NULL
+  echo "INSERT INTO job_events (job_id, kind, message, data) VALUES (:job, :archived_kind, :archived_message, :archived_data);"
+  transition :settle_from :settle_to NULL NULL :result_url NULL NULL :no :settle_kind :settle_message NULL :video_key :video_bytes
+} > "$log/pgbench-lifecycle.sql"
+pgbench_vars+=(
+  -D yes=true -D no=false
+  -D claim_from="{queued,submitting}" -D claim_to=submitting -D claim_message="Submitting to the provider (attempt 1)."
+  -D running_from="{submitting}" -D running_to=running -D task_id="$task_id" -D job_timeout=900
+  -D running_message="The provider accepted the task $task_id."
+  -D archived_kind=archived -D archived_message="$archived_message" -D archived_data="$archived_data"
+  -D settle_from="{running}" -D settle_to=succeeded -D settle_kind=commit -D result_url="$result_url"
+  -D video_key="$video_key" -D video_bytes="$video_bytes" -D settle_message="The video is ready; $cost credits spent."
+)
+echo "== limit: pgbench -c$worker_concurrency running one job's durable statements in sequence"
+limit_db lifecycle
+run_pgbench "$db" "$worker_concurrency" "$log/pgbench-lifecycle.sql" "$log/pgbench-lifecycle.txt"
+pgbench_cycle=$tps
+open_left=$(sql_on "$db" "SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
+[ "$open_left" -le "$worker_concurrency" ] || echo "WARNING: $open_left lifecycle jobs did not reach succeeded" >&2
+
+# --------------------------------------------------------------- celery ----
+echo "== limit: Celery, $BACKLOG no-op tasks, prefork -c 2, $CELERY_QUEUE_TYPE queue on the same RabbitMQ"
+# The task module, and (run as a script) the publisher and the drain timer. The timer asks the broker for the queue's ready count
+# with a passive declare every 20 ms on one connection: rabbitmqctl boots an
+# Erlang VM per call, and the management API's counts lag by seconds.
+cat > "$log/celery_bench.py" <<'PY'
+import os, sys, time
+from celery import Celery
+
+QUEUE = os.environ["CELERY_QUEUE"]
+app = Celery("celery_bench", broker=os.environ["CELERY_BROKER"])
+app.conf.update(
+    task_default_queue=QUEUE, task_default_exchange=QUEUE, task_default_routing_key=QUEUE,
+    task_default_queue_type=os.environ.get("CELERY_QUEUE_TYPE", "classic"),
+    task_ignore_result=True, worker_enable_remote_control=False,
+    broker_connection_retry_on_startup=True,
+)
+
+@app.task
+def noop():
+    pass
+
+def publish(n):
+    with app.producer_or_acquire() as producer:
+        for _ in range(int(n)):
+            noop.apply_async(producer=producer)
+
+def ready(channel):
+    _, messages, consumers = channel.queue_declare(queue=QUEUE, passive=True)
+    return messages, consumers
+
+def wait_drained(deadline_s):
+    # Prints: seconds from the first consumer to an empty queue, and the
+    # messages there were then.
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        end = time.monotonic() + deadline_s
+        start = backlog = None
+        while time.monotonic() < end:
+            messages, consumers = ready(channel)
+            if start is None and consumers > 0:
+                start, backlog = time.monotonic(), messages
+            if start is not None and messages == 0:
+                print(f"{time.monotonic() - start:.3f} {backlog}")
+                return
+            time.sleep(0.02)
+    sys.exit("the Celery queue was not drained in time")
+
+if __name__ == "__main__":
+    {"publish": publish, "wait": wait_drained}[sys.argv[1]](float(sys.argv[2]))
+PY
+"$venv/bin/python" "$log/celery_bench.py" publish "$BACKLOG"
+echo "published $BACKLOG tasks to $celery_queue"
+"$venv/bin/python" "$log/celery_bench.py" wait $(( 120 + BACKLOG / 10 )) > "$log/celery-drain.txt" &
+timer_pid=$!
+"$venv/bin/celery" -A celery_bench worker --pool prefork -c 2 -Q "$celery_queue" -l warning \
+  --without-gossip --without-mingle --without-heartbeat > "$log/celery.log" 2>&1 & pids+=($!)
+celery_pid=$!
+wait "$timer_pid" || { cat "$log/celery.log" >&2; exit 1; }
+stop "$celery_pid"
+celery_pid=""
+# Every published task is counted: the timer's first look at the consumer may
+# come a poll after its first deliveries.
+read -r celery_s celery_ready < "$log/celery-drain.txt"
+celery_rate=$(echo "scale=0; $BACKLOG / $celery_s" | bc)
+echo "celery: $BACKLOG tasks in ${celery_s}s = $celery_rate tasks/s ($celery_ready still ready when its consumer was first seen)"
+
+# -------------------------------------------------------------- summary ----
+{
+  echo
+  echo "genq bench, $(date -u +%FT%TZ): DURATION=${DURATION}s USERS=$USERS CLIENTS=$CLIENTS BACKLOG=$BACKLOG WORKERS=$WORKERS, $(nproc) cores shared by all"
+  echo
+  echo "| what | genq | the limit, same run | ratio |"
+  echo "|---|---|---|---|"
+  echo "| POST /v1/generations (wrk -c$CLIENTS) vs pgbench -c$CLIENTS running genq's submit statement | $submit_rate/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx | $pgbench_submit tps | **$(ratio "$submit_rate" "$pgbench_submit")** |"
+  echo "| drain of $succeeded jobs ($WORKERS workers, instant provider, relay included) vs pgbench -c$worker_concurrency running one job's durable statements | $drain_rate jobs/s | $pgbench_cycle jobs/s | **$(ratio "$drain_rate" "$pgbench_cycle")** |"
+  echo "| same drain vs Celery $("$venv/bin/celery" --version | cut -d' ' -f1), no-op task, prefork -c 2, $CELERY_QUEUE_TYPE queue, same RabbitMQ | $drain_rate jobs/s | $celery_rate tasks/s | $(ratio "$drain_rate" "$celery_rate") |"
+  echo
+  echo "p99 at half the pgbench submit rate: $half_rate_p99"
+  echo "drain: ${drain_s}s from starting the workers to no open job; the outbox was relayed after ${relay_s}s"
+  echo "genqctl ledger verify: passed after the drain and after the submit run ($log/ledger-verify.txt)"
+} | tee "$log/summary.txt"
