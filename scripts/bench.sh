@@ -94,39 +94,7 @@ sim_pid=$!
 bench_start_api
 api_pid=${pids[-1]}
 
-# Many users: submissions of one user serialize on their account row. Each
-# user is created through the API, then given credits that never run out.
-: > "$log/tokens"
-for u in $(seq 1 "$USERS"); do
-  t=$("$bin/genq-api" token --sub "bench-$u" --ttl 7200)
-  curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $t" >/dev/null
-  echo "$t" >> "$log/tokens"
-done
-sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
-sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
-export TOKENS_FILE="$log/tokens"
-# A random user and prompt per request; with QUOTA set, each wrk thread stops
-# after that many responses (wrk itself still waits for its -d or a SIGINT).
-cat > "$log/submit.lua" <<'LUA'
-local n = 0
-local answered = 0
-local quota = tonumber(os.getenv("QUOTA") or "0")
-local tokens = {}
-for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
-request = function()
-  n = n + 1
-  local body = string.format('{"prompt": "bench %d %d"}', n, math.random(1000000000))
-  local token = tokens[math.random(#tokens)]
-  return wrk.format("POST", "/v1/generations",
-    {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
-end
-if quota > 0 then
-  response = function()
-    answered = answered + 1
-    if answered >= quota then wrk.thread:stop() end
-  end
-end
-LUA
+bench_users "$USERS"
 
 # ---------------------------------------------------------------- drain ----
 # The backlog goes in through the API with no worker running. The outbox

@@ -21,25 +21,27 @@ api_pid=${pids[-1]}
 bench_users "$USERS"
 mkdir -p docs/perf
 
-# Samples `pid` for `secs` into $log/NAME.perf, then folds and draws it.
-profile() {
-  local name=$1 pid=$2 secs=$3 title=$4
-  perf record -q -F "$FREQ" --call-graph dwarf,16384 -p "$pid" -o "$log/$name.perf" -- sleep "$secs" 2>/dev/null
-  perf script -i "$log/$name.perf" 2>/dev/null | inferno-collapse-perf > "$log/$name.folded"
-  inferno-flamegraph --title "$title" --width 1400 < "$log/$name.folded" > "docs/perf/$name.svg"
-  echo "docs/perf/$name.svg: $(awk '{n += $NF} END {print n}' "$log/$name.folded") samples"
+# Samples `pid` for `secs` into $log/NAME.perf.
+record() {
+  perf record -q -F "$FREQ" --call-graph dwarf,16384 -p "$2" -o "$log/$1.perf" -- sleep "$3" 2>/dev/null
 }
 
-profile api-submit "$api_pid" "$DURATION" "genq-api: POST /v1/generations, wrk 32 connections, $USERS users" &
-profiler=$!
+# Folds $log/NAME.perf and draws docs/perf/NAME.svg.
+draw() {
+  perf script -i "$log/$1.perf" 2>/dev/null | inferno-collapse-perf > "$log/$1.folded"
+  inferno-flamegraph --title "$2" --width 1400 < "$log/$1.folded" > "docs/perf/$1.svg"
+  echo "docs/perf/$1.svg drawn"
+}
+
+record api-submit "$api_pid" "$DURATION" &
+recorder=$!
 wrk -t2 -c32 -d"${DURATION}s" --latency -s "$log/submit.lua" "http://$GENQ__API__ADDR" | tee "$log/wrk.txt"
-wait "$profiler"
+wait "$recorder"
 
 # The backlog the submissions made, drained by one worker.
 sql "SELECT count(*) || ' jobs queued' FROM jobs WHERE status = 'queued'"
 "$bin/genq-worker" > "$log/worker.log" 2>&1 & pids+=($!)
-worker_pid=${pids[-1]}
-profile worker-drain "$worker_pid" "$DURATION" "genq-worker: draining a backlog, instant provider" &
-profiler=$!
-wait "$profiler"
-sql "SELECT count(*) || ' jobs succeeded while sampled' FROM jobs WHERE status = 'succeeded'"
+record worker-drain "${pids[-1]}" "$DURATION"
+sql "SELECT count(*) || ' jobs succeeded while the worker was sampled ($DURATION s)' FROM jobs WHERE status = 'succeeded'"
+draw api-submit "genq-api: POST /v1/generations, wrk 32 connections, $USERS users"
+draw worker-drain "genq-worker: draining a backlog, instant provider"

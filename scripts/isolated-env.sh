@@ -56,9 +56,12 @@ bench_users() {
   sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
   sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
   export TOKENS_FILE="$log/tokens"
-  # A random user and prompt per request.
+  # A random user and prompt per request; with QUOTA set, each wrk thread
+  # stops after that many responses (wrk still waits for its -d or a SIGINT).
   cat > "$log/submit.lua" <<'LUA'
 local n = 0
+local answered = 0
+local quota = tonumber(os.getenv("QUOTA") or "0")
 local tokens = {}
 for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
 request = function()
@@ -67,6 +70,12 @@ request = function()
   local token = tokens[math.random(#tokens)]
   return wrk.format("POST", "/v1/generations",
     {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
+end
+if quota > 0 then
+  response = function()
+    answered = answered + 1
+    if answered >= quota then wrk.thread:stop() end
+  end
 end
 LUA
 }

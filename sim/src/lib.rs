@@ -572,7 +572,10 @@ impl Run<'_> {
         if racing {
             bugs::set(Switch::StaleKeyLookup, true);
         }
-        let outcome = store::submit(&self.env.pool, &new).await;
+        let outcome = match self.env.pool.acquire().await {
+            Ok(mut conn) => store::submit(&mut conn, &new).await,
+            Err(e) => Err(e.into()),
+        };
         bugs::set(Switch::StaleKeyLookup, false);
         let label = format!(
             "{:>4} submit u{user} key {} prompt {}{}",
