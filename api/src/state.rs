@@ -66,14 +66,13 @@ impl AppState {
     /// wait (`Ok(Err(wait))`), from wherever `api.rate_limit` keeps it.
     pub async fn check_submit_rate(
         &self,
-        conn: &mut sqlx::PgConnection,
         user_id: Uuid,
     ) -> Result<Result<(), std::time::Duration>, genq_shared::store::StoreError> {
         let api = &self.settings.api;
         match api.rate_limit {
             RateLimitStore::Postgres => {
                 genq_shared::store::rate::take_submission(
-                    conn,
+                    &self.pool,
                     user_id,
                     api.submit_per_minute,
                     api.submit_burst,

@@ -572,10 +572,7 @@ impl Run<'_> {
         if racing {
             bugs::set(Switch::StaleKeyLookup, true);
         }
-        let outcome = match self.env.pool.acquire().await {
-            Ok(mut conn) => store::submit(&mut conn, &new).await,
-            Err(e) => Err(e.into()),
-        };
+        let outcome = store::submit(&self.env.pool, &new).await;
         bugs::set(Switch::StaleKeyLookup, false);
         let label = format!(
             "{:>4} submit u{user} key {} prompt {}{}",

@@ -226,13 +226,7 @@ pub async fn create(
     let request = body.parse()?;
     // The price and provider come from configuration, never from the client.
     let offer = offer(&state.settings, request.model.as_deref())?;
-    // One connection for the rate check and the submission (see store::submit).
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(genq_shared::store::StoreError::from)?;
-    if let Err(wait) = state.check_submit_rate(&mut conn, user.id).await? {
+    if let Err(wait) = state.check_submit_rate(user.id).await? {
         metrics::counter!("genq_submissions_total", "outcome" => "rate_limited").increment(1);
         return Err(ApiError::RateLimited {
             retry_after_secs: wait.as_secs() + 1,
@@ -241,7 +235,7 @@ pub async fn create(
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
     let outcome = store::submit(
-        &mut conn,
+        &state.pool,
         &NewSubmission {
             job_id,
             user_id: user.id,
@@ -252,7 +246,6 @@ pub async fn create(
         },
     )
     .await?;
-    drop(conn);
     match outcome {
         SubmitOutcome::Accepted { job, replayed } => {
             metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::types::Json;
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use super::credits::{self, Reserve};
@@ -119,22 +119,20 @@ fn replay_or_conflict(job: Job, fingerprint: &str) -> SubmitOutcome {
 /// event and its start message in the outbox, in one statement (the caller
 /// then rings the relays' doorbell); the account row's lock orders
 /// concurrent submissions, and `available >= cost` is re-checked under it.
-/// On the caller's connection: the API takes its rate allowance on the same
-/// one, so a submission acquires (and sqlx pings) one connection, not two.
-pub async fn submit(conn: &mut PgConnection, new: &NewSubmission<'_>) -> Result<SubmitOutcome> {
+pub async fn submit(pool: &PgPool, new: &NewSubmission<'_>) -> Result<SubmitOutcome> {
     debug_assert!(new.cost >= 0, "a negative cost: {}", new.cost);
-    submit_attempt(conn, new, 3).await
+    submit_attempt(pool, new, 3).await
 }
 
 async fn submit_attempt(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     new: &NewSubmission<'_>,
     tries_left: u32,
 ) -> Result<SubmitOutcome> {
     let fingerprint = new.request.fingerprint();
     let raced = crate::bugs::take(crate::bugs::Switch::StaleKeyLookup);
     if let Some(key) = new.idempotency_key.filter(|_| !raced) {
-        if let Some(job) = job_by_key(&mut *conn, new.user_id, key).await? {
+        if let Some(job) = job_by_key(pool, new.user_id, key).await? {
             return Ok(replay_or_conflict(job, &fingerprint));
         }
     }
@@ -173,7 +171,7 @@ async fn submit_attempt(
     .bind(start.routing_key())
     .bind(start.to_json())
     .bind(new.request.model.as_deref())
-    .fetch_optional(&mut *conn)
+    .fetch_optional(pool)
     .await;
 
     match accepted {
@@ -181,11 +179,11 @@ async fn submit_attempt(
             job,
             replayed: false,
         }),
-        Ok(None) => reject(conn, new, &params, &fingerprint, tries_left).await,
+        Ok(None) => reject(pool, new, &params, &fingerprint, tries_left).await,
         // A concurrent request with the same key won; answer with its job.
         Err(e) if is_violation(&e, "jobs_user_idempotency_key") => {
             let key = new.idempotency_key.unwrap_or_default();
-            let job = job_by_key(&mut *conn, new.user_id, key)
+            let job = job_by_key(pool, new.user_id, key)
                 .await?
                 .ok_or(StoreError::Conflict("idempotent request vanished".into()))?;
             Ok(replay_or_conflict(job, &fingerprint))
@@ -197,13 +195,13 @@ async fn submit_attempt(
 /// Records a refused submission. The balance is read under the account lock
 /// and checked again, so a 402 always reflects a real shortfall at that moment.
 async fn reject(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     new: &NewSubmission<'_>,
     params: &Json<JobParams>,
     fingerprint: &str,
     tries_left: u32,
 ) -> Result<SubmitOutcome> {
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = pool.begin().await?;
     let available = credits::available_for_update(&mut tx, new.user_id).await?;
     // A concurrent request with the same key may have won the account lock
     // and spent the credits: this request is its replay, not a refusal.
@@ -222,7 +220,7 @@ async fn reject(
                 "the balance kept changing; try again".into(),
             ));
         }
-        return Box::pin(submit_attempt(conn, new, tries_left - 1)).await;
+        return Box::pin(submit_attempt(pool, new, tries_left - 1)).await;
     }
     let message = format!(
         "A video needs {} credits; you have {}.",

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgExecutor;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Result;
@@ -12,7 +12,7 @@ use super::Result;
 /// Takes one submission from `user`'s allowance of `per_minute` with bursts
 /// of `burst`; `Err(wait)` when there is none left, with how long until one.
 pub async fn take_submission(
-    db: impl PgExecutor<'_>,
+    pool: &PgPool,
     user: Uuid,
     per_minute: u32,
     burst: u32,
@@ -40,7 +40,7 @@ pub async fn take_submission(
     .bind(user)
     .bind(interval)
     .bind(tolerance)
-    .fetch_one(db)
+    .fetch_one(pool)
     .await?;
     if allowed {
         return Ok(Ok(()));
