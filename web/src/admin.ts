@@ -90,6 +90,8 @@ function save(token: string | null): void {
 const state = {
   readOnly: true,
   letters: [] as DeadLetter[],
+  /** The last page was full: more letters match than are shown. */
+  more: false,
   selected: new Set<number>(),
   busy: false,
   pending: null as null | { action: 'replay' | 'discard'; ids: number[] },
@@ -184,8 +186,40 @@ function dlqQuery() {
     user: v('f-user'),
     older_than_secs: minutes !== undefined ? Math.max(0, Math.round(Number(minutes) * 60)) : undefined,
     q: v('f-q'),
-    limit: 100,
+    limit: pageSize(),
   };
+}
+
+/** Letters per page: 100, the API's most (the table's data-page-size can lower it, for tests). */
+function pageSize(): number {
+  const n = Number($('dlq-table').dataset.pageSize ?? 100);
+  return Number.isInteger(n) && n >= 1 && n <= 100 ? n : 100;
+}
+
+/** "All that match" loads at most this many letters (a bulk action is one request per letter). */
+const MAX_MATCHING = 10_000;
+
+/** Loads every page of the filter and selects every letter in it. */
+async function selectMatching(): Promise<void> {
+  const problem = $('dlq-problem');
+  const button = $<HTMLButtonElement>('dlq-select-matching');
+  button.disabled = true;
+  const all = [...state.letters];
+  let more = state.more;
+  while (more && all.length < MAX_MATCHING) {
+    $('dlq-count').textContent = `Loading every letter that matches… ${all.length} so far.`;
+    const r = await listDeadLetters({ query: { ...dlqQuery(), after_id: all[all.length - 1]?.id } });
+    if (r.error !== undefined || !r.data) {
+      button.disabled = false;
+      return fail(problem, r);
+    }
+    all.push(...r.data);
+    more = r.data.length === pageSize();
+  }
+  state.letters = all;
+  state.more = more;
+  state.selected = new Set(all.map((l) => l.id));
+  renderLetters();
 }
 
 async function loadLetters(): Promise<void> {
@@ -194,6 +228,7 @@ async function loadLetters(): Promise<void> {
   const result = await listDeadLetters({ query: dlqQuery() });
   if (result.error !== undefined || !result.data) return fail(problem, result);
   state.letters = result.data;
+  state.more = result.data.length === pageSize();
   const shown = new Set(state.letters.map((l) => l.id));
   for (const id of [...state.selected]) if (!shown.has(id)) state.selected.delete(id);
   renderLetters();
@@ -229,7 +264,13 @@ function renderLetters(): void {
     }
     body.append(tr);
   }
-  $('dlq-count').textContent = `${plural(state.letters.length, 'letter', 'letters')} shown (at most 100).`;
+  $('dlq-count').textContent = state.more
+    ? state.letters.length >= MAX_MATCHING
+      ? `${plural(state.letters.length, 'letter', 'letters')} shown; more match than the console loads at once (${MAX_MATCHING}): act on these, then filter again.`
+      : `${plural(state.letters.length, 'letter', 'letters')} shown; more match.`
+    : `${plural(state.letters.length, 'letter', 'letters')}: every one that matches.`;
+  $('dlq-select-matching').hidden = !state.more || state.letters.length >= MAX_MATCHING;
+  $<HTMLButtonElement>('dlq-select-matching').disabled = state.busy;
   updateSelection();
 }
 
@@ -690,6 +731,7 @@ $<HTMLInputElement>('dlq-all').addEventListener('change', (e) => {
   state.selected = new Set(on ? state.letters.map((l) => l.id) : []);
   renderLetters();
 });
+$('dlq-select-matching').addEventListener('click', () => void selectMatching());
 $('dlq-replay').addEventListener('click', () => void ask('replay'));
 $('dlq-discard').addEventListener('click', () => void ask('discard'));
 $('dlq-confirm-go').addEventListener('click', () => void run());

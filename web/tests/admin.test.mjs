@@ -44,7 +44,9 @@ async function reservesOf(user, jobId) {
 }
 
 test('a filtered bulk replay reserves again only for the user who can afford it, and names the one who could not', async (t) => {
-  const [rich, poor] = await Promise.all([deadJob('rich'), deadJob('poor')]);
+  // One tag in both users' names: the search below matches these two letters only.
+  const tag = `bulk${Date.now().toString(36)}`;
+  const [rich, poor] = await Promise.all([deadJob(`rich-${tag}`), deadJob(`poor-${tag}`)]);
   // The poor user's refunded 10 credits go to a video that never ends.
   const [s, hang] = await api('POST', '/v1/generations', poor.user.token, { prompt: '[sim:hang] holds the credits' });
   assert.equal(s, 202);
@@ -53,16 +55,18 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   await signIn(page, ADMIN_TOKEN);
   await page.locator('#console').waitFor({ state: 'visible' });
   assert.equal(await page.locator('#read-only').isVisible(), false);
-  // Both letters, and only them: the filter is the reason and the two users' search.
+  // Both letters, and only them: the reason and the two users' tag. Pages of
+  // one letter, so that "all that match" has to load the second page.
+  await page.locator('#dlq-table').evaluate((t) => { t.dataset.pageSize = '1'; });
   await page.getByLabel('Reason contains').fill('gave up');
+  await page.getByLabel('Search').fill(tag);
   await page.getByRole('button', { name: 'Filter' }).click();
-  const rows = page.locator('#dlq-rows tr');
-  for (const l of [rich.letter, poor.letter]) await page.locator(`#dlq-rows tr[data-id="${l.id}"]`).waitFor();
-  // Keep the two of this run, should another test have left letters of the same reason.
-  await page.getByLabel('Select every letter shown').check();
-  for (const id of await rows.evaluateAll((trs) => trs.map((tr) => Number(tr.dataset.id)))) {
-    if (id !== rich.letter.id && id !== poor.letter.id) await page.getByLabel(`Select letter ${id}`).uncheck();
-  }
+  await page.locator("#dlq-rows tr").first().waitFor();
+  assert.match(await page.locator('#dlq-count').textContent(), /1 letter shown; more match/);
+  await page.getByRole('button', { name: 'Select all that match' }).click();
+  await page.locator(`#dlq-rows tr[data-id="${poor.letter.id}"]`).waitFor();
+  assert.match(await page.locator('#dlq-count').textContent(), /2 letters: every one that matches/);
+  assert.equal(await page.locator('#dlq-rows tr').count(), 2);
   await page.getByRole('button', { name: 'Replay selected (2)' }).click();
   const confirm = page.locator('#dlq-confirm-text');
   await confirm.waitFor({ state: 'visible' });

@@ -230,12 +230,16 @@ pub struct DlqParams {
     #[param(minimum = 0, maximum = 315_360_000)]
     pub older_than_secs: Option<u64>,
     /// A substring (case-insensitive) of the reason, the message, the source
-    /// queue, the user's email or the job ID.
+    /// queue, the user's email or `sub`, or the job ID.
     #[param(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub q: Option<String>,
     /// 1 to 100; 20 when absent.
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    /// Only letters with a greater ID: the next page after a page whose
+    /// last letter had this ID (the list is in ID order).
+    #[param(minimum = 0)]
+    pub after_id: Option<i64>,
 }
 
 /// The state of a dead letter.
@@ -297,6 +301,9 @@ pub async fn dlq_list(
         }
         other => other.map(std::time::Duration::from_secs),
     };
+    if p.after_id.is_some_and(|id| id < 0) {
+        return Err(ApiError::invalid("after_id", "after_id must be 0 or more."));
+    }
     let filter = dlq::Filter {
         state: letter_state,
         reason: filter_text(p.reason, "reason", 200)?,
@@ -304,6 +311,7 @@ pub async fn dlq_list(
         user: filter_text(p.user, "user", 320)?,
         older_than,
         search: filter_text(p.q, "q", 200)?,
+        after: p.after_id,
     };
     let letters = dlq::list_filtered(&state.pool, &filter, page_limit(p.limit)?).await?;
     Ok(Json(letters))

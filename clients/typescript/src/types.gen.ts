@@ -850,13 +850,18 @@ export type ListDeadLettersData = {
         older_than_secs?: number;
         /**
          * A substring (case-insensitive) of the reason, the message, the source
-         * queue, the user's email or the job ID.
+         * queue, the user's email or `sub`, or the job ID.
          */
         q?: string;
         /**
          * 1 to 100; 20 when absent.
          */
         limit?: number;
+        /**
+         * Only letters with a greater ID: the next page after a page whose
+         * last letter had this ID (the list is in ID order).
+         */
+        after_id?: number;
     };
     url: '/v1/admin/dlq';
 };

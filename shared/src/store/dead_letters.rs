@@ -107,8 +107,10 @@ pub struct Filter {
     /// Received at least this long ago.
     pub older_than: Option<std::time::Duration>,
     /// A substring of the reason, the body (non-ASCII bytes as `\ooo` escapes), the
-    /// source queue, the user's email or the job ID.
+    /// source queue, the user's email or `sub`, or the job ID.
     pub search: Option<String>,
+    /// Only letters with a greater ID: the page after one that ended there.
+    pub after: Option<i64>,
 }
 
 /// Dead letters matching `filter`, oldest first.
@@ -121,7 +123,8 @@ pub async fn list_filtered(pool: &PgPool, filter: &Filter, limit: i64) -> Result
             AND ($4::text IS NULL OR j.user_id::text = $4 OR u.external_id = $4 OR lower(u.email) = lower($4))
             AND ($5::float8 IS NULL OR d.received_at <= now() - make_interval(secs => $5))
             AND ($6::text IS NULL OR strpos(lower(concat_ws(' ', d.reason, encode(d.body, 'escape'),
-                 d.source_queue, u.email, d.job_id::text)), lower($6)) > 0)
+                 d.source_queue, u.email, u.external_id, d.job_id::text)), lower($6)) > 0)
+            AND ($8::bigint IS NULL OR d.id > $8)
           ORDER BY d.id LIMIT $7"
     ))
     .bind(&filter.state)
@@ -131,6 +134,7 @@ pub async fn list_filtered(pool: &PgPool, filter: &Filter, limit: i64) -> Result
     .bind(filter.older_than.map(|d| d.as_secs_f64()))
     .bind(&filter.search)
     .bind(limit)
+    .bind(filter.after)
     .fetch_all(pool)
     .await?)
 }

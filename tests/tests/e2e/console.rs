@@ -95,7 +95,7 @@ async fn a_viewer_reads_everything_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn dead_letters_are_filtered_by_state_reason_queue_user_age_and_search() {
+async fn dead_letters_are_filtered_by_state_reason_queue_user_age_and_search_and_paged() {
     let env = TestEnv::new().await;
     let t = env.new_user("user-2", "poor@example.com").await;
     // Refused for want of credits, the submission is still recorded as a job.
@@ -132,6 +132,10 @@ async fn dead_letters_are_filtered_by_state_reason_queue_user_age_and_search() {
         ("user=user-2", vec![a]),
         (&format!("q={}", &job.to_string()[..8]), vec![a]),
         ("q=malformed", vec![b]),
+        ("q=USER-2", vec![a]),
+        ("all=true&limit=1", vec![a]),
+        (&format!("all=true&limit=1&after_id={a}"), vec![b]),
+        (&format!("all=true&after_id={b}"), vec![c]),
         ("older_than_secs=3600", vec![]),
         ("older_than_secs=0&q=%20%20", vec![a, b]),
     ]
@@ -145,6 +149,7 @@ async fn dead_letters_are_filtered_by_state_reason_queue_user_age_and_search() {
         ("state=closed", "state"),
         ("older_than_secs=999999999999", "older_than_secs"),
         ("q=a%01b", "q"),
+        ("after_id=-1", "after_id"),
         ("reason=", "reason"),
     ] {
         let (s, body) = env.get(&format!("/v1/admin/dlq?{query}"), &admin).await;
