@@ -6,6 +6,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::error_chain;
+
 /// What the System page shows about the broker's queues.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
@@ -113,30 +115,19 @@ async fn fetch(
         .timeout(TIMEOUT)
         .send()
         .await
-        .map_err(|e| without_url(&e))?;
+        .map_err(|e| error_chain(&e.without_url()))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("HTTP {status}"));
     }
-    let mut queues: Vec<QueueDepth> = response.json().await.map_err(|e| without_url(&e))?;
+    let mut queues: Vec<QueueDepth> = response
+        .json()
+        .await
+        .map_err(|e| error_chain(&e.without_url()))?;
     let own = format!("{prefix}.");
     queues.retain(|q| q.name.starts_with(&own));
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(queues)
-}
-
-/// The error's words without the URL it carries.
-fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection refused"
-    } else if e.is_decode() {
-        "an answer that is not RabbitMQ's queue list"
-    } else {
-        "request failed"
-    };
-    kind.to_string()
 }
 
 /// The first node's virtual host (`/` when the URL names none).

@@ -1,4 +1,5 @@
-//! Logging and metrics set-up shared by every binary.
+//! Logging and metrics set-up shared by every binary, and how an error
+//! reads on one line.
 
 use std::sync::OnceLock;
 
@@ -47,4 +48,33 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// An error with its causes, on one line (reqwest hides the useful part,
+/// such as the resolver's refusal, in its sources).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[test]
+    fn error_chains_read_as_one_line() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = anyhow::Error::new(inner).context("sending");
+        assert_eq!(
+            super::error_chain(outer.as_ref()),
+            "sending: connection refused"
+        );
+    }
 }

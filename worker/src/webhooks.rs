@@ -16,6 +16,7 @@ use genq_shared::store::outbox;
 use genq_shared::store::webhooks::{
     self as store, AttemptRecord, DeliveryStatus, EndpointState, Outgoing, Verdict,
 };
+use genq_shared::telemetry::error_chain;
 use genq_shared::webhooks::{
     check_url, is_public, retry_delay, signature_header, Secret, HEADER_ID, HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -159,22 +160,6 @@ struct Sent {
     elapsed: Duration,
     error: Option<String>,
     retry_after: Option<Duration>,
-}
-
-/// An error with its causes, on one line (reqwest hides the useful part,
-/// such as the resolver's refusal, in its sources).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Resolves like the system does, then refuses the host when any of its
@@ -350,13 +335,5 @@ mod tests {
             refused.to_string().contains("not a public address"),
             "{refused}"
         );
-    }
-
-    #[test]
-    fn error_chains_read_as_one_line() {
-        let inner = std::io::Error::other("connection refused");
-        let outer = anyhow::Error::new(inner).context("sending");
-        let text = error_chain(outer.as_ref());
-        assert_eq!(text, "sending: connection refused");
     }
 }
