@@ -266,8 +266,8 @@ function renderLetters(): void {
   }
   $('dlq-count').textContent = state.more
     ? state.letters.length >= MAX_MATCHING
-      ? `${plural(state.letters.length, 'letter', 'letters')} shown; more match than the console loads at once (${MAX_MATCHING}): act on these, then filter again.`
-      : `${plural(state.letters.length, 'letter', 'letters')} shown; more match.`
+      ? `${plural(state.letters.length, 'letter', 'letters')} shown; more may match than the console loads at once (${MAX_MATCHING}): act on these, then filter again.`
+      : `${plural(state.letters.length, 'letter', 'letters')} shown; more may match (the last page was full).`
     : `${plural(state.letters.length, 'letter', 'letters')}: every one that matches.`;
   $('dlq-select-matching').hidden = !state.more || state.letters.length >= MAX_MATCHING;
   $<HTMLButtonElement>('dlq-select-matching').disabled = state.busy;
