@@ -9,7 +9,8 @@
 # Prints one table and writes it to $log/summary.txt. Release binaries; its own
 # databases and queue prefix (scripts/isolated-env.sh), all dropped at the end.
 # Knobs: DURATION (s), USERS, CLIENTS, BACKLOG (jobs/tasks drained), WORKERS,
-# CELERY_QUEUE_TYPE (classic, Celery's default, or quorum, as genq's queues).
+# CELERY_QUEUE_TYPE (classic, Celery's default, or quorum, as genq's queues),
+# ONLY=submit (the submit rows alone, for tuning the API).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-20}"
@@ -18,8 +19,9 @@ CLIENTS="${CLIENTS:-32}"
 BACKLOG="${BACKLOG:-5000}"
 WORKERS="${WORKERS:-2}"
 CELERY_QUEUE_TYPE="${CELERY_QUEUE_TYPE:-classic}"
+ONLY="${ONLY:-}" # "submit": the submit rows alone (no drain, no Celery)
 AMQP="amqp://guest:guest@127.0.0.1:5672//"
-for tool in wrk pgbench pg_dump psql curl bc python3; do
+for tool in wrk pgbench pg_dump psql curl bc python3 node npm; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (wrk: apt-get install wrk; pgbench: postgresql-contrib)" >&2; exit 1; }
 done
 . scripts/isolated-env.sh
@@ -52,25 +54,8 @@ teardown() {
   for db in "${limit_dbs[@]}"; do
     psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres >/dev/null 2>&1 || true
   done
+  # genq's queues and exchanges, and Celery's (named with the prefix too).
   bench_cleanup
-  # bench_cleanup deletes genq's queues; the shared broker also keeps the
-  # exchanges of this prefix, and the Celery queue with its exchange.
-  if [ -x "$venv/bin/python" ]; then
-    local names
-    mapfile -t names < <(rabbitmqctl -q list_exchanges name 2>/dev/null | grep -F "$GENQ__QUEUE__PREFIX." || true)
-    timeout 30 "$venv/bin/python" - "$AMQP" "$celery_queue" "${names[@]}" <<'PY' || true
-import sys
-from kombu import Connection
-url, queue, exchanges = sys.argv[1], sys.argv[2], sys.argv[3:]
-with Connection(url) as conn:
-    for delete, name in [("queue_delete", queue)] + [("exchange_delete", e) for e in [queue] + exchanges]:
-        try:
-            with conn.channel() as channel:
-                getattr(channel, delete)(name)
-        except Exception as e:
-            print(f"could not delete {name}: {e}", file=sys.stderr)
-PY
-  fi
 }
 trap teardown EXIT
 
@@ -79,6 +64,12 @@ trap teardown EXIT
 if [ ! -x "$venv/bin/celery" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'celery==5.*'
+fi
+# autocannon, for the latency at a fixed rate.
+bench_node=target/bench-node
+if [ ! -f "$bench_node/node_modules/autocannon/package.json" ]; then
+  mkdir -p "$bench_node"
+  npm install -q --no-audit --no-fund --prefix "$bench_node" autocannon@9.0.0 >/dev/null
 fi
 
 sql_on() { psql -qtA -h 127.0.0.1 -U postgres "$1" -c "$2"; }
@@ -96,6 +87,7 @@ api_pid=${pids[-1]}
 
 bench_users "$USERS"
 
+if [ "$ONLY" != submit ]; then
 # ---------------------------------------------------------------- drain ----
 # The backlog goes in through the API with no worker running. The outbox
 # relay runs inside genq-worker (there is no relay-only process), so the
@@ -124,6 +116,20 @@ backlog=$(sql "SELECT count(*) FROM jobs WHERE status = 'queued'")
 echo "backlog: $backlog queued jobs, $(sql "SELECT count(*) FROM outbox WHERE published_at IS NULL") unpublished outbox rows"
 
 echo "== drain: $WORKERS workers"
+# CPU seconds used so far by each side (processes that exit in between are
+# missed: Postgres backends of the pools stay, RabbitMQ is one process).
+# In clock ticks from /proc (ps rounds each process down to a second).
+cpu_secs() {
+  local p t=0 f
+  for p in $(pgrep -x "$1"); do
+    f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    f=${f##*) } # the fields after the command name
+    read -r -a f <<< "$f"
+    t=$(( t + f[11] + f[12] )) # utime, stime
+  done
+  echo $(( t / $(getconf CLK_TCK) ))
+}
+cpu0=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)")
 worker_pids=()
 t0=$(now)
 for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); worker_pids+=($!); done
@@ -139,6 +145,8 @@ done
 t1=$(now)
 # The relay marks a batch after the broker's confirms, which can come after its jobs finished.
 [ -n "$relayed_at" ] || relayed_at=$t1
+cpu1=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)" "$(cpu_secs genq-worker)")
+drain_cpu="RabbitMQ $(( cpu1[0] - cpu0[0] )) s, Postgres $(( cpu1[1] - cpu0[1] )) s, the workers $(( cpu1[2] )) s"
 stop "${worker_pids[@]}"
 succeeded=$(sql "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
 [ "$succeeded" -eq "$backlog" ] || echo "WARNING: $succeeded of $backlog jobs succeeded: $(sql "SELECT status || ' ' || count(*) FROM jobs GROUP BY status")" >&2
@@ -154,6 +162,7 @@ IFS='|' read -r params cost provider fingerprint task_id result_url video_key vi
   SELECT params::text, cost, provider, request_fingerprint, provider_task_id, provider_result_url, video_key, video_bytes
     FROM jobs WHERE status = 'succeeded' LIMIT 1")"
 IFS='|' read -r archived_message archived_data <<< "$(sql "SELECT message, data::text FROM job_events WHERE kind = 'archived' LIMIT 1")"
+fi # drain
 stop "$sim_pid"
 
 # --------------------------------------------------------------- submit ----
@@ -165,15 +174,10 @@ p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$log/wrk.txt")")
 non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$log/wrk.txt")
 non2xx=${non2xx:-0}
 [ "$non2xx" -eq 0 ] || echo "WARNING: $non2xx responses were not 2xx" >&2
-stop "$api_pid"
-"$bin/genqctl" ledger verify >> "$log/ledger-verify.txt"
-
-# The p99 at a fixed rate needs an open-loop load generator (wrk2, vegeta):
-# wrk is closed-loop, and a Lua script cannot pace it.
-if command -v wrk2 >/dev/null || command -v vegeta >/dev/null; then
-  half_rate_p99="not measured (wrk2/vegeta present, not wired in yet)"
-else
-  half_rate_p99="skipped: no fixed-rate load generator (wrk2, vegeta) on this machine"
+if [ "$ONLY" = submit ]; then
+  # The values the pgbench scripts bind, from a job of this run.
+  IFS='|' read -r params cost provider fingerprint <<< "$(sql "
+    SELECT params::text, cost, provider, request_fingerprint FROM jobs WHERE status = 'queued' LIMIT 1")"
 fi
 
 # ---------------------------------------------------------------- limits ---
@@ -257,6 +261,21 @@ limit_db submit
 run_pgbench "$db" "$CLIENTS" "$log/pgbench-submit.sql" "$log/pgbench-submit.txt"
 pgbench_submit=$tps
 
+# The latency at half the limit's rate (issue #12: p99 <= 25 ms there), the
+# API kept running meanwhile:
+# autocannon paces the requests (scripts/bench-rate.mjs).
+half_rate=$(( pgbench_submit / 2 ))
+echo "== submit at half that rate: $half_rate/s for ${DURATION}s"
+URL="http://$GENQ__API__ADDR" RATE="$half_rate" CONNECTIONS="$CLIENTS" DURATION="$DURATION" \
+  AUTOCANNON_DIR="$PWD/$bench_node/node_modules" node scripts/bench-rate.mjs | tee "$log/half-rate.txt"
+half_rate_line=$(tail -1 "$log/half-rate.txt")
+half_field() { sed -E "s/.*\b$1=([0-9.]+).*/\1/" <<< "$half_rate_line"; }
+[ "$(half_field non2xx)" -eq 0 ] && [ "$(half_field errors)" -eq 0 ] || echo "WARNING: at half rate: $half_rate_line" >&2
+half_rate_p99="p50 $(half_field p50) ms, p99 $(half_field p99) ms at $(half_field rate)/s"
+stop "$api_pid"
+"$bin/genqctl" ledger verify >> "$log/ledger-verify.txt"
+
+if [ "$ONLY" != submit ]; then
 # The transition statement (store::transition with credits::settle_ctes
 # expanded), the same text for the claim, running and settle steps; the
 # placeholders genq binds to NULL in a step are written NULL there. pgbench
@@ -406,6 +425,8 @@ read -r celery_s celery_ready < "$log/celery-drain.txt"
 celery_rate=$(echo "scale=0; $BACKLOG / $celery_s" | bc)
 echo "celery: $BACKLOG tasks in ${celery_s}s = $celery_rate tasks/s ($celery_ready still ready when its consumer was first seen)"
 
+fi # lifecycle and Celery
+
 # -------------------------------------------------------------- summary ----
 {
   echo
@@ -414,10 +435,10 @@ echo "celery: $BACKLOG tasks in ${celery_s}s = $celery_rate tasks/s ($celery_rea
   echo "| what | genq | the limit, same run | ratio |"
   echo "|---|---|---|---|"
   echo "| POST /v1/generations (wrk -c$CLIENTS) vs pgbench -c$CLIENTS running genq's submit statement | $submit_rate/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx | $pgbench_submit tps | **$(ratio "$submit_rate" "$pgbench_submit")** |"
-  echo "| drain of $succeeded jobs ($WORKERS workers, instant provider, relay included) vs pgbench -c$worker_concurrency running one job's durable statements | $drain_rate jobs/s | $pgbench_cycle jobs/s | **$(ratio "$drain_rate" "$pgbench_cycle")** |"
-  echo "| same drain vs Celery $("$venv/bin/celery" --version | cut -d' ' -f1), no-op task, prefork -c 2, $CELERY_QUEUE_TYPE queue, same RabbitMQ | $drain_rate jobs/s | $celery_rate tasks/s | $(ratio "$drain_rate" "$celery_rate") |"
+  [ "$ONLY" = submit ] || echo "| drain of $succeeded jobs ($WORKERS workers, instant provider, relay included) vs pgbench -c$worker_concurrency running one job's durable statements | $drain_rate jobs/s | $pgbench_cycle jobs/s | **$(ratio "$drain_rate" "$pgbench_cycle")** |"
+  [ "$ONLY" = submit ] || echo "| same drain vs Celery $("$venv/bin/celery" --version | cut -d' ' -f1), no-op task, prefork -c 2, $CELERY_QUEUE_TYPE queue, same RabbitMQ | $drain_rate jobs/s | $celery_rate tasks/s | $(ratio "$drain_rate" "$celery_rate") |"
   echo
-  echo "p99 at half the pgbench submit rate: $half_rate_p99"
-  echo "drain: ${drain_s}s from starting the workers to no open job; the outbox was relayed after ${relay_s}s"
+  echo "at half the pgbench submit rate ($half_rate/s, autocannon -c$CLIENTS): $half_rate_p99"
+  [ "$ONLY" = submit ] || echo "drain: ${drain_s}s from starting the workers to no open job; the outbox was relayed after ${relay_s}s; CPU used meanwhile: $drain_cpu"
   echo "genqctl ledger verify: passed after the drain and after the submit run ($log/ledger-verify.txt)"
 } | tee "$log/summary.txt"

@@ -1,5 +1,6 @@
 # Sourced by the benchmark and fuzz scripts: a fresh, isolated genq (release
-# binaries, or debug with GENQ_BUILD=debug). `bench_env NAME API_PORT SIM_PORT`
+# binaries, or debug with GENQ_BUILD=debug, or those already built in
+# GENQ_BIN, to compare two builds). `bench_env NAME API_PORT SIM_PORT`
 # exports a database and queue prefix of their own, a dev JWT secret, no rate
 # limit and quiet logs, and sets `bin`, `log`, `pids` and `sql`;
 # `bench_start_api` starts the API and waits until it is ready; `bench_users N`
@@ -11,7 +12,9 @@
 bench_env() {
   local name=$1 api_port=$2 sim_port=$3
   scripts/services.sh
-  if [ "${GENQ_BUILD:-release}" = debug ]; then
+  if [ -n "${GENQ_BIN:-}" ]; then
+    bin=$GENQ_BIN
+  elif [ "${GENQ_BUILD:-release}" = debug ]; then
     cargo build -q --bins
     bin=${CARGO_TARGET_DIR:-target}/debug
   else
@@ -84,8 +87,14 @@ bench_cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" postgres >/dev/null 2>&1 || true
-  for q in start poll webhooks dead wait.100 wait.250 wait.1000 wait.2000 wait.5000 wait.15000 wait.30000 wait.60000 \
-           webhook-wait.300000 webhook-wait.1800000 webhook-wait.7200000 webhook-wait.18000000 webhook-wait.36000000; do
-    rabbitmqctl -q delete_queue "$GENQ__QUEUE__PREFIX.$q" >/dev/null 2>&1 || true
+  # Every queue and exchange of the run's prefix (genq's and any the
+  # benchmark added), from the management API's listing.
+  local kind name
+  for kind in queues exchanges; do
+    curl -sf -u guest:guest "http://127.0.0.1:15672/api/$kind/%2F?columns=name" 2>/dev/null |
+      python3 -c 'import json, sys; [print(x["name"]) for x in json.load(sys.stdin) if x["name"].startswith(sys.argv[1] + ".")]' "$GENQ__QUEUE__PREFIX" 2>/dev/null |
+      while read -r name; do
+        curl -sf -u guest:guest -X DELETE "http://127.0.0.1:15672/api/$kind/%2F/$name" >/dev/null || true
+      done
   done
 }
