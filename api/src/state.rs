@@ -62,31 +62,25 @@ impl AppState {
         })
     }
 
-    /// Takes one submission from the user's allowance, or says how long to
-    /// wait (`Ok(Err(wait))`), from wherever `api.rate_limit` keeps it.
-    pub async fn check_submit_rate(
-        &self,
-        user_id: Uuid,
-    ) -> Result<Result<(), std::time::Duration>, genq_shared::store::StoreError> {
+    /// The allowance a submission takes in its own statement: `Some` when
+    /// `api.rate_limit` keeps it in Postgres.
+    pub fn submit_allowance(&self) -> Option<genq_shared::store::rate::Allowance> {
         let api = &self.settings.api;
-        match api.rate_limit {
-            RateLimitStore::Postgres => {
-                genq_shared::store::rate::take_submission(
-                    &self.pool,
-                    user_id,
-                    api.submit_per_minute,
-                    api.submit_burst,
-                )
-                .await
-            }
-            RateLimitStore::Memory => {
-                use governor::clock::{Clock, DefaultClock};
-                Ok(self
-                    .submit_limiter
-                    .check_key(&user_id)
-                    .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())))
-            }
-        }
+        (api.rate_limit == RateLimitStore::Postgres).then_some(
+            genq_shared::store::rate::Allowance {
+                per_minute: api.submit_per_minute,
+                burst: api.submit_burst,
+            },
+        )
+    }
+
+    /// Takes one submission from the user's allowance kept in this
+    /// process (`api.rate_limit = "memory"`), or says how long to wait.
+    pub fn check_memory_rate(&self, user_id: Uuid) -> Result<(), std::time::Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        self.submit_limiter
+            .check_key(&user_id)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
 

@@ -568,6 +568,7 @@ impl Run<'_> {
             cost: s.credits.video_cost,
             idempotency_key: key.map(|k| self.keys[k].key.as_str()),
             provider: &s.provider.name,
+            allowance: None,
         };
         if racing {
             bugs::set(Switch::StaleKeyLookup, true);
@@ -618,6 +619,7 @@ impl Run<'_> {
                 self.alias(job.id)
             ),
             SubmitOutcome::IdempotencyConflict => "409 conflict".into(),
+            SubmitOutcome::RateLimited { .. } => "429".into(),
         };
         self.note(format!("{label} -> {said}"));
         // The idempotency contract: a repeat answers with the first job, a

@@ -176,6 +176,8 @@ pub(crate) struct Reserve<'a> {
     pub reservation: &'a str,
     pub actor: &'a str,
     pub reason: &'a str,
+    /// A further condition of the reservation (SQL), or `TRUE`.
+    pub only_if: &'a str,
 }
 
 /// The reserve step, as two CTEs of the caller's statement: `acct` moves the
@@ -192,12 +194,13 @@ pub(crate) fn reserve_ctes(r: &Reserve<'_>) -> String {
         reservation,
         actor,
         reason,
+        only_if,
     } = r;
     format!(
         "acct AS (
             UPDATE credit_accounts
                SET available = available - {cost}, reserved = reserved + {cost}, updated_at = now()
-             WHERE user_id = {user} AND available >= {cost}
+             WHERE user_id = {user} AND available >= {cost} AND {only_if}
             RETURNING user_id
         ), reserve_row AS (
             INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)

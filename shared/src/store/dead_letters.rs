@@ -271,6 +271,7 @@ async fn reserve_again(tx: &mut sqlx::PgConnection, job: &Job, actor: &str) -> R
         reservation: "$6",
         actor: "$2",
         reason: "'replayed from the dead-letter queue'",
+        only_if: "TRUE",
     });
     let replayed: Option<Uuid> = sqlx::query_scalar(&format!(
         "WITH {reserve}, j AS (

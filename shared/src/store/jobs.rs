@@ -7,11 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::types::Json;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 use super::credits::{self, Reserve};
 use super::outbox::{self, JOB_HAS_UNPUBLISHED};
+use super::rate;
 use super::transition::{transition, Transition};
 use super::{is_violation, page, Result, StoreError};
 use crate::domain::{JobParams, JobStatus, VideoRequest};
@@ -78,8 +79,12 @@ pub enum SubmitOutcome {
     },
     /// The idempotency key was used before with a different request.
     IdempotencyConflict,
+    /// The user's submission allowance is spent (nothing was recorded);
+    /// one more fits after `retry_after`.
+    RateLimited { retry_after: Duration },
 }
 
+#[derive(Clone, Copy)]
 pub struct NewSubmission<'a> {
     pub job_id: Uuid,
     pub user_id: Uuid,
@@ -88,6 +93,10 @@ pub struct NewSubmission<'a> {
     pub idempotency_key: Option<&'a str>,
     /// The configured provider the job runs on; `request.model` names the model.
     pub provider: &'a str,
+    /// The user's submission allowance, taken in the submitting statement
+    /// (`api.rate_limit = "postgres"`); `None` when not limited here. A
+    /// replay of an idempotency key takes none.
+    pub allowance: Option<rate::Allowance>,
 }
 
 async fn job_by_key<'e>(
@@ -137,49 +146,27 @@ async fn submit_attempt(
         }
     }
     let params = Json(new.request.params());
-    let start = WorkMessage::from(StartMessage::first(new.job_id));
-    let reserve = credits::reserve_ctes(&Reserve {
-        user: "$2",
-        cost: "$3",
-        job: "$1",
-        reservation: "1",
-        actor: "'system'",
-        reason: "'video requested'",
-    });
-    let enqueue = outbox::insert_cte("j", "$9", "$10");
-    let accepted: std::result::Result<Option<Job>, sqlx::Error> = sqlx::query_as(&format!(
-        "WITH {reserve}, j AS (
-            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
-                              idempotency_key, request_fingerprint, model)
-            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8, $11 FROM acct
-            RETURNING {JOB_COLS}
-        ), e AS (
-            INSERT INTO job_events (job_id, kind, to_status, message, data)
-            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
-                   jsonb_build_object('cost', cost) FROM j
-        ), {enqueue}
-        SELECT * FROM j"
-    ))
-    .bind(new.job_id)
-    .bind(new.user_id)
-    .bind(new.cost)
-    .bind(new.request.prompt.as_str())
-    .bind(params)
-    .bind(new.provider)
-    .bind(new.idempotency_key)
-    .bind(&fingerprint)
-    .bind(start.routing_key())
-    .bind(start.to_json())
-    .bind(new.request.model.as_deref())
-    .fetch_optional(pool)
-    .await;
+    let accepted = try_accept(pool, new, &params, &fingerprint).await;
 
     match accepted {
-        Ok(Some(job)) => Ok(SubmitOutcome::Accepted {
-            job,
+        Ok(Accept::Queued(job)) => Ok(SubmitOutcome::Accepted {
+            job: *job,
             replayed: false,
         }),
-        Ok(None) => reject(pool, new, &params, &fingerprint, tries_left).await,
+        Ok(Accept::RateLimited) => {
+            let allowance = new.allowance.expect("only a limited submission is refused");
+            let retry_after = rate::wait_after_refusal(pool, new.user_id, allowance).await?;
+            Ok(SubmitOutcome::RateLimited { retry_after })
+        }
+        // The allowance (if any) was taken with the statement: a retry
+        // after a shortfall doesn't take it again.
+        Ok(Accept::CannotPay) => {
+            let new = NewSubmission {
+                allowance: None,
+                ..*new
+            };
+            reject(pool, &new, &params, &fingerprint, tries_left).await
+        }
         // A concurrent request with the same key won; answer with its job.
         Err(e) if is_violation(&e, "jobs_user_idempotency_key") => {
             let key = new.idempotency_key.unwrap_or_default();
@@ -191,6 +178,91 @@ async fn submit_attempt(
         Err(e) => Err(e.into()),
     }
 }
+
+/// What the accepting statement did.
+enum Accept {
+    /// Reserved and queued.
+    Queued(Box<Job>),
+    /// The user's allowance was spent; nothing changed.
+    RateLimited,
+    /// The allowance (if any) was taken, but the account can't pay.
+    CannotPay,
+}
+
+/// The accepting statement: takes the submission from the user's allowance
+/// (when `new.allowance` is set), reserves the cost, and inserts the job
+/// (`queued`), its reserve entry, its first event and its start message in
+/// the outbox. One statement, so a refused allowance changes nothing and a
+/// taken one is kept with the submission's outcome.
+async fn try_accept(
+    pool: &PgPool,
+    new: &NewSubmission<'_>,
+    params: &Json<JobParams>,
+    fingerprint: &str,
+) -> std::result::Result<Accept, sqlx::Error> {
+    let start = WorkMessage::from(StartMessage::first(new.job_id));
+    let row = sqlx::query(accept_statement())
+        .bind(new.job_id)
+        .bind(new.user_id)
+        .bind(new.cost)
+        .bind(new.request.prompt.as_str())
+        .bind(params)
+        .bind(new.provider)
+        .bind(new.idempotency_key)
+        .bind(fingerprint)
+        .bind(start.routing_key())
+        .bind(start.to_json())
+        .bind(new.request.model.as_deref())
+        .bind(new.allowance.map(rate::Allowance::interval_secs))
+        .bind(new.allowance.map(rate::Allowance::tolerance_secs))
+        .fetch_one(pool)
+        .await?;
+    // One row always: `allowed`, and the job's columns, NULL when none was made.
+    if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+        return Ok(Accept::Queued(Box::new(Job::from_row(&row)?)));
+    }
+    Ok(if row.try_get("allowed")? {
+        Accept::CannotPay
+    } else {
+        Accept::RateLimited
+    })
+}
+
+/// The text of the accepting statement, built once. `$12` and `$13` are the
+/// allowance's interval and tolerance; NULL when not limited here.
+fn accept_statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let take = rate::take_ctes("$2", "$12::float8", "$13::float8");
+        let reserve = credits::reserve_ctes(&Reserve {
+            user: "$2",
+            cost: "$3",
+            job: "$1",
+            reservation: "1",
+            actor: "'system'",
+            reason: "'video requested'",
+            only_if: ALLOWED,
+        });
+        let enqueue = outbox::insert_cte("j", "$9", "$10");
+        format!(
+            "WITH {take}, {reserve}, j AS (
+            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
+                              idempotency_key, request_fingerprint, model)
+            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8, $11 FROM acct
+            RETURNING {JOB_COLS}
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, to_status, message, data)
+            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
+                   jsonb_build_object('cost', cost) FROM j
+        ), {enqueue}
+        SELECT {ALLOWED} AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE"
+        )
+    })
+}
+
+/// Whether the submission may go ahead: not limited here, or taken from
+/// the allowance (in the accepting statement).
+const ALLOWED: &str = "($12::float8 IS NULL OR EXISTS (SELECT 1 FROM took))";
 
 /// Records a refused submission. The balance is read under the account lock
 /// and checked again, so a 402 always reflects a real shortfall at that moment.

@@ -1,52 +1,72 @@
 //! The per-user submission limit kept in Postgres, so that every API process
 //! enforces one allowance: GCRA (the token bucket as one timestamp per user),
-//! decided and recorded in one conditional statement.
+//! decided and recorded in the submitting statement itself (see
+//! [`take_ctes`]), so a refused submission changes nothing.
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Result;
 
-/// Takes one submission from `user`'s allowance of `per_minute` with bursts
-/// of `burst`; `Err(wait)` when there is none left, with how long until one.
-pub async fn take_submission(
-    pool: &PgPool,
-    user: Uuid,
-    per_minute: u32,
-    burst: u32,
-) -> Result<std::result::Result<(), Duration>> {
-    // The emission interval: one submission's share of a minute.
-    let interval = 60.0 / f64::from(per_minute.max(1));
-    // How far ahead of now the TAT may be and still allow one more.
-    let tolerance = interval * f64::from(burst.max(1) - 1);
-    let (allowed, ahead): (bool, Option<f64>) = sqlx::query_as(
-        "WITH now AS (SELECT clock_timestamp() AS t),
+/// A user's submission allowance: `per_minute` sustained, bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Allowance {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Allowance {
+    /// The emission interval: one submission's share of a minute, in seconds.
+    pub fn interval_secs(self) -> f64 {
+        60.0 / f64::from(self.per_minute.max(1))
+    }
+
+    /// How far ahead of now the TAT may be and still allow one more.
+    pub fn tolerance_secs(self) -> f64 {
+        self.interval_secs() * f64::from(self.burst.max(1) - 1)
+    }
+}
+
+/// The GCRA step as two CTEs of the caller's statement: `rate_now` (the
+/// clock) and `took`, which returns a row when one submission was taken
+/// from `user`'s allowance and changes nothing when none is left. `interval`
+/// and `tolerance` are placeholders for the seconds of [`Allowance`]; a NULL
+/// `interval` takes nothing (the caller tests it for "not limited here").
+pub(crate) fn take_ctes(user: &str, interval: &str, tolerance: &str) -> String {
+    format!(
+        "rate_now AS (SELECT clock_timestamp() AS t),
          took AS (
              INSERT INTO submit_rate AS r (user_id, tat)
-             SELECT $1, now.t + make_interval(secs => $2) FROM now
+             SELECT {user}, rate_now.t + make_interval(secs => {interval}) FROM rate_now
+              WHERE {interval} IS NOT NULL
              ON CONFLICT (user_id) DO UPDATE
-                SET tat = greatest(r.tat, EXCLUDED.tat - make_interval(secs => $2))
-                          + make_interval(secs => $2)
-              WHERE greatest(r.tat, EXCLUDED.tat - make_interval(secs => $2))
-                    <= EXCLUDED.tat - make_interval(secs => $2) + make_interval(secs => $3)
+                SET tat = greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
+                          + make_interval(secs => {interval})
+              WHERE greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
+                    <= EXCLUDED.tat - make_interval(secs => {interval}) + make_interval(secs => {tolerance})
              RETURNING 1
-         )
-         SELECT EXISTS (SELECT 1 FROM took),
-                (SELECT extract(epoch FROM r.tat - now.t)::float8
-                   FROM submit_rate r, now WHERE r.user_id = $1)",
+         )"
+    )
+}
+
+/// How long after a refusal until `user` may submit again.
+pub(crate) async fn wait_after_refusal<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user: Uuid,
+    allowance: Allowance,
+) -> Result<Duration> {
+    let ahead: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM tat - clock_timestamp())::float8 FROM submit_rate WHERE user_id = $1",
     )
     .bind(user)
-    .bind(interval)
-    .bind(tolerance)
-    .fetch_one(pool)
-    .await?;
-    if allowed {
-        return Ok(Ok(()));
-    }
-    // Refused: the row is as it was; one more fits once the TAT is within
-    // the tolerance again.
-    let wait = (ahead.unwrap_or(0.0) - tolerance).max(0.0);
-    Ok(Err(Duration::from_secs_f64(wait)))
+    .fetch_optional(executor)
+    .await?
+    .flatten();
+    Ok(wait(ahead, allowance))
+}
+
+/// Refused: one more fits once the TAT is within the tolerance again.
+fn wait(ahead: Option<f64>, allowance: Allowance) -> Duration {
+    Duration::from_secs_f64((ahead.unwrap_or(0.0) - allowance.tolerance_secs()).max(0.0))
 }

@@ -59,6 +59,49 @@ async fn rate_limited_per_user(store: genq_shared::config::RateLimitStore) {
     assert_eq!(env.submit(&other, "mine").await.0, StatusCode::ACCEPTED);
     let (_, credits) = env.get("/v1/credits", &t).await;
     assert_eq!(credits["reserved"], 30);
+    let (_, jobs) = env.get("/v1/generations", &t).await;
+    assert_eq!(
+        jobs["items"].as_array().unwrap().len(),
+        3,
+        "{store:?}: {jobs}"
+    );
+    env.cleanup().await;
+}
+
+/// The allowance kept in Postgres is taken by the submitting statement:
+/// a 402 spends one (it was a submission), a replay of an idempotency key
+/// spends none (it is the same submission), a 429 records nothing.
+#[tokio::test]
+async fn a_refusal_for_credits_spends_the_allowance_and_a_replay_does_not() {
+    let mut settings = test_settings();
+    settings.api.submit_burst = 3;
+    settings.api.submit_per_minute = 1;
+    let env = TestEnv::with_settings(settings).await;
+    let t = env.new_user("al", "al@example.com").await; // 8 credits: no video
+    assert_eq!(
+        env.submit(&t, "too dear").await.0,
+        StatusCode::PAYMENT_REQUIRED
+    );
+    env.grant("al@example.com", 100).await;
+    let body = json!({"prompt": "once"});
+    let key = [("Idempotency-Key", "al-1")];
+    for _ in 0..4 {
+        let (s, _) = env
+            .call(Method::POST, "/v1/generations", Some(&t), Some(&body), &key)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+    }
+    assert_eq!(env.submit(&t, "third").await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        env.submit(&t, "fourth").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status::text FROM jobs ORDER BY created_at")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, ["rejected", "queued", "queued"]);
     env.cleanup().await;
 }
 
