@@ -9,5 +9,6 @@ pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod submitter;
 
 pub use startup::Application;

@@ -1,5 +1,6 @@
 //! What every handler shares: the pool, the settings, the JWT key, the
-//! submission limiter, the relays' doorbell, the live event feed and the known callers.
+//! submission limiter, the relays' doorbell, the live event feed, the known
+//! callers and the group committer of submissions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::events::EventFeed;
+use crate::submitter::Submitter;
 
 /// Per-user limiter of submissions.
 pub type SubmitLimiter = governor::DefaultKeyedRateLimiter<Uuid>;
@@ -38,12 +40,16 @@ pub struct AppState {
     /// For RabbitMQ's management API (the console's queue depths); one
     /// client, so its connections are reused.
     pub http: reqwest::Client,
+    /// Commits submissions in groups; see [`Submitter`].
+    pub submitter: Submitter,
 }
 
 impl AppState {
-    /// The state of an API over `pool` (which may not be reachable yet).
+    /// The state of an API over `pool` (which may not be reachable yet);
+    /// starts the group committer's tasks on the current runtime.
     pub fn new(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
         Ok(Self {
+            submitter: Submitter::start(pool.clone(), &settings.api),
             pool,
             jwt_key: Arc::new(DecodingKey::from_secret(
                 settings.auth.jwt_secret.expose_secret().as_bytes(),

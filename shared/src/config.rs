@@ -85,6 +85,12 @@ pub struct ApiSettings {
     /// Where the allowance is kept: `postgres` (one allowance across every
     /// API process) or `memory` (per process, no database round trip).
     pub rate_limit: RateLimitStore,
+    /// Most submissions committed together in one transaction (group
+    /// commit); 1 commits each alone.
+    pub submit_group_max: usize,
+    /// Group transactions in flight at once, each on its own connection
+    /// (fewer than `database.max_connections`, which reads need too).
+    pub submit_groups: usize,
 }
 
 /// Where the per-user submission allowance is kept.
@@ -362,6 +368,10 @@ impl Default for ApiSettings {
             submit_per_minute: 60,
             submit_burst: 20,
             rate_limit: RateLimitStore::default(),
+            // Measured in scripts/bench.sh: with 32 clients on 2 cores the
+            // groups average a handful; the cap bounds one transaction's locks.
+            submit_group_max: 64,
+            submit_groups: 4,
         }
     }
 }
@@ -649,6 +659,15 @@ impl Settings {
     pub fn validate_api(&self) -> anyhow::Result<()> {
         if self.auth.jwt_secret.expose_secret().len() < 16 {
             bail!("invalid configuration: auth.jwt_secret (GENQ__AUTH__JWT_SECRET) must be set to at least 16 bytes");
+        }
+        if self.api.submit_group_max == 0 || self.api.submit_group_max > 1000 {
+            bail!("invalid configuration: api.submit_group_max (GENQ__API__SUBMIT_GROUP_MAX) must be from 1 to 1000");
+        }
+        // The groups hold their connections while they run; reads need some too.
+        if self.api.submit_groups == 0
+            || self.api.submit_groups >= self.database.max_connections as usize
+        {
+            bail!("invalid configuration: api.submit_groups (GENQ__API__SUBMIT_GROUPS) must be more than 0 and fewer than database.max_connections");
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use genq_shared::config::{Offer, Settings};
+use genq_shared::config::{Offer, RateLimitStore, Settings};
 use genq_shared::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
 use genq_shared::store::{
     self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
@@ -19,6 +19,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::page_limit;
 use crate::state::AppState;
+use crate::submitter::{Grouped, Submission};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -226,35 +227,63 @@ pub async fn create(
     let request = body.parse()?;
     // The price and provider come from configuration, never from the client.
     let offer = offer(&state.settings, request.model.as_deref())?;
-    if let Err(wait) = state.check_submit_rate(user.id).await? {
-        metrics::counter!("genq_submissions_total", "outcome" => "rate_limited").increment(1);
-        return Err(ApiError::RateLimited {
-            retry_after_secs: wait.as_secs() + 1,
-        });
-    }
+    let (cost, provider) = (offer.cost, offer.provider.to_owned());
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    let rate_limited = |wait: std::time::Duration| {
+        metrics::counter!("genq_submissions_total", "outcome" => "rate_limited").increment(1);
+        ApiError::RateLimited {
+            retry_after_secs: wait.as_secs() + 1,
+        }
+    };
+    // An allowance kept in memory is taken here; one in Postgres, in the
+    // submission's transaction.
+    let grouped_rate = state.settings.api.rate_limit == RateLimitStore::Postgres;
+    if !grouped_rate {
+        state.check_submit_rate(user.id).await?.map_err(rate_limited)?;
+    }
+    // Without a key, the submission is committed with whatever others are
+    // waiting (group commit); a keyed one, or one the group could not
+    // decide (the account can't pay, or the group failed), goes alone.
+    let mut submission = Submission {
+        job_id,
+        user_id: user.id,
+        request,
+        cost,
+        provider,
+    };
+    let mut rate_taken = !grouped_rate;
+    if key.is_none() {
+        match state.submitter.submit(submission).await {
+            Some(Grouped::Accepted(job)) => return Ok(accepted(&state, job, false)),
+            Some(Grouped::RateLimited(wait)) => return Err(rate_limited(wait)),
+            Some(Grouped::Alone {
+                submission: alone,
+                rate_taken: taken,
+            }) => {
+                submission = alone;
+                rate_taken |= taken;
+            }
+            None => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "a submission group's task ended with the submission in hand"
+                )))
+            }
+        }
+    }
+    if !rate_taken {
+        state.check_submit_rate(user.id).await?.map_err(rate_limited)?;
+    }
     let outcome = store::submit(
         &state.pool,
         &NewSubmission {
-            job_id,
-            user_id: user.id,
-            request: &request,
-            cost: offer.cost,
             idempotency_key: key.as_deref(),
-            provider: offer.provider,
+            ..submission.as_new()
         },
     )
     .await?;
     match outcome {
-        SubmitOutcome::Accepted { job, replayed } => {
-            metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);
-            if !replayed {
-                state.outbox_bell.ring();
-                tracing::info!("job accepted");
-            }
-            Ok((StatusCode::ACCEPTED, Json(JobView::from_job(job))).into_response())
-        }
+        SubmitOutcome::Accepted { job, replayed } => Ok(accepted(&state, job, replayed)),
         SubmitOutcome::Rejected {
             job,
             required,
@@ -271,6 +300,16 @@ pub async fn create(
         }
         SubmitOutcome::IdempotencyConflict => Err(ApiError::IdempotencyConflict),
     }
+}
+
+/// The 202 of an accepted (or replayed) submission; a new job wakes the relays.
+fn accepted(state: &AppState, job: Job, replayed: bool) -> Response {
+    metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);
+    if !replayed {
+        state.outbox_bell.ring();
+        tracing::info!("job accepted");
+    }
+    (StatusCode::ACCEPTED, Json(JobView::from_job(job))).into_response()
 }
 
 /// What a submission naming `model` runs on and costs; an unknown model is

@@ -137,42 +137,7 @@ async fn submit_attempt(
         }
     }
     let params = Json(new.request.params());
-    let start = WorkMessage::from(StartMessage::first(new.job_id));
-    let reserve = credits::reserve_ctes(&Reserve {
-        user: "$2",
-        cost: "$3",
-        job: "$1",
-        reservation: "1",
-        actor: "'system'",
-        reason: "'video requested'",
-    });
-    let enqueue = outbox::insert_cte("j", "$9", "$10");
-    let accepted: std::result::Result<Option<Job>, sqlx::Error> = sqlx::query_as(&format!(
-        "WITH {reserve}, j AS (
-            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
-                              idempotency_key, request_fingerprint, model)
-            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8, $11 FROM acct
-            RETURNING {JOB_COLS}
-        ), e AS (
-            INSERT INTO job_events (job_id, kind, to_status, message, data)
-            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
-                   jsonb_build_object('cost', cost) FROM j
-        ), {enqueue}
-        SELECT * FROM j"
-    ))
-    .bind(new.job_id)
-    .bind(new.user_id)
-    .bind(new.cost)
-    .bind(new.request.prompt.as_str())
-    .bind(params)
-    .bind(new.provider)
-    .bind(new.idempotency_key)
-    .bind(&fingerprint)
-    .bind(start.routing_key())
-    .bind(start.to_json())
-    .bind(new.request.model.as_deref())
-    .fetch_optional(pool)
-    .await;
+    let accepted = try_accept(pool, new, &params, &fingerprint).await;
 
     match accepted {
         Ok(Some(job)) => Ok(SubmitOutcome::Accepted {
@@ -190,6 +155,61 @@ async fn submit_attempt(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The accepting statement alone: `Some(job)` when the credits were
+/// reserved and the job queued, `None` when the account could not pay.
+/// Used by [`submit`] and by a group commit ([`super::group`]).
+pub(crate) async fn try_accept<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    new: &NewSubmission<'_>,
+    params: &Json<JobParams>,
+    fingerprint: &str,
+) -> std::result::Result<Option<Job>, sqlx::Error> {
+    let start = WorkMessage::from(StartMessage::first(new.job_id));
+    sqlx::query_as(accept_statement())
+        .bind(new.job_id)
+        .bind(new.user_id)
+        .bind(new.cost)
+        .bind(new.request.prompt.as_str())
+        .bind(params)
+        .bind(new.provider)
+        .bind(new.idempotency_key)
+        .bind(fingerprint)
+        .bind(start.routing_key())
+        .bind(start.to_json())
+        .bind(new.request.model.as_deref())
+        .fetch_optional(executor)
+        .await
+}
+
+/// The text of the accepting statement, built once.
+fn accept_statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let reserve = credits::reserve_ctes(&Reserve {
+            user: "$2",
+            cost: "$3",
+            job: "$1",
+            reservation: "1",
+            actor: "'system'",
+            reason: "'video requested'",
+        });
+        let enqueue = outbox::insert_cte("j", "$9", "$10");
+        format!(
+            "WITH {reserve}, j AS (
+            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
+                              idempotency_key, request_fingerprint, model)
+            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8, $11 FROM acct
+            RETURNING {JOB_COLS}
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, to_status, message, data)
+            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
+                   jsonb_build_object('cost', cost) FROM j
+        ), {enqueue}
+        SELECT * FROM j"
+        )
+    })
 }
 
 /// Records a refused submission. The balance is read under the account lock

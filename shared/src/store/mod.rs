@@ -5,6 +5,7 @@
 //! - [`users`]: who the caller is, and users named by operators
 //! - [`credits`]: accounts and the ledger; the one reserve and settle path
 //! - [`jobs`]: submit, read, list, cancel, and the sweeper's queries
+//! - [`group`]: group commit of many submissions in one transaction
 //! - [`transition`]: a job's conditional status change with its settlement
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
@@ -17,6 +18,7 @@ pub mod caps;
 pub mod credits;
 pub mod dead_letters;
 pub mod events;
+pub mod group;
 pub mod jobs;
 pub mod outbox;
 pub mod rate;

@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Result;
 
 /// Takes one submission from `user`'s allowance of `per_minute` with bursts
 /// of `burst`; `Err(wait)` when there is none left, with how long until one.
-pub async fn take_submission(
-    pool: &PgPool,
+pub async fn take_submission<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     user: Uuid,
     per_minute: u32,
     burst: u32,
@@ -40,7 +39,7 @@ pub async fn take_submission(
     .bind(user)
     .bind(interval)
     .bind(tolerance)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?;
     if allowed {
         return Ok(Ok(()));

@@ -6,6 +6,7 @@ mod api;
 mod archive;
 mod console;
 mod events;
+mod group;
 mod hostile;
 mod lifecycles;
 mod models;
