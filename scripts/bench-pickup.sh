@@ -24,17 +24,24 @@ for i in $(seq 1 "$N"); do
     sleep 0.05
   done
 done
+# The stages, all Postgres clocks: `queued` is the submit statement's start,
+# the outbox row's `published_at` the relay's transaction start (it wakes on
+# the NOTIFY), `submitting` the worker's claim after the broker delivered.
+pct() { # expression percentile
+  echo "round((percentile_cont($2) WITHIN GROUP (ORDER BY extract(epoch FROM $1)) * 1000)::numeric, 1)"
+}
 sql "
   WITH t AS (
-    SELECT job_id,
+    SELECT e.job_id,
            max(at) FILTER (WHERE to_status = 'queued') AS queued,
            max(at) FILTER (WHERE to_status = 'submitting') AS submitting,
-           max(at) FILTER (WHERE to_status = 'running') AS running
-      FROM job_events WHERE kind = 'status' GROUP BY job_id)
-  SELECT format('pickup over %s idle submissions: 202 -> submitting p50 %s ms, p99 %s ms; 202 -> running p50 %s ms, p99 %s ms',
+           max(at) FILTER (WHERE to_status = 'running') AS running,
+           min(o.published_at) AS relayed
+      FROM job_events e JOIN outbox o ON o.job_id = e.job_id
+     WHERE kind = 'status' GROUP BY e.job_id)
+  SELECT format('pickup over %s idle submissions: 202 -> submitting p50 %s ms, p99 %s ms; 202 -> running p50 %s ms, p99 %s ms; of which submit -> relay p50 %s ms, relay -> claim p50 %s ms',
     count(*),
-    round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM submitting - queued)) * 1000)::numeric, 1),
-    round((percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM submitting - queued)) * 1000)::numeric, 1),
-    round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM running - queued)) * 1000)::numeric, 1),
-    round((percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM running - queued)) * 1000)::numeric, 1))
+    $(pct "submitting - queued" 0.5), $(pct "submitting - queued" 0.99),
+    $(pct "running - queued" 0.5), $(pct "running - queued" 0.99),
+    $(pct "relayed - queued" 0.5), $(pct "submitting - relayed" 0.5))
     FROM t WHERE submitting IS NOT NULL AND running IS NOT NULL" | tee "$log/pickup.txt"

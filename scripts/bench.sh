@@ -10,7 +10,7 @@
 # databases and queue prefix (scripts/isolated-env.sh), all dropped at the end.
 # Knobs: DURATION (s), ROUNDS and SLICE (the submit comparison's turns, s each), USERS, CLIENTS, BACKLOG (jobs/tasks drained), WORKERS,
 # CELERY_QUEUE_TYPE (classic, Celery's default, or quorum, as genq's queues),
-# ONLY=submit (the submit rows alone, for tuning the API).
+# ONLY=submit or ONLY=drain (those rows alone, for tuning one side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-20}"
@@ -21,7 +21,7 @@ CLIENTS="${CLIENTS:-32}"
 BACKLOG="${BACKLOG:-5000}"
 WORKERS="${WORKERS:-2}"
 CELERY_QUEUE_TYPE="${CELERY_QUEUE_TYPE:-classic}"
-ONLY="${ONLY:-}" # "submit": the submit rows alone (no drain, no Celery)
+ONLY="${ONLY:-}" # "submit": the submit rows alone (no drain, no Celery); "drain": the drain rows alone
 AMQP="amqp://guest:guest@127.0.0.1:5672//"
 for tool in wrk pgbench pg_dump psql curl bc python3 node npm; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (wrk: apt-get install wrk; pgbench: postgresql-contrib)" >&2; exit 1; }
@@ -268,6 +268,7 @@ run_pgbench() { # db clients script out [seconds]; sets tps
 }
 
 # --------------------------------------------------------------- submit ----
+if [ "$ONLY" != drain ]; then
 # The API (wrk) and its limit (pgbench running genq's submit statement) take
 # turns, ROUNDS rounds of SLICE seconds each: this machine's speed
 # drifts within a minute (other tenants' load), and turns close together
@@ -312,6 +313,7 @@ half_rate_line=$(tail -1 "$log/half-rate.txt")
 half_field() { sed -E "s/.*\b$1=([0-9.]+).*/\1/" <<< "$half_rate_line"; }
 [ "$(half_field non2xx)" -eq 0 ] && [ "$(half_field errors)" -eq 0 ] || echo "WARNING: at half rate: $half_rate_line" >&2
 half_rate_p99="p50 $(half_field p50) ms, p99 $(half_field p99) ms at $(half_field rate)/s"
+fi # submit
 stop "$api_pid"
 "$bin/genqctl" ledger verify >> "$log/ledger-verify.txt"
 
@@ -474,11 +476,11 @@ fi # lifecycle and Celery
   echo
   echo "| what | genq | the limit, same run | ratio |"
   echo "|---|---|---|---|"
-  echo "| POST /v1/generations (wrk -c$CLIENTS) vs pgbench -c$CLIENTS running genq's submit statement, $ROUNDS turns each (medians) | $submit_rate/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx | $pgbench_submit tps | **$submit_ratio** (rounds: ${ratios[*]}) |"
+  [ "$ONLY" = drain ] || echo "| POST /v1/generations (wrk -c$CLIENTS) vs pgbench -c$CLIENTS running genq's submit statement, $ROUNDS turns each (medians) | $submit_rate/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx | $pgbench_submit tps | **$submit_ratio** (rounds: ${ratios[*]}) |"
   [ "$ONLY" = submit ] || echo "| drain of $succeeded jobs ($WORKERS workers, instant provider, relay included) vs pgbench -c$worker_concurrency running one job's durable statements | $drain_rate jobs/s | $pgbench_cycle jobs/s | **$(ratio "$drain_rate" "$pgbench_cycle")** |"
   [ "$ONLY" = submit ] || echo "| same drain vs Celery $("$venv/bin/celery" --version | cut -d' ' -f1), no-op task, prefork -c 2, $CELERY_QUEUE_TYPE queue, same RabbitMQ | $drain_rate jobs/s | $celery_rate tasks/s | $(ratio "$drain_rate" "$celery_rate") |"
   echo
-  echo "at half the pgbench submit rate ($half_rate/s, autocannon -c$CLIENTS): $half_rate_p99"
+  [ "$ONLY" = drain ] || echo "at half the pgbench submit rate ($half_rate/s, autocannon -c$CLIENTS): $half_rate_p99"
   [ "$ONLY" = submit ] || echo "drain: ${drain_s}s from starting the workers to no open job; the outbox was relayed after ${relay_s}s; CPU used meanwhile: $drain_cpu"
   echo "genqctl ledger verify: passed after the drain and after the submit run ($log/ledger-verify.txt)"
 } | tee "$log/summary.txt"
