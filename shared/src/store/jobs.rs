@@ -1,6 +1,6 @@
-//! Jobs: submit (reserve, job, event and outbox row in one statement), the
-//! record of a refused submission, reads and listings, cancel, the poll
-//! sequence, and the queries the sweeper runs over open jobs.
+//! Jobs: submit (rate allowance, reserve, job, event and outbox row in one
+//! statement), the record of a refused submission, reads and listings,
+//! cancel, the poll sequence, and the queries the sweeper runs over open jobs.
 
 use std::time::Duration;
 
