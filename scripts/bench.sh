@@ -129,9 +129,11 @@ cpu_secs() {
     read -r -a f <<< "$f"
     t=$(( t + f[11] + f[12] )) # utime, stime
   done
-  echo $(( t / $(getconf CLK_TCK) ))
+  echo "$t"
 }
-cpu0=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)")
+ticks_to_s() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }'; }
+# (pgrep matches the kernel's 15-character process names.)
+cpu0=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)" "$(cpu_secs genq-provider-s)")
 worker_pids=()
 t0=$(now)
 for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); worker_pids+=($!); done
@@ -147,8 +149,8 @@ done
 t1=$(now)
 # The relay marks a batch after the broker's confirms, which can come after its jobs finished.
 [ -n "$relayed_at" ] || relayed_at=$t1
-cpu1=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)" "$(cpu_secs genq-worker)")
-drain_cpu="RabbitMQ $(( cpu1[0] - cpu0[0] )) s, Postgres $(( cpu1[1] - cpu0[1] )) s, the workers $(( cpu1[2] )) s"
+cpu1=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)" "$(cpu_secs genq-worker)" "$(cpu_secs genq-provider-s)")
+drain_cpu="RabbitMQ $(ticks_to_s $(( cpu1[0] - cpu0[0] ))) s, Postgres $(ticks_to_s $(( cpu1[1] - cpu0[1] ))) s, the workers $(ticks_to_s "${cpu1[2]}") s, the simulated provider $(ticks_to_s $(( cpu1[3] - cpu0[2] ))) s"
 stop "${worker_pids[@]}"
 succeeded=$(sql "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
 [ "$succeeded" -eq "$backlog" ] || echo "WARNING: $succeeded of $backlog jobs succeeded: $(sql "SELECT status || ' ' || count(*) FROM jobs GROUP BY status")" >&2
