@@ -124,10 +124,11 @@ fn replay_or_conflict(job: Job, fingerprint: &str) -> SubmitOutcome {
     }
 }
 
-/// Reserves the cost, inserts the job (`queued`), its reserve entry, its first
-/// event and its start message in the outbox, in one statement (the caller
-/// then rings the relays' doorbell); the account row's lock orders
-/// concurrent submissions, and `available >= cost` is re-checked under it.
+/// Takes the user's rate allowance (when `new.allowance` is set), reserves
+/// the cost, inserts the job (`queued`), its reserve entry, its first event
+/// and its start message in the outbox, in one statement (the caller then
+/// rings the relays' doorbell); the account row's lock orders concurrent
+/// submissions, and `available >= cost` is re-checked under it.
 pub async fn submit(pool: &PgPool, new: &NewSubmission<'_>) -> Result<SubmitOutcome> {
     debug_assert!(new.cost >= 0, "a negative cost: {}", new.cost);
     submit_attempt(pool, new, 3).await
@@ -233,7 +234,9 @@ async fn try_accept(
 fn accept_statement() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let take = rate::take_ctes("$2", "$12::float8", "$13::float8");
+        let interval = "$12::float8";
+        let take = rate::take_ctes("$2", interval, "$13::float8");
+        let allowed = rate::allowed(interval);
         let reserve = credits::reserve_ctes(&Reserve {
             user: "$2",
             cost: "$3",
@@ -241,7 +244,7 @@ fn accept_statement() -> &'static str {
             reservation: "1",
             actor: "'system'",
             reason: "'video requested'",
-            only_if: ALLOWED,
+            only_if: &allowed,
         });
         let enqueue = outbox::insert_cte("j", "$9", "$10");
         format!(
@@ -255,14 +258,10 @@ fn accept_statement() -> &'static str {
             SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
                    jsonb_build_object('cost', cost) FROM j
         ), {enqueue}
-        SELECT {ALLOWED} AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE"
+        SELECT {allowed} AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE"
         )
     })
 }
-
-/// Whether the submission may go ahead: not limited here, or taken from
-/// the allowance (in the accepting statement).
-const ALLOWED: &str = "($12::float8 IS NULL OR EXISTS (SELECT 1 FROM took))";
 
 /// Records a refused submission. The balance is read under the account lock
 /// and checked again, so a 402 always reflects a real shortfall at that moment.

@@ -50,6 +50,12 @@ pub(crate) fn take_ctes(user: &str, interval: &str, tolerance: &str) -> String {
     )
 }
 
+/// Whether the caller's statement may go ahead, as SQL over [`take_ctes`]'
+/// `took`: not limited here (`interval` NULL), or one submission taken.
+pub(crate) fn allowed(interval: &str) -> String {
+    format!("({interval} IS NULL OR EXISTS (SELECT 1 FROM took))")
+}
+
 /// How long after a refusal until `user` may submit again.
 pub(crate) async fn wait_after_refusal<'e>(
     executor: impl sqlx::PgExecutor<'e>,
