@@ -10,7 +10,8 @@
 # databases and queue prefix (scripts/isolated-env.sh), all dropped at the end.
 # Knobs: DURATION (s), ROUNDS and SLICE (the submit comparison's turns, s each), USERS, CLIENTS, BACKLOG (jobs/tasks drained), WORKERS,
 # CELERY_QUEUE_TYPE (classic, Celery's default, or quorum, as genq's queues),
-# ONLY=submit or ONLY=drain (those rows alone, for tuning one side).
+# ONLY=submit or ONLY=drain (those rows alone, for tuning one side),
+# FIRST_POLL_MS (the provider's provider.first_poll_ms: 0, or none for unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-20}"
@@ -28,6 +29,11 @@ for tool in wrk pgbench pg_dump psql curl bc python3 node npm; do
 done
 . scripts/isolated-env.sh
 export GENQ__WORKER__POLL_INITIAL_MS=100 # the shortest wait tier: the first poll finds the video done
+# The simulated provider is instant, so the setting a deployment would give
+# it is provider.first_poll_ms = 0: the start step polls it itself.
+# FIRST_POLL_MS=none measures without it (the first poll through a wait tier).
+FIRST_POLL_MS="${FIRST_POLL_MS:-0}"
+[ "$FIRST_POLL_MS" = none ] || export GENQ__PROVIDER__FIRST_POLL_MS="$FIRST_POLL_MS"
 bench_env bench 18296 18297
 # The workers' total concurrency (worker.concurrency, 32 by default in
 # shared/src/config.rs): the lifecycle pgbench runs that many clients.
@@ -474,7 +480,7 @@ fi # lifecycle and Celery
 # -------------------------------------------------------------- summary ----
 {
   echo
-  echo "genq bench, $(date -u +%FT%TZ): DURATION=${DURATION}s USERS=$USERS CLIENTS=$CLIENTS BACKLOG=$BACKLOG WORKERS=$WORKERS, $(nproc) cores shared by all"
+  echo "genq bench, $(date -u +%FT%TZ): DURATION=${DURATION}s USERS=$USERS CLIENTS=$CLIENTS BACKLOG=$BACKLOG WORKERS=$WORKERS FIRST_POLL_MS=$FIRST_POLL_MS, $(nproc) cores shared by all"
   echo
   echo "| what | genq | the limit, same run | ratio |"
   echo "|---|---|---|---|"

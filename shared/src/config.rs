@@ -147,6 +147,13 @@ pub struct ProviderSettings {
     pub max_concurrent: u32,
     /// Submissions to the provider per minute, across all workers; 0 = no cap.
     pub max_per_minute: u32,
+    /// When to ask about a new task the first time, counted from its
+    /// submission: about as long as this provider takes, so that a task is
+    /// polled once or twice rather than on every doubling step. Absent:
+    /// `worker.poll_initial_ms`. 0: at once, in the step that submitted it,
+    /// without a trip through the broker (for a provider that usually has
+    /// the video by then). Other values are rounded down to a wait tier.
+    pub first_poll_ms: Option<u64>,
 }
 
 /// The provider APIs genq has an adapter for.
@@ -405,6 +412,7 @@ impl Default for ProviderSettings {
             timeout_ms: 10_000,
             max_concurrent: 0,
             max_per_minute: 0,
+            first_poll_ms: None,
         }
     }
 }

@@ -252,19 +252,23 @@ impl Handler {
                 );
                 running.provider_task_id = Some(&task_id);
                 running.deadline_in = Some(self.settings.job_timeout());
-                if store::transition(&self.pool, &running).await?.is_some() {
+                if let Some((job, _)) = store::transition(&self.pool, &running).await? {
+                    let first = provider.first_poll.unwrap_or_else(|| {
+                        let w = &self.settings.worker;
+                        poll_delay(w.poll_initial_ms, w.poll_max_ms, 0)
+                    });
+                    // Asked at once: this step polls, saving a trip through
+                    // a wait queue and the poll queue.
+                    if first.is_zero() {
+                        return self.poll_job(job, 0, 0).await;
+                    }
                     let poll = PollMessage::Poll {
                         job_id,
                         seq: 0,
                         errors: 0,
                     };
-                    let delay = poll_delay(
-                        self.settings.worker.poll_initial_ms,
-                        self.settings.worker.poll_max_ms,
-                        0,
-                    );
                     return self
-                        .publish_delayed(POLL_KEY, &poll, tier_at_most(delay))
+                        .publish_delayed(POLL_KEY, &poll, tier_at_most(first))
                         .await;
                 }
                 // Someone else moved the job: another worker (a duplicate
@@ -298,6 +302,13 @@ impl Handler {
             return Ok(());
         };
         tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
+        self.poll_job(job, seq, errors).await
+    }
+
+    /// poll, for a job already loaded (or just returned by the start step's
+    /// update).
+    async fn poll_job(&self, job: Job, seq: i32, errors: u32) -> Step {
+        let job_id = job.id;
         match job.status {
             JobStatus::Running => {}
             JobStatus::Canceled

@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use super::{ProviderKind, ProviderSettings, Settings};
 
+/// The longest first poll: the longest wait tier (`DELAY_TIERS_MS`).
+pub const FIRST_POLL_MAX_MS: u64 = 60_000;
+
 /// Longest model name.
 pub const MODEL_NAME_MAX: usize = 40;
 
@@ -30,6 +33,8 @@ pub struct ModelSettings {
     pub max_concurrent: u32,
     /// Submissions to the provider per minute, across all workers; 0 = no cap.
     pub max_per_minute: u32,
+    /// When to ask about a new task the first time (as `provider.first_poll_ms`).
+    pub first_poll_ms: Option<u64>,
 }
 
 impl Default for ModelSettings {
@@ -44,6 +49,7 @@ impl Default for ModelSettings {
             cost: None,
             max_concurrent: 0,
             max_per_minute: 0,
+            first_poll_ms: None,
         }
     }
 }
@@ -60,6 +66,7 @@ impl ModelSettings {
             timeout_ms: self.timeout_ms,
             max_concurrent: self.max_concurrent,
             max_per_minute: self.max_per_minute,
+            first_poll_ms: self.first_poll_ms,
         }
     }
 }
@@ -162,6 +169,12 @@ pub(super) fn check_provider(prefix: &str, p: &ProviderSettings) -> Result<(), (
     if p.timeout_ms == 0 {
         return Err((key("timeout_ms"), "must be more than 0".into()));
     }
+    if p.first_poll_ms.is_some_and(|ms| ms > FIRST_POLL_MAX_MS) {
+        return Err((
+            key("first_poll_ms"),
+            format!("must be at most {FIRST_POLL_MAX_MS} (the longest wait tier)"),
+        ));
+    }
     let secret = p.api_key.expose_secret();
     // A real provider's API needs a key; a simulator at another base_url may not.
     if kind != ProviderKind::TaskId && secret.is_empty() && p.base_url.trim().is_empty() {
@@ -216,11 +229,14 @@ mod tests {
             ("GENQ__MODELS__FAST__MAX_CONCURRENT", "2"),
             ("GENQ__MODELS__PLAIN__KIND", "taskid"),
             ("GENQ__PROVIDER__MAX_PER_MINUTE", "10"),
+            ("GENQ__MODELS__FAST__FIRST_POLL_MS", "0"),
         ])
         .unwrap();
         assert_eq!(s.models["fast"].kind, "runway");
         assert_eq!(s.models["fast"].max_concurrent, 2);
         assert_eq!(s.provider.max_per_minute, 10);
+        assert_eq!(s.models["fast"].provider("fast").first_poll_ms, Some(0));
+        assert_eq!(s.provider.first_poll_ms, None);
         let fast = s.offer(Some("fast")).unwrap();
         assert_eq!(
             (fast.provider, fast.model, fast.cost),
@@ -254,6 +270,8 @@ mod tests {
         assert!(e.to_string().contains("models.fast.api_key"), "{e}");
         let e = from_env(&[("GENQ__MODELS__SIM__KIND", "taskid")]).unwrap_err();
         assert!(e.to_string().contains("models.sim "), "{e}");
+        let e = from_env(&[("GENQ__PROVIDER__FIRST_POLL_MS", "600000")]).unwrap_err();
+        assert!(e.to_string().contains("provider.first_poll_ms"), "{e}");
         let e = from_env(&[("GENQ__MODELS__FAST__COLOUR", "red")]).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
     }

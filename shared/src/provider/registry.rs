@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{build, VideoProvider};
 use crate::config::Settings;
@@ -16,6 +17,9 @@ pub struct Configured {
     pub name: String,
     pub adapter: Arc<dyn VideoProvider>,
     pub caps: Caps,
+    /// When to poll a new task the first time (`first_poll_ms`); `None`:
+    /// the worker's `poll_initial_ms`.
+    pub first_poll: Option<Duration>,
 }
 
 /// The providers of a deployment, by name.
@@ -49,6 +53,7 @@ impl Providers {
                     name: p.name,
                     adapter,
                     caps,
+                    first_poll: p.first_poll_ms.map(Duration::from_millis),
                 },
             );
         }

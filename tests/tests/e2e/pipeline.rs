@@ -589,3 +589,52 @@ fn broker_urls_are_checked_at_load() {
     settings.amqp.url = secrecy::SecretString::from(" , ");
     assert!(settings.validate().is_err());
 }
+
+/// A provider polled first at once (`first_poll_ms = 0`): the start step
+/// asks about the task itself. An instant video is done in that one
+/// delivery; a slower one goes on to the ordinary polls.
+#[tokio::test]
+async fn a_first_poll_at_once_is_asked_in_the_submitting_step() {
+    let mut settings = test_settings();
+    settings.provider.first_poll_ms = Some(0);
+    // Any poll through the queues would wait a minute, past WAIT.
+    settings.worker.poll_initial_ms = 60_000;
+    settings.worker.poll_max_ms = 60_000;
+    let instant = SimConfig {
+        generation: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    let env = TestEnv::with_sim_and_settings(instant, settings).await;
+    let t = env.new_user("ida", "ida@example.com").await;
+    env.grant("ida@example.com", 2).await;
+    let worker = env.spawn_worker().await;
+    let (_, job) = env.submit(&t, "done at once").await;
+    let id = job["id"].as_str().unwrap();
+    let done = env.wait_for_status(&t, id, "succeeded", WAIT).await;
+    assert_eq!(
+        statuses(&done),
+        ["queued", "submitting", "running", "succeeded"]
+    );
+    let stats = env.sim().stats.snapshot();
+    assert_eq!((stats.tasks_created, stats.status_requests), (1, 1));
+    assert_eq!(settlements(&env, id).await, ["commit"]);
+    worker.stop().await;
+    env.cleanup().await;
+
+    // A video that takes longer: the first answer is "still working", and
+    // the ordinary polls take over until it is done.
+    let mut settings = test_settings();
+    settings.provider.first_poll_ms = Some(0);
+    let env = TestEnv::with_sim_and_settings(fast_sim(), settings).await;
+    let t = env.new_user("ivo", "ivo@example.com").await;
+    env.grant("ivo@example.com", 2).await;
+    let worker = env.spawn_worker().await;
+    let (_, job) = env.submit(&t, "takes a while").await;
+    let id = job["id"].as_str().unwrap();
+    env.wait_for_status(&t, id, "succeeded", WAIT).await;
+    assert!(worker.processed.load(Ordering::Relaxed) >= 2);
+    assert!(env.sim().stats.snapshot().status_requests >= 2);
+    assert_eq!(settlements(&env, id).await, ["commit"]);
+    worker.stop().await;
+    env.cleanup().await;
+}
