@@ -331,7 +331,7 @@ if [ "$ONLY" != submit ]; then
 # placeholders genq binds to NULL in a step are written NULL there. pgbench
 # sends each occurrence of a variable as its own untyped parameter, so the
 # one only tested with IS NOT NULL is cast to the type sqlx binds (text).
-transition() { # from to error_code error_message result_url task_id deadline_secs count_attempt kind message data video_key video_bytes
+transition() { # from to error_code error_message result_url task_id deadline_secs count_attempt kind message data video_key video_bytes note_kind note_message note_data
   cat <<SQL
 WITH old AS (
             SELECT id, status FROM jobs WHERE id = :job FOR UPDATE
@@ -363,7 +363,13 @@ WITH old AS (
               FROM j WHERE $9::text IS NOT NULL
         ), e AS (
             INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
-            SELECT id, 'status', old_status, $2, ${10}, ${11} FROM j
+            SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
+              FROM j CROSS JOIN LATERAL (VALUES
+                   (1, ${14}::text, NULL, NULL, ${15}, ${16}::jsonb),
+                   (2, 'status', j.old_status, $2, ${10}, ${11})
+                   ) AS ev (ord, kind, from_status, to_status, message, data)
+             WHERE ev.kind IS NOT NULL
+             ORDER BY ev.ord
         )
         SELECT $job_cols, old_status FROM j;
 SQL
@@ -387,10 +393,9 @@ SELECT id, routing_key, payload FROM outbox
 UPDATE outbox SET published_at = now() WHERE id = ANY(ARRAY[:outbox_id::bigint]);
 COMMIT;
 SQL
-  transition :claim_from :claim_to NULL NULL NULL NULL NULL :yes NULL :claim_message NULL NULL NULL
-  transition :running_from :running_to NULL NULL NULL :task_id :job_timeout :no NULL :running_message NULL NULL NULL
-  echo "INSERT INTO job_events (job_id, kind, message, data) VALUES (:job, :archived_kind, :archived_message, :archived_data);"
-  transition :settle_from :settle_to NULL NULL :result_url NULL NULL :no :settle_kind :settle_message NULL :video_key :video_bytes
+  transition :claim_from :claim_to NULL NULL NULL NULL NULL :yes NULL :claim_message NULL NULL NULL NULL NULL NULL
+  transition :running_from :running_to NULL NULL NULL :task_id :job_timeout :no NULL :running_message NULL NULL NULL NULL NULL NULL
+  transition :settle_from :settle_to NULL NULL :result_url NULL NULL :no :settle_kind :settle_message NULL :video_key :video_bytes :archived_kind :archived_message :archived_data
 } > "$log/pgbench-lifecycle.sql"
 pgbench_vars+=(
   -D yes=true -D no=false

@@ -7,7 +7,7 @@ use genq_shared::domain::JobStatus;
 use genq_shared::messages::PollMessage;
 use genq_shared::provider::ProviderError;
 use genq_shared::storage::{ArchiveError, VideoStore};
-use genq_shared::store::{self, Job, Transition};
+use genq_shared::store::{self, Job, Note, Transition};
 
 use crate::handler::{Handler, Step, WorkQueue};
 
@@ -23,21 +23,6 @@ impl Handler {
             Ok(archived) => {
                 metrics::counter!("genq_videos_archived_total").increment(1);
                 metrics::counter!("genq_video_bytes_archived_total").increment(archived.bytes);
-                store::record_event(
-                    &self.pool,
-                    job.id,
-                    "archived",
-                    &format!(
-                        "The video was copied to genq's storage ({} bytes in {} ms).",
-                        archived.bytes,
-                        archived.took.as_millis()
-                    ),
-                    Some(serde_json::json!({
-                        "bytes": archived.bytes,
-                        "duration_ms": archived.took.as_millis() as u64,
-                    })),
-                )
-                .await?;
                 let mut done = Transition::new(
                     job.id,
                     &[JobStatus::Running],
@@ -46,6 +31,19 @@ impl Handler {
                 );
                 done.provider_result_url = Some(video_url);
                 done.video = Some((&key, archived.bytes as i64));
+                // One statement: the copy's event, the status and the commit.
+                done.note = Some(Note {
+                    kind: "archived",
+                    message: format!(
+                        "The video was copied to genq's storage ({} bytes in {} ms).",
+                        archived.bytes,
+                        archived.took.as_millis()
+                    ),
+                    data: Some(serde_json::json!({
+                        "bytes": archived.bytes,
+                        "duration_ms": archived.took.as_millis() as u64,
+                    })),
+                });
                 if store::transition(&self.pool, &done).await?.is_some() {
                     tracing::info!(bytes = archived.bytes, "job succeeded");
                 }

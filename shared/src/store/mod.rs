@@ -29,7 +29,7 @@ pub use jobs::{
     advance_poll, cancel_job, get_job, job_events, list_jobs, mark_provider_canceled, record_event,
     submit, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome, JOB_COLS,
 };
-pub use transition::{transition, Settlement, Transition};
+pub use transition::{transition, Note, Settlement, Transition};
 pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};
 
 /// The actor recorded for changes genq makes on its own.

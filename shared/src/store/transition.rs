@@ -1,5 +1,5 @@
 //! A job's change of status: applied only from the expected statuses, with
-//! its timeline event and, for a terminal status, its commit or refund, all
+//! its timeline event (and a note before it) and, for a terminal status, its commit or refund, all
 //! in one statement.
 
 use sqlx::FromRow;
@@ -28,6 +28,17 @@ pub struct Transition<'a> {
     pub deadline_in: Option<std::time::Duration>,
     /// Count one more attempt at the provider.
     pub count_attempt: bool,
+    /// An event recorded just before the status change's own, in the same
+    /// statement: it happens only if the change does (the archive's copy).
+    pub note: Option<Note<'a>>,
+}
+
+/// An entry of the job's timeline that is not a status change.
+#[derive(Debug, Clone)]
+pub struct Note<'a> {
+    pub kind: &'a str,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
 }
 
 impl<'a> Transition<'a> {
@@ -49,6 +60,7 @@ impl<'a> Transition<'a> {
             provider_task_id: None,
             deadline_in: None,
             count_attempt: false,
+            note: None,
         }
     }
 }
@@ -138,8 +150,15 @@ pub async fn transition<'e>(
              WHERE jobs.id = old.id AND old.status = ANY($2)
             RETURNING jobs.*, old.status AS old_status
         ), {settle_ctes}, e AS (
+            -- The note (if any), then the status change, in this order of ids.
             INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
-            SELECT id, 'status', old_status, $3, $11, $12 FROM j
+            SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
+              FROM j CROSS JOIN LATERAL (VALUES
+                   (1, $15, NULL, NULL, $16, $17::jsonb),
+                   (2, 'status', j.old_status, $3, $11, $12)
+                   ) AS ev (ord, kind, from_status, to_status, message, data)
+             WHERE ev.kind IS NOT NULL
+             ORDER BY ev.ord
         )
         SELECT {JOB_COLS}, old_status FROM j"
     ))
@@ -157,6 +176,9 @@ pub async fn transition<'e>(
     .bind(&t.data)
     .bind(t.video.map(|(key, _)| key))
     .bind(t.video.map(|(_, bytes)| bytes))
+    .bind(t.note.as_ref().map(|n| n.kind))
+    .bind(t.note.as_ref().map(|n| n.message.as_str()))
+    .bind(t.note.as_ref().and_then(|n| n.data.as_ref()))
     .fetch_optional(executor)
     .await?;
     let Some(r) = row else { return Ok(None) };

@@ -71,6 +71,19 @@ async fn kept_past_expiry(kind: ProviderKind, dialect: Dialect) {
         archived.is_some_and(|e| e["data"]["bytes"].as_u64() > Some(0)),
         "{done:#}"
     );
+    // Written with the settlement, just before its status event.
+    let last_two: Vec<(&str, &str)> = events[events.len() - 2..]
+        .iter()
+        .map(|e| {
+            let to = e["to_status"].as_str().unwrap_or("");
+            (e["kind"].as_str().unwrap(), to)
+        })
+        .collect();
+    assert_eq!(
+        last_two,
+        [("archived", ""), ("status", "succeeded")],
+        "{done:#}"
+    );
 
     // The provider's link expires...
     let url = provider_url(&env, &id).await;

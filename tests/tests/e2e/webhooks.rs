@@ -766,8 +766,14 @@ async fn a_waiting_delivery_is_replayed_at_once_or_dropped_with_its_endpoint() {
     env.submit(&t, "first").await;
     rx.wait_for(1).await;
     let first = deliveries(&env, "").await[0]["id"].as_i64().unwrap();
-    let waiting = delivery_in(&env, first, "pending").await;
-    assert_eq!(waiting["attempts"], 1);
+    // Pending before its first attempt too: wait until the failed attempt
+    // (the receiver has answered it) is recorded.
+    let waiting = eventually(WAIT, || async {
+        let d = delivery_in(&env, first, "pending").await;
+        (d["attempts"] == 1).then_some(d)
+    })
+    .await;
+    assert!(waiting.is_some(), "the first attempt was never recorded");
     let (status, body) = env
         .post(
             &format!("/v1/admin/webhook-deliveries/{first}/replay"),
