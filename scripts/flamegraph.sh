@@ -14,6 +14,7 @@ for tool in perf wrk inferno-collapse-perf inferno-flamegraph; do
 done
 . scripts/isolated-env.sh
 export GENQ__WORKER__POLL_INITIAL_MS=100
+export GENQ__PROVIDER__FIRST_POLL_MS=0 # as bench.sh: the instant provider is polled in the start step
 bench_env flame 18298 18299
 "$bin/genq-provider-sim" --addr 127.0.0.1:18299 --generation-ms 0 > "$log/sim.log" 2>&1 & pids+=($!)
 bench_start_api

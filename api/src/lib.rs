@@ -2,6 +2,7 @@
 //! event streams, admin.
 
 pub mod auth;
+pub mod eager;
 pub mod error;
 pub mod events;
 pub mod extract;

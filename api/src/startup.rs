@@ -53,12 +53,19 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // The API only writes the outbox; the doorbell wakes the relays.
+        // The API writes the outbox; the doorbell wakes the relays.
         tokio::spawn(
             self.state
                 .outbox_bell
                 .clone()
                 .run(self.state.pool.clone(), shutdown.clone()),
+        );
+        // A broker connection of its own, for lone submissions (eager.rs).
+        tokio::spawn(
+            self.state
+                .eager
+                .clone()
+                .run(self.state.settings.clone(), shutdown.clone()),
         );
         // One feed per process tails the job events for every open stream.
         tokio::spawn(self.state.events.clone().run(

@@ -29,6 +29,8 @@ pub struct AppState {
     pub submit_limiter: Arc<SubmitLimiter>,
     /// Rung after each committed outbox write; see [`Doorbell`].
     pub outbox_bell: Doorbell,
+    /// Publishes a lone submission's start message from here.
+    pub eager: crate::eager::EagerPublisher,
     /// genq's copies of finished videos.
     pub videos: VideoStore,
     /// This process's live job-event feed and stream bounds.
@@ -50,6 +52,7 @@ impl AppState {
             )),
             submit_limiter: Arc::new(submit_limiter(&settings.api)),
             outbox_bell: Doorbell::outbox(),
+            eager: crate::eager::EagerPublisher::new(&settings),
             metrics: telemetry::metrics_handle(),
             videos: VideoStore::new(&settings.storage)?,
             events: EventFeed::new(

@@ -6,5 +6,5 @@ pub mod dead_letters;
 pub mod publisher;
 pub mod topology;
 
-pub use publisher::{check_confirm, connect, Publisher, CONNECT_TIMEOUT};
+pub use publisher::{check_confirm, connect, reconnect_backoff, Publisher, CONNECT_TIMEOUT};
 pub use topology::{tier_at_least, tier_at_most, Topology, DELAY_TIERS_MS, WEBHOOK_DELAY_TIERS_MS};

@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -54,6 +55,18 @@ async fn connect_one(url: &str) -> anyhow::Result<Connection> {
         Ok(connected) => connected.context("connecting to RabbitMQ"),
         Err(_) => bail!("connecting to RabbitMQ timed out after {CONNECT_TIMEOUT:?}"),
     }
+}
+
+/// The delays between attempts to reconnect to the broker: exponential
+/// with jitter (so processes that lost a node together don't return
+/// together), from 200 ms up to 10 s, without end.
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// A node as logs may name it: host and port, never the credentials.

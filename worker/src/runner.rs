@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
-use genq_broker::{Publisher, Topology, CONNECT_TIMEOUT};
+use genq_broker::{reconnect_backoff, Publisher, Topology, CONNECT_TIMEOUT};
 use genq_shared::config::Settings;
 use genq_shared::provider::Providers;
 use genq_shared::store::outbox::Doorbell;
@@ -396,13 +395,4 @@ async fn archive_dead_letters(
             }
         }
     }
-}
-
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }

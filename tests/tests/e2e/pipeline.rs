@@ -638,3 +638,67 @@ async fn a_first_poll_at_once_is_asked_in_the_submitting_step() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+/// A lone submission's start message is published by the API itself
+/// (`api.publish_when_idle`), with no worker's relay running, and its outbox
+/// row is marked.
+#[tokio::test]
+async fn a_lone_submission_is_published_by_the_api() {
+    let env = TestEnv::with_sim(fast_sim()).await;
+    let t = env.new_user("lou", "lou@example.com").await;
+    env.grant("lou@example.com", 192).await; // twenty videos
+    let marked = |id: String| {
+        let pool = env.pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM outbox WHERE job_id = $1::uuid AND published_at IS NOT NULL",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (n == 1).then_some(id)
+        }
+    };
+    // The API connects and declares the queues in the background; until
+    // then it leaves submissions to the relays (there is none here), so a
+    // submission is made each second until one is published.
+    let mut submitted = 0;
+    let id = eventually(WAIT, || {
+        submitted += 1;
+        assert!(submitted <= 20, "out of credits");
+        lone_submission(&env, &t, &marked)
+    })
+    .await
+    .expect("the API never published a start message");
+    let conn = genq_broker::connect(&env.settings).await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let start_queue = env.topology().start_queue();
+    // The message is in the start queue, for the first worker that comes.
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(start_queue.as_str().into(), passive, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 1);
+    let worker = env.spawn_worker().await;
+    env.wait_for_status(&t, &id, "succeeded", WAIT).await;
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+/// Submits one video; its id once its outbox row is marked published
+/// (within a second), else `None`.
+async fn lone_submission<F, Fut>(env: &TestEnv, token: &str, marked: &F) -> Option<String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let (s, job) = env.submit(token, "on its own").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(1), || marked(id.clone())).await
+}
