@@ -165,8 +165,9 @@ impl EagerPublisher {
     async fn open(&self, settings: &Settings) -> anyhow::Result<(lapin::Connection, Publisher)> {
         let connection = genq_broker::connect(settings).await?;
         let publisher = Publisher::new(&connection).await?;
-        // Idempotent; the exchange must exist before the first publish.
-        self.topology.declare(publisher.channel()).await?;
+        // Declared by the workers; until one has run there is nowhere to
+        // publish, and the relays will publish (this retries with backoff).
+        self.topology.check_start_queue(publisher.channel()).await?;
         Ok((connection, publisher))
     }
 }

@@ -208,6 +208,26 @@ impl Topology {
         declare_bound(channel, queue, args, exchange, "").await
     }
 
+    /// Checks, without declaring anything, that the start queue exists (the
+    /// workers declare the topology): for a publisher that only publishes
+    /// start messages. Declaring quorum queues from several processes at
+    /// once can fail in the broker; a passive declare never races. A
+    /// missing queue fails (and closes `channel`).
+    pub async fn check_start_queue(&self, channel: &Channel) -> lapin::Result<()> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(
+                self.start_queue().as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Deletes every queue and exchange of the topology (test and chaos runs).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         for q in self.all_queues() {

@@ -198,15 +198,7 @@ impl Handler {
     pub async fn start(&self, job_id: Uuid, attempt: u32) -> Step {
         let body =
             serde_json::to_vec(&StartMessage::Start { job_id, attempt }).expect("serializes");
-        let Some(job) = self.load(WorkQueue::Start, job_id, &body).await? else {
-            return Ok(());
-        };
-        tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
         let from = [JobStatus::Queued, JobStatus::Submitting];
-        if !from.contains(&job.status) {
-            tracing::debug!(status = %job.status, "start message for a job past submission; dropped");
-            return Ok(());
-        }
         let mut claim = Transition::new(
             job_id,
             &from,
@@ -218,19 +210,49 @@ impl Handler {
             job_id,
             attempt: attempt + 1,
         };
-        let Some(provider) = self.providers.for_job(job.provider.as_deref()).cloned() else {
-            // Claimed so the attempt counts: retried slowly, then dead,
-            // refunded and dead-lettered (replayable once configured).
-            let Some((job, _)) = store::transition(&self.pool, &claim).await? else {
+        let (job, provider) = if self.providers.any_caps() {
+            let Some(job) = self.load(WorkQueue::Start, job_id, &body).await? else {
                 return Ok(());
             };
+            if !from.contains(&job.status) {
+                tracing::debug!(status = %job.status, "start message for a job past submission; dropped");
+                return Ok(());
+            }
+            match self.providers.for_job(job.provider.as_deref()).cloned() {
+                // Within the provider's caps, or back to the queue to wait.
+                Some(provider) => match self.claim(&provider, &claim, attempt).await? {
+                    Some(job) => (job, Some(provider)),
+                    None => return Ok(()),
+                },
+                None => match store::transition(&self.pool, &claim).await? {
+                    Some((job, _)) => (job, None),
+                    None => return Ok(()),
+                },
+            }
+        } else {
+            // No provider is capped: the claim is the step's first statement
+            // and reads the job as it moves it (a round trip less).
+            match store::transition(&self.pool, &claim).await? {
+                Some((job, _)) => {
+                    let provider = self.providers.for_job(job.provider.as_deref()).cloned();
+                    (job, provider)
+                }
+                None => {
+                    // Past submission (a duplicate message), or no such job.
+                    if self.load(WorkQueue::Start, job_id, &body).await?.is_some() {
+                        tracing::debug!("start message for a job past submission; dropped");
+                    }
+                    return Ok(());
+                }
+            }
+        };
+        tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
+        let Some(provider) = provider else {
+            // Claimed so the attempt counts: retried slowly, then dead,
+            // refunded and dead-lettered (replayable once configured).
             return self
                 .unknown_provider(WorkQueue::Start, &job, attempt, &next)
                 .await;
-        };
-        // Within the provider's caps, or back to the queue to wait.
-        let Some(job) = self.claim(&provider, &claim, attempt).await? else {
-            return Ok(());
         };
         let request = TaskRequest {
             idempotency_key: provider::idempotency_key(job_id, job.reservation),

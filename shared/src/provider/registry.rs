@@ -27,6 +27,8 @@ pub struct Configured {
 pub struct Providers {
     default: String,
     by_name: HashMap<String, Configured>,
+    /// Whether any provider has a cap (its claims must check it).
+    any_caps: bool,
 }
 
 impl Providers {
@@ -59,6 +61,7 @@ impl Providers {
         }
         Ok(Self {
             default: settings.provider.name.clone(),
+            any_caps: by_name.values().any(|p| p.caps.any()),
             by_name,
         })
     }
@@ -67,6 +70,11 @@ impl Providers {
     /// were recorded) runs on the default. `None`: not configured here.
     pub fn for_job(&self, provider: Option<&str>) -> Option<&Configured> {
         self.by_name.get(provider.unwrap_or(&self.default))
+    }
+
+    /// Whether any configured provider has a cap.
+    pub fn any_caps(&self) -> bool {
+        self.any_caps
     }
 
     pub fn default_provider(&self) -> &Configured {

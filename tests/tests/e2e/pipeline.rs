@@ -645,6 +645,10 @@ async fn a_first_poll_at_once_is_asked_in_the_submitting_step() {
 #[tokio::test]
 async fn a_lone_submission_is_published_by_the_api() {
     let env = TestEnv::with_sim(fast_sim()).await;
+    // The queues as a worker declares them (the API only checks for them).
+    let conn = genq_broker::connect(&env.settings).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    env.topology().declare(&ch).await.unwrap();
     let t = env.new_user("lou", "lou@example.com").await;
     env.grant("lou@example.com", 192).await; // twenty videos
     let marked = |id: String| {
@@ -660,7 +664,7 @@ async fn a_lone_submission_is_published_by_the_api() {
             (n == 1).then_some(id)
         }
     };
-    // The API connects and declares the queues in the background; until
+    // The API connects in the background (and finds the queues); until
     // then it leaves submissions to the relays (there is none here), so a
     // submission is made each second until one is published.
     let mut submitted = 0;
@@ -671,14 +675,12 @@ async fn a_lone_submission_is_published_by_the_api() {
     })
     .await
     .expect("the API never published a start message");
-    let conn = genq_broker::connect(&env.settings).await.unwrap();
     let passive = lapin::options::QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
     let start_queue = env.topology().start_queue();
     // The message is in the start queue, for the first worker that comes.
-    let ch = conn.create_channel().await.unwrap();
     let q = ch
         .queue_declare(start_queue.as_str().into(), passive, Default::default())
         .await
