@@ -25,6 +25,13 @@ use uuid::Uuid;
 /// How often the connection is looked at (and remade when it was lost).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Publishes in flight at most; past it (a slow broker) the relays publish.
+const MAX_PUBLISHING: usize = 4;
+
+/// A publish and its mark taking longer than this are given up on (the
+/// relays publish the row) and the connection is made again.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The API's own publisher of start messages; cheap to clone.
 #[derive(Clone)]
 pub struct EagerPublisher {
@@ -33,6 +40,8 @@ pub struct EagerPublisher {
     publisher: Arc<RwLock<Option<Publisher>>>,
     /// Submissions this process is handling now (see [`Busy`]).
     submitting: Arc<AtomicUsize>,
+    /// Publishes from here in flight.
+    publishing: Arc<AtomicUsize>,
     topology: Arc<Topology>,
 }
 
@@ -51,6 +60,7 @@ impl EagerPublisher {
             enabled: settings.api.publish_when_idle,
             publisher: Arc::default(),
             submitting: Arc::default(),
+            publishing: Arc::default(),
             topology: Arc::new(Topology::new(settings)),
         }
     }
@@ -74,15 +84,26 @@ impl EagerPublisher {
             bell.ring();
             return;
         };
+        if self.publishing.fetch_add(1, Ordering::Relaxed) >= MAX_PUBLISHING {
+            self.publishing.fetch_sub(1, Ordering::Relaxed);
+            bell.ring();
+            return;
+        }
         let (this, pool, bell) = (self.clone(), pool.clone(), bell.clone());
         tokio::spawn(async move {
-            if let Err(e) = this.publish(&publisher, &pool, job_id).await {
-                tracing::debug!(%job_id, error = %format!("{e:#}"), "publishing from the API failed; the relays will");
-                bell.ring();
-                if !publisher.channel().status().connected() {
-                    this.forget();
-                }
-            }
+            let published =
+                tokio::time::timeout(PUBLISH_TIMEOUT, this.publish(&publisher, &pool, job_id))
+                    .await;
+            this.publishing.fetch_sub(1, Ordering::Relaxed);
+            let failed = match published {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => format!("no confirm within {PUBLISH_TIMEOUT:?}"),
+            };
+            tracing::debug!(%job_id, error = failed, "publishing from the API failed; the relays will");
+            bell.ring();
+            // A lost or stuck connection is made again by `run`.
+            this.forget();
         });
     }
 
@@ -133,7 +154,16 @@ impl EagerPublisher {
                 CHECK_EVERY
             } else {
                 self.forget();
-                match self.open(&settings).await {
+                if let Some(old) = connection.take() {
+                    // Bounded: a broken connection may never answer.
+                    let closing = old.close(200, "reconnecting".into());
+                    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+                }
+                let opened = tokio::select! {
+                    opened = self.open(&settings) => opened,
+                    _ = shutdown.cancelled() => break,
+                };
+                match opened {
                     Ok((c, p)) => {
                         connection = Some(c);
                         if let Ok(mut slot) = self.publisher.write() {
@@ -144,7 +174,6 @@ impl EagerPublisher {
                         CHECK_EVERY
                     }
                     Err(e) => {
-                        connection = None;
                         let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                         tracing::debug!(error = %format!("{e:#}"), ?delay, "the API's broker connection failed; the relays publish meanwhile");
                         delay
@@ -158,16 +187,27 @@ impl EagerPublisher {
         }
         self.forget();
         if let Some(c) = connection {
-            let _ = c.close(200, "API stopping".into()).await;
+            let closing = c.close(200, "API stopping".into());
+            let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
         }
     }
 
     async fn open(&self, settings: &Settings) -> anyhow::Result<(lapin::Connection, Publisher)> {
         let connection = genq_broker::connect(settings).await?;
-        let publisher = Publisher::new(&connection).await?;
-        // Declared by the workers; until one has run there is nowhere to
-        // publish, and the relays will publish (this retries with backoff).
-        self.topology.check_start_queue(publisher.channel()).await?;
-        Ok((connection, publisher))
+        let ready = async {
+            let publisher = Publisher::new(&connection).await?;
+            // Declared by the workers; until one has run there is nowhere to
+            // publish, and the relays will publish (this retries with backoff).
+            self.topology.check_start_queue(publisher.channel()).await?;
+            anyhow::Ok(publisher)
+        };
+        match ready.await {
+            Ok(publisher) => Ok((connection, publisher)),
+            Err(e) => {
+                let closing = connection.close(200, "no start queue yet".into());
+                let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+                Err(e)
+            }
+        }
     }
 }
