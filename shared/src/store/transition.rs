@@ -1,6 +1,6 @@
 //! A job's change of status: applied only from the expected statuses, with
-//! its timeline event (and a note before it) and, for a terminal status, its commit or refund, all
-//! in one statement.
+//! its timeline event (and a note before it) and, for a terminal status,
+//! its commit or refund, all in one statement.
 
 use sqlx::FromRow;
 use uuid::Uuid;
