@@ -155,9 +155,7 @@ impl EagerPublisher {
             } else {
                 self.forget();
                 if let Some(old) = connection.take() {
-                    // Bounded: a broken connection may never answer.
-                    let closing = old.close(200, "reconnecting".into());
-                    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+                    close(old, "reconnecting").await;
                 }
                 let opened = tokio::select! {
                     opened = self.open(&settings) => opened,
@@ -187,8 +185,7 @@ impl EagerPublisher {
         }
         self.forget();
         if let Some(c) = connection {
-            let closing = c.close(200, "API stopping".into());
-            let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+            close(c, "API stopping").await;
         }
     }
 
@@ -198,16 +195,21 @@ impl EagerPublisher {
             let publisher = Publisher::new(&connection).await?;
             // Declared by the workers; until one has run there is nowhere to
             // publish, and the relays will publish (this retries with backoff).
-            self.topology.check_start_queue(publisher.channel()).await?;
+            self.topology.start_queue_depth(publisher.channel()).await?;
             anyhow::Ok(publisher)
         };
         match ready.await {
             Ok(publisher) => Ok((connection, publisher)),
             Err(e) => {
-                let closing = connection.close(200, "no start queue yet".into());
-                let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+                close(connection, "no start queue yet").await;
                 Err(e)
             }
         }
     }
+}
+
+/// Closes `connection`, waiting at most a second: a broken one may never answer.
+async fn close(connection: lapin::Connection, reason: &str) {
+    let closing = connection.close(200, reason.into());
+    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
 }

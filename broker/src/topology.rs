@@ -208,24 +208,24 @@ impl Topology {
         declare_bound(channel, queue, args, exchange, "").await
     }
 
-    /// Checks, without declaring anything, that the start queue exists (the
-    /// workers declare the topology): for a publisher that only publishes
-    /// start messages. Declaring quorum queues from several processes at
-    /// once can fail in the broker; a passive declare never races. A
-    /// missing queue fails (and closes `channel`).
-    pub async fn check_start_queue(&self, channel: &Channel) -> lapin::Result<()> {
+    /// The messages ready in the start queue, read without declaring it (the
+    /// workers declare the topology): a publisher of start messages checks
+    /// with it that there is somewhere to publish. Declaring quorum queues
+    /// from several processes at once can fail in the broker; a passive
+    /// declare never races. A missing queue fails (and closes `channel`).
+    pub async fn start_queue_depth(&self, channel: &Channel) -> lapin::Result<u32> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        channel
+        let queue = channel
             .queue_declare(
                 self.start_queue().as_str().into(),
                 passive,
                 FieldTable::default(),
             )
             .await?;
-        Ok(())
+        Ok(queue.message_count())
     }
 
     /// Deletes every queue and exchange of the topology (test and chaos runs).

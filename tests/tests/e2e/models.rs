@@ -301,18 +301,8 @@ async fn a_rate_cap_holds_the_job_over_it_in_the_queue() {
     // It waits without a delivery: the start queue is empty.
     let conn = genq_broker::connect(&env.settings).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            env.topology().start_queue().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(q.message_count(), 0);
+    let depth = env.topology().start_queue_depth(&ch).await.unwrap();
+    assert_eq!(depth, 0);
     // A waiting job can still be canceled, with its refund.
     let (status, canceled) = env
         .post(&format!("/v1/generations/{id}/cancel"), &token, &json!({}))

@@ -675,17 +675,9 @@ async fn a_lone_submission_is_published_by_the_api() {
     })
     .await
     .expect("the API never published a start message");
-    let passive = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let start_queue = env.topology().start_queue();
     // The message is in the start queue, for the first worker that comes.
-    let q = ch
-        .queue_declare(start_queue.as_str().into(), passive, Default::default())
-        .await
-        .unwrap();
-    assert_eq!(q.message_count(), 1);
+    let depth = env.topology().start_queue_depth(&ch).await.unwrap();
+    assert_eq!(depth, 1);
     let worker = env.spawn_worker().await;
     env.wait_for_status(&t, &id, "succeeded", WAIT).await;
     worker.stop().await;
