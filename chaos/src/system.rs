@@ -69,6 +69,28 @@ pub fn environment(
 pub struct Proc {
     name: String,
     child: Child,
+    /// Its output, so a process that dies on its own can be reported with
+    /// its last words (CI keeps the report, not the run's directory).
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Why it exited: the status and the last line it printed.
+    fn died(&self, status: std::process::ExitStatus) -> String {
+        let last = std::fs::read_to_string(&self.log)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| l.chars().take(400).collect::<String>())
+            })
+            .unwrap_or_default();
+        format!(
+            "{} exited by itself: {status}; its last line: {last}",
+            self.name
+        )
+    }
 }
 
 /// The system's processes, and what is needed to start them again.
@@ -122,7 +144,8 @@ impl System {
         extra_env: &[(&str, String)],
     ) -> anyhow::Result<Proc> {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("{name}.{}.log", self.starts)))?;
+        let log_path = self.dir.join(format!("{name}.{}.log", self.starts));
+        let log = std::fs::File::create(&log_path)?;
         let mut cmd = Command::new(self.bin.join(program));
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -138,6 +161,7 @@ impl System {
         Ok(Proc {
             name: name.to_owned(),
             child,
+            log: log_path,
         })
     }
 
@@ -222,7 +246,7 @@ impl System {
         for (i, w) in self.workers.iter_mut().enumerate() {
             if let Some(p) = w {
                 if let Ok(Some(status)) = p.child.try_wait() {
-                    dead.push((i, format!("{} exited by itself: {status}", p.name)));
+                    dead.push((i, p.died(status)));
                 }
             }
         }
@@ -235,7 +259,7 @@ impl System {
         for (i, a) in self.apis.iter_mut().enumerate() {
             if let Some(p) = a {
                 if let Ok(Some(status)) = p.child.try_wait() {
-                    dead_apis.push((i, format!("{} exited by itself: {status}", p.name)));
+                    dead_apis.push((i, p.died(status)));
                 }
             }
         }

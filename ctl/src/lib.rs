@@ -596,7 +596,13 @@ pub(crate) fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fm
 /// Loads the settings, connects and runs; what `main` calls.
 pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let settings = Settings::load(cli.config.as_deref())?;
-    let pool = db::connect_and_migrate(&settings.database).await?;
+    // An operator at a terminal wants an answer, not a minute of silence
+    // while Postgres is down: unlike the services, genqctl does not wait.
+    let database = genq_shared::config::DatabaseSettings {
+        startup_wait_secs: 0,
+        ..settings.database.clone()
+    };
+    let pool = db::connect_and_migrate(&database).await?;
     let outcome = execute(&cli, &settings, &pool).await;
     pool.close().await;
     outcome

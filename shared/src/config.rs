@@ -45,6 +45,9 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
+    /// How long a starting process waits for Postgres to answer before it
+    /// gives up (a deploy or a restart beside a database restart).
+    pub startup_wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +354,7 @@ impl Default for DatabaseSettings {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/genq"),
             max_connections: 20,
             acquire_timeout_ms: 5_000,
+            startup_wait_secs: 60,
         }
     }
 }
@@ -562,6 +566,9 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             fail("database.max_connections", "must be more than 0")?;
+        }
+        if self.database.startup_wait_secs > 3_600 {
+            fail("database.startup_wait_secs", "must be at most 3600")?;
         }
         let prefix_ok = !self.queue.prefix.is_empty()
             && self

@@ -2,7 +2,9 @@
 //! embedded migrations, and hands out a bounded pool.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -74,9 +76,63 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Creates the database if needed, migrates it and returns a pool.
+///
+/// A process started while Postgres is down or restarting (a deploy, a
+/// supervisor restarting it beside a database failover) waits for it, up to
+/// `database.startup_wait_secs`, instead of exiting. Anything else (a bad
+/// URL, a refused password, a failed migration) stops it at once.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let deadline = Instant::now() + Duration::from_secs(settings.startup_wait_secs);
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match try_connect_and_migrate(settings).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_unavailable(&e) && Instant::now() < deadline => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %format!("{e:#}"), ?delay, "Postgres is not answering yet; waiting for it");
+                tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     ensure_database(settings).await?;
     let pool = pool(settings)?;
-    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    let migrated = MIGRATOR.run(&pool).await;
+    if migrated.is_err() {
+        // The next try makes a new pool; this one's connections go now.
+        pool.close().await;
+    }
+    migrated.context("applying migrations")?;
     Ok(pool)
+}
+
+/// Whether `e` means Postgres is not reachable or not accepting connections
+/// yet (worth waiting for), as opposed to a configuration or schema error.
+fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let sqlx_error = cause.downcast_ref::<sqlx::Error>().or_else(|| {
+            match cause.downcast_ref::<sqlx::migrate::MigrateError>() {
+                Some(sqlx::migrate::MigrateError::Execute(e)) => Some(e),
+                _ => None,
+            }
+        });
+        match sqlx_error {
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            // Class 08: connection exceptions; 57P01-57P03: the server is
+            // shutting down, crashed or still starting.
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            _ => false,
+        }
+    })
 }

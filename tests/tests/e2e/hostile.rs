@@ -517,3 +517,96 @@ async fn regressions_found_by_the_fuzzer() {
     assert_ne!(s, StatusCode::BAD_REQUEST, "{b}");
     env.cleanup().await;
 }
+
+/// A worker started while Postgres is not answering (a restart under way)
+/// waits for it instead of exiting; the chaos run once caught a worker
+/// restarted a moment before Postgres went down exit with status 1.
+#[tokio::test]
+async fn a_worker_started_before_postgres_answers_waits_for_it() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let mut settings = test_settings();
+    let real = genq_shared::db::connect_options(&settings.database).unwrap();
+    let upstream = format!("{}:{}", real.get_host(), real.get_port());
+    // A stand-in for Postgres: it hangs up on every connection until `up`,
+    // then forwards to the real server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let up = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU32::new(0));
+    let proxy = {
+        let (up, refused) = (up.clone(), refused.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up.load(Ordering::SeqCst) {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        })
+    };
+    let name = real.get_database().unwrap().to_owned();
+    let original = settings.clone();
+    settings.database.url = secrecy::SecretString::from(format!(
+        "postgres://{}@127.0.0.1:{port}/{name}",
+        real.get_username()
+    ));
+    let building = tokio::spawn(genq_worker::Worker::build(settings.clone(), None));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            (refused.load(Ordering::SeqCst) >= 2).then_some(())
+        })
+        .await
+        .is_some(),
+        "the worker did not try Postgres twice"
+    );
+    assert!(
+        !building.is_finished(),
+        "the worker gave up while Postgres was down"
+    );
+    up.store(true, Ordering::SeqCst);
+    let worker = tokio::time::timeout(Duration::from_secs(30), building)
+        .await
+        .expect("the worker did not start once Postgres answered")
+        .unwrap()
+        .expect("the worker failed to start");
+    drop(worker);
+    // It migrated the database it waited for.
+    let pool = sqlx::PgPool::connect_with(real).await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0);
+    pool.close().await;
+    proxy.abort();
+    genq_tests::drop_database(&original).await;
+}
+
+/// Waiting is for an unreachable server only: a refused login (a role that
+/// does not exist) stops the start at once, naming the cause.
+#[tokio::test]
+async fn a_refused_database_login_fails_the_start_at_once() {
+    let mut settings = test_settings();
+    let real = genq_shared::db::connect_options(&settings.database).unwrap();
+    settings.database.url = secrecy::SecretString::from(format!(
+        "postgres://no_such_role_xyzzy@{}:{}/genq_never",
+        real.get_host(),
+        real.get_port()
+    ));
+    let started = tokio::time::timeout(
+        Duration::from_secs(10),
+        genq_worker::Worker::build(settings, None),
+    )
+    .await
+    .expect("a refused login was waited on");
+    let error = format!("{:#}", started.err().expect("the start succeeded"));
+    assert!(error.contains("no_such_role_xyzzy"), "{error}");
+}
