@@ -109,15 +109,24 @@ pub struct VideoRead {
 #[derive(Clone)]
 pub struct VideoStore {
     inner: Arc<dyn ObjectStore>,
+    /// The directory of the `fs` back end, whose writes genq makes durable
+    /// itself: object_store 0.12's local store renames a staged file into
+    /// place but never syncs it, so a power cut after the job was recorded
+    /// as succeeded could leave an empty file where the video was.
+    local_dir: Option<std::path::PathBuf>,
     http: reqwest::Client,
     max_bytes: u64,
 }
+
+/// The directory under the store's root that holds the videos (see [`VideoStore::key`]).
+const VIDEOS_DIR: &str = "videos";
 
 /// Parts are uploaded in chunks of this size (S3's minimum part is 5 MiB).
 const PART_BYTES: usize = 8 << 20;
 
 impl VideoStore {
     pub fn new(settings: &StorageSettings) -> anyhow::Result<Self> {
+        let mut local_dir = None;
         let inner: Arc<dyn ObjectStore> = match settings.kind.as_str() {
             "s3" => {
                 let mut s3 = object_store::aws::AmazonS3Builder::new()
@@ -135,9 +144,15 @@ impl VideoStore {
                 Arc::new(s3.build()?)
             }
             _ => {
-                std::fs::create_dir_all(&settings.path).map_err(|e| {
-                    anyhow::anyhow!("storage.path {:?} can't be created: {e}", settings.path)
-                })?;
+                // Made here, and its entry synced once, so that each video
+                // needs only its own file and this directory synced.
+                let videos = std::path::Path::new(&settings.path).join(VIDEOS_DIR);
+                std::fs::create_dir_all(&videos)
+                    .and_then(|()| sync_path(std::path::Path::new(&settings.path)))
+                    .map_err(|e| {
+                        anyhow::anyhow!("storage.path {:?} can't be created: {e}", settings.path)
+                    })?;
+                local_dir = Some(std::path::PathBuf::from(&settings.path));
                 Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
                     &settings.path,
                 )?)
@@ -149,6 +164,7 @@ impl VideoStore {
             .build()?;
         Ok(Self {
             inner,
+            local_dir,
             http,
             max_bytes: settings.max_bytes,
         })
@@ -156,7 +172,7 @@ impl VideoStore {
 
     /// The key of one reservation's video: a replayed job gets a new one.
     pub fn key(job_id: Uuid, reservation: i32) -> String {
-        format!("videos/{job_id}-r{reservation}.mp4")
+        format!("{VIDEOS_DIR}/{job_id}-r{reservation}.mp4")
     }
 
     /// Copies the video at `url` to `key`. The upload becomes visible only
@@ -218,6 +234,20 @@ impl VideoStore {
             .finish()
             .await
             .map_err(|e| ArchiveError::Transient(format!("storing the video failed: {e}")))?;
+        if let Some(root) = &self.local_dir {
+            // Durable before the caller records it: the file's bytes, then
+            // the directory entry its rename made.
+            let file = root.join(key);
+            tokio::task::spawn_blocking(move || {
+                sync_path(&file)?;
+                sync_path(file.parent().unwrap_or(&file))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| {
+                ArchiveError::Transient(format!("syncing the video to disk failed: {e}"))
+            })?;
+        }
         Ok(Archived {
             bytes: written,
             took: started.elapsed(),
@@ -258,6 +288,11 @@ impl VideoStore {
             body: got.into_stream().boxed(),
         }))
     }
+}
+
+/// `fsync` of a file or a directory (opened read-only, which Linux allows for both).
+fn sync_path(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
 }
 
 /// What an unsuccessful download answer means.
