@@ -6,7 +6,6 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -57,16 +56,10 @@ async fn connect_one(url: &str) -> anyhow::Result<Connection> {
     }
 }
 
-/// The delays between attempts to reconnect to the broker: exponential
-/// with jitter (so processes that lost a node together don't return
-/// together), from 200 ms up to 10 s, without end.
+/// The delays between attempts to reconnect to the broker: from 200 ms up
+/// to 10 s, with jitter, without end.
 pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    genq_shared::backoff::reconnect(Duration::from_secs(10))
 }
 
 /// A node as logs may name it: host and port, never the credentials.

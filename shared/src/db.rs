@@ -4,8 +4,6 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -83,12 +81,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// URL, a refused password, a failed migration) stops it at once.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let deadline = Instant::now() + Duration::from_secs(settings.startup_wait_secs);
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = crate::backoff::reconnect(Duration::from_secs(5));
     loop {
         match try_connect_and_migrate(settings).await {
             Ok(pool) => return Ok(pool),

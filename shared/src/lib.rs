@@ -3,6 +3,7 @@
 //! operator queries, the video provider client, telemetry. It knows nothing
 //! of the broker client: that is `genq-broker`, which the API never links.
 
+pub mod backoff;
 pub mod bugs;
 pub mod config;
 pub mod db;
