@@ -1,7 +1,7 @@
 # Sourced by the benchmark and fuzz scripts: a fresh, isolated genq (release
 # binaries, or debug with GENQ_BUILD=debug, or those already built in
 # GENQ_BIN, to compare two builds). `bench_env NAME API_PORT SIM_PORT`
-# exports a database and queue prefix of their own, a dev JWT secret, no rate
+# exports a database and queue prefix of their own, a random JWT secret, no rate
 # limit and quiet logs, and sets `bin`, `log`, `pids` and `sql`;
 # `bench_start_api` starts the API and waits until it is ready; `bench_users N`
 # makes N users with credits that never run out, their tokens in
@@ -22,13 +22,15 @@ bench_env() {
     bin=${CARGO_TARGET_DIR:-target}/release
   fi
   bench_db="genq_${name}_$(date +%s)"
-  export GENQ__AUTH__JWT_SECRET="bench-secret-0123456789abcdef"
+  # Random per run: the API refuses any secret written in the repository.
+  GENQ__AUTH__JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  export GENQ__AUTH__JWT_SECRET
   export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db"
   export GENQ__QUEUE__PREFIX="${bench_db//_/-}"
   export GENQ__API__ADDR="127.0.0.1:$api_port"
   export GENQ__API__SUBMIT_BURST=100000000 GENQ__API__SUBMIT_PER_MINUTE=1000000000
   export GENQ__PROVIDER__BASE_URL="http://127.0.0.1:$sim_port"
-  export GENQ__WORKER__METRICS_ADDR="127.0.0.1:0"
+  export GENQ__WORKER__METRICS_ADDR="127.0.0.1:0" GENQ__API__METRICS_ADDR="127.0.0.1:0"
   export GENQ__LOG__FILTER=warn
   log="target/$bench_db"
   mkdir -p "$log"

@@ -5,7 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export GENQ__AUTH__JWT_SECRET="${GENQ__AUTH__JWT_SECRET:-dev-secret-change-me-0123456789}"
+# A random development secret, made on first use and kept (so tokens minted
+# with `genq-api token` keep working across restarts): export it with
+#   export GENQ__AUTH__JWT_SECRET=$(cat target/dev-jwt-secret)
+if [ -z "${GENQ__AUTH__JWT_SECRET:-}" ]; then
+  mkdir -p target
+  if [ ! -s target/dev-jwt-secret ]; then
+    (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' > target/dev-jwt-secret)
+  fi
+  GENQ__AUTH__JWT_SECRET=$(cat target/dev-jwt-secret)
+fi
+export GENQ__AUTH__JWT_SECRET
 export GENQ__PROVIDER__BASE_URL="${GENQ__PROVIDER__BASE_URL:-http://127.0.0.1:8090}"
 # The page at / offers the development sign-in (any name) on this local system.
 export GENQ__WEB__DEV_SIGN_IN="${GENQ__WEB__DEV_SIGN_IN:-true}"
@@ -24,5 +34,5 @@ trap stop EXIT INT TERM
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8080/readyz >/dev/null && break; sleep 0.2; done
 GENQ__WORKER__METRICS_ADDR=127.0.0.1:9091 "$bin/genq-worker" & pids+=($!)
 GENQ__WORKER__METRICS_ADDR=127.0.0.1:9092 "$bin/genq-worker" & pids+=($!)
-echo "genq is up: API and the page http://127.0.0.1:8080/, worker metrics :9091 and :9092, simulator :8090"
+echo "genq is up: API and the page http://127.0.0.1:8080/, API metrics :9464, worker metrics :9091 and :9092, simulator :8090"
 wait

@@ -1,14 +1,20 @@
-//! Bearer JWT authentication (HS256) and the caller's identity; a user is
-//! created on their first authenticated call.
+//! Bearer JWT authentication and the caller's identity: user tokens from an
+//! identity provider's JWKS (`auth.jwks_url`) or, without one, HS256 with
+//! `auth.jwt_secret`; genq's own tokens (stream tokens, the development
+//! sign-in) always HS256 with that secret. A user is created on their first
+//! authenticated call.
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap};
 use genq_shared::store::{self, Identity};
-use jsonwebtoken::{decode, encode, Algorithm, EncodingKey, Header, Validation};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{decode, decode_header, encode, Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::jwks::KeyError;
 use crate::state::AppState;
 
 /// The claims genq reads. `sub` is the identity provider's user ID.
@@ -16,8 +22,15 @@ use crate::state::AppState;
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
+    /// genq's own tokens say which kind they are: [`STREAM_ISSUER`] or [`DEV_ISSUER`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Whether the identity provider checked that `email` is the user's;
+    /// an unverified email is kept but never names the user to an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,6 +48,16 @@ pub const VIEWER_ROLE: &str = "viewer";
 /// `?access_token=`, since `EventSource` can't send headers) and refused
 /// everywhere else, so one that leaks from a URL into a log opens nothing more.
 pub const STREAM_SCOPE: &str = "genq:stream";
+/// The issuer of genq's stream tokens.
+pub const STREAM_ISSUER: &str = "genq";
+/// The issuer of the development sign-in's tokens: refused whenever
+/// `web.dev_sign_in` is off, so turning it off ends every such session.
+pub const DEV_ISSUER: &str = "genq-dev-sign-in";
+
+/// Longest `sub`, `email` and `name` accepted.
+const SUB_MAX: usize = 255;
+const EMAIL_MAX: usize = 320;
+const NAME_MAX: usize = 200;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -64,18 +87,9 @@ pub struct AdminUser(pub AuthUser);
 #[derive(Debug, Clone)]
 pub struct AdminViewer(pub AuthUser);
 
-fn validation(leeway_secs: u64) -> Validation {
-    // Only HS256: `alg: none` and every other algorithm are refused.
-    let mut v = Validation::new(Algorithm::HS256);
-    v.leeway = leeway_secs;
-    v.set_required_spec_claims(&["exp", "sub"]);
-    v.validate_exp = true;
-    v
-}
-
 /// Checks an API token and returns its claims; every failure is a 401.
-pub fn verify(token: &str, state: &AppState) -> Result<Claims, ApiError> {
-    let claims = verify_any(token, state)?;
+pub async fn verify(token: &str, state: &AppState) -> Result<Claims, ApiError> {
+    let claims = verify_any(token, state).await?;
     if claims.scope.as_deref() == Some(STREAM_SCOPE) {
         return Err(ApiError::Unauthorized(
             "A stream token only opens event streams; send an API token.".into(),
@@ -85,8 +99,8 @@ pub fn verify(token: &str, state: &AppState) -> Result<Claims, ApiError> {
 }
 
 /// Checks a stream token (see [`STREAM_SCOPE`]); every failure is a 401.
-pub fn verify_stream(token: &str, state: &AppState) -> Result<Claims, ApiError> {
-    let claims = verify_any(token, state)?;
+pub async fn verify_stream(token: &str, state: &AppState) -> Result<Claims, ApiError> {
+    let claims = verify_any(token, state).await?;
     if claims.scope.as_deref() != Some(STREAM_SCOPE) {
         return Err(ApiError::Unauthorized(
             "access_token must be a stream token (POST /v1/stream-tokens); send an API token as Authorization: Bearer instead.".into(),
@@ -95,40 +109,124 @@ pub fn verify_stream(token: &str, state: &AppState) -> Result<Claims, ApiError> 
     Ok(claims)
 }
 
-/// Signature, expiry and the shape of the claims, whatever the scope.
-fn verify_any(token: &str, state: &AppState) -> Result<Claims, ApiError> {
-    let data = decode::<Claims>(
-        token,
-        &state.jwt_key,
-        &validation(state.settings.auth.leeway_secs),
-    )
-    .map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind;
-        let why = match e.kind() {
-            ErrorKind::ExpiredSignature => "The token has expired.",
-            ErrorKind::InvalidSignature => "The token's signature is invalid.",
-            ErrorKind::MissingRequiredClaim(_) => "The token lacks a required claim (sub, exp).",
-            ErrorKind::InvalidAlgorithm => "The token's algorithm is not accepted.",
-            _ => "The token is malformed.",
+fn unauthorized(why: &str) -> ApiError {
+    ApiError::Unauthorized(why.into())
+}
+
+/// Signature, issuer, audience, times and the shape of the claims,
+/// whatever the scope.
+async fn verify_any(token: &str, state: &AppState) -> Result<Claims, ApiError> {
+    let auth = &state.settings.auth;
+    let head = decode_header(token).map_err(|_| unauthorized("The token is malformed."))?;
+    let mut validation = Validation::new(head.alg);
+    validation.leeway = auth.leeway_secs;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let (payload, own) = if head.alg == Algorithm::HS256 {
+        // genq's own secret; with a JWKS it signs only genq's own tokens
+        // (checked below, once the claims say which kind this is).
+        let data = decode::<Value>(token, &state.jwt_key, &validation).map_err(refusal)?;
+        (data.claims, true)
+    } else {
+        let Some(jwks) = &state.jwks else {
+            return Err(unauthorized("The token's algorithm is not accepted."));
         };
-        ApiError::Unauthorized(why.into())
-    })?;
-    let claims = data.claims;
-    let bounded = |v: &Option<String>, max: usize| {
-        v.as_ref()
-            .is_none_or(|s| s.chars().count() <= max && !s.chars().any(char::is_control))
+        let Some(kid) = head.kid.as_deref().filter(|k| !k.is_empty() && k.len() <= 256) else {
+            return Err(unauthorized("The token names no signing key (kid)."));
+        };
+        let key = jwks.key(kid, head.alg).await.map_err(|e| match e {
+            KeyError::UnknownKid => unauthorized("The token's signing key (kid) is not one of the identity provider's."),
+            KeyError::WrongAlgorithm => unauthorized("The token's algorithm is not accepted."),
+        })?;
+        validation.set_issuer(&[auth.issuer.trim()]);
+        validation.set_audience(&auth.audiences());
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        let data = decode::<Value>(token, &key, &validation).map_err(refusal)?;
+        (data.claims, false)
     };
-    if claims.sub.trim().is_empty()
-        || claims.sub.len() > 255
-        || claims.sub.chars().any(char::is_control)
-        || !bounded(&claims.email, 320)
-        || !bounded(&claims.name, 200)
-    {
-        return Err(ApiError::Unauthorized(
-            "The token's claims are invalid.".into(),
-        ));
+    let claims = read_claims(&payload, own, &auth.role_claim)?;
+    if own {
+        let iss = claims.iss.as_deref();
+        let stream = claims.scope.as_deref() == Some(STREAM_SCOPE);
+        if iss == Some(DEV_ISSUER) && !state.settings.web.dev_sign_in {
+            return Err(unauthorized(
+                "Development sign-in is off (web.dev_sign_in); its tokens are no longer accepted.",
+            ));
+        }
+        if stream && iss != Some(STREAM_ISSUER) {
+            return Err(unauthorized("The token's claims are invalid."));
+        }
+        if auth.uses_jwks() && !stream && iss != Some(DEV_ISSUER) {
+            return Err(unauthorized(
+                "User tokens come from the identity provider (auth.jwks_url); a token signed with genq's own secret is not one.",
+            ));
+        }
     }
     Ok(claims)
+}
+
+/// The 401 of a token the JWT library refused.
+fn refusal(e: jsonwebtoken::errors::Error) -> ApiError {
+    unauthorized(match e.kind() {
+        ErrorKind::ExpiredSignature => "The token has expired.",
+        ErrorKind::ImmatureSignature => "The token is not valid yet (nbf).",
+        ErrorKind::InvalidSignature => "The token's signature is invalid.",
+        ErrorKind::InvalidIssuer => "The token's issuer (iss) is not accepted.",
+        ErrorKind::InvalidAudience => "The token's audience (aud) is not accepted.",
+        ErrorKind::MissingRequiredClaim(_) => {
+            "The token lacks a required claim (sub, exp; from the identity provider also iss, aud)."
+        }
+        ErrorKind::InvalidAlgorithm => "The token's algorithm is not accepted.",
+        _ => "The token is malformed.",
+    })
+}
+
+/// The claims genq uses, read from a verified payload. The role is at
+/// `role_claim` (a name, or a JSON pointer) in an identity provider's
+/// token, and at `role` in genq's own.
+fn read_claims(payload: &Value, own: bool, role_claim: &str) -> Result<Claims, ApiError> {
+    let invalid = || unauthorized("The token's claims are invalid.");
+    let text = |v: Option<&Value>, max: usize| -> Result<Option<String>, ApiError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.chars().count() <= max && !s.chars().any(char::is_control) => {
+                Ok(Some(s.clone()))
+            }
+            Some(_) => Err(invalid()),
+        }
+    };
+    let sub = text(payload.get("sub"), SUB_MAX)?
+        .filter(|s| !s.trim().is_empty() && s.len() <= SUB_MAX)
+        .ok_or_else(invalid)?;
+    let exp = payload.get("exp").and_then(Value::as_u64).ok_or_else(invalid)?;
+    let role_at = if own { "role" } else { role_claim.trim() };
+    let role = if role_at.starts_with('/') {
+        payload.pointer(role_at)
+    } else {
+        payload.get(role_at)
+    };
+    // A role that is not one short string (a list, say) is no role.
+    let role = match role {
+        Some(Value::String(r)) if r.len() <= 64 => Some(r.clone()),
+        _ => None,
+    };
+    let email_verified = match payload.get("email_verified") {
+        Some(Value::Bool(b)) => Some(*b),
+        // Some providers (Cognito) send it as text.
+        Some(Value::String(s)) => Some(s == "true"),
+        _ => None,
+    };
+    Ok(Claims {
+        sub,
+        exp,
+        iss: text(payload.get("iss"), SUB_MAX).unwrap_or(None),
+        email: text(payload.get("email"), EMAIL_MAX)?,
+        email_verified,
+        name: text(payload.get("name"), NAME_MAX)?,
+        role,
+        scope: text(payload.get("scope"), 200).unwrap_or(None),
+    })
 }
 
 /// Mints a token; for development and tests (`genq-api token`).
@@ -140,17 +238,22 @@ pub fn mint(secret: &[u8], claims: &Claims) -> anyhow::Result<String> {
     )?)
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 impl Claims {
     /// Claims for `sub` valid for `ttl_secs` from now (negative: already expired).
     pub fn new(sub: impl Into<String>, ttl_secs: i64) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         Self {
             sub: sub.into(),
-            exp: now.saturating_add(ttl_secs).max(0) as u64,
+            exp: now_secs().saturating_add(ttl_secs).max(0) as u64,
+            iss: None,
             email: None,
+            email_verified: None,
             name: None,
             role: None,
             scope: None,
@@ -159,6 +262,12 @@ impl Claims {
 
     pub fn email(mut self, email: Option<&str>) -> Self {
         self.email = email.map(str::to_owned);
+        self
+    }
+
+    /// Marks the email as checked by whoever issues the token.
+    pub fn email_verified(mut self, verified: bool) -> Self {
+        self.email_verified = Some(verified);
         self
     }
 
@@ -172,15 +281,23 @@ impl Claims {
         self
     }
 
-    /// A stream token for the same caller, valid for `ttl_secs`.
+    pub fn issuer(mut self, iss: &str) -> Self {
+        self.iss = Some(iss.to_owned());
+        self
+    }
+
+    /// A stream token for the same caller, valid for `ttl_secs` but never
+    /// past the token it comes from.
     pub fn for_stream(&self, ttl_secs: i64) -> Self {
-        Self {
-            scope: Some(STREAM_SCOPE.into()),
-            ..Self::new(self.sub.clone(), ttl_secs)
-                .email(self.email.as_deref())
-                .name(self.name.as_deref())
-                .role(self.role.as_deref())
-        }
+        let mut stream = Self::new(self.sub.clone(), ttl_secs)
+            .email(self.email.as_deref())
+            .name(self.name.as_deref())
+            .role(self.role.as_deref())
+            .issuer(STREAM_ISSUER);
+        stream.email_verified = self.email_verified;
+        stream.exp = stream.exp.min(self.exp);
+        stream.scope = Some(STREAM_SCOPE.into());
+        stream
     }
 
     /// The signed token (HS256 with `secret`).
@@ -211,6 +328,7 @@ impl AuthUser {
         let identity = Identity {
             external_id: claims.sub.clone(),
             email: claims.email.clone(),
+            email_verified: claims.email.is_some() && claims.email_verified == Some(true),
             name: claims.name.clone(),
         };
         let id = match state.users.get(&identity.external_id) {
@@ -249,7 +367,7 @@ impl FromRequestParts<AppState> for BearerClaims {
                 "Send Authorization: Bearer <token>.".into(),
             ))
         })?;
-        verify(token, state).map(Self)
+        verify(token, state).await.map(Self)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod eager;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod jwks;
 pub mod openapi;
 pub mod routes;
 pub mod startup;

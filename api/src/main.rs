@@ -28,6 +28,7 @@ enum Command {
         /// The user's external ID (`sub`).
         #[arg(long)]
         sub: String,
+        /// An email, marked verified (the minter vouches for it).
         #[arg(long)]
         email: Option<String>,
         #[arg(long)]
@@ -81,6 +82,7 @@ async fn run() -> anyhow::Result<()> {
             };
             let token = Claims::new(sub, ttl.min(i64::MAX as u64) as i64)
                 .email(email.as_deref())
+                .email_verified(email.is_some())
                 .name(name.as_deref())
                 .role(role)
                 .mint(settings.auth.jwt_secret.expose_secret().as_bytes())?;

@@ -24,11 +24,11 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
         credits::balance, credits::ledger,
         admin::add_credits,
         ops::diagnose, ops::jobs, ops::job, ops::job_ledger, ops::job_cancel, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
-        ops::dlq_discard, ops::ledger_verify, ops::system,
+        ops::dlq_discard, ops::ledger_verification, ops::ledger_verify, ops::system,
         webhooks::webhook_create, webhooks::webhook_list, webhooks::webhook_show,
         webhooks::webhook_delete, webhooks::webhook_rotate,
         webhooks::delivery_list, webhooks::delivery_show, webhooks::delivery_replay,
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz,
         dev::sign_in, web::config,
     ),
     components(schemas(

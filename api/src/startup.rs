@@ -1,6 +1,8 @@
-//! Builds the API: database (created and migrated), router, listener; runs it
-//! until the cancellation token fires, then drains in-flight requests.
+//! Builds the API: database (created and migrated), router, listeners (the
+//! public one and `/metrics` on its own); runs it until the cancellation
+//! token fires, then drains in-flight requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -22,6 +24,7 @@ use crate::state::AppState;
 
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: TcpListener,
     port: u16,
     state: AppState,
 }
@@ -34,10 +37,20 @@ impl Application {
         settings.validate_api()?;
         let pool = db::connect_and_migrate(&settings.database).await?;
         let listener = TcpListener::bind(&settings.api.addr).await?;
+        let metrics_listener = TcpListener::bind(&settings.api.metrics_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("api.metrics_addr {}: {e}", settings.api.metrics_addr))?;
         let port = listener.local_addr()?.port();
+        if settings.web.dev_sign_in {
+            tracing::warn!(
+                addr = %settings.api.addr,
+                "web.dev_sign_in is on: anyone who reaches this address can sign in as any dev:<name> user; never turn it on in production"
+            );
+        }
         let state = AppState::new(settings, pool)?;
         Ok(Self {
             listener,
+            metrics_listener,
             port,
             state,
         })
@@ -45,6 +58,14 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `/metrics` (`api.metrics_addr`).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {
@@ -67,6 +88,9 @@ impl Application {
                 .clone()
                 .run(self.state.settings.clone(), shutdown.clone()),
         );
+        if let Some(jwks) = &self.state.jwks {
+            tokio::spawn(jwks.clone().run(shutdown.clone()));
+        }
         // One feed per process tails the job events for every open stream.
         tokio::spawn(self.state.events.clone().run(
             self.state.pool.clone(),
@@ -84,13 +108,83 @@ impl Application {
                 }
             }
         });
+        // Prometheus on its own listener, never on the public port.
+        let handle = self.state.metrics.clone();
+        let metrics = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(self.metrics_listener, metrics)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_millis(
+                self.state.settings.api.header_read_timeout_ms,
+            ),
+            max_connections: self.state.settings.api.max_connections,
+        };
         let app = router(self.state);
         tracing::info!(port = self.port, "genq-api listening");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        serve(self.listener, app, limits, shutdown).await;
         Ok(())
     }
+}
+
+/// What one client connection may hold.
+struct ConnectionLimits {
+    /// A request head not complete this long after the connection opened
+    /// (or after its last response) closes the connection (slowloris).
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown`, then lets the requests in
+/// flight finish. axum's own `serve` offers no header read timeout, so the
+/// accept loop is here, on hyper's connection builder.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(
+            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+        );
+        tokio::spawn(async move {
+            // A client that went away or timed out its head: nothing to do.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 pub fn router(state: AppState) -> Router {
@@ -117,7 +211,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq/{id}", get(ops::dlq_show))
         .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))
         .route("/admin/dlq/{id}/discard", post(ops::dlq_discard))
-        .route("/admin/ledger/verify", get(ops::ledger_verify))
+        .route(
+            "/admin/ledger/verify",
+            get(ops::ledger_verification).post(ops::ledger_verify),
+        )
         .route("/admin/system", get(ops::system))
         .route(
             "/admin/webhooks",
@@ -145,7 +242,6 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi))
         // The page (not part of the API document, except its settings).
         .route("/", get(web::index))
@@ -161,7 +257,7 @@ pub fn router(state: AppState) -> Router {
             request_timeout,
         ))
         .layer(middleware::from_fn(count_requests))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a handler panicked");
             (
@@ -187,14 +283,57 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("This method is not allowed here.".into())
 }
 
-/// Counts responses by route and status class.
+/// The span of one request, at DEBUG as tower-http's own, with the URI's
+/// `access_token` (a stream token, sent in the query because `EventSource`
+/// can't send headers) redacted.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        uri = %redact_uri(request.uri()),
+        version = ?request.version(),
+    )
+}
+
+/// The URI as logged: every `access_token` value in the query replaced.
+pub fn redact_uri(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.path().to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key == "access_token" => format!("{key}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), query.join("&"))
+}
+
+/// The method as a metric label: one of the methods the API routes, or
+/// `other`. A client may send any method token, and labels must stay few.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts responses by route template (never the raw path), method label
+/// and status.
 async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     metrics::counter!(
         "genq_http_responses_total",
@@ -220,5 +359,27 @@ async fn request_timeout(
             ApiError::Unavailable(anyhow::anyhow!("the request took longer than {limit:?}"))
                 .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_tokens_are_redacted_from_logged_uris() {
+        let uri: axum::http::Uri = "/v1/events?after=3&access_token=eyJ.secret.sig&x=1"
+            .parse()
+            .unwrap();
+        let logged = redact_uri(&uri);
+        assert_eq!(logged, "/v1/events?after=3&access_token=[redacted]&x=1");
+        assert!(!logged.contains("secret"));
+    }
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        let made_up = axum::http::Method::from_bytes(&[b'X'; 4096]).unwrap();
+        assert_eq!(method_label(&made_up), "other");
+        assert_eq!(method_label(&axum::http::Method::POST), "POST");
     }
 }

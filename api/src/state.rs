@@ -31,6 +31,8 @@ pub struct AppState {
     pub outbox_bell: Doorbell,
     /// Publishes a lone submission's start message from here.
     pub eager: crate::eager::EagerPublisher,
+    /// The identity provider's keys, when `auth.jwks_url` is set.
+    pub jwks: Option<Arc<crate::jwks::Jwks>>,
     /// genq's copies of finished videos.
     pub videos: VideoStore,
     /// This process's live job-event feed and stream bounds.
@@ -50,11 +52,19 @@ impl AppState {
             jwt_key: Arc::new(DecodingKey::from_secret(
                 settings.auth.jwt_secret.expose_secret().as_bytes(),
             )),
+            jwks: if settings.auth.uses_jwks() {
+                Some(Arc::new(crate::jwks::Jwks::new(
+                    &settings.auth.jwks_url,
+                    Duration::from_secs(settings.auth.jwks_min_refetch_secs),
+                )?))
+            } else {
+                None
+            },
             submit_limiter: Arc::new(submit_limiter(&settings.api)),
             outbox_bell: Doorbell::outbox(),
             eager: crate::eager::EagerPublisher::new(&settings),
             metrics: telemetry::metrics_handle(),
-            videos: VideoStore::new(&settings.storage)?,
+            videos: VideoStore::new(&settings)?,
             events: EventFeed::new(
                 settings.events.max_streams,
                 settings.events.max_streams_per_user,

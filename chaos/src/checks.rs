@@ -14,7 +14,7 @@ use tokio::process::Command;
 use uuid::Uuid;
 
 use crate::client::{Observations, Seen};
-use crate::system::{wait_until, System, DB_PASSWORD, JWT_SECRET, PROVIDER_KEY, VIDEO_COST};
+use crate::system::{wait_until, System, jwt_secret, DB_PASSWORD, PROVIDER_KEY, VIDEO_COST};
 
 /// What the checks need from the run.
 pub struct Inputs<'a> {
@@ -460,7 +460,7 @@ fn clean_logs(dir: &Path) -> anyhow::Result<Vec<String>> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        for secret in [JWT_SECRET, DB_PASSWORD, PROVIDER_KEY] {
+        for secret in [jwt_secret(), DB_PASSWORD, PROVIDER_KEY] {
             if text.contains(secret) {
                 v.push(format!("a secret appears in {}", path.display()));
             }

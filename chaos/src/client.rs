@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::report::Figures;
-use crate::system::{JWT_SECRET, VIDEO_COST};
+use crate::system::{jwt_secret, VIDEO_COST};
 use crate::Plan;
 
 /// A day-long token of the run's secret.
@@ -23,7 +23,7 @@ pub fn token(sub: &str, email: Option<&str>, admin: bool) -> String {
     Claims::new(sub, 24 * 3600)
         .email(email)
         .role(admin.then_some(ADMIN_ROLE))
-        .mint(JWT_SECRET.as_bytes())
+        .mint(jwt_secret().as_bytes())
         .expect("token")
 }
 

@@ -14,7 +14,11 @@ use tokio::process::{Child, Command};
 
 // Distinctive secrets the system is configured with, so the checks can prove
 // none of them ever reaches a log.
-pub const JWT_SECRET: &str = "chaos-jwt-secret-4f1e2d3c4b5a69788796";
+/// Random per run: the API refuses any secret written in the repository.
+pub fn jwt_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| format!("chaos-jwt-{}", uuid::Uuid::new_v4().simple()))
+}
 pub const DB_PASSWORD: &str = "chaos-db-password-91ab";
 pub const PROVIDER_KEY: &str = "chaos-provider-key-77cd";
 /// Credits one video costs; the users' funding and the ledger checks use it.
@@ -34,7 +38,9 @@ pub fn environment(
         ("GENQ__STORAGE__PATH", videos.display().to_string()),
         ("DATABASE_URL", db_url.to_owned()),
         ("AMQP_URL", amqp_url.to_owned()),
-        ("GENQ__AUTH__JWT_SECRET", JWT_SECRET.into()),
+        ("GENQ__AUTH__JWT_SECRET", jwt_secret().into()),
+        // Two API processes (the cluster profile) can't share one port.
+        ("GENQ__API__METRICS_ADDR", "127.0.0.1:0".into()),
         ("GENQ__QUEUE__PREFIX", prefix.to_owned()),
         ("GENQ__CREDITS__INITIAL", "0".into()),
         ("GENQ__CREDITS__VIDEO_COST", VIDEO_COST.to_string()),

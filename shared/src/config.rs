@@ -78,6 +78,15 @@ impl AmqpSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSettings {
     pub addr: String,
+    /// Where the API serves `/metrics`, apart from the public port; port 0
+    /// picks a free port.
+    pub metrics_addr: String,
+    /// A connection that has not sent a whole request head this long after
+    /// it opened (or after its previous response) is closed: a slow client
+    /// can't hold connections open for ever.
+    pub header_read_timeout_ms: u64,
+    /// Client connections served at once; past it, new ones wait to be accepted.
+    pub max_connections: usize,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
@@ -109,10 +118,60 @@ pub enum RateLimitStore {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// HS256 secret for bearer JWTs. Required: there is no usable default.
+    /// HS256 secret of genq's own tokens (stream tokens, the development
+    /// sign-in) and, without `jwks_url`, of user tokens. Required: at least
+    /// 32 bytes, and none written in this repository.
     pub jwt_secret: SecretString,
-    /// Clock skew tolerated on `exp`, in seconds.
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// An identity provider's JWKS: user and operator tokens are then
+    /// verified against its keys (RS256, ES256, EdDSA), and user tokens
+    /// signed with `jwt_secret` are refused. Empty: off.
+    pub jwks_url: String,
+    /// The `iss` the identity provider's tokens carry (required with `jwks_url`).
+    pub issuer: String,
+    /// The `aud` they must carry; several separated by commas (required with `jwks_url`).
+    pub audience: String,
+    /// The claim that holds `admin` or `viewer`: a top-level name, or a JSON
+    /// pointer (`/public_metadata/role`) for namespaced or nested claims.
+    pub role_claim: String,
+    /// A token naming an unknown `kid` refetches the JWKS at most once per
+    /// this many seconds (per process).
+    pub jwks_min_refetch_secs: u64,
+}
+
+/// Secrets that are written in this repository (examples, scripts, tests of
+/// old): anyone can read them, so the API refuses to start with one.
+pub const EXAMPLE_SECRETS: &[&str] = &[
+    "change-me-to-a-long-random-secret",
+    "dev-secret-change-me-0123456789",
+    "bench-secret-0123456789abcdef",
+    "test-secret-0123456789abcdef",
+    "chaos-jwt-secret-4f1e2d3c4b5a69788796",
+    "another-secret-0123456789",
+];
+
+/// The shortest `auth.jwt_secret`: an HS256 key at least as long as the
+/// hash's output (RFC 7518, section 3.2).
+pub const JWT_SECRET_MIN_BYTES: usize = 32;
+/// The most clock skew `auth.leeway_secs` may allow.
+pub const LEEWAY_MAX_SECS: u64 = 300;
+
+impl AuthSettings {
+    /// Whether user tokens come from an identity provider's JWKS.
+    pub fn uses_jwks(&self) -> bool {
+        !self.jwks_url.trim().is_empty()
+    }
+
+    /// The accepted audiences (`audience`, split at commas).
+    pub fn audiences(&self) -> Vec<String> {
+        self.audience
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +214,11 @@ pub struct ProviderSettings {
     pub max_concurrent: u32,
     /// Submissions to the provider per minute, across all workers; 0 = no cap.
     pub max_per_minute: u32,
+    /// Let genq download finished videos from private, loopback or other
+    /// non-public addresses besides the provider's own base URL (outputs
+    /// kept on another private host). Off: anything but the base URL's
+    /// origin must be https to a public address.
+    pub allow_private: bool,
     /// When to ask about a new task the first time, counted from its
     /// submission: about as long as this provider takes, so that a task is
     /// polled once or twice rather than on every doubling step. Absent:
@@ -372,6 +436,9 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
+            metrics_addr: "127.0.0.1:9464".into(),
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
             // A 2,000-character prompt of escaped astral characters is ~24 KiB.
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
@@ -388,6 +455,11 @@ impl Default for AuthSettings {
         Self {
             jwt_secret: SecretString::from(""),
             leeway_secs: 5,
+            jwks_url: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            role_claim: "role".into(),
+            jwks_min_refetch_secs: 30,
         }
     }
 }
@@ -422,6 +494,7 @@ impl Default for ProviderSettings {
             timeout_ms: 10_000,
             max_concurrent: 0,
             max_per_minute: 0,
+            allow_private: false,
             first_poll_ms: None,
         }
     }
@@ -521,6 +594,27 @@ impl Settings {
         }
         if self.api.addr.parse::<std::net::SocketAddr>().is_err() {
             fail("api.addr", "must be an address such as 127.0.0.1:8080")?;
+        }
+        if self.api.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
+            fail(
+                "api.metrics_addr",
+                "must be an address such as 127.0.0.1:9464",
+            )?;
+        }
+        if !(100..=300_000).contains(&self.api.header_read_timeout_ms) {
+            fail(
+                "api.header_read_timeout_ms",
+                "must be between 100 and 300000",
+            )?;
+        }
+        if self.api.max_connections == 0 {
+            fail("api.max_connections", "must be more than 0")?;
+        }
+        if self.auth.leeway_secs > LEEWAY_MAX_SECS {
+            fail("auth.leeway_secs", "must be at most 300")?;
+        }
+        if let Err((key, why)) = self.check_identity_provider() {
+            fail(key, why)?;
         }
         if self
             .worker
@@ -666,10 +760,69 @@ impl Settings {
         Ok(())
     }
 
-    /// What only the API needs: a usable JWT secret.
+    /// What only the API needs: a JWT secret nobody else knows, and the
+    /// development sign-in only where nobody else can reach it.
     pub fn validate_api(&self) -> anyhow::Result<()> {
-        if self.auth.jwt_secret.expose_secret().len() < 16 {
-            bail!("invalid configuration: auth.jwt_secret (GENQ__AUTH__JWT_SECRET) must be set to at least 16 bytes");
+        let secret = self.auth.jwt_secret.expose_secret();
+        if secret.len() < JWT_SECRET_MIN_BYTES {
+            bail!("invalid configuration: auth.jwt_secret (GENQ__AUTH__JWT_SECRET) must be set to at least {JWT_SECRET_MIN_BYTES} random bytes (e.g. openssl rand -hex 32)");
+        }
+        if EXAMPLE_SECRETS.contains(&secret.trim()) {
+            bail!("invalid configuration: auth.jwt_secret (GENQ__AUTH__JWT_SECRET) is an example written in genq's repository, which anyone can read: set a random one (e.g. openssl rand -hex 32)");
+        }
+        let loopback = self
+            .api
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if self.web.dev_sign_in && !loopback {
+            bail!("invalid configuration: web.dev_sign_in (GENQ__WEB__DEV_SIGN_IN) lets anyone sign in as anyone, so it needs api.addr on a loopback address (127.0.0.1), not {}", self.api.addr);
+        }
+        Ok(())
+    }
+
+    /// `auth.jwks_url` and the settings that go with it: `Err((key, why))`.
+    fn check_identity_provider(&self) -> Result<(), (&'static str, &'static str)> {
+        let a = &self.auth;
+        let role = a.role_claim.trim();
+        if role.is_empty() || role.len() > 200 || role.chars().any(char::is_control) {
+            return Err((
+                "auth.role_claim",
+                "must be a claim name or a JSON pointer (/a/b), at most 200 characters",
+            ));
+        }
+        if a.jwks_min_refetch_secs == 0 || a.jwks_min_refetch_secs > 3_600 {
+            return Err(("auth.jwks_min_refetch_secs", "must be between 1 and 3600"));
+        }
+        if a.jwks_url.trim().is_empty() {
+            return Ok(());
+        }
+        let url_ok = url::Url::parse(a.jwks_url.trim()).is_ok_and(|u| {
+            let loopback = match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            u.scheme() == "https" || (u.scheme() == "http" && loopback)
+        });
+        if !url_ok {
+            return Err((
+                "auth.jwks_url",
+                "must be an https:// URL (http:// only on a loopback address)",
+            ));
+        }
+        if a.issuer.trim().is_empty() {
+            return Err((
+                "auth.issuer",
+                "must be set with auth.jwks_url: the iss of the identity provider's tokens",
+            ));
+        }
+        if a.audiences().is_empty() {
+            return Err((
+                "auth.audience",
+                "must be set with auth.jwks_url: the aud the identity provider's tokens carry",
+            ));
         }
         Ok(())
     }

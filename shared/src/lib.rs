@@ -10,6 +10,7 @@ pub mod db;
 pub mod domain;
 pub mod messages;
 pub mod ops;
+pub mod outbound;
 pub mod provider;
 pub mod queues;
 pub mod shutdown;

@@ -429,6 +429,17 @@ pub async fn verify_and_record(pool: &PgPool, by: &str) -> Result<Vec<Violation>
     Ok(violations)
 }
 
+/// The last recorded verification, if any: what the viewer role reads
+/// instead of running one.
+pub async fn last_verification(pool: &PgPool) -> Result<Option<VerificationRecord>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT checked_at, checked_by, violations, took_ms, sample FROM ledger_verifications
+          ORDER BY checked_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// A count in one hour (the hour's start, UTC).
 #[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
 pub struct HourCount {
@@ -480,12 +491,7 @@ pub async fn system_summary(pool: &PgPool) -> Result<SystemSummary, StoreError> 
     )
     .fetch_all(pool)
     .await?;
-    let last_verification: Option<VerificationRecord> = sqlx::query_as(
-        "SELECT checked_at, checked_by, violations, took_ms, sample FROM ledger_verifications
-          ORDER BY checked_at DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
+    let last_verification = last_verification(pool).await?;
     Ok(SystemSummary {
         last_verification,
         failures_by_code: failures.into_iter().collect(),

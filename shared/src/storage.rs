@@ -1,6 +1,7 @@
 //! genq's own copy of every finished video: the storage back end (a local
 //! directory by default, an S3-compatible bucket in production), copying a
-//! provider's output into it, and reading it back by byte range.
+//! provider's output into it (from the addresses it may be fetched from),
+//! and reading it back by byte range.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -114,18 +115,44 @@ pub struct VideoStore {
     /// place but never syncs it, so a power cut after the job was recorded
     /// as succeeded could leave an empty file where the video was.
     local_dir: Option<std::path::PathBuf>,
-    http: reqwest::Client,
+    downloads: Downloads,
     max_bytes: u64,
 }
+
+/// How a provider's output is fetched. A provider (or whoever sits between
+/// genq and a plain-http one) chooses the URL, so the URL is hostile: only
+/// the configured providers' own origins are trusted as they are (the
+/// configuration already trusts them); any other must be `https` to public
+/// addresses (checked on every address its name resolves to, connecting
+/// only to those) unless `provider.allow_private`. Redirects are followed
+/// by hand, each hop checked the same way. No proxy from the environment:
+/// through one, the check would see the proxy, not the target.
+#[derive(Clone)]
+struct Downloads {
+    /// For the trusted origins: the system resolver.
+    trusted: reqwest::Client,
+    /// For everything else: public addresses only (unless allow_private).
+    public: reqwest::Client,
+    trusted_origins: Vec<url::Origin>,
+    allow_private: bool,
+}
+
+/// Redirects followed from a provider's output URL.
+const MAX_REDIRECTS: usize = 3;
 
 /// The directory under the store's root that holds the videos (see [`VideoStore::key`]).
 const VIDEOS_DIR: &str = "videos";
 
 /// Parts are uploaded in chunks of this size (S3's minimum part is 5 MiB).
 const PART_BYTES: usize = 8 << 20;
+/// Parts of one video uploaded at once; the download waits for the others.
+const UPLOADS_IN_FLIGHT: usize = 2;
 
 impl VideoStore {
-    pub fn new(settings: &StorageSettings) -> anyhow::Result<Self> {
+    /// The store `settings.storage` describes, downloading from the
+    /// configured providers' origins and (see [`Downloads`]) public ones.
+    pub fn new(all: &crate::config::Settings) -> anyhow::Result<Self> {
+        let settings = &all.storage;
         let mut local_dir = None;
         let inner: Arc<dyn ObjectStore> = match settings.kind.as_str() {
             "s3" => {
@@ -158,14 +185,10 @@ impl VideoStore {
                 )?)
             }
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.download_timeout_ms))
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
         Ok(Self {
             inner,
             local_dir,
-            http,
+            downloads: Downloads::new(all)?,
             max_bytes: settings.max_bytes,
         })
     }
@@ -181,9 +204,7 @@ impl VideoStore {
     /// again overwrites, so a repeat is harmless.
     pub async fn archive(&self, url: &str, key: &str) -> Result<Archived, ArchiveError> {
         let started = std::time::Instant::now();
-        let response = self.http.get(url).send().await.map_err(|e| {
-            ArchiveError::Transient(format!("downloading the video failed: {}", e.without_url()))
-        })?;
+        let response = self.downloads.get(url).await?;
         let status = response.status();
         if !status.is_success() {
             return Err(classify_status(status.as_u16()));
@@ -205,6 +226,14 @@ impl VideoStore {
         let mut head: Vec<u8> = Vec::with_capacity(16);
         let mut written = 0u64;
         let failure = loop {
+            // Backpressure: with storage slower than the provider, at most
+            // this many parts are in flight, so a download holds a few
+            // parts' worth of memory, never the whole video.
+            if let Err(e) = writer.wait_for_capacity(UPLOADS_IN_FLIGHT).await {
+                break Some(ArchiveError::Transient(format!(
+                    "storing the video failed: {e}"
+                )));
+            }
             let chunk = match body.next().await {
                 None => break None,
                 Some(Err(e)) => {
@@ -287,6 +316,125 @@ impl VideoStore {
             range: got.range.clone(),
             body: got.into_stream().boxed(),
         }))
+    }
+}
+
+impl Downloads {
+    fn new(settings: &crate::config::Settings) -> anyhow::Result<Self> {
+        let timeout = Duration::from_millis(settings.storage.download_timeout_ms);
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+        };
+        let allow_private = settings.provider.allow_private;
+        let mut public = builder();
+        if !allow_private {
+            public = public.dns_resolver(Arc::new(crate::outbound::PublicOnly));
+        }
+        let trusted_origins = std::iter::once(settings.provider.effective_base_url())
+            .chain(
+                settings
+                    .models
+                    .iter()
+                    .map(|(name, m)| m.provider(name).effective_base_url()),
+            )
+            .filter_map(|u| url::Url::parse(&u).ok())
+            .map(|u| u.origin())
+            .filter(url::Origin::is_tuple)
+            .collect();
+        Ok(Self {
+            trusted: builder().build()?,
+            public: public.build()?,
+            trusted_origins,
+            allow_private,
+        })
+    }
+
+    /// Fetches `url`, following at most [`MAX_REDIRECTS`] redirects, each
+    /// target checked before any connection is made to it.
+    async fn get(&self, url: &str) -> Result<reqwest::Response, ArchiveError> {
+        let mut url = url::Url::parse(url).map_err(|_| refused_url())?;
+        for hop in 0..=MAX_REDIRECTS {
+            let client = self.client_for(&url)?;
+            let response = client.get(url.clone()).send().await.map_err(|e| {
+                if refused_by_resolver(&e) {
+                    refused_url()
+                } else {
+                    ArchiveError::Transient(format!(
+                        "downloading the video failed: {}",
+                        e.without_url()
+                    ))
+                }
+            })?;
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            let next = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            match next {
+                Some(next) if hop < MAX_REDIRECTS => url = next,
+                _ => {
+                    return Err(ArchiveError::Permanent {
+                        code: "video_unavailable",
+                        message: format!(
+                            "The provider's link to the video redirects more than {MAX_REDIRECTS} times, or nowhere."
+                        ),
+                    })
+                }
+            }
+        }
+        unreachable!("the loop returns by its last hop")
+    }
+
+    /// The client that may fetch `url`, or the refusal.
+    fn client_for(&self, url: &url::Url) -> Result<&reqwest::Client, ArchiveError> {
+        if self.trusted_origins.contains(&url.origin()) {
+            return Ok(&self.trusted);
+        }
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(refused_url());
+        }
+        if self.allow_private {
+            return Ok(&self.public);
+        }
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Err(refused_url()),
+        };
+        // A name is checked by the resolver; an address skips it.
+        if url.scheme() != "https" || literal.is_some_and(|ip| !crate::outbound::is_public(ip)) {
+            return Err(refused_url());
+        }
+        Ok(&self.public)
+    }
+}
+
+/// Whether a request failed because [`crate::outbound::PublicOnly`] refused its host.
+fn refused_by_resolver(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<crate::outbound::Refused>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A URL genq will not fetch. It says nothing of what is there (no status,
+/// no address): the job's error is shown to its user.
+fn refused_url() -> ArchiveError {
+    ArchiveError::Permanent {
+        code: "video_url_refused",
+        message: "The provider's link to the video points somewhere genq does not download from (only https to public addresses, or the provider's own address).".into(),
     }
 }
 

@@ -14,6 +14,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use url::Url;
+
+pub use crate::outbound::is_public;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -192,58 +194,6 @@ pub fn retry_delay(
     // A Retry-After is honoured up to a day; past that it is not a pause.
     let asked = retry_after.map(|d| d.min(Duration::from_secs(24 * 3600)));
     Some(asked.map_or(delay, |a| a.max(delay)))
-}
-
-/// Whether a delivery may go to `ip`: false for every address that is not
-/// publicly routable (private, loopback, link-local, unspecified, multicast,
-/// broadcast, CGNAT, documentation, benchmarking, reserved; IPv6 unique-local,
-/// link-local and site-local), and for IPv6 forms that carry such an IPv4
-/// address (mapped, compatible, NAT64, 6to4).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => is_public_v6(v6),
-    }
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    let reserved = ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_multicast()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || a == 0 // "this network", 0.0.0.0 included
-        || (a == 100 && (64..128).contains(&b)) // CGNAT, 100.64.0.0/10
-        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking, 198.18.0.0/15
-        || a >= 240; // reserved, 240.0.0.0/4
-    !reserved
-}
-
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let s = ip.segments();
-    let embedded_v4 = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_public_v4(v4);
-    }
-    if s[..6] == [0; 6] {
-        // ::, ::1 and the deprecated IPv4-compatible ::a.b.c.d
-        return !ip.is_unspecified() && !ip.is_loopback() && is_public_v4(embedded_v4(s[6], s[7]));
-    }
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        return is_public_v4(embedded_v4(s[6], s[7])); // NAT64, 64:ff9b::/96
-    }
-    if s[0] == 0x2002 {
-        return is_public_v4(embedded_v4(s[1], s[2])); // 6to4, 2002::/16
-    }
-    let reserved = ip.is_multicast()
-        || (s[0] & 0xfe00) == 0xfc00 // unique local, fc00::/7
-        || (s[0] & 0xffc0) == 0xfe80 // link-local, fe80::/10
-        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated), fec0::/10
-        || (s[0] == 0x2001 && s[1] == 0x0db8); // documentation, 2001:db8::/32
-    !reserved
 }
 
 /// Checks an endpoint URL given by an operator, on its text first (so that
@@ -425,35 +375,6 @@ mod tests {
             retry_delay(&s, 0.0, 1, Some(Duration::from_secs(60))),
             Some(Duration::from_secs(60))
         );
-    }
-
-    #[test]
-    fn only_public_addresses_are_reachable() {
-        for private in [
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "127.0.0.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fd00::1",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a00:1",
-            "2002:a00:1::",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
     }
 
     #[test]

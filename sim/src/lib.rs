@@ -159,7 +159,7 @@ impl Env {
             topology: Arc::new(topology),
             providers: Arc::new(providers),
             settings: Arc::new(settings.clone()),
-            videos: VideoStore::new(&settings.storage)?,
+            videos: VideoStore::new(&settings)?,
             events_bell: Doorbell::job_events(),
             webhook_client: Arc::new(genq_worker::webhooks::WebhookClient::new(
                 &settings.webhooks,
@@ -314,6 +314,7 @@ impl Run<'_> {
             let who = store::Identity {
                 external_id: format!("sim-u{i}"),
                 email: None,
+                email_verified: false,
                 name: None,
             };
             self.users

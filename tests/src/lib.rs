@@ -20,7 +20,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const JWT_SECRET: &str = "test-secret-0123456789abcdef";
+/// This test process's JWT secret: random, so no secret of the suite is
+/// written anywhere (the API refuses the ones that are).
+pub fn jwt_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
 
 /// Where test databases are created: `TEST_DATABASE_URL` without a database name.
 fn server_url() -> String {
@@ -42,7 +51,8 @@ pub fn test_settings() -> Settings {
     // Tests submit in bursts (200 jobs, 50 at once); the limit has its own test.
     s.api.submit_burst = 1_000;
     s.api.submit_per_minute = 60_000;
-    s.auth.jwt_secret = SecretString::from(JWT_SECRET);
+    s.auth.jwt_secret = SecretString::from(jwt_secret());
+    s.api.metrics_addr = "127.0.0.1:0".into();
     s.queue.prefix = format!("genq-test-{}", &id[..12]);
     s.queue.prefetch = 16;
     s.worker.metrics_addr = "127.0.0.1:0".into();
@@ -89,6 +99,8 @@ pub struct TestEnv {
     pub settings: Settings,
     pub pool: PgPool,
     pub base: String,
+    /// The API's `/metrics` listener (`api.metrics_addr`).
+    pub metrics_base: String,
     pub client: reqwest::Client,
     pub sim: Option<SimHandle>,
     api_shutdown: CancellationToken,
@@ -107,6 +119,7 @@ impl TestEnv {
             .await
             .expect("api builds");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let metrics_base = format!("http://127.0.0.1:{}", app.metrics_port());
         let pool = app.pool().clone();
         let api_shutdown = CancellationToken::new();
         let api = tokio::spawn(app.run_until_stopped(api_shutdown.clone()));
@@ -114,6 +127,7 @@ impl TestEnv {
             settings,
             pool,
             base,
+            metrics_base,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -190,6 +204,7 @@ impl TestEnv {
     ) -> String {
         Claims::new(sub, ttl)
             .email(email)
+            .email_verified(email.is_some())
             .role(role)
             .mint(self.settings.auth.jwt_secret.expose_secret().as_bytes())
             .unwrap()

@@ -42,7 +42,7 @@ impl Worker {
         Ok(Self {
             runner: Runner {
                 topology: Arc::new(Topology::new(&settings)),
-                videos: genq_shared::storage::VideoStore::new(&settings.storage)?,
+                videos: genq_shared::storage::VideoStore::new(&settings)?,
                 webhook_client: Arc::new(webhooks::WebhookClient::new(&settings.webhooks)?),
                 settings: Arc::new(settings),
                 pool,

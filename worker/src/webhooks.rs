@@ -5,7 +5,6 @@
 //! is the truth; a message only wakes the sender, and one that comes early
 //! waits again for what remains.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use genq_shared::store::webhooks::{
 };
 use genq_shared::telemetry::error_chain;
 use genq_shared::webhooks::{
-    check_url, is_public, retry_delay, signature_header, Secret, HEADER_ID, HEADER_SIGNATURE,
+    check_url, retry_delay, signature_header, Secret, HEADER_ID, HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
 };
 use lapin::types::FieldTable;
@@ -57,7 +56,7 @@ impl WebhookClient {
             .user_agent(concat!("genq-webhooks/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(4);
         if !settings.allow_private {
-            builder = builder.dns_resolver(Arc::new(PublicOnly));
+            builder = builder.dns_resolver(Arc::new(genq_shared::outbound::PublicOnly));
         }
         Ok(Self {
             client: builder.build()?,
@@ -160,36 +159,6 @@ struct Sent {
     elapsed: Duration,
     error: Option<String>,
     retry_after: Option<Duration>,
-}
-
-/// Resolves like the system does, then refuses the host when any of its
-/// addresses is not public (a name that mixes public and private addresses
-/// is refused, not filtered).
-struct PublicOnly;
-
-#[derive(Debug, thiserror::Error)]
-#[error("refused: {0}")]
-struct Refused(String);
-
-impl reqwest::dns::Resolve for PublicOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-                return Err(Box::new(Refused(format!(
-                    "{host} resolves to {}, which is not a public address (webhooks.allow_private is false)",
-                    bad.ip()
-                ))) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            if addrs.is_empty() {
-                return Err(Box::new(Refused(format!("{host} has no address")))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 impl Handler {
@@ -316,24 +285,5 @@ impl Handler {
             )
             .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use reqwest::dns::Resolve;
-
-    #[tokio::test]
-    async fn the_resolver_refuses_names_of_private_addresses() {
-        let refused = PublicOnly
-            .resolve("localhost".parse().unwrap())
-            .await
-            .err()
-            .expect("localhost is refused");
-        assert!(
-            refused.to_string().contains("not a public address"),
-            "{refused}"
-        );
     }
 }

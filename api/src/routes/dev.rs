@@ -1,6 +1,8 @@
 //! `POST /v1/dev/sign-in`: a user token for `dev:<name>` without an identity
 //! provider, when `web.dev_sign_in` is on (development and the browser
-//! tests); otherwise the endpoint does not exist (404).
+//! tests); otherwise the endpoint does not exist (404). Its tokens carry
+//! their own issuer, refused once the flag is off; the API refuses to start
+//! with the flag on a non-loopback address.
 
 use axum::extract::State;
 use axum::Json;
@@ -9,7 +11,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Claims;
+use crate::auth::{Claims, DEV_ISSUER};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -48,7 +50,7 @@ pub struct DevToken {
     post, path = "/v1/dev/sign-in", tag = "web", operation_id = "dev_sign_in",
     request_body = DevSignIn,
     responses(
-        (status = 200, description = "A user token (HS256, auth.jwt_secret) for `dev:<name>`", body = DevToken),
+        (status = 200, description = "A user token (HS256, auth.jwt_secret, issuer `genq-dev-sign-in`) for `dev:<name>`, accepted only while development sign-in is on", body = DevToken),
         (status = 400, description = "Invalid name (`field` names it)", body = ErrorBody),
         (status = 404, description = "Development sign-in is off (`web.dev_sign_in`)", body = ErrorBody),
     )
@@ -74,7 +76,9 @@ pub async fn sign_in(
         ));
     }
     let sub = format!("dev:{name}");
-    let claims = Claims::new(sub.clone(), DEV_TOKEN_TTL_SECS).name(Some(&name));
+    let claims = Claims::new(sub.clone(), DEV_TOKEN_TTL_SECS)
+        .name(Some(&name))
+        .issuer(DEV_ISSUER);
     let token = claims
         .mint(state.settings.auth.jwt_secret.expose_secret().as_bytes())
         .map_err(ApiError::internal)?;

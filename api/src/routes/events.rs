@@ -107,8 +107,8 @@ impl FromRequestParts<AppState> for StreamCaller {
     ) -> Result<Self, Self::Rejection> {
         let ApiQuery(params) = ApiQuery::<StreamParams>::from_request_parts(parts, state).await?;
         let claims = match (auth::bearer(&parts.headers), params.access_token.as_deref()) {
-            (Some(token), _) => auth::verify(token?, state)?,
-            (None, Some(token)) => auth::verify_stream(token, state)?,
+            (Some(token), _) => auth::verify(token?, state).await?,
+            (None, Some(token)) => auth::verify_stream(token, state).await?,
             (None, None) => {
                 return Err(ApiError::Unauthorized(
                     "Send Authorization: Bearer <token>, or ?access_token=<stream token>.".into(),

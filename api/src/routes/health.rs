@@ -1,7 +1,6 @@
-//! Liveness, readiness, metrics and the OpenAPI document.
+//! Liveness and readiness.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
@@ -28,15 +27,4 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
         .await
         .map_err(|e| ApiError::Unavailable(e.into()))?;
     Ok(Json(json!({"status": "ready"})))
-}
-
-/// Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics",
-    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
 }

@@ -67,6 +67,8 @@ impl ModelSettings {
             max_concurrent: self.max_concurrent,
             max_per_minute: self.max_per_minute,
             first_poll_ms: self.first_poll_ms,
+            // One switch for every download: `provider.allow_private`.
+            allow_private: false,
         }
     }
 }

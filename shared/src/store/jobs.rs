@@ -462,11 +462,18 @@ pub async fn cancel_job(
         return Ok(CancelOutcome::NotFound);
     }
     let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
+    // The user reads their timeline: an operator is not named there (the
+    // audit log keeps who it was).
+    let by = if actor.starts_with("admin:") {
+        "an operator".to_owned()
+    } else {
+        actor.to_owned()
+    };
     let mut t = Transition::new(
         job_id,
         &from,
         JobStatus::Canceled,
-        format!("Canceled by {actor}; credits refunded."),
+        format!("Canceled by {by}; credits refunded."),
     );
     t.error = Some(("canceled", "The job was canceled.".into()));
     match transition(pool, &t).await? {

@@ -13,6 +13,9 @@ use super::{Result, StoreError};
 pub struct Identity {
     pub external_id: String,
     pub email: Option<String>,
+    /// The identity provider checked the email (`email_verified`); only a
+    /// verified email names the user to an operator.
+    pub email_verified: bool,
     pub name: Option<String>,
 }
 
@@ -35,10 +38,12 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
     debug_assert!(initial >= 0, "a negative initial grant");
     const UPSERT: &str = r#"
         WITH u AS (
-            INSERT INTO users (external_id, email, name) VALUES ($1, $2, $3)
+            INSERT INTO users (external_id, email, name, email_verified) VALUES ($1, $2, $3, $5)
             ON CONFLICT (external_id) DO UPDATE
-               SET email = EXCLUDED.email, name = EXCLUDED.name, last_seen_at = now()
+               SET email = EXCLUDED.email, name = EXCLUDED.name,
+                   email_verified = EXCLUDED.email_verified, last_seen_at = now()
              WHERE users.email IS DISTINCT FROM EXCLUDED.email
+                OR users.email_verified IS DISTINCT FROM EXCLUDED.email_verified
                 OR users.name IS DISTINCT FROM EXCLUDED.name
                 OR users.last_seen_at < now() - interval '1 minute'
             RETURNING id, (xmax = 0) AS created
@@ -59,6 +64,7 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
             .bind(&who.email)
             .bind(&who.name)
             .bind(initial)
+            .bind(who.email_verified)
             .fetch_optional(pool)
             .await?;
         if let Some(id) = created {
@@ -117,12 +123,28 @@ pub async fn find_user(pool: &PgPool, by: &UserRef) -> Result<Option<User>> {
                 .await?
         }
         UserRef::Email(email) => {
-            sqlx::query_as(&format!(
-                "{USER_COLS} WHERE lower(email) = lower($1) LIMIT 2"
+            let rows: Vec<User> = sqlx::query_as(&format!(
+                "{USER_COLS} WHERE lower(email) = lower($1) AND email_verified LIMIT 2"
             ))
             .bind(email)
             .fetch_all(pool)
-            .await?
+            .await?;
+            if rows.is_empty() {
+                // Anyone can claim an email their identity provider did not
+                // check: such a user is named only by ID.
+                let unverified: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM users WHERE lower(email) = lower($1) LIMIT 1",
+                )
+                .bind(email)
+                .fetch_optional(pool)
+                .await?;
+                if unverified.is_some() {
+                    return Err(StoreError::Conflict(
+                        "this email is not verified by the identity provider; name the user by ID (the identity provider's user ID, or genq's user UUID)".into(),
+                    ));
+                }
+            }
+            rows
         }
     };
     match rows.len() {

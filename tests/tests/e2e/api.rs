@@ -62,7 +62,7 @@ async fn tokens_are_checked() {
     let no_exp = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub": "u1"}),
-        &jsonwebtoken::EncodingKey::from_secret(genq_tests::JWT_SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(genq_tests::jwt_secret().as_bytes()),
     )
     .unwrap();
     assert_eq!(
@@ -733,16 +733,18 @@ async fn health_readiness_and_the_openapi_document() {
         .await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert_error_shape(&b, "method_not_allowed");
-    let (s, metrics) = {
-        let r = env
-            .client
-            .get(format!("{}/metrics", env.base))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.text().await.unwrap())
-    };
-    assert_eq!(s, StatusCode::OK);
+    // Metrics are served on their own listener, not on the public port.
+    let (s, _) = env.call(Method::GET, "/metrics", None, None, &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let metrics = env
+        .client
+        .get(format!("{}/metrics", env.metrics_base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("genq_http_responses_total"), "{metrics}");
     env.cleanup().await;
 }
@@ -855,7 +857,7 @@ async fn a_stuck_database_answers_503_instead_of_hanging() {
     settings.api.request_timeout_ms = 300;
     let port = genq_tests::serve_without_migrating(settings).await;
     let token = genq_api::auth::Claims::new("stuck", 60)
-        .mint(genq_tests::JWT_SECRET.as_bytes())
+        .mint(genq_tests::jwt_secret().as_bytes())
         .unwrap();
     let started = std::time::Instant::now();
     let r = reqwest::Client::new()

@@ -319,14 +319,14 @@ async fn secrets_stay_out_of_error_bodies() {
     // Settings print their secrets redacted.
     let printed = format!("{settings:?}");
     assert!(
-        !printed.contains("db-password-xyzzy") && !printed.contains(genq_tests::JWT_SECRET),
+        !printed.contains("db-password-xyzzy") && !printed.contains(genq_tests::jwt_secret()),
         "{printed}"
     );
     let port = genq_tests::serve_without_migrating(settings).await;
     let env_token = {
         genq_api::auth::Claims::new("s", 60)
             .role(Some("admin"))
-            .mint(genq_tests::JWT_SECRET.as_bytes())
+            .mint(genq_tests::jwt_secret().as_bytes())
             .unwrap()
     };
     let client = reqwest::Client::new();
@@ -341,7 +341,7 @@ async fn secrets_stay_out_of_error_bodies() {
         let text = r.text().await.unwrap();
         for secret in [
             "db-password-xyzzy",
-            genq_tests::JWT_SECRET,
+            genq_tests::jwt_secret(),
             "127.0.0.1:1",
             "postgres://",
         ] {
