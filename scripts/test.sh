@@ -19,6 +19,8 @@ psql -qAt -h 127.0.0.1 -U postgres -d postgres \
 # moto's S3-compatible server, for the S3 storage tests.
 GENQ_TEST_MOTO_SERVER=$(scripts/moto.sh)
 export GENQ_TEST_MOTO_SERVER
+# The JOSE library the identity-provider tests sign with (and the page's packages).
+scripts/web.sh deps
 cargo test --workspace
 # The committed OpenAPI document, TypeScript client and page are current.
 scripts/web.sh check

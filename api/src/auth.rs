@@ -132,11 +132,17 @@ async fn verify_any(token: &str, state: &AppState) -> Result<Claims, ApiError> {
         let Some(jwks) = &state.jwks else {
             return Err(unauthorized("The token's algorithm is not accepted."));
         };
-        let Some(kid) = head.kid.as_deref().filter(|k| !k.is_empty() && k.len() <= 256) else {
+        let Some(kid) = head
+            .kid
+            .as_deref()
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+        else {
             return Err(unauthorized("The token names no signing key (kid)."));
         };
         let key = jwks.key(kid, head.alg).await.map_err(|e| match e {
-            KeyError::UnknownKid => unauthorized("The token's signing key (kid) is not one of the identity provider's."),
+            KeyError::UnknownKid => {
+                unauthorized("The token's signing key (kid) is not one of the identity provider's.")
+            }
             KeyError::WrongAlgorithm => unauthorized("The token's algorithm is not accepted."),
         })?;
         validation.set_issuer(&[auth.issuer.trim()]);
@@ -145,7 +151,13 @@ async fn verify_any(token: &str, state: &AppState) -> Result<Claims, ApiError> {
         let data = decode::<Value>(token, &key, &validation).map_err(refusal)?;
         (data.claims, false)
     };
-    let claims = read_claims(&payload, own, &auth.role_claim)?;
+    // genq's own tokens keep the role at `role`; user tokens at `auth.role_claim`.
+    let genq_issued = own
+        && matches!(
+            payload.get("iss").and_then(Value::as_str),
+            Some(STREAM_ISSUER | DEV_ISSUER)
+        );
+    let claims = read_claims(&payload, genq_issued, &auth.role_claim)?;
     if own {
         let iss = claims.iss.as_deref();
         let stream = claims.scope.as_deref() == Some(STREAM_SCOPE);
@@ -183,14 +195,16 @@ fn refusal(e: jsonwebtoken::errors::Error) -> ApiError {
 }
 
 /// The claims genq uses, read from a verified payload. The role is at
-/// `role_claim` (a name, or a JSON pointer) in an identity provider's
-/// token, and at `role` in genq's own.
-fn read_claims(payload: &Value, own: bool, role_claim: &str) -> Result<Claims, ApiError> {
+/// `role_claim` (a name, or a JSON pointer) in a user token, and at `role`
+/// in genq's own (`genq_issued`).
+fn read_claims(payload: &Value, genq_issued: bool, role_claim: &str) -> Result<Claims, ApiError> {
     let invalid = || unauthorized("The token's claims are invalid.");
     let text = |v: Option<&Value>, max: usize| -> Result<Option<String>, ApiError> {
         match v {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.chars().count() <= max && !s.chars().any(char::is_control) => {
+            Some(Value::String(s))
+                if s.chars().count() <= max && !s.chars().any(char::is_control) =>
+            {
                 Ok(Some(s.clone()))
             }
             Some(_) => Err(invalid()),
@@ -199,8 +213,15 @@ fn read_claims(payload: &Value, own: bool, role_claim: &str) -> Result<Claims, A
     let sub = text(payload.get("sub"), SUB_MAX)?
         .filter(|s| !s.trim().is_empty() && s.len() <= SUB_MAX)
         .ok_or_else(invalid)?;
-    let exp = payload.get("exp").and_then(Value::as_u64).ok_or_else(invalid)?;
-    let role_at = if own { "role" } else { role_claim.trim() };
+    let exp = payload
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or_else(invalid)?;
+    let role_at = if genq_issued {
+        "role"
+    } else {
+        role_claim.trim()
+    };
     let role = if role_at.starts_with('/') {
         payload.pointer(role_at)
     } else {

@@ -187,7 +187,13 @@ fn parse_key_set(body: &[u8]) -> anyhow::Result<HashMap<String, Key>> {
         else {
             continue;
         };
-        keys.insert(kid, Key { decoding, algorithm });
+        keys.insert(
+            kid,
+            Key {
+                decoding,
+                algorithm,
+            },
+        );
     }
     Ok(keys)
 }

@@ -110,7 +110,8 @@ impl Application {
         });
         // Prometheus on its own listener, never on the public port.
         let handle = self.state.metrics.clone();
-        let metrics = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
+        let metrics =
+            Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let served = axum::serve(self.metrics_listener, metrics)
@@ -174,9 +175,8 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(
-            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-        );
+        let connection =
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
         tokio::spawn(async move {
             // A client that went away or timed out its head: nothing to do.
             let _ = connection.await;

@@ -14,7 +14,7 @@ use tokio::process::Command;
 use uuid::Uuid;
 
 use crate::client::{Observations, Seen};
-use crate::system::{wait_until, System, jwt_secret, DB_PASSWORD, PROVIDER_KEY, VIDEO_COST};
+use crate::system::{jwt_secret, wait_until, System, DB_PASSWORD, PROVIDER_KEY, VIDEO_COST};
 
 /// What the checks need from the run.
 pub struct Inputs<'a> {

@@ -595,7 +595,12 @@ impl Settings {
         if self.api.addr.parse::<std::net::SocketAddr>().is_err() {
             fail("api.addr", "must be an address such as 127.0.0.1:8080")?;
         }
-        if self.api.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
+        if self
+            .api
+            .metrics_addr
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
             fail(
                 "api.metrics_addr",
                 "must be an address such as 127.0.0.1:9464",

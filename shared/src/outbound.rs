@@ -86,7 +86,8 @@ impl reqwest::dns::Resolve for PublicOnly {
                 return Err(Box::new(Refused(format!(
                     "{host} resolves to {}, which is not a public address",
                     bad.ip()
-                ))) as Box<dyn std::error::Error + Send + Sync>);
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             if addrs.is_empty() {
                 return Err(Box::new(Refused(format!("{host} has no address")))

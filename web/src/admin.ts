@@ -11,6 +11,7 @@ import {
   adminListJobs,
   diagnoseUser,
   discardDeadLetter,
+  getWebConfig,
   getDeadLetter,
   listDeadLetters,
   replayDeadLetter,
@@ -58,13 +59,21 @@ function age(secs: number): string {
   return `${Math.round(secs / 86400)} d`;
 }
 
-/** The `role` claim, for which buttons to offer only (the API decides). */
-function roleOf(token: string): string | null {
+/**
+ * The role claim (`auth.role_claim`: a name, or a JSON pointer for an
+ * identity provider's namespaced claim), for which buttons to offer only
+ * (the API decides).
+ */
+function roleOf(token: string, claim: string): string | null {
   try {
     const part = token.split('.')[1] ?? '';
     const json = atob(part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '='));
-    const role = (JSON.parse(json) as Record<string, unknown>).role;
-    return typeof role === 'string' ? role : null;
+    let value: unknown = JSON.parse(json);
+    const path = claim.startsWith('/') ? claim.slice(1).split('/').map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~')) : [claim];
+    for (const key of path) {
+      value = value !== null && typeof value === 'object' ? (value as Record<string, unknown>)[key] : undefined;
+    }
+    return typeof value === 'string' ? value : null;
   } catch {
     return null;
   }
@@ -135,7 +144,8 @@ async function signIn(token: string): Promise<void> {
     return;
   }
   save(token);
-  const role = roleOf(token);
+  const config = await getWebConfig();
+  const role = roleOf(token, config.data?.role_claim ?? 'role');
   state.readOnly = role !== 'admin';
   $('who-name').textContent = displayName(token);
   $('who-role').textContent = role ?? 'no role';

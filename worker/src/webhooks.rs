@@ -17,8 +17,7 @@ use genq_shared::store::webhooks::{
 };
 use genq_shared::telemetry::error_chain;
 use genq_shared::webhooks::{
-    check_url, retry_delay, signature_header, Secret, HEADER_ID, HEADER_SIGNATURE,
-    HEADER_TIMESTAMP,
+    check_url, retry_delay, signature_header, Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP,
 };
 use lapin::types::FieldTable;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};

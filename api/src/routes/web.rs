@@ -153,6 +153,11 @@ pub struct WebConfig {
     pub pricing_url: String,
     /// Whether `POST /v1/dev/sign-in` is on (`web.dev_sign_in`).
     pub dev_sign_in: bool,
+    /// Where tokens carry the operator role (`auth.role_claim`: a claim
+    /// name, or a JSON pointer); the console reads it to offer only the
+    /// actions the role allows (the API decides).
+    #[schema(example = "role")]
+    pub role_claim: String,
 }
 
 /// The page's settings.
@@ -165,6 +170,7 @@ pub async fn config(State(state): State<AppState>) -> impl IntoResponse {
         Json(WebConfig {
             pricing_url: web.pricing_url.clone(),
             dev_sign_in: web.dev_sign_in,
+            role_claim: state.settings.auth.role_claim.trim().to_owned(),
         }),
     )
 }

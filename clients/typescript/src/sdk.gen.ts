@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminCancelJobData, AdminCancelJobErrors, AdminCancelJobResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminJobLedgerData, AdminJobLedgerErrors, AdminJobLedgerResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, MetricsData, MetricsResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses } from './types.gen';
+import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminCancelJobData, AdminCancelJobErrors, AdminCancelJobResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminJobLedgerData, AdminJobLedgerErrors, AdminJobLedgerResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, LastLedgerVerificationData, LastLedgerVerificationErrors, LastLedgerVerificationResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -22,11 +22,6 @@ export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends 
  * The process is up.
  */
 export const healthz = <ThrowOnError extends boolean = false>(options?: Options<HealthzData, ThrowOnError>) => (options?.client ?? client).get<HealthzResponses, unknown, ThrowOnError>({ url: '/healthz', ...options });
-
-/**
- * Prometheus text.
- */
-export const metrics = <ThrowOnError extends boolean = false>(options?: Options<MetricsData, ThrowOnError>) => (options?.client ?? client).get<MetricsResponses, unknown, ThrowOnError>({ url: '/metrics', ...options });
 
 /**
  * The database answers.
@@ -121,9 +116,20 @@ export const adminJobLedger = <ThrowOnError extends boolean = false>(options: Op
 });
 
 /**
- * Recompute every balance from the ledger and check the invariants.
+ * The last recorded verification: for the admin and the viewer role; it
+ * changes nothing and scans nothing.
  */
-export const verifyLedger = <ThrowOnError extends boolean = false>(options?: Options<VerifyLedgerData, ThrowOnError>) => (options?.client ?? client).get<VerifyLedgerResponses, VerifyLedgerErrors, ThrowOnError>({
+export const lastLedgerVerification = <ThrowOnError extends boolean = false>(options?: Options<LastLedgerVerificationData, ThrowOnError>) => (options?.client ?? client).get<LastLedgerVerificationResponses, LastLedgerVerificationErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/ledger/verify',
+    ...options
+});
+
+/**
+ * Recompute every balance from the ledger and check the invariants (a
+ * full scan, recorded): admin only.
+ */
+export const verifyLedger = <ThrowOnError extends boolean = false>(options?: Options<VerifyLedgerData, ThrowOnError>) => (options?.client ?? client).post<VerifyLedgerResponses, VerifyLedgerErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],
     url: '/v1/admin/ledger/verify',
     ...options

@@ -382,6 +382,14 @@ export type JobView = {
 };
 
 /**
+ * The last recorded verification of the ledger (the worker runs one about
+ * once a minute); reading it runs nothing.
+ */
+export type LastVerificationView = {
+    last_verification?: null | VerificationRecord;
+};
+
+/**
  * One entry of the credit ledger.
  */
 export type LedgerEntry = {
@@ -574,6 +582,12 @@ export type WebConfig = {
      * Where to buy credits (`web.pricing_url`): a path on this site or a URL.
      */
     pricing_url: string;
+    /**
+     * Where tokens carry the operator role (`auth.role_claim`: a claim
+     * name, or a JSON pointer); the console reads it to offer only the
+     * actions the role allows (the API decides).
+     */
+    role_claim: string;
 };
 
 /**
@@ -729,20 +743,6 @@ export type HealthzResponses = {
 };
 
 export type HealthzResponse = HealthzResponses[keyof HealthzResponses];
-
-export type MetricsData = {
-    body?: never;
-    path?: never;
-    query?: never;
-    url: '/metrics';
-};
-
-export type MetricsResponses = {
-    /**
-     * Prometheus metrics
-     */
-    200: unknown;
-};
 
 export type ReadyzData = {
     body?: never;
@@ -1231,6 +1231,43 @@ export type AdminJobLedgerResponses = {
 
 export type AdminJobLedgerResponse = AdminJobLedgerResponses[keyof AdminJobLedgerResponses];
 
+export type LastLedgerVerificationData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/v1/admin/ledger/verify';
+};
+
+export type LastLedgerVerificationErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Neither the admin nor the viewer role
+     */
+    403: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type LastLedgerVerificationError = LastLedgerVerificationErrors[keyof LastLedgerVerificationErrors];
+
+export type LastLedgerVerificationResponses = {
+    /**
+     * The last recorded verification
+     */
+    200: LastVerificationView;
+};
+
+export type LastLedgerVerificationResponse = LastLedgerVerificationResponses[keyof LastLedgerVerificationResponses];
+
 export type VerifyLedgerData = {
     body?: never;
     path?: never;
@@ -1244,7 +1281,7 @@ export type VerifyLedgerErrors = {
      */
     401: ErrorBody;
     /**
-     * Neither the admin nor the viewer role
+     * Not an admin (the viewer role reads the last result with GET)
      */
     403: ErrorBody;
     /**
@@ -1853,7 +1890,7 @@ export type DevSignInError = DevSignInErrors[keyof DevSignInErrors];
 
 export type DevSignInResponses = {
     /**
-     * A user token (HS256, auth.jwt_secret) for `dev:<name>`
+     * A user token (HS256, auth.jwt_secret, issuer `genq-dev-sign-in`) for `dev:<name>`, accepted only while development sign-in is on
      */
     200: DevToken;
 };

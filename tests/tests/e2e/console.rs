@@ -57,6 +57,8 @@ async fn a_viewer_reads_everything_and_changes_nothing() {
         ("/v1/admin/credits".to_owned(), grant),
         (format!("/v1/admin/dlq/{id}/replay"), json!({})),
         (format!("/v1/admin/dlq/{id}/discard"), json!({})),
+        // Running a verification scans the whole ledger and records a row.
+        ("/v1/admin/ledger/verify".to_owned(), json!({})),
     ];
     for (path, body) in &actions {
         let (s, refused) = env.post(path, &viewer, body).await;
@@ -276,10 +278,29 @@ async fn the_system_summary_shows_the_queues_and_the_last_ledger_verification() 
 
     // The console's button is recorded with the admin who pressed it.
     let admin = env.admin_token("ops-admin");
-    let (s, body) = env.get("/v1/admin/ledger/verify", &admin).await;
+    let (s, body) = env
+        .post("/v1/admin/ledger/verify", &admin, &json!({}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let last = system(&env, &viewer).await["last_verification"].clone();
     assert_eq!(last["checked_by"], "admin:ops-admin", "{last}");
+    // The viewer reads that record; reading runs and records nothing.
+    let recorded = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ledger_verifications")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    let before = recorded().await;
+    for _ in 0..3 {
+        let (s, body) = env.get("/v1/admin/ledger/verify", &viewer).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["last_verification"]["checked_by"], "admin:ops-admin",
+            "{body}"
+        );
+    }
+    assert_eq!(recorded().await, before);
     env.cleanup().await;
 }
 

@@ -285,6 +285,7 @@ async fn every_admin_endpoint_needs_the_admin_role() {
         (Method::POST, "/v1/admin/dlq/1/replay"),
         (Method::POST, "/v1/admin/dlq/1/discard"),
         (Method::GET, "/v1/admin/ledger/verify"),
+        (Method::POST, "/v1/admin/ledger/verify"),
         (Method::GET, "/v1/admin/system"),
         (
             Method::GET,

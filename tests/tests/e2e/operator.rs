@@ -462,7 +462,9 @@ async fn ledger_verify_catches_a_corrupted_row() {
         out.output
     );
     let admin = env.admin_token("ops");
-    let (_, http) = env.get("/v1/admin/ledger/verify", &admin).await;
+    let (_, http) = env
+        .post("/v1/admin/ledger/verify", &admin, &serde_json::json!({}))
+        .await;
     assert_eq!(http["ok"], false);
     env.cleanup().await;
 }
