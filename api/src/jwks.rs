@@ -215,7 +215,7 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
         Some(_) => return None,
         None => None,
     };
-    let family = match &jwk.algorithm {
+    match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => {
             named.map_or(Some(Algorithm::RS256), |a| is_rsa(a).then_some(a))
         }
@@ -231,8 +231,7 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
             && named.is_none_or(|a| a == Algorithm::EdDSA))
         .then_some(Algorithm::EdDSA),
         AlgorithmParameters::OctetKey(_) => None,
-    };
-    family
+    }
 }
 
 fn is_rsa(a: Algorithm) -> bool {

@@ -205,16 +205,36 @@ pub fn build(settings: &ProviderSettings) -> anyhow::Result<Arc<dyn VideoProvide
 /// A status word `provider` answered that its adapter does not know: logged,
 /// counted, and reported as `Unknown` (never a success).
 pub(crate) fn unknown_status(provider: &'static str, status: &str) -> TaskStatus {
-    // Bounded label: a provider could send anything.
+    // Bounded text: a provider could send anything.
     let label: String = status
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || "_-.".contains(*c))
         .take(40)
         .collect();
     tracing::warn!(provider, status = %label, "the provider reported an unknown task status");
-    metrics::counter!("genq_provider_unknown_status_total", "provider" => provider, "status" => label.clone())
+    metrics::counter!("genq_provider_unknown_status_total", "provider" => provider, "status" => status_label(&label))
         .increment(1);
     TaskStatus::Unknown { status: label }
+}
+
+/// Distinct unknown status words that get a metric series of their own;
+/// the rest are counted as `other`, so a provider sending a new word each
+/// time can't grow the metrics without bound.
+const UNKNOWN_STATUS_LABELS: usize = 32;
+
+/// The metric label of an unknown status word: itself while few have been
+/// seen, else `other`.
+fn status_label(word: &str) -> String {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.iter().any(|w| w == word) {
+        return word.to_owned();
+    }
+    if seen.len() < UNKNOWN_STATUS_LABELS {
+        seen.push(word.to_owned());
+        return word.to_owned();
+    }
+    "other".into()
 }
 
 /// Longest provider text kept on a job.
@@ -257,5 +277,19 @@ pub fn idempotency_key(job_id: Uuid, reservation: i32) -> String {
         job_id.to_string()
     } else {
         format!("{job_id}-r{reservation}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_status_words_share_a_bounded_set_of_labels() {
+        let labels: std::collections::HashSet<String> = (0..200)
+            .map(|i| status_label(&format!("made-up-{i}")))
+            .collect();
+        assert!(labels.len() <= UNKNOWN_STATUS_LABELS + 1, "{labels:?}");
+        assert!(labels.contains("other"));
     }
 }

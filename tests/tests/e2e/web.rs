@@ -84,7 +84,7 @@ async fn the_page_settings_and_a_dev_sign_in_that_is_off_by_default() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         config,
-        json!({"pricing_url": "/pricing", "dev_sign_in": false})
+        json!({"pricing_url": "/pricing", "dev_sign_in": false, "role_claim": "role"})
     );
     let (status, body) = env
         .call(
@@ -111,7 +111,7 @@ async fn dev_sign_in_gives_a_user_token_for_dev_name() {
         .await;
     assert_eq!(
         config,
-        json!({"pricing_url": "https://shop.example/credits", "dev_sign_in": true})
+        json!({"pricing_url": "https://shop.example/credits", "dev_sign_in": true, "role_claim": "role"})
     );
     let (status, body) = env
         .call(
