@@ -210,6 +210,18 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The API's Prometheus text, from its own listener (`api.metrics_addr`).
+    pub async fn api_metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.metrics_base))
+            .send()
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Sends a request; returns the status and the JSON body (Null if none).
     pub async fn call(
         &self,

@@ -736,15 +736,7 @@ async fn health_readiness_and_the_openapi_document() {
     // Metrics are served on their own listener, not on the public port.
     let (s, _) = env.call(Method::GET, "/metrics", None, None, &[]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let metrics = env
-        .client
-        .get(format!("{}/metrics", env.metrics_base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.api_metrics().await;
     assert!(metrics.contains("genq_http_responses_total"), "{metrics}");
     env.cleanup().await;
 }

@@ -16,17 +16,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn scrape(env: &TestEnv) -> String {
-    env.client
-        .get(format!("{}/metrics", env.metrics_base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn made_up_methods_add_no_metric_series() {
     let env = TestEnv::new().await;
@@ -36,7 +25,7 @@ async fn made_up_methods_add_no_metric_series() {
             .filter(|l| l.starts_with("genq_http_responses_total{"))
             .count()
     };
-    let before = series(&scrape(&env).await);
+    let before = series(&env.api_metrics().await);
     for i in 0..40 {
         let method = Method::from_bytes(format!("X{i}{}", "Y".repeat(1000)).as_bytes()).unwrap();
         let (s, _) = env
@@ -44,7 +33,7 @@ async fn made_up_methods_add_no_metric_series() {
             .await;
         assert!(s.is_client_error(), "{s}");
     }
-    let after = scrape(&env).await;
+    let after = env.api_metrics().await;
     assert!(!after.contains("YYYY"), "a made-up method became a label");
     assert!(!after.contains("/v1/made-up/"), "a raw path became a label");
     // At most the one `other` series per status the made-up calls got.
