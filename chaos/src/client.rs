@@ -22,6 +22,7 @@ use crate::Plan;
 pub fn token(sub: &str, email: Option<&str>, admin: bool) -> String {
     Claims::new(sub, 24 * 3600)
         .email(email)
+        .email_verified(email.is_some())
         .role(admin.then_some(ADMIN_ROLE))
         .mint(jwt_secret().as_bytes())
         .expect("token")
