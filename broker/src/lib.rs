@@ -1,6 +1,7 @@
 //! genq's RabbitMQ side: the topology (declared in one place), connecting,
-//! the publisher that waits for confirms, and the dead-letter mover. The API
-//! never links this crate: it only writes the outbox.
+//! the publisher that waits for confirms, and the dead-letter mover. The
+//! workers publish the outbox through it; the API only to publish a lone
+//! submission's start message itself (`api/src/eager.rs`).
 
 pub mod dead_letters;
 pub mod publisher;

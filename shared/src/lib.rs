@@ -1,7 +1,7 @@
 //! genq's core library: configuration, domain types, the typed work
 //! messages, the store (every SQL statement of the ledger, jobs and outbox),
 //! operator queries, the video provider client, telemetry. It knows nothing
-//! of the broker client: that is `genq-broker`, which the API never links.
+//! of the broker client: that is `genq-broker`.
 
 pub mod backoff;
 pub mod bugs;

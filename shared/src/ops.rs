@@ -1,4 +1,5 @@
-//! Operator queries: the diagnosis of a user (ORIGIN.md's report, computed),
+//! Operator queries: the diagnosis of a user (the report an operator would
+//! otherwise assemble by hand from the logs, computed; docs/design.md),
 //! the ledger verification, and job listings across users.
 
 use chrono::{DateTime, Utc};

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use genq_shared::storage::VideoStore;
-use genq_tests::{test_settings, Moto};
+#[path = "harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use harness::{test_settings, Moto};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The video's size, and how fast the link to storage carries it.

@@ -40,7 +40,7 @@ pub struct JobEventFrame {
     pub job_id: Uuid,
     pub at: DateTime<Utc>,
     /// What happened: `status` for a status change, or a note such as
-    /// `provider_submitted` or `retry`.
+    /// `retry` or `archived`.
     pub kind: String,
     #[schema(value_type = Option<JobStatus>)]
     pub from_status: Option<String>,

@@ -239,7 +239,7 @@ export type JobEventFrame = {
     job_id: string;
     /**
      * What happened: `status` for a status change, or a note such as
-     * `provider_submitted` or `retry`.
+     * `retry` or `archived`.
      */
     kind: string;
     message?: string | null;

@@ -173,10 +173,6 @@ impl ProviderError {
     pub fn content_rejected(message: impl Into<String>) -> Self {
         Self::permanent(CONTENT_REJECTED, message)
     }
-
-    pub fn is_content_rejected(&self) -> bool {
-        matches!(self, Self::Permanent { code, .. } if code == CONTENT_REJECTED)
-    }
 }
 
 pub type ProviderResult<T> = Result<T, ProviderError>;

@@ -76,8 +76,4 @@ impl Providers {
     pub fn any_caps(&self) -> bool {
         self.any_caps
     }
-
-    pub fn default_provider(&self) -> &Configured {
-        &self.by_name[&self.default]
-    }
 }

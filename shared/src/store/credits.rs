@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use super::{is_violation, page, Result, StoreError};
+use super::{is_violation, page, Result, StoreError, SYSTEM_ACTOR};
 use crate::domain::LedgerKind;
 
 #[derive(Debug, Clone, Copy, FromRow, Serialize)]
@@ -225,7 +225,7 @@ pub(crate) fn settle_ctes(job_cte: &str, kind: &str, reason: &str) -> String {
               FROM {job_cte} WHERE {kind} IS NOT NULL AND c.user_id = {job_cte}.user_id
         ), settle_row AS (
             INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
-            SELECT user_id, {kind}, cost, id, reservation, 'system', {reason}
+            SELECT user_id, {kind}, cost, id, reservation, '{SYSTEM_ACTOR}', {reason}
               FROM {job_cte} WHERE {kind} IS NOT NULL
         )"
     )

@@ -14,7 +14,7 @@ use super::credits::{self, Reserve};
 use super::outbox::{self, JOB_HAS_UNPUBLISHED};
 use super::rate;
 use super::transition::{transition, Transition};
-use super::{is_violation, page, Result, StoreError};
+use super::{is_violation, page, Result, StoreError, SYSTEM_ACTOR};
 use crate::domain::{JobParams, JobStatus, VideoRequest};
 use crate::messages::{StartMessage, WorkMessage};
 
@@ -242,7 +242,7 @@ fn accept_statement() -> &'static str {
             cost: "$3",
             job: "$1",
             reservation: "1",
-            actor: "'system'",
+            actor: &format!("'{SYSTEM_ACTOR}'"),
             reason: "'video requested'",
             only_if: &allowed,
         });

@@ -53,7 +53,7 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
             RETURNING user_id
         ), grant_row AS (
             INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
-            SELECT user_id, 'grant', $4, 'system', 'initial credits' FROM acct WHERE $4 > 0
+            SELECT user_id, 'grant', $4, $6, 'initial credits' FROM acct WHERE $4 > 0
         )
         SELECT id FROM u"#;
     // The upsert returns nothing when the row was already current; the row is
@@ -65,6 +65,7 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
             .bind(&who.name)
             .bind(initial)
             .bind(who.email_verified)
+            .bind(super::SYSTEM_ACTOR)
             .fetch_optional(pool)
             .await?;
         if let Some(id) = created {

@@ -530,7 +530,7 @@ pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Opti
              WHERE endpoint_id = (SELECT id FROM gone) AND status = 'pending' AND id <> $1
         ), audit AS (
             INSERT INTO audit_log (actor, action, target_user_id, details)
-            SELECT 'system', 'webhook.disable', user_id,
+            SELECT $10, 'webhook.disable', user_id,
                    jsonb_build_object('endpoint', id, 'url', url, 'reason', $8::text) FROM gone
         )
         SELECT status, EXISTS (SELECT 1 FROM wake) AS woke FROM d",
@@ -544,6 +544,7 @@ pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Opti
     .bind(retry_secs)
     .bind(gone_reason)
     .bind(WEBHOOK_KEY)
+    .bind(super::SYSTEM_ACTOR)
     .fetch_optional(pool)
     .await?)
 }

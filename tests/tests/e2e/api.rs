@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use genq_tests::{env_of, ledger_balances, test_settings, user_id, TestEnv};
+use crate::harness::{env_of, ledger_balances, test_settings, user_id, TestEnv};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -62,7 +62,7 @@ async fn tokens_are_checked() {
     let no_exp = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub": "u1"}),
-        &jsonwebtoken::EncodingKey::from_secret(genq_tests::jwt_secret().as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(crate::harness::jwt_secret().as_bytes()),
     )
     .unwrap();
     assert_eq!(
@@ -748,7 +748,7 @@ async fn readiness_fails_when_the_database_is_unreachable() {
     // A second API whose database is unreachable: it must start, be live, and not be ready.
     settings.database.url = secrecy::SecretString::from("postgres://postgres@127.0.0.1:1/genq");
     settings.database.acquire_timeout_ms = 500;
-    let port = genq_tests::serve_without_migrating(settings.clone()).await;
+    let port = crate::harness::serve_without_migrating(settings.clone()).await;
     let r = env
         .client
         .get(format!("http://127.0.0.1:{port}/readyz"))
@@ -847,9 +847,9 @@ async fn a_stuck_database_answers_503_instead_of_hanging() {
         secrecy::SecretString::from(format!("postgres://postgres@127.0.0.1:{db_port}/genq"));
     settings.database.acquire_timeout_ms = 60_000;
     settings.api.request_timeout_ms = 300;
-    let port = genq_tests::serve_without_migrating(settings).await;
+    let port = crate::harness::serve_without_migrating(settings).await;
     let token = genq_api::auth::Claims::new("stuck", 60)
-        .mint(genq_tests::jwt_secret().as_bytes())
+        .mint(crate::harness::jwt_secret().as_bytes())
         .unwrap();
     let started = std::time::Instant::now();
     let r = reqwest::Client::new()

@@ -5,7 +5,7 @@
 use genq_shared::store::dead_letters::{self as dlq, NewDeadLetter};
 use std::time::Duration;
 
-use genq_tests::TestEnv;
+use crate::harness::TestEnv;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -239,7 +239,7 @@ async fn system(env: &TestEnv, token: &str) -> Value {
 /// worker's periodic check and the console's button.
 #[tokio::test]
 async fn the_system_summary_shows_the_queues_and_the_last_ledger_verification() {
-    let mut settings = genq_tests::test_settings();
+    let mut settings = crate::harness::test_settings();
     settings.worker.sweep_interval_ms = 100;
     settings.amqp.management_url = Some("http://127.0.0.1:15672".into());
     let env = TestEnv::with_settings(settings).await;
@@ -248,7 +248,7 @@ async fn the_system_summary_shows_the_queues_and_the_last_ledger_verification() 
 
     let worker = env.spawn_worker().await;
     // The worker's first sweep verifies the ledger, and the check is recorded.
-    let checked = genq_tests::eventually(Duration::from_secs(30), || async {
+    let checked = crate::harness::eventually(Duration::from_secs(30), || async {
         let v = system(&env, &viewer).await["last_verification"].clone();
         (v["checked_by"] == "worker").then_some(v)
     })
@@ -259,7 +259,7 @@ async fn the_system_summary_shows_the_queues_and_the_last_ledger_verification() 
 
     // This deployment's queues, with the worker consuming from them.
     let start = format!("{}.start", env.settings.queue.prefix);
-    let queues = genq_tests::eventually(Duration::from_secs(30), || async {
+    let queues = crate::harness::eventually(Duration::from_secs(30), || async {
         let q = system(&env, &viewer).await["queues"].clone();
         let consumed = q["queues"].as_array()?.iter().any(|row| {
             row["name"] == start.as_str() && row["consumers"].as_i64().unwrap_or(0) >= 1
@@ -317,7 +317,7 @@ async fn without_the_management_api_the_system_summary_says_why() {
     );
     env.cleanup().await;
 
-    let mut settings = genq_tests::test_settings();
+    let mut settings = crate::harness::test_settings();
     // Nothing listens on port 9 here: refused at once.
     settings.amqp.management_url = Some("http://admin:s3cret@127.0.0.1:9".into());
     let env = TestEnv::with_settings(settings).await;

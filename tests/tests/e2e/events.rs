@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use crate::harness::{eventually, test_settings, TestEnv};
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use genq_provider_sim::SimConfig;
-use genq_tests::{eventually, test_settings, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

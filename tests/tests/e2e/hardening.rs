@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::harness::{test_settings, TestEnv};
 use genq_api::Application;
 use genq_shared::config::{Settings, EXAMPLE_SECRETS};
 use genq_shared::storage::{ArchiveError, VideoStore};
-use genq_tests::{test_settings, TestEnv};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -212,7 +212,7 @@ async fn a_token_not_valid_yet_is_refused() {
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub": "early", "exp": now + 600, "nbf": now + 300}),
-        &jsonwebtoken::EncodingKey::from_secret(genq_tests::jwt_secret().as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(crate::harness::jwt_secret().as_bytes()),
     )
     .unwrap();
     let (s, body) = env.get("/v1/credits", &token).await;
@@ -226,7 +226,7 @@ async fn an_unverified_email_never_names_a_user_to_an_operator() {
     let env = TestEnv::new().await;
     let claimed = genq_api::auth::Claims::new("mallory", 600)
         .email(Some("ceo@example.com"))
-        .mint(genq_tests::jwt_secret().as_bytes())
+        .mint(crate::harness::jwt_secret().as_bytes())
         .unwrap();
     assert_eq!(env.get("/v1/credits", &claimed).await.0, StatusCode::OK);
     let admin = env.admin_token("ops");

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::harness::{eventually, test_settings, TestEnv};
 use genq_broker::Publisher;
 use genq_provider_sim::SimConfig;
-use genq_tests::{eventually, test_settings, TestEnv};
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -320,14 +320,14 @@ async fn secrets_stay_out_of_error_bodies() {
     // Settings print their secrets redacted.
     let printed = format!("{settings:?}");
     assert!(
-        !printed.contains("db-password-xyzzy") && !printed.contains(genq_tests::jwt_secret()),
+        !printed.contains("db-password-xyzzy") && !printed.contains(crate::harness::jwt_secret()),
         "{printed}"
     );
-    let port = genq_tests::serve_without_migrating(settings).await;
+    let port = crate::harness::serve_without_migrating(settings).await;
     let env_token = {
         genq_api::auth::Claims::new("s", 60)
             .role(Some("admin"))
-            .mint(genq_tests::jwt_secret().as_bytes())
+            .mint(crate::harness::jwt_secret().as_bytes())
             .unwrap()
     };
     let client = reqwest::Client::new();
@@ -342,7 +342,7 @@ async fn secrets_stay_out_of_error_bodies() {
         let text = r.text().await.unwrap();
         for secret in [
             "db-password-xyzzy",
-            genq_tests::jwt_secret(),
+            crate::harness::jwt_secret(),
             "127.0.0.1:1",
             "postgres://",
         ] {
@@ -588,7 +588,7 @@ async fn a_worker_started_before_postgres_answers_waits_for_it() {
     assert_eq!(jobs, 0);
     pool.close().await;
     proxy.abort();
-    genq_tests::drop_database(&original).await;
+    crate::harness::drop_database(&original).await;
 }
 
 /// Waiting is for an unreachable server only: a refused login (a role that

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::harness::{eventually, test_settings, TestEnv};
 use axum::http::{header, StatusCode as AxumStatus};
 use axum::response::IntoResponse;
-use genq_tests::{eventually, test_settings, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::harness::{eventually, test_settings, TestEnv};
 use genq_provider_sim::{Dialect, SimConfig};
 use genq_shared::config::ProviderKind;
-use genq_tests::{eventually, test_settings, TestEnv};
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -2,6 +2,10 @@
 //! the real Postgres, RabbitMQ and provider simulator (linking the stack once
 //! instead of once per area keeps the debug build small and quick).
 
+#[path = "../harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
 mod api;
 mod archive;
 mod console;

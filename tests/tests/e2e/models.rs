@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::harness::{eventually, test_settings, user_id, TestEnv};
 use genq_provider_sim::{Dialect, SimConfig, SimHandle};
 use genq_shared::config::ModelSettings;
-use genq_tests::{eventually, test_settings, user_id, TestEnv};
 use genq_worker::Worker;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -149,7 +149,7 @@ async fn a_model_runs_on_its_provider_at_its_price() {
     assert_eq!(tasks_created(&runway), 1);
     let uid = user_id(&env.pool, "buyer").await;
     assert_eq!(
-        genq_tests::ledger_balances(&env.pool, uid).await,
+        crate::harness::ledger_balances(&env.pool, uid).await,
         (18 - 13, 0, 13)
     );
     worker.stop().await;

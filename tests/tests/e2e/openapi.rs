@@ -1,7 +1,7 @@
 //! The committed OpenAPI document (`api/openapi.json`, from which clients are
 //! generated) is the one the API serves.
 
-use genq_tests::TestEnv;
+use crate::harness::TestEnv;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -32,7 +32,7 @@ async fn the_served_document_is_the_committed_copy() {
 
 #[tokio::test]
 async fn a_deployment_with_models_documents_exactly_their_names() {
-    let mut settings = genq_tests::test_settings();
+    let mut settings = crate::harness::test_settings();
     for name in ["fast", "veo"] {
         settings.models.insert(
             name.into(),

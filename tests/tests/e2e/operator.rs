@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use crate::harness::{eventually, test_settings, TestEnv};
 use clap::Parser;
 use genq_broker::{Publisher, DELAY_TIERS_MS};
 use genq_provider_sim::SimConfig;
-use genq_tests::{eventually, test_settings, TestEnv};
 use genqctl::{execute, Cli, Outcome};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::harness::{eventually, ledger_balances, test_settings, user_id, TestEnv};
 use genq_broker::Publisher;
 use genq_provider_sim::SimConfig;
-use genq_tests::{eventually, ledger_balances, test_settings, user_id, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::harness::env_of;
 use genq_provider_sim::{Dialect, SimConfig, SimHandle};
 use genq_shared::config::{ProviderKind, ProviderSettings, Settings};
 use genq_shared::provider::{
     self, FailureKind, ProviderError, TaskRequest, TaskStatus, VideoProvider,
 };
-use genq_tests::env_of;
 use secrecy::SecretString;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -431,7 +431,7 @@ fn provider_kind_is_configured_from_the_environment() {
 /// refunded, and an unknown status ended by the job's deadline.
 #[tokio::test]
 async fn a_worker_on_runway_tells_content_rejections_and_ends_unknown_statuses_by_deadline() {
-    use genq_tests::{test_settings, TestEnv};
+    use crate::harness::{test_settings, TestEnv};
     let mut settings = test_settings();
     settings.provider.kind = "runway".into();
     settings.provider.api_key = SecretString::from("test-runway-key");

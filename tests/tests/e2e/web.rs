@@ -2,7 +2,7 @@
 //! `/web/config.json`, and the development sign-in it may offer. What the
 //! page does in a browser is tested by scripts/browser-test.sh.
 
-use genq_tests::{test_settings, TestEnv};
+use crate::harness::{test_settings, TestEnv};
 use reqwest::header;
 use reqwest::{Method, StatusCode};
 use serde_json::json;

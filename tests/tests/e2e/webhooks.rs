@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::{env_of, eventually, test_settings, TestEnv};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
@@ -19,7 +20,6 @@ use genq_provider_sim::SimConfig;
 use genq_shared::config::Settings;
 use genq_shared::messages::WebhookMessage;
 use genq_shared::webhooks::JobStatusWebhook;
-use genq_tests::{env_of, eventually, test_settings, TestEnv};
 use genqctl::{execute, Cli};
 use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
