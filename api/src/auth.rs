@@ -56,7 +56,7 @@ pub const DEV_ISSUER: &str = "genq-dev-sign-in";
 
 /// Longest `sub`, `email` and `name` accepted.
 const SUB_MAX: usize = 255;
-const EMAIL_MAX: usize = 320;
+use genq_shared::domain::EMAIL_MAX;
 const NAME_MAX: usize = 200;
 
 /// An authenticated caller.

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use genq_shared::domain::JobStatus;
 use genq_shared::ops;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -148,7 +149,7 @@ async fn jobs_by_status(pool: &PgPool) -> anyhow::Result<Vec<(String, i64)>> {
 fn stuck_jobs(by_status: &[(String, i64)]) -> Vec<String> {
     let open: i64 = by_status
         .iter()
-        .filter(|(s, _)| ["queued", "submitting", "running"].contains(&s.as_str()))
+        .filter(|(s, _)| JobStatus::parse(s).is_some_and(JobStatus::is_open))
         .map(|(_, c)| c)
         .sum();
     if open > 0 {
@@ -193,7 +194,10 @@ fn answers(
                     None => v.push(format!(
                         "accepted job {id} of {sub} is missing from the database"
                     )),
-                    Some("queued" | "submitting" | "running" | "rejected") => {
+                    Some(s)
+                        if JobStatus::parse(s)
+                            .is_none_or(|s| s.is_open() || s == JobStatus::Rejected) =>
+                    {
                         v.push(format!("accepted job {id} is not settled"))
                     }
                     _ => {}

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use genq_shared::domain::JobStatus;
 use rand::Rng;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
@@ -398,9 +399,10 @@ async fn settle(
     let settled = wait_until("every job finishing", plan.settle, || {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM jobs WHERE status IN ('queued','submitting','running')",
-            )
+            sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT count(*) FROM jobs WHERE status IN {}",
+                JobStatus::sql_list(&JobStatus::OPEN)
+            ))
             .fetch_one(&pool)
             .await
             .map(|n| n == 0)

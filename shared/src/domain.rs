@@ -28,6 +28,10 @@ impl InvalidInput {
     }
 }
 
+/// The longest email, and so the longest way to name a user (an email, a
+/// `sub` or an ID), accepted anywhere.
+pub const EMAIL_MAX: usize = 320;
+
 /// A short piece of text from outside (a reason, a reference, an email, an
 /// ID): trimmed, 1 to `max` characters, no control characters (Postgres
 /// can't store NUL, and nobody means to send the others).
@@ -273,8 +277,34 @@ impl JobStatus {
         Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
 
+    /// Waiting, being sent to the provider or at it: a job holding its
+    /// reservation. The one list of them; SQL gets it from [`Self::sql_list`].
+    pub const OPEN: [JobStatus; 3] = [Self::Queued, Self::Submitting, Self::Running];
+    /// Being sent to the provider or at it: what a provider's concurrency cap counts.
+    pub const AT_PROVIDER: [JobStatus; 2] = [Self::Submitting, Self::Running];
+    /// Done: the job never moves again.
+    pub const TERMINAL: [JobStatus; 5] = [
+        Self::Rejected,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Canceled,
+        Self::Dead,
+    ];
+
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Queued | Self::Submitting | Self::Running)
+        Self::TERMINAL.contains(&self)
+    }
+
+    pub fn is_open(self) -> bool {
+        Self::OPEN.contains(&self)
+    }
+
+    /// `('queued','submitting','running')`: `statuses` as a list for SQL's
+    /// `IN`. Written into the statement rather than bound, so that the
+    /// planner can match the partial indexes on open jobs.
+    pub fn sql_list(statuses: &[JobStatus]) -> String {
+        let quoted: Vec<String> = statuses.iter().map(|s| format!("'{s}'")).collect();
+        format!("({})", quoted.join(","))
     }
 }
 
@@ -340,6 +370,50 @@ impl LedgerKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The schema's own lists (a CHECK, two partial indexes, the webhook
+    /// trigger's failure statuses) are the constants', written out once when
+    /// the migrations were: a changed constant fails here, not in production.
+    #[test]
+    fn the_schema_lists_the_statuses_the_code_defines() {
+        let squash = |s: &str| s.split_whitespace().collect::<String>();
+        let schema = squash(concat!(
+            include_str!("../../migrations/20261126000001_init.sql"),
+            include_str!("../../migrations/20261126000006_models_and_caps.sql"),
+            include_str!("../../migrations/20261127000007_webhooks.sql"),
+        ));
+        let failed: Vec<JobStatus> = JobStatus::TERMINAL
+            .into_iter()
+            .filter(|s| *s != JobStatus::Succeeded)
+            .collect();
+        for (what, list) in [
+            ("CHECK(statusIN", JobStatus::sql_list(&JobStatus::ALL)),
+            ("WHEREstatusIN", JobStatus::sql_list(&JobStatus::OPEN)),
+            (
+                "WHEREstatusIN",
+                JobStatus::sql_list(&JobStatus::AT_PROVIDER),
+            ),
+            ("WHENNEW.to_statusIN", JobStatus::sql_list(&failed)),
+        ] {
+            let expected = format!("{what}{list}");
+            assert!(schema.contains(&expected), "the schema lacks {expected}");
+        }
+        assert_eq!(
+            JobStatus::OPEN.len() + JobStatus::TERMINAL.len(),
+            JobStatus::ALL.len()
+        );
+        for s in JobStatus::ALL {
+            assert_ne!(s.is_open(), s.is_terminal(), "{s}");
+        }
+        // The pages' list (web/src/status.ts) is the same.
+        let page = squash(include_str!("../../web/src/status.ts"));
+        let open: Vec<String> = JobStatus::OPEN.iter().map(|s| format!("'{s}'")).collect();
+        let expected = format!("OPEN_STATUSES:readonlyJobStatus[]=[{}]", open.join(","));
+        assert!(
+            page.contains(&expected),
+            "web/src/status.ts lacks {expected}"
+        );
+    }
 
     #[test]
     fn prompt_is_trimmed_and_bounded() {

@@ -199,7 +199,7 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
         funded: i64,
         open_cost: i64,
     }
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT a.user_id, a.available, a.reserved, a.spent,
                 COALESCE(l.available, 0)::bigint AS l_available, COALESCE(l.reserved, 0)::bigint AS l_reserved,
                 COALESCE(l.spent, 0)::bigint AS l_spent, COALESCE(l.funded, 0)::bigint AS funded,
@@ -215,8 +215,9 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
                FROM credit_ledger GROUP BY user_id) l ON l.user_id = a.user_id
            LEFT JOIN (
              SELECT user_id, SUM(cost) AS open_cost FROM jobs
-              WHERE status IN ('queued','submitting','running') GROUP BY user_id) o ON o.user_id = a.user_id",
-    )
+              WHERE status IN {open} GROUP BY user_id) o ON o.user_id = a.user_id",
+        open = JobStatus::sql_list(&JobStatus::OPEN)
+    ))
     .fetch_all(pool)
     .await?;
     for r in rows {
@@ -268,7 +269,7 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
         commits: i64,
         refunds: i64,
     }
-    let jobs: Vec<JobRow> = sqlx::query_as(
+    let jobs: Vec<JobRow> = sqlx::query_as(&format!(
         "SELECT j.id, j.user_id, j.status, j.reservation,
                 COUNT(*) FILTER (WHERE l.kind = 'reserve' AND l.reservation = j.reservation) AS reserves,
                 COUNT(*) FILTER (WHERE l.kind = 'commit' AND l.reservation = j.reservation) AS commits,
@@ -277,7 +278,7 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
           GROUP BY j.id
          HAVING NOT (
            (j.status = 'rejected' AND COUNT(l.id) = 0) OR
-           (j.status IN ('queued','submitting','running')
+           (j.status IN {open}
               AND COUNT(*) FILTER (WHERE l.kind = 'reserve' AND l.reservation = j.reservation) = 1
               AND COUNT(*) FILTER (WHERE l.kind IN ('commit','refund') AND l.reservation = j.reservation) = 0) OR
            (j.status = 'succeeded'
@@ -288,7 +289,8 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
               AND COUNT(*) FILTER (WHERE l.kind = 'reserve' AND l.reservation = j.reservation) = 1
               AND COUNT(*) FILTER (WHERE l.kind = 'refund' AND l.reservation = j.reservation) = 1
               AND COUNT(*) FILTER (WHERE l.kind = 'commit' AND l.reservation = j.reservation) = 0))",
-    )
+        open = JobStatus::sql_list(&JobStatus::OPEN)
+    ))
     .fetch_all(pool)
     .await?;
     for j in jobs {

@@ -40,7 +40,11 @@ pub const QUIESCE_BOUND: u64 = 400;
 /// Users per seed.
 const USERS: usize = 3;
 const PROMPTS: [&str; 2] = ["a cat on the moon", "a dog in the rain"];
-const OPEN: &str = "('queued','submitting','running')";
+
+/// The open statuses as SQL's list, from their one definition.
+fn open_statuses() -> String {
+    JobStatus::sql_list(&JobStatus::OPEN)
+}
 
 /// What one seed did.
 #[derive(Debug, Clone)]
@@ -821,7 +825,8 @@ impl Run<'_> {
                     self.note(format!("{:>4} relay -> {n} published", self.steps));
                 } else {
                     let open: Vec<Uuid> = sqlx::query_scalar(&format!(
-                        "SELECT id FROM jobs WHERE status IN {OPEN} ORDER BY id"
+                        "SELECT id FROM jobs WHERE status IN {} ORDER BY id",
+                        open_statuses()
                     ))
                     .fetch_all(&self.env.pool)
                     .await?;
@@ -837,9 +842,12 @@ impl Run<'_> {
                     } else {
                         "updated_at = updated_at - interval '2 days', polled_at = polled_at - interval '2 days', deadline_at = deadline_at - interval '2 days', created_at = created_at - interval '2 days'"
                     };
-                    sqlx::query(&format!("UPDATE jobs SET {set} WHERE status IN {OPEN}"))
-                        .execute(&self.env.pool)
-                        .await?;
+                    sqlx::query(&format!(
+                        "UPDATE jobs SET {set} WHERE status IN {}",
+                        open_statuses()
+                    ))
+                    .execute(&self.env.pool)
+                    .await?;
                     let report = sweeper::sweep_once(&self.env.handler, false).await?;
                     self.note(format!(
                         "{:>4} clock: {} open job(s) age; sweep -> {report:?}",
@@ -853,7 +861,8 @@ impl Run<'_> {
             }
         }
         let open: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE status IN {OPEN} ORDER BY id"
+            "SELECT id FROM jobs WHERE status IN {} ORDER BY id",
+            open_statuses()
         ))
         .fetch_all(&self.env.pool)
         .await?;

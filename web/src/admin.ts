@@ -24,6 +24,7 @@ import {
 } from '@genq/client';
 import { describe, setToken, type Failed } from './api';
 import { displayName, looksLikeJwt } from './session';
+import { isOpen } from './status';
 
 const KEY = 'genq.admin-token';
 const TABS = ['dlq', 'jobs', 'users', 'system'] as const;
@@ -317,9 +318,9 @@ async function discardRefund(ids: number[]): Promise<{ credits: number; jobs: nu
   let credits = 0;
   let jobs = 0;
   for (const l of state.letters.filter((x) => ids.includes(x.id))) {
-    if (!l.job_id || !OPEN.has(l.job_status ?? '')) continue;
+    if (!l.job_id || !isOpen(l.job_status)) continue;
     const job = await adminGetJob({ path: { id: l.job_id } });
-    if (!job.data || !OPEN.has(job.data.status)) continue;
+    if (!job.data || !isOpen(job.data.status)) continue;
     credits += job.data.cost;
     jobs += 1;
   }
@@ -446,8 +447,6 @@ async function jobDetail(id: string): Promise<HTMLElement[]> {
   return parts;
 }
 
-const OPEN = new Set(['queued', 'submitting', 'running']);
-
 /** Cancels an open job with its refund, after a confirmation; admins only (the API checks). */
 async function cancelJob(job: JobView, button: HTMLButtonElement, out: HTMLElement): Promise<void> {
   if (state.readOnly || button.disabled) return;
@@ -510,7 +509,7 @@ async function loadJobs(): Promise<void> {
     tr.append(td);
     for (const c of [j.status, when(j.updated_at), String(j.cost), j.error ? `${j.error.code}: ${j.error.message}` : '', j.prompt]) tr.append(el('td', c));
     const act = el('td');
-    if (OPEN.has(j.status)) {
+    if (isOpen(j.status)) {
       const cancel = el('button', 'Cancel and refund', { type: 'button', class: 'secondary admin-action' });
       cancel.disabled = state.readOnly;
       if (state.readOnly) cancel.title = 'Needs the admin role: your token has the viewer role.';

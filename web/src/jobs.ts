@@ -2,6 +2,7 @@
 // place from snapshots (list, submit, get) and from live events, never
 // moving a job's status backwards on a stale snapshot.
 import type { JobEventFrame, JobStatus, JobView } from '@genq/client';
+import { isOpen } from './status';
 
 export type { JobEventFrame };
 
@@ -29,11 +30,11 @@ const ORDER: Record<JobStatus, number> = {
 };
 
 export function isTerminal(status: JobStatus): boolean {
-  return ORDER[status] === 3;
+  return !isOpen(status);
 }
 
 export function isCancelable(status: JobStatus): boolean {
-  return status === 'queued' || status === 'submitting' || status === 'running';
+  return isOpen(status);
 }
 
 /** What the list asks of the page when a person presses a row's buttons. */

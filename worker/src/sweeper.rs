@@ -167,7 +167,7 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
     let max_age = Duration::from_secs(w.max_job_age_secs);
     let expired = jobs::open_older_than(&handler.pool, max_age, SWEEP_BATCH).await?;
     for id in expired {
-        let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
+        let from = JobStatus::OPEN;
         let mut t = Transition::new(
             id,
             &from,

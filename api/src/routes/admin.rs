@@ -117,7 +117,7 @@ pub(crate) fn text(max: usize, description: &str) -> ObjectBuilder {
 }
 
 fn email_schema() -> Object {
-    text(320, "The user's email.").build()
+    text(genq_shared::domain::EMAIL_MAX, "The user's email.").build()
 }
 
 fn user_id_schema() -> Object {
@@ -177,7 +177,11 @@ pub async fn add_credits(
     ApiJson(body): ApiJson<AdminCreditRequest>,
 ) -> Result<Json<AdminCreditResponse>, ApiError> {
     let target = match (&body.email, &body.user_id) {
-        (Some(email), None) => UserRef::Email(bounded_text(email, "email", 320)?),
+        (Some(email), None) => UserRef::Email(bounded_text(
+            email,
+            "email",
+            genq_shared::domain::EMAIL_MAX,
+        )?),
         // A UUID as given is genq's ID; anything else is checked as an external ID.
         (None, Some(id)) => match UserRef::from_id(id) {
             UserRef::ExternalId(_) => UserRef::ExternalId(bounded_text(id, "user_id", 255)?),

@@ -38,7 +38,7 @@ pub async fn diagnose(
     ApiPath(user): ApiPath<String>,
 ) -> Result<Json<ops::Diagnosis>, ApiError> {
     // No user has control characters in their names; don't send them to SQL.
-    if user.chars().any(char::is_control) || user.len() > 320 {
+    if user.chars().any(char::is_control) || user.len() > genq_shared::domain::EMAIL_MAX {
         return Err(ApiError::NotFound("No such user.".into()));
     }
     let who = if user.contains('@') {
@@ -309,7 +309,7 @@ pub async fn dlq_list(
         state: letter_state,
         reason: filter_text(p.reason, "reason", 200)?,
         source_queue: filter_text(p.source_queue, "source_queue", 200)?,
-        user: filter_text(p.user, "user", 320)?,
+        user: filter_text(p.user, "user", genq_shared::domain::EMAIL_MAX)?,
         older_than,
         search: filter_text(p.q, "q", 200)?,
         after: p.after_id,

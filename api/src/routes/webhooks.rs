@@ -54,7 +54,7 @@ fn url_schema() -> Object {
 
 fn user_schema() -> Object {
     text(
-        320,
+        genq_shared::domain::EMAIL_MAX,
         "The user whose job events go there: an email (with an @), genq's user ID or the \
          identity provider's `sub`. Absent or null: every user's job events.",
     )
@@ -94,7 +94,7 @@ pub struct WebhookRotated {
 
 /// The user an operator names: an email (with an @), genq's ID or the `sub`.
 async fn find_user(state: &AppState, raw: &str) -> Result<Uuid, ApiError> {
-    let name = genq_shared::domain::check_text("user", raw, 320)?;
+    let name = genq_shared::domain::check_text("user", raw, genq_shared::domain::EMAIL_MAX)?;
     let by = if name.contains('@') {
         UserRef::Email(name)
     } else {

@@ -4,6 +4,7 @@
 //! one transaction under the provider's advisory lock, so two workers never
 //! both take the last slot.
 
+use crate::domain::JobStatus;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -94,10 +95,11 @@ pub async fn claim_within_caps(
         .await?;
     let mut over = None;
     if caps.max_concurrent > 0 {
-        let others: i64 = sqlx::query_scalar(
+        let others: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM jobs
-              WHERE provider = $1 AND status IN ('submitting', 'running') AND id <> $2",
-        )
+              WHERE provider = $1 AND status IN {at_provider} AND id <> $2",
+            at_provider = JobStatus::sql_list(&JobStatus::AT_PROVIDER)
+        ))
         .bind(provider)
         .bind(claim.job_id)
         .fetch_one(&mut *tx)

@@ -310,7 +310,7 @@ pub async fn discard(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution> 
     }
     let mut message = "discarded".to_owned();
     if let Some(job_id) = letter.job_id {
-        let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
+        let from = JobStatus::OPEN;
         let mut t = Transition::new(
             job_id,
             &from,

@@ -461,7 +461,7 @@ pub async fn cancel_job(
     if job.user_id != user_id {
         return Ok(CancelOutcome::NotFound);
     }
-    let from = [JobStatus::Queued, JobStatus::Submitting, JobStatus::Running];
+    let from = JobStatus::OPEN;
     // The user reads their timeline: an operator is not named there (the
     // audit log keeps who it was).
     let by = if actor.starts_with("admin:") {
@@ -609,10 +609,11 @@ pub async fn overdue_running(
 
 /// Open jobs created longer ago than `max_age`.
 pub async fn open_older_than(pool: &PgPool, max_age: Duration, limit: i64) -> Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status IN ('queued','submitting','running')
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT id FROM jobs WHERE status IN {open}
             AND created_at < now() - make_interval(secs => $1) LIMIT $2",
-    )
+        open = JobStatus::sql_list(&JobStatus::OPEN)
+    ))
     .bind(max_age.as_secs_f64())
     .bind(limit)
     .fetch_all(pool)
