@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the whole system on this machine: the provider simulator, the API and
 # two workers (each worker also runs an outbox relay). Ctrl-c stops them all.
-# Override anything with GENQ__* variables (see README).
+# Override anything with GENQ__* variables (docs/configuration.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

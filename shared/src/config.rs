@@ -2,6 +2,7 @@
 //! `AMQP_URL` → `GENQ__SECTION__KEY` environment variables, validated at load.
 
 mod events;
+pub mod keys;
 mod models;
 mod web;
 
