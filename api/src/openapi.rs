@@ -12,7 +12,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, credits, dev, events, generations, health, ops, video, web, webhooks};
+use crate::routes::admin::{self, dlq, jobs, system, users, webhooks};
+use crate::routes::{credits, dev, events, generations, health, video, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,9 +23,9 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
         video::video,
         events::create_stream_token, events::job_events, events::user_events,
         credits::balance, credits::ledger,
-        admin::add_credits,
-        ops::diagnose, ops::jobs, ops::job, ops::job_ledger, ops::job_cancel, ops::dlq_list, ops::dlq_show, ops::dlq_replay,
-        ops::dlq_discard, ops::ledger_verification, ops::ledger_verify, ops::system,
+        admin::credits::add_credits,
+        users::diagnose, jobs::jobs, jobs::job, jobs::job_ledger, jobs::job_cancel, dlq::dlq_list, dlq::dlq_show, dlq::dlq_replay,
+        dlq::dlq_discard, system::ledger_verification, system::ledger_verify, system::system,
         webhooks::webhook_create, webhooks::webhook_list, webhooks::webhook_show,
         webhooks::webhook_delete, webhooks::webhook_rotate,
         webhooks::delivery_list, webhooks::delivery_show, webhooks::delivery_replay,
@@ -33,7 +34,7 @@ use crate::routes::{admin, credits, dev, events, generations, health, ops, video
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
-        genq_shared::webhooks::JobStatusWebhook, ops::DlqState, genq_shared::ops::HourCount,
+        genq_shared::webhooks::JobStatusWebhook, dlq::DlqState, genq_shared::ops::HourCount,
     )),
     modifiers(&BearerAuth, &ServerErrors, &Links),
 )]

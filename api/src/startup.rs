@@ -19,7 +19,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{error_json, ApiError};
-use crate::routes::{admin, credits, dev, events, generations, health, ops, video, web, webhooks};
+use crate::routes::admin::{self, dlq, jobs, system, users, webhooks};
+use crate::routes::{credits, dev, events, generations, health, video, web};
 use crate::state::AppState;
 
 pub struct Application {
@@ -201,21 +202,21 @@ pub fn router(state: AppState) -> Router {
         .route("/stream-tokens", post(events::create_stream_token))
         .route("/credits", get(credits::balance))
         .route("/credits/ledger", get(credits::ledger))
-        .route("/admin/credits", post(admin::add_credits))
-        .route("/admin/users/{user}/diagnosis", get(ops::diagnose))
-        .route("/admin/jobs", get(ops::jobs))
-        .route("/admin/jobs/{id}", get(ops::job))
-        .route("/admin/jobs/{id}/ledger", get(ops::job_ledger))
-        .route("/admin/jobs/{id}/cancel", post(ops::job_cancel))
-        .route("/admin/dlq", get(ops::dlq_list))
-        .route("/admin/dlq/{id}", get(ops::dlq_show))
-        .route("/admin/dlq/{id}/replay", post(ops::dlq_replay))
-        .route("/admin/dlq/{id}/discard", post(ops::dlq_discard))
+        .route("/admin/credits", post(admin::credits::add_credits))
+        .route("/admin/users/{user}/diagnosis", get(users::diagnose))
+        .route("/admin/jobs", get(jobs::jobs))
+        .route("/admin/jobs/{id}", get(jobs::job))
+        .route("/admin/jobs/{id}/ledger", get(jobs::job_ledger))
+        .route("/admin/jobs/{id}/cancel", post(jobs::job_cancel))
+        .route("/admin/dlq", get(dlq::dlq_list))
+        .route("/admin/dlq/{id}", get(dlq::dlq_show))
+        .route("/admin/dlq/{id}/replay", post(dlq::dlq_replay))
+        .route("/admin/dlq/{id}/discard", post(dlq::dlq_discard))
         .route(
             "/admin/ledger/verify",
-            get(ops::ledger_verification).post(ops::ledger_verify),
+            get(system::ledger_verification).post(system::ledger_verify),
         )
-        .route("/admin/system", get(ops::system))
+        .route("/admin/system", get(system::system))
         .route(
             "/admin/webhooks",
             post(webhooks::webhook_create).get(webhooks::webhook_list),

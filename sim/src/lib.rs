@@ -157,17 +157,25 @@ impl Env {
         let publisher = Publisher::new(&connection).await?;
         let topology = Topology::new(&settings);
         let broker = Broker::declare(&connection, topology.clone()).await?;
+        let topology = Arc::new(topology);
+        let shared = Arc::new(settings.clone());
         let handler = Handler {
             pool: pool.clone(),
-            publisher,
-            topology: Arc::new(topology),
+            publisher: publisher.clone(),
+            topology: topology.clone(),
             providers: Arc::new(providers),
-            settings: Arc::new(settings.clone()),
+            settings: shared.clone(),
             videos: VideoStore::new(&settings)?,
             events_bell: Doorbell::job_events(),
-            webhook_client: Arc::new(genq_worker::webhooks::WebhookClient::new(
-                &settings.webhooks,
-            )?),
+            webhooks: genq_worker::webhooks::WebhookSender {
+                pool: pool.clone(),
+                publisher,
+                topology,
+                settings: shared,
+                client: Arc::new(genq_worker::webhooks::WebhookClient::new(
+                    &settings.webhooks,
+                )?),
+            },
         };
         Ok(Self {
             pool,

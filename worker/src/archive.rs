@@ -9,7 +9,7 @@ use genq_shared::provider::ProviderError;
 use genq_shared::storage::{ArchiveError, VideoStore};
 use genq_shared::store::{self, Job, Note, Transition};
 
-use crate::handler::{Handler, Step, WorkQueue};
+use crate::handler::{Handler, ProviderCall, Step};
 
 impl Handler {
     /// Archives the video of a running `job` the provider finished, then
@@ -66,7 +66,7 @@ impl Handler {
                     message: format!("copying the video: {message}"),
                     retry_after: None,
                 };
-                self.provider_error(WorkQueue::Poll, job, errors + 1, error, &next)
+                self.provider_error(ProviderCall::Poll, job, errors + 1, error, &next)
                     .await
             }
         }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use genq_broker::{dead_letters, tier_at_least, tier_at_most, Publisher, Topology};
+use genq_broker::{tier_at_least, tier_at_most, Publisher, Topology};
 use genq_shared::config::Settings;
 use genq_shared::domain::JobStatus;
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY, WEBHOOK_KEY};
+use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY};
 use genq_shared::provider::{self, Configured, ProviderError, Providers, TaskRequest, TaskStatus};
 use genq_shared::storage::VideoStore;
 use genq_shared::store::outbox::Doorbell;
@@ -18,52 +18,32 @@ use rand::Rng;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Which work queue a delivery came from.
+pub use crate::step::{InfraError, Step, WorkQueue};
+
+/// The provider call a step makes, and the status its job is in meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkQueue {
-    Start,
+pub(crate) enum ProviderCall {
+    /// Creating the task, from the start queue (the job is `submitting`).
+    Submit,
+    /// Asking about it, from the poll queue (the job is `running`).
     Poll,
-    Webhook,
 }
 
-impl WorkQueue {
-    pub fn routing_key(self) -> &'static str {
+impl ProviderCall {
+    fn status(self) -> JobStatus {
         match self {
-            Self::Start => START_KEY,
-            Self::Poll => POLL_KEY,
-            Self::Webhook => WEBHOOK_KEY,
+            Self::Submit => JobStatus::Submitting,
+            Self::Poll => JobStatus::Running,
         }
     }
 
-    /// The status a job is in while this queue's handler calls the provider
-    /// (only start and poll do).
-    fn calling_status(self) -> JobStatus {
+    fn queue(self) -> WorkQueue {
         match self {
-            Self::Start => JobStatus::Submitting,
-            Self::Poll | Self::Webhook => JobStatus::Running,
+            Self::Submit => WorkQueue::Start,
+            Self::Poll => WorkQueue::Poll,
         }
     }
 }
-
-/// A failure of our own infrastructure (database, broker), not of the job:
-/// the message is handed back to be tried again later.
-#[derive(Debug, thiserror::Error)]
-#[error("infrastructure error: {0:#}")]
-pub struct InfraError(#[from] pub anyhow::Error);
-
-impl From<sqlx::Error> for InfraError {
-    fn from(e: sqlx::Error) -> Self {
-        Self(e.into())
-    }
-}
-
-impl From<store::StoreError> for InfraError {
-    fn from(e: store::StoreError) -> Self {
-        Self(e.into())
-    }
-}
-
-pub type Step = Result<(), InfraError>;
 
 /// Everything one step needs; cheap to clone into each delivery's task.
 #[derive(Clone)]
@@ -78,7 +58,7 @@ pub struct Handler {
     /// Wakes the APIs' live event feeds once a step's events are committed.
     pub events_bell: Doorbell,
     /// The outbound client of webhook deliveries.
-    pub webhook_client: Arc<crate::webhooks::WebhookClient>,
+    pub webhooks: crate::webhooks::WebhookSender,
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -130,15 +110,12 @@ impl Handler {
                 }
                 Err(e) => self.malformed(queue, body, &e.to_string()).await,
             },
-            WorkQueue::Webhook => self.webhook(body).await,
+            WorkQueue::Webhook => self.webhooks.handle(body).await,
         }
     }
 
     pub(crate) async fn malformed(&self, queue: WorkQueue, body: &[u8], why: &str) -> Step {
-        tracing::warn!(?queue, error = why, "malformed message dead-lettered");
-        metrics::counter!("genq_malformed_messages_total").increment(1);
-        self.dead_letter(queue, body, None, &format!("malformed message: {why}"))
-            .await
+        crate::step::malformed(&self.publisher, &self.topology, queue, body, why).await
     }
 
     /// Publishes `body` to the dead-letter exchange with the reason in headers.
@@ -149,17 +126,7 @@ impl Handler {
         job_id: Option<Uuid>,
         reason: &str,
     ) -> Step {
-        let headers = dead_letters::headers(reason, queue.routing_key(), job_id);
-        self.publisher
-            .publish(
-                &self.topology.dead_letter_exchange(),
-                queue.routing_key(),
-                body,
-                headers,
-            )
-            .await?;
-        metrics::counter!("genq_dead_letters_total", "queue" => queue.routing_key()).increment(1);
-        Ok(())
+        crate::step::dead_letter(&self.publisher, &self.topology, queue, body, job_id, reason).await
     }
 
     /// Publishes `message` to come back on the work exchange after `delay`
@@ -305,7 +272,7 @@ impl Handler {
                 Ok(())
             }
             Err(e) => {
-                self.provider_error(WorkQueue::Start, &job, attempt, e, &next)
+                self.provider_error(ProviderCall::Submit, &job, attempt, e, &next)
                     .await
             }
         }
@@ -423,7 +390,7 @@ impl Handler {
                     seq,
                     errors: errors + 1,
                 };
-                self.provider_error(WorkQueue::Poll, &job, errors + 1, e, &next)
+                self.provider_error(ProviderCall::Poll, &job, errors + 1, e, &next)
                     .await
             }
         }
@@ -434,20 +401,21 @@ impl Handler {
     /// past the limit kills the job.
     pub(crate) async fn provider_error<T: serde::Serialize>(
         &self,
-        queue: WorkQueue,
+        call: ProviderCall,
         job: &Job,
         attempt: u32,
         error: ProviderError,
         next: &T,
     ) -> Step {
+        let queue = call.queue();
         match error {
             ProviderError::Permanent { code, message } if code == provider::CONTENT_REJECTED => {
-                let from = queue.calling_status();
+                let from = call.status();
                 self.finish_failed(job.id, &[from], provider::CONTENT_REJECTED, &message)
                     .await
             }
             ProviderError::Permanent { code, message } => {
-                let from = queue.calling_status();
+                let from = call.status();
                 self.finish_failed(
                     job.id,
                     &[from],

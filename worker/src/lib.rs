@@ -6,6 +6,7 @@ pub mod caps;
 pub mod handler;
 pub mod relay;
 pub mod runner;
+pub mod step;
 pub mod sweeper;
 pub mod webhooks;
 

@@ -161,7 +161,13 @@ impl Runner {
             settings: self.settings.clone(),
             videos: self.videos.clone(),
             events_bell: self.events_bell.clone(),
-            webhook_client: self.webhook_client.clone(),
+            webhooks: crate::webhooks::WebhookSender {
+                pool: self.pool.clone(),
+                publisher: publisher.clone(),
+                topology: self.topology.clone(),
+                settings: self.settings.clone(),
+                client: self.webhook_client.clone(),
+            },
         };
         let session_over = CancellationToken::new();
         let relay = tokio::spawn({

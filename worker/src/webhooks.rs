@@ -22,7 +22,7 @@ use genq_shared::webhooks::{
 use lapin::types::FieldTable;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
-use crate::handler::{Handler, Step, WorkQueue};
+use crate::step::{Step, WorkQueue};
 
 /// How long a later status change of a job waits, at least, while an
 /// earlier one to the same endpoint is being sent: the shortest wait tier.
@@ -160,16 +160,33 @@ struct Sent {
     retry_after: Option<Duration>,
 }
 
-impl Handler {
+/// The consumer of the webhooks queue: sends deliveries through its own
+/// client, records each attempt and lets retries wait in the wait queues.
+#[derive(Clone)]
+pub struct WebhookSender {
+    pub pool: sqlx::PgPool,
+    pub publisher: genq_broker::Publisher,
+    pub topology: Arc<genq_broker::Topology>,
+    pub settings: Arc<genq_shared::config::Settings>,
+    pub client: Arc<WebhookClient>,
+}
+
+impl WebhookSender {
     /// Handles one message of the webhooks queue.
-    pub(crate) async fn webhook(&self, body: &[u8]) -> Step {
+    pub async fn handle(&self, body: &[u8]) -> Step {
         match serde_json::from_slice::<WebhookMessage>(body) {
             Ok(WebhookMessage::Deliver { delivery_id, seq }) => {
                 self.deliver(delivery_id, seq).await
             }
             Err(e) => {
-                self.malformed(WorkQueue::Webhook, body, &e.to_string())
-                    .await
+                crate::step::malformed(
+                    &self.publisher,
+                    &self.topology,
+                    WorkQueue::Webhook,
+                    body,
+                    &e.to_string(),
+                )
+                .await
             }
         }
     }
@@ -218,7 +235,7 @@ impl Handler {
             tracing::debug!("another sender has this delivery; message dropped");
             return Ok(());
         }
-        let sent = self.webhook_client.send(&d).await;
+        let sent = self.client.send(&d).await;
         let verdict = match sent.status {
             Some(s) if (200..300).contains(&s) => Verdict::Delivered,
             Some(410) => Verdict::Gone,

@@ -6,10 +6,8 @@ pub mod dev;
 pub mod events;
 pub mod generations;
 pub mod health;
-pub mod ops;
 pub mod video;
 pub mod web;
-pub mod webhooks;
 
 /// Largest page size of any listing.
 pub const MAX_PAGE: i64 = 100;

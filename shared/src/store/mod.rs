@@ -4,8 +4,9 @@
 //!
 //! - [`users`]: who the caller is, and users named by operators
 //! - [`credits`]: accounts and the ledger; the one reserve and settle path
-//! - [`jobs`]: submit, read, list, cancel, and the sweeper's queries
+//! - [`jobs`]: submit, read, list, and the sweeper's queries
 //! - [`transition`]: a job's conditional status change with its settlement
+//! - [`cancel`]: a user's or an operator's cancel, refunded at once
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
 //! - [`events`]: reading the job-event stream after a position
@@ -13,6 +14,7 @@
 //! - [`dead_letters`]: the archive of dead letters, replay and discard
 //! - [`webhooks`]: webhook endpoints, their deliveries and attempts
 
+pub mod cancel;
 pub mod caps;
 pub mod credits;
 pub mod dead_letters;
@@ -24,10 +26,11 @@ pub mod transition;
 pub mod users;
 pub mod webhooks;
 
+pub use cancel::{cancel_job, CancelOutcome};
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
 pub use jobs::{
-    advance_poll, cancel_job, get_job, job_events, list_jobs, mark_provider_canceled, record_event,
-    submit, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome, JOB_COLS,
+    advance_poll, get_job, job_events, list_jobs, mark_provider_canceled, record_event, submit,
+    Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome, JOB_COLS,
 };
 pub use transition::{transition, Note, Settlement, Transition};
 pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};

@@ -1,4 +1,4 @@
-//! `/v1/admin`: operator endpoints (admin role): credit grants and purchases.
+//! `POST /v1/admin/credits`: credit grants and purchases (admin role).
 
 use axum::extract::State;
 use axum::Json;

@@ -17,10 +17,10 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::credits::text;
 use crate::auth::{AdminUser, AdminViewer};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::routes::admin::text;
 use crate::routes::page_limit;
 use crate::state::AppState;
 

@@ -1,0 +1,112 @@
+//! `/v1/admin/system` and `/v1/admin/ledger/verify`: the system at a glance
+//! and the ledger's verification.
+
+use axum::extract::State;
+use axum::Json;
+use genq_shared::ops;
+use genq_shared::queues::{queue_stats, QueueStats};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::{AdminUser, AdminViewer};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyView {
+    pub ok: bool,
+    #[schema(value_type = Vec<Object>)]
+    pub violations: Vec<ops::Violation>,
+}
+
+/// The last recorded verification of the ledger (the worker runs one about
+/// once a minute); reading it runs nothing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastVerificationView {
+    /// Absent until a verification has been recorded.
+    pub last_verification: Option<ops::VerificationRecord>,
+}
+
+/// The last recorded verification: for the admin and the viewer role; it
+/// changes nothing and scans nothing.
+#[utoipa::path(
+    get, path = "/v1/admin/ledger/verify", tag = "admin", operation_id = "last_ledger_verification",
+    responses(
+        (status = 200, description = "The last recorded verification", body = LastVerificationView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn ledger_verification(
+    State(state): State<AppState>,
+    _viewer: AdminViewer,
+) -> Result<Json<LastVerificationView>, ApiError> {
+    Ok(Json(LastVerificationView {
+        last_verification: ops::last_verification(&state.pool).await?,
+    }))
+}
+
+/// Recompute every balance from the ledger and check the invariants (a
+/// full scan, recorded): admin only.
+#[utoipa::path(
+    post, path = "/v1/admin/ledger/verify", tag = "admin", operation_id = "verify_ledger",
+    responses(
+        (status = 200, description = "The verification", body = VerifyView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an admin (the viewer role reads the last result with GET)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn ledger_verify(
+    State(state): State<AppState>,
+    admin: AdminUser,
+) -> Result<Json<VerifyView>, ApiError> {
+    // Recorded, so the System page shows when the ledger was last checked.
+    let violations = ops::verify_and_record(&state.pool, &admin.0.actor()).await?;
+    Ok(Json(VerifyView {
+        ok: violations.is_empty(),
+        violations,
+    }))
+}
+
+/// The system at a glance: jobs per status, the last hour, the outbox
+/// backlog, open dead letters, the last ledger verification, and the
+/// queues' depths and consumers from RabbitMQ's management API when
+/// `amqp.management_url` is set.
+#[utoipa::path(
+    get, path = "/v1/admin/system", tag = "admin", operation_id = "system_summary",
+    responses(
+        (status = 200, description = "The summary", body = SystemView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Neither the admin nor the viewer role", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn system(
+    State(state): State<AppState>,
+    _admin: AdminViewer,
+) -> Result<Json<SystemView>, ApiError> {
+    let (summary, queues) = tokio::join!(
+        ops::system_summary(&state.pool),
+        queue_stats(
+            &state.http,
+            state.settings.amqp.management_url.as_ref(),
+            &state.settings.amqp.url,
+            &state.settings.queue.prefix,
+        )
+    );
+    Ok(Json(SystemView {
+        summary: summary?,
+        queues,
+    }))
+}
+
+/// [`ops::SystemSummary`] and the broker's queues.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemView {
+    #[serde(flatten)]
+    pub summary: ops::SystemSummary,
+    /// Depths and consumers from RabbitMQ's management API, or why not.
+    pub queues: QueueStats,
+}
