@@ -36,7 +36,7 @@ FIRST_POLL_MS="${FIRST_POLL_MS:-0}"
 [ "$FIRST_POLL_MS" = none ] || export GENQ__PROVIDER__FIRST_POLL_MS="$FIRST_POLL_MS"
 bench_env bench 18296 18297
 # The workers' total concurrency (worker.concurrency, 32 by default in
-# shared/src/config.rs): the lifecycle pgbench runs that many clients.
+# core/src/config.rs): the lifecycle pgbench runs that many clients.
 worker_concurrency=$(( WORKERS * ${GENQ__WORKER__CONCURRENCY:-32} ))
 limit_dbs=()
 celery_queue="$GENQ__QUEUE__PREFIX.celery"
@@ -260,7 +260,7 @@ WITH rate_now AS (SELECT clock_timestamp() AS t),
         SELECT (:interval::float8 IS NULL OR EXISTS (SELECT 1 FROM took)) AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE;
 SQL
 cat "$log/pick.sql" "$log/submit-statement.sql" > "$log/pgbench-submit.sql"
-# The run's allowance as genq binds it (shared/src/store/rate.rs).
+# The run's allowance as genq binds it (store/src/store/rate.rs).
 interval=$(echo "scale=12; 60 / $GENQ__API__SUBMIT_PER_MINUTE" | bc)
 tolerance=$(echo "scale=12; $interval * ($GENQ__API__SUBMIT_BURST - 1)" | bc)
 pgbench_vars=(-D interval="$interval" -D tolerance="$tolerance" -D users="$USERS" -D start_key=start -D cost="$cost" -D params="$params" -D provider="$provider" -D fingerprint="$fingerprint")

@@ -6,7 +6,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap};
-use genq_shared::store::{self, Identity};
+use genq_store::store::{self, Identity};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,7 @@ pub const DEV_ISSUER: &str = "genq-dev-sign-in";
 
 /// Longest `sub`, `email` and `name` accepted.
 const SUB_MAX: usize = 255;
-use genq_shared::domain::EMAIL_MAX;
+use genq_core::domain::EMAIL_MAX;
 const NAME_MAX: usize = 200;
 
 /// An authenticated caller.

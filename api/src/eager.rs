@@ -15,9 +15,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use genq_broker::{reconnect_backoff, Publisher, Topology};
-use genq_shared::config::Settings;
-use genq_shared::messages::{StartMessage, WorkMessage};
-use genq_shared::store::outbox::{self, Doorbell};
+use genq_core::config::Settings;
+use genq_core::messages::{StartMessage, WorkMessage};
+use genq_store::store::outbox::{self, Doorbell};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

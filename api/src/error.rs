@@ -4,8 +4,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use genq_shared::domain::InvalidInput;
-use genq_shared::store::StoreError;
+use genq_core::domain::InvalidInput;
+use genq_store::store::StoreError;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use genq_shared::store::events::{self, StreamEvent, JOB_EVENTS_CHANNEL};
-use genq_shared::store::outbox::OUTBOX_CHANNEL;
+use genq_store::store::events::{self, StreamEvent, JOB_EVENTS_CHANNEL};
+use genq_store::store::outbox::OUTBOX_CHANNEL;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};

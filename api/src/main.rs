@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 use genq_api::auth::{Claims, ADMIN_ROLE, VIEWER_ROLE};
 use genq_api::Application;
-use genq_shared::config::Settings;
-use genq_shared::telemetry;
+use genq_core::config::Settings;
+use genq_core::telemetry;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
@@ -93,7 +93,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve => {
             telemetry::init_tracing(&settings.log);
             let shutdown = CancellationToken::new();
-            tokio::spawn(genq_shared::shutdown::on_signal(shutdown.clone()));
+            tokio::spawn(genq_core::shutdown::on_signal(shutdown.clone()));
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown).await
         }

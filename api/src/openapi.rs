@@ -34,7 +34,7 @@ use crate::routes::{credits, dev, events, generations, health, video, web};
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
-        genq_shared::webhooks::JobStatusWebhook, dlq::DlqState, genq_shared::ops::HourCount,
+        genq_core::webhooks::JobStatusWebhook, dlq::DlqState, genq_store::ops::HourCount,
     )),
     modifiers(&BearerAuth, &ServerErrors, &Links),
 )]
@@ -106,7 +106,7 @@ fn describe_event_streams(doc: &mut serde_json::Value) {
 
 /// OpenAPI 3.1's `webhooks`: what genq sends to a registered endpoint.
 fn webhooks_doc() -> serde_json::Value {
-    use genq_shared::webhooks::{EVENT_TYPE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+    use genq_core::webhooks::{EVENT_TYPE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
     let header = |name: &str, description: &str, example: &str| {
         serde_json::json!({
             "name": name, "in": "header", "required": true, "description": description,

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use genq_shared::config::{RateLimitStore, Settings};
-use genq_shared::storage::VideoStore;
-use genq_shared::store::outbox::Doorbell;
-use genq_shared::store::users::Identity;
-use genq_shared::telemetry;
+use genq_core::config::{RateLimitStore, Settings};
+use genq_core::telemetry;
+use genq_providers::storage::VideoStore;
+use genq_store::store::outbox::Doorbell;
+use genq_store::store::users::Identity;
 use jsonwebtoken::DecodingKey;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
@@ -77,14 +77,12 @@ impl AppState {
 
     /// The allowance a submission takes in its own statement: `Some` when
     /// `api.rate_limit` keeps it in Postgres.
-    pub fn submit_allowance(&self) -> Option<genq_shared::store::rate::Allowance> {
+    pub fn submit_allowance(&self) -> Option<genq_store::store::rate::Allowance> {
         let api = &self.settings.api;
-        (api.rate_limit == RateLimitStore::Postgres).then_some(
-            genq_shared::store::rate::Allowance {
-                per_minute: api.submit_per_minute,
-                burst: api.submit_burst,
-            },
-        )
+        (api.rate_limit == RateLimitStore::Postgres).then_some(genq_store::store::rate::Allowance {
+            per_minute: api.submit_per_minute,
+            burst: api.submit_burst,
+        })
     }
 
     /// Takes one submission from the user's allowance kept in this
@@ -98,7 +96,7 @@ impl AppState {
 }
 
 /// The limiter the settings describe.
-pub fn submit_limiter(settings: &genq_shared::config::ApiSettings) -> SubmitLimiter {
+pub fn submit_limiter(settings: &genq_core::config::ApiSettings) -> SubmitLimiter {
     use std::num::NonZeroU32;
     let per_minute = NonZeroU32::new(settings.submit_per_minute).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(settings.submit_burst).unwrap_or(NonZeroU32::MIN);

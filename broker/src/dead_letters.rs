@@ -1,6 +1,6 @@
 //! Dead letters on the broker's side: the headers genq puts on them, reading
 //! why a message died, and moving the dead-letter queue into the archive
-//! (`genq_shared::store::dead_letters`), acking each only once stored.
+//! (`genq_store::store::dead_letters`), acking each only once stored.
 
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::FieldTable;
@@ -8,9 +8,9 @@ use lapin::BasicProperties;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use genq_shared::config::Settings;
-use genq_shared::messages::job_of;
-use genq_shared::store::dead_letters::{self, NewDeadLetter};
+use genq_core::config::Settings;
+use genq_core::messages::job_of;
+use genq_store::store::dead_letters::{self, NewDeadLetter};
 
 use crate::publisher::{amqp_text, connect, header_str};
 use crate::topology::{string, Topology};

@@ -12,7 +12,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use genq_shared::config::Settings;
+use genq_core::config::Settings;
 
 /// How long a connection attempt may take: a broker that is starting can
 /// accept TCP and never finish the AMQP handshake.
@@ -59,7 +59,7 @@ async fn connect_one(url: &str) -> anyhow::Result<Connection> {
 /// The delays between attempts to reconnect to the broker: from 200 ms up
 /// to 10 s, with jitter, without end.
 pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    genq_shared::backoff::reconnect(Duration::from_secs(10))
+    genq_core::backoff::reconnect(Duration::from_secs(10))
 }
 
 /// A node as logs may name it: host and port, never the credentials.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use genq_shared::config::Settings;
-use genq_shared::messages::{POLL_KEY, START_KEY, WEBHOOK_KEY};
+use genq_core::config::Settings;
+use genq_core::messages::{POLL_KEY, START_KEY, WEBHOOK_KEY};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use genq_shared::domain::JobStatus;
-use genq_shared::ops;
+use genq_core::domain::JobStatus;
+use genq_store::ops;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::Command;

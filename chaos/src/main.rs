@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use genq_shared::domain::JobStatus;
+use genq_core::domain::JobStatus;
 use rand::Rng;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;

@@ -368,7 +368,7 @@ pub async fn cleanup(server: &str, db: &str, prefix: &str) {
             .execute(&admin)
             .await;
     }
-    let mut settings = genq_shared::config::Settings::default();
+    let mut settings = genq_core::config::Settings::default();
     settings.queue.prefix = prefix.to_owned();
     let topology = genq_broker::Topology::new(&settings);
     if let Ok(conn) = genq_broker::connect(&settings).await {

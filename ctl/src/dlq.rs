@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 
 use genq_broker::dead_letters::sync_from_broker;
-use genq_shared::config::Settings;
-use genq_shared::store::dead_letters as dlq;
-use genq_shared::store::{self, outbox};
+use genq_core::config::Settings;
+use genq_store::store::dead_letters as dlq;
+use genq_store::store::{self, outbox};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 

@@ -12,10 +12,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use genq_shared::config::Settings;
-use genq_shared::domain::{Credits, JobStatus, LedgerKind};
-use genq_shared::store::{self, CreditGrant, GrantOutcome, Job, JobEvent, UserRef};
-use genq_shared::{db, ops};
+use genq_core::config::Settings;
+use genq_core::domain::{Credits, JobStatus, LedgerKind};
+use genq_store::store::{self, CreditGrant, GrantOutcome, Job, JobEvent, UserRef};
+use genq_store::{db, ops};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -598,7 +598,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let settings = Settings::load(cli.config.as_deref())?;
     // An operator at a terminal wants an answer, not a minute of silence
     // while Postgres is down: unlike the services, genqctl does not wait.
-    let database = genq_shared::config::DatabaseSettings {
+    let database = genq_core::config::DatabaseSettings {
         startup_wait_secs: 0,
         ..settings.database.clone()
     };

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use genq_shared::config::Settings;
-use genq_shared::store::webhooks::{self as hooks, DeliveryFilter, DeliveryStatus, Endpoint};
-use genq_shared::store::{self, outbox, StoreError};
+use genq_core::config::Settings;
+use genq_store::store::webhooks::{self as hooks, DeliveryFilter, DeliveryStatus, Endpoint};
+use genq_store::store::{self, outbox, StoreError};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -25,7 +25,7 @@ pub(crate) async fn webhooks(
             user,
             actor: a,
         } => {
-            let url = match genq_shared::webhooks::check_url(url, settings.webhooks.allow_private) {
+            let url = match genq_core::webhooks::check_url(url, settings.webhooks.allow_private) {
                 Ok(url) => url,
                 Err(e) => return fail(2, e.message),
             };

@@ -4,7 +4,7 @@
 //! every step into the simulator's pool of deliverable messages.
 
 use genq_broker::{Topology, DELAY_TIERS_MS};
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY, WEBHOOK_KEY};
+use genq_core::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY, WEBHOOK_KEY};
 use genq_worker::handler::WorkQueue;
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,

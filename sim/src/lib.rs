@@ -13,18 +13,18 @@ use std::sync::{Arc, Mutex, Once};
 
 use futures::FutureExt;
 use genq_broker::{Publisher, Topology};
-use genq_shared::bugs::{self, Switch};
-use genq_shared::config::Settings;
-use genq_shared::domain::{
+use genq_core::bugs::{self, Switch};
+use genq_core::config::Settings;
+use genq_core::domain::{
     AspectRatio, DurationSeconds, JobStatus, LedgerKind, Prompt, VideoRequest,
 };
-use genq_shared::provider::Providers;
-use genq_shared::storage::VideoStore;
-use genq_shared::store::outbox::Doorbell;
-use genq_shared::store::{
+use genq_providers::provider::Providers;
+use genq_providers::storage::VideoStore;
+use genq_store::store::outbox::Doorbell;
+use genq_store::store::{
     self, dead_letters, CreditGrant, GrantOutcome, NewSubmission, SubmitOutcome,
 };
-use genq_shared::{db, ops};
+use genq_store::{db, ops};
 use genq_worker::{relay, sweeper, Handler};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -374,7 +374,7 @@ impl Run<'_> {
             _ => {
                 self.note(format!("{n:>4} deliver a malformed start message"));
                 self.handle(Msg {
-                    key: genq_shared::messages::START_KEY,
+                    key: genq_core::messages::START_KEY,
                     body: b"{\"type\":\"launch\"}".to_vec(),
                 })
                 .await

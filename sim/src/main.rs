@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use genq_shared::bugs::{self, Switch};
+use genq_core::bugs::{self, Switch};
 use genq_sim::{run_seed, shrink, Env};
 
 #[derive(Parser)]

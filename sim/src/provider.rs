@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use genq_shared::provider::{
+use genq_providers::provider::{
     FailureKind, ProviderError, ProviderResult, TaskRequest, TaskStatus, VideoProvider,
 };
-use genq_shared::store;
+use genq_store::store;
 use rand::rngs::StdRng;
 use rand::Rng;
 use sqlx::PgPool;

@@ -3,7 +3,7 @@
 //! within a bounded number of seeds, which the clean code passes; a failing
 //! seed replays the same trace. One test, since the switches are global.
 
-use genq_shared::bugs::{self, Switch};
+use genq_core::bugs::{self, Switch};
 use genq_sim::{run_seed, shrink, Env};
 
 /// Seeds tried per bug before the test gives up.

@@ -2,8 +2,8 @@
 //! also `genqctl ledger verify`) sees a settlement filed under a reservation
 //! its job never made.
 
-use genq_shared::ops;
 use genq_sim::{run_seed, Env};
+use genq_store::ops;
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_entry_for_a_reservation_the_job_never_made_is_a_violation() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use genq_shared::storage::VideoStore;
+use genq_providers::storage::VideoStore;
 #[path = "harness/mod.rs"]
 #[allow(dead_code)]
 mod harness;

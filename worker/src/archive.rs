@@ -3,11 +3,11 @@
 //! charged until the copy is stored; a copy that can never be made fails
 //! the job with a refund.
 
-use genq_shared::domain::JobStatus;
-use genq_shared::messages::PollMessage;
-use genq_shared::provider::ProviderError;
-use genq_shared::storage::{ArchiveError, VideoStore};
-use genq_shared::store::{self, Job, Note, Transition};
+use genq_core::domain::JobStatus;
+use genq_core::messages::PollMessage;
+use genq_providers::provider::ProviderError;
+use genq_providers::storage::{ArchiveError, VideoStore};
+use genq_store::store::{self, Job, Note, Transition};
 
 use crate::handler::{Handler, ProviderCall, Step};
 

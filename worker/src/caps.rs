@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use genq_broker::tier_at_most;
-use genq_shared::messages::{StartMessage, START_KEY};
-use genq_shared::provider::Configured;
-use genq_shared::store::caps::{self, Cap, CapClaim};
-use genq_shared::store::{self, Job, Transition};
+use genq_core::messages::{StartMessage, START_KEY};
+use genq_providers::provider::Configured;
+use genq_store::store::caps::{self, Cap, CapClaim};
+use genq_store::store::{self, Job, Transition};
 
 use crate::handler::{Handler, InfraError, Step, WorkQueue};
 

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use genq_broker::{tier_at_least, tier_at_most, Publisher, Topology};
-use genq_shared::config::Settings;
-use genq_shared::domain::JobStatus;
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY};
-use genq_shared::provider::{self, Configured, ProviderError, Providers, TaskRequest, TaskStatus};
-use genq_shared::storage::VideoStore;
-use genq_shared::store::outbox::Doorbell;
-use genq_shared::store::{self, Job, Transition};
+use genq_core::config::Settings;
+use genq_core::domain::JobStatus;
+use genq_core::messages::{PollMessage, StartMessage, POLL_KEY};
+use genq_providers::provider::{
+    self, Configured, ProviderError, Providers, TaskRequest, TaskStatus,
+};
+use genq_providers::storage::VideoStore;
+use genq_store::store::outbox::Doorbell;
+use genq_store::store::{self, Job, Transition};
 use rand::Rng;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -301,7 +303,7 @@ impl Handler {
         match job.status {
             JobStatus::Running => {}
             JobStatus::Canceled
-                if genq_shared::bugs::on(genq_shared::bugs::Switch::RefundAfterCancel) =>
+                if genq_core::bugs::on(genq_core::bugs::Switch::RefundAfterCancel) =>
             {
                 let canceled = [JobStatus::Canceled];
                 return self

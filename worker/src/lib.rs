@@ -15,9 +15,10 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 use genq_broker::Topology;
-use genq_shared::config::Settings;
-use genq_shared::provider::{Providers, VideoProvider};
-use genq_shared::{db, telemetry};
+use genq_core::config::Settings;
+use genq_core::telemetry;
+use genq_providers::provider::{Providers, VideoProvider};
+use genq_store::db;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -43,14 +44,14 @@ impl Worker {
         Ok(Self {
             runner: Runner {
                 topology: Arc::new(Topology::new(&settings)),
-                videos: genq_shared::storage::VideoStore::new(&settings)?,
+                videos: genq_providers::storage::VideoStore::new(&settings)?,
                 webhook_client: Arc::new(webhooks::WebhookClient::new(&settings.webhooks)?),
                 settings: Arc::new(settings),
                 pool,
                 providers,
                 processed: Arc::default(),
                 kill: CancellationToken::new(),
-                events_bell: genq_shared::store::outbox::Doorbell::job_events(),
+                events_bell: genq_store::store::outbox::Doorbell::job_events(),
             },
             metrics_listener,
         })

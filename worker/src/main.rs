@@ -1,8 +1,8 @@
 //! `genq-worker`: runs the relay and the consumers until SIGTERM or ctrl-c.
 
 use clap::Parser;
-use genq_shared::config::Settings;
-use genq_shared::telemetry;
+use genq_core::config::Settings;
+use genq_core::telemetry;
 use genq_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,7 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init_tracing(&settings.log);
     let shutdown = CancellationToken::new();
-    tokio::spawn(genq_shared::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(genq_core::shutdown::on_signal(shutdown.clone()));
     let worker = Worker::build(settings, None).await?;
     tracing::info!(metrics_port = worker.metrics_port(), "genq-worker starting");
     worker.run_until_stopped(shutdown).await

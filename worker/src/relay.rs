@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use genq_broker::{check_confirm, Publisher, Topology};
-use genq_shared::store::events::JOB_EVENTS_CHANNEL;
-use genq_shared::store::outbox::{self, OUTBOX_CHANNEL};
+use genq_store::store::events::JOB_EVENTS_CHANNEL;
+use genq_store::store::outbox::{self, OUTBOX_CHANNEL};
 use lapin::types::FieldTable;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;

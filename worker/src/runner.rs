@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use genq_broker::{reconnect_backoff, Publisher, Topology, CONNECT_TIMEOUT};
-use genq_shared::config::Settings;
-use genq_shared::provider::Providers;
-use genq_shared::store::outbox::Doorbell;
+use genq_core::config::Settings;
+use genq_providers::provider::Providers;
+use genq_store::store::outbox::Doorbell;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
@@ -39,7 +39,7 @@ pub struct Runner {
     pub(crate) pool: PgPool,
     pub(crate) providers: Arc<Providers>,
     pub(crate) topology: Arc<Topology>,
-    pub(crate) videos: genq_shared::storage::VideoStore,
+    pub(crate) videos: genq_providers::storage::VideoStore,
     pub(crate) webhook_client: Arc<crate::webhooks::WebhookClient>,
     /// Deliveries this worker handled and acked (read by tests).
     pub(crate) processed: Arc<AtomicU64>,

@@ -3,8 +3,8 @@
 //! dead-lettering a message with its reason.
 
 use genq_broker::{dead_letters, Publisher, Topology};
-use genq_shared::messages::{POLL_KEY, START_KEY, WEBHOOK_KEY};
-use genq_shared::store;
+use genq_core::messages::{POLL_KEY, START_KEY, WEBHOOK_KEY};
+use genq_store::store;
 use uuid::Uuid;
 
 /// Which work queue a delivery came from.

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use genq_shared::domain::JobStatus;
-use genq_shared::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
-use genq_shared::ops;
-use genq_shared::store::jobs::{self, StaleJob};
-use genq_shared::store::{self, Transition};
+use genq_core::domain::JobStatus;
+use genq_core::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
+use genq_store::ops;
+use genq_store::store::jobs::{self, StaleJob};
+use genq_store::store::{self, Transition};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

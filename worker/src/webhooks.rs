@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use genq_shared::config::WebhookSettings;
-use genq_shared::messages::{WebhookMessage, WEBHOOK_KEY};
-use genq_shared::store::outbox;
-use genq_shared::store::webhooks::{
-    self as store, AttemptRecord, DeliveryStatus, EndpointState, Outgoing, Verdict,
-};
-use genq_shared::telemetry::error_chain;
-use genq_shared::webhooks::{
+use genq_core::config::WebhookSettings;
+use genq_core::messages::{WebhookMessage, WEBHOOK_KEY};
+use genq_core::telemetry::error_chain;
+use genq_core::webhooks::{
     check_url, retry_delay, signature_header, Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+};
+use genq_store::store::outbox;
+use genq_store::store::webhooks::{
+    self as store, AttemptRecord, DeliveryStatus, EndpointState, Outgoing, Verdict,
 };
 use lapin::types::FieldTable;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -55,7 +55,7 @@ impl WebhookClient {
             .user_agent(concat!("genq-webhooks/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(4);
         if !settings.allow_private {
-            builder = builder.dns_resolver(Arc::new(genq_shared::outbound::PublicOnly));
+            builder = builder.dns_resolver(Arc::new(genq_core::outbound::PublicOnly));
         }
         Ok(Self {
             client: builder.build()?,
@@ -167,7 +167,7 @@ pub struct WebhookSender {
     pub pool: sqlx::PgPool,
     pub publisher: genq_broker::Publisher,
     pub topology: Arc<genq_broker::Topology>,
-    pub settings: Arc<genq_shared::config::Settings>,
+    pub settings: Arc<genq_core::config::Settings>,
     pub client: Arc<WebhookClient>,
 }
 

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use genq_shared::store::{self, LedgerEntry};
+use genq_store::store::{self, LedgerEntry};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;

@@ -5,9 +5,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use genq_shared::config::{Offer, Settings};
-use genq_shared::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
-use genq_shared::store::{
+use genq_core::config::{Offer, Settings};
+use genq_core::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
+use genq_store::store::{
     self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
 };
 use serde::{Deserialize, Serialize};

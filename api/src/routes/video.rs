@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use genq_shared::store;
+use genq_store::store;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};

@@ -807,7 +807,7 @@ fn invalid_configuration_names_the_key() {
 
 #[test]
 fn the_environment_layer_is_read_and_bad_values_name_their_key() {
-    use genq_shared::config::Settings;
+    use genq_core::config::Settings;
     let s = Settings::load_from(
         None,
         env_of(&[

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::harness::{eventually, test_settings, Moto, TestEnv};
+use genq_core::config::ProviderKind;
 use genq_provider_sim::{Dialect, SimConfig};
-use genq_shared::config::ProviderKind;
 use reqwest::StatusCode;
 use serde_json::Value;
 

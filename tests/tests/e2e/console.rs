@@ -2,7 +2,7 @@
 //! admin read, no admin action; a plain user gets neither) and the dead-letter
 //! list's filters.
 
-use genq_shared::store::dead_letters::{self as dlq, NewDeadLetter};
+use genq_store::store::dead_letters::{self as dlq, NewDeadLetter};
 use std::time::Duration;
 
 use crate::harness::TestEnv;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{test_settings, TestEnv};
 use genq_api::Application;
-use genq_shared::config::{Settings, EXAMPLE_SECRETS};
-use genq_shared::storage::{ArchiveError, VideoStore};
+use genq_core::config::{Settings, EXAMPLE_SECRETS};
+use genq_providers::storage::{ArchiveError, VideoStore};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -331,7 +331,7 @@ fn store(provider_base: &str, allow_private: bool) -> (VideoStore, Settings) {
     (VideoStore::new(&settings).unwrap(), settings)
 }
 
-fn refused(result: Result<genq_shared::storage::Archived, ArchiveError>) -> String {
+fn refused(result: Result<genq_providers::storage::Archived, ArchiveError>) -> String {
     match result {
         Err(ArchiveError::Permanent { code, message }) => {
             assert_eq!(code, "video_url_refused", "{message}");

@@ -18,13 +18,13 @@ fn assert_error_shape(body: &Value, context: &str) {
 
 #[tokio::test]
 async fn submissions_are_rate_limited_per_user_with_retry_after() {
-    use genq_shared::config::RateLimitStore;
+    use genq_core::config::RateLimitStore;
     for store in [RateLimitStore::Postgres, RateLimitStore::Memory] {
         rate_limited_per_user(store).await;
     }
 }
 
-async fn rate_limited_per_user(store: genq_shared::config::RateLimitStore) {
+async fn rate_limited_per_user(store: genq_core::config::RateLimitStore) {
     let mut settings = test_settings();
     settings.api.rate_limit = store;
     settings.api.submit_burst = 3;
@@ -527,7 +527,7 @@ async fn a_worker_started_before_postgres_answers_waits_for_it() {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Arc;
     let mut settings = test_settings();
-    let real = genq_shared::db::connect_options(&settings.database).unwrap();
+    let real = genq_store::db::connect_options(&settings.database).unwrap();
     let upstream = format!("{}:{}", real.get_host(), real.get_port());
     // A stand-in for Postgres: it hangs up on every connection until `up`,
     // then forwards to the real server.
@@ -596,7 +596,7 @@ async fn a_worker_started_before_postgres_answers_waits_for_it() {
 #[tokio::test]
 async fn a_refused_database_login_fails_the_start_at_once() {
     let mut settings = test_settings();
-    let real = genq_shared::db::connect_options(&settings.database).unwrap();
+    let real = genq_store::db::connect_options(&settings.database).unwrap();
     settings.database.url = secrecy::SecretString::from(format!(
         "postgres://no_such_role_xyzzy@{}:{}/genq_never",
         real.get_host(),

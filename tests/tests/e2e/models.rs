@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{eventually, test_settings, user_id, TestEnv};
+use genq_core::config::ModelSettings;
 use genq_provider_sim::{Dialect, SimConfig, SimHandle};
-use genq_shared::config::ModelSettings;
 use genq_worker::Worker;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -36,7 +36,7 @@ async fn a_deployment_with_models_documents_exactly_their_names() {
     for name in ["fast", "veo"] {
         settings.models.insert(
             name.into(),
-            genq_shared::config::ModelSettings {
+            genq_core::config::ModelSettings {
                 cost: Some(5),
                 ..Default::default()
             },

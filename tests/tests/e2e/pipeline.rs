@@ -481,7 +481,7 @@ async fn the_worker_survives_losing_every_database_connection() {
     let worker = env.spawn_worker().await;
     let t = env.new_user("cut", "cut@example.com").await;
     env.grant("cut@example.com", 22).await; // three videos
-    let db = genq_shared::db::connect_options(&env.settings.database).unwrap();
+    let db = genq_store::db::connect_options(&env.settings.database).unwrap();
     let db_name = db.get_database().unwrap().to_owned();
     let admin = sqlx::PgPool::connect_with(db.database("postgres"))
         .await

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::env_of;
+use genq_core::config::{ProviderKind, ProviderSettings, Settings};
 use genq_provider_sim::{Dialect, SimConfig, SimHandle};
-use genq_shared::config::{ProviderKind, ProviderSettings, Settings};
-use genq_shared::provider::{
+use genq_providers::provider::{
     self, FailureKind, ProviderError, TaskRequest, TaskStatus, VideoProvider,
 };
 use secrecy::SecretString;

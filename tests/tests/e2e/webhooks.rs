@@ -16,10 +16,10 @@ use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use clap::Parser;
+use genq_core::config::Settings;
+use genq_core::messages::WebhookMessage;
+use genq_core::webhooks::JobStatusWebhook;
 use genq_provider_sim::SimConfig;
-use genq_shared::config::Settings;
-use genq_shared::messages::WebhookMessage;
-use genq_shared::webhooks::JobStatusWebhook;
 use genqctl::{execute, Cli};
 use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
@@ -530,7 +530,7 @@ async fn private_targets_are_refused_unless_allowed() {
     // Registered anyway (say, while allowed): the sender refuses it, and
     // a name that resolves to a private address is refused too.
     let worker = env.spawn_worker().await;
-    genq_shared::store::webhooks::create_endpoint(&env.pool, &rx.url, None, "test")
+    genq_store::store::webhooks::create_endpoint(&env.pool, &rx.url, None, "test")
         .await
         .unwrap();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -538,7 +538,7 @@ async fn private_targets_are_refused_unless_allowed() {
     let resolves_private = !host.is_empty()
         && tokio::net::lookup_host((host, 0))
             .await
-            .is_ok_and(|mut a| a.all(|a| !genq_shared::webhooks::is_public(a.ip())));
+            .is_ok_and(|mut a| a.all(|a| !genq_core::webhooks::is_public(a.ip())));
     if resolves_private {
         // Accepted at registration (names are resolved when sending).
         let named = format!("http://{host}:{port}/hook");

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use genq_api::auth::{Claims, ADMIN_ROLE};
 use genq_api::Application;
 use genq_broker::Topology;
+use genq_core::config::Settings;
+use genq_core::telemetry;
 use genq_provider_sim::{SimConfig, SimHandle};
-use genq_shared::config::Settings;
-use genq_shared::{db, telemetry};
+use genq_store::db;
 use genq_worker::Worker;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -494,8 +495,8 @@ impl Moto {
     }
 
     /// Settings storing videos in `bucket` of this server.
-    pub fn storage(&self, bucket: &str) -> genq_shared::storage::StorageSettings {
-        genq_shared::storage::StorageSettings {
+    pub fn storage(&self, bucket: &str) -> genq_providers::storage::StorageSettings {
+        genq_providers::storage::StorageSettings {
             kind: "s3".into(),
             bucket: bucket.into(),
             endpoint: self.endpoint.clone(),

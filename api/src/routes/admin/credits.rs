@@ -2,8 +2,8 @@
 
 use axum::extract::State;
 use axum::Json;
-use genq_shared::domain::{Credits, LedgerKind};
-use genq_shared::store::{self, CreditGrant, GrantOutcome, UserRef};
+use genq_core::domain::{Credits, LedgerKind};
+use genq_store::store::{self, CreditGrant, GrantOutcome, UserRef};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::ToSchema;
@@ -96,7 +96,7 @@ fn absent() -> Object {
     ObjectBuilder::new().schema_type(Type::Null).build()
 }
 
-/// Text as `genq_shared::domain::check_text` takes it: not blank, at most
+/// Text as `genq_core::domain::check_text` takes it: not blank, at most
 /// `max` characters once the white space at its ends is trimmed, and no
 /// control characters but that white space. (Explicit character classes
 /// rather than `\s`, whose meaning differs between regex dialects.)
@@ -117,7 +117,7 @@ pub(crate) fn text(max: usize, description: &str) -> ObjectBuilder {
 }
 
 fn email_schema() -> Object {
-    text(genq_shared::domain::EMAIL_MAX, "The user's email.").build()
+    text(genq_core::domain::EMAIL_MAX, "The user's email.").build()
 }
 
 fn user_id_schema() -> Object {
@@ -151,7 +151,7 @@ pub struct AdminCreditResponse {
 }
 
 fn bounded_text(value: &str, field: &str, max: usize) -> Result<String, ApiError> {
-    Ok(genq_shared::domain::check_text(field, value, max)?)
+    Ok(genq_core::domain::check_text(field, value, max)?)
 }
 
 /// Add credits to a user (grant or purchase), audited with the admin as actor.
@@ -177,11 +177,9 @@ pub async fn add_credits(
     ApiJson(body): ApiJson<AdminCreditRequest>,
 ) -> Result<Json<AdminCreditResponse>, ApiError> {
     let target = match (&body.email, &body.user_id) {
-        (Some(email), None) => UserRef::Email(bounded_text(
-            email,
-            "email",
-            genq_shared::domain::EMAIL_MAX,
-        )?),
+        (Some(email), None) => {
+            UserRef::Email(bounded_text(email, "email", genq_core::domain::EMAIL_MAX)?)
+        }
         // A UUID as given is genq's ID; anything else is checked as an external ID.
         (None, Some(id)) => match UserRef::from_id(id) {
             UserRef::ExternalId(_) => UserRef::ExternalId(bounded_text(id, "user_id", 255)?),

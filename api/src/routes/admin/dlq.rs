@@ -3,8 +3,8 @@
 
 use axum::extract::State;
 use axum::Json;
-use genq_shared::store::dead_letters as dlq;
-use genq_shared::store::StoreError;
+use genq_store::store::dead_letters as dlq;
+use genq_store::store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -119,7 +119,7 @@ pub async fn dlq_list(
         state: letter_state,
         reason: filter_text(p.reason, "reason", 200)?,
         source_queue: filter_text(p.source_queue, "source_queue", 200)?,
-        user: filter_text(p.user, "user", genq_shared::domain::EMAIL_MAX)?,
+        user: filter_text(p.user, "user", genq_core::domain::EMAIL_MAX)?,
         older_than,
         search: filter_text(p.q, "q", 200)?,
         after: p.after_id,

@@ -3,9 +3,9 @@
 
 use axum::extract::State;
 use axum::Json;
-use genq_shared::domain::JobStatus;
-use genq_shared::ops;
-use genq_shared::store::{self};
+use genq_core::domain::JobStatus;
+use genq_store::ops;
+use genq_store::store::{self};
 use serde::Deserialize;
 use utoipa::IntoParams;
 

@@ -3,8 +3,8 @@
 
 use axum::extract::State;
 use axum::Json;
-use genq_shared::ops;
-use genq_shared::queues::{queue_stats, QueueStats};
+use genq_broker::queues::{queue_stats, QueueStats};
+use genq_store::ops;
 use serde::Serialize;
 use utoipa::ToSchema;
 

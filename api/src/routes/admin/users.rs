@@ -3,8 +3,8 @@
 
 use axum::extract::State;
 use axum::Json;
-use genq_shared::ops;
-use genq_shared::store::UserRef;
+use genq_store::ops;
+use genq_store::store::UserRef;
 
 use crate::auth::AdminViewer;
 use crate::error::{ApiError, ErrorBody};
@@ -30,7 +30,7 @@ pub async fn diagnose(
     ApiPath(user): ApiPath<String>,
 ) -> Result<Json<ops::Diagnosis>, ApiError> {
     // No user has control characters in their names; don't send them to SQL.
-    if user.chars().any(char::is_control) || user.len() > genq_shared::domain::EMAIL_MAX {
+    if user.chars().any(char::is_control) || user.len() > genq_core::domain::EMAIL_MAX {
         return Err(ApiError::NotFound("No such user.".into()));
     }
     let who = if user.contains('@') {

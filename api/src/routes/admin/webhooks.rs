@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use genq_shared::store::webhooks::{
+use genq_store::store::webhooks::{
     self as hooks, Attempt, Delivery, DeliveryFilter, DeliveryStatus, Endpoint,
 };
-use genq_shared::store::{self, StoreError, UserRef};
+use genq_store::store::{self, StoreError, UserRef};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +24,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::page_limit;
 use crate::state::AppState;
 
-/// A URL of a named host, as [`genq_shared::webhooks::check_url`] accepts
+/// A URL of a named host, as [`genq_core::webhooks::check_url`] accepts
 /// it whatever the configuration: http(s), a host name whose last label
 /// starts with a letter, an optional port, a path and query of RFC 3986's
 /// characters (others percent-encoded), no `#`. (Hosts given as IP addresses are accepted too when public,
@@ -42,7 +42,7 @@ fn url_schema() -> Object {
         .schema_type(Type::String)
         .format(Some(utoipa::openapi::SchemaFormat::Custom("uri".into())))
         .min_length(Some(8))
-        .max_length(Some(genq_shared::webhooks::URL_MAX))
+        .max_length(Some(genq_core::webhooks::URL_MAX))
         .pattern(Some(URL_PATTERN))
         .description(Some(
             "Where deliveries go: http or https, without credentials or fragment. A host that \
@@ -54,7 +54,7 @@ fn url_schema() -> Object {
 
 fn user_schema() -> Object {
     text(
-        genq_shared::domain::EMAIL_MAX,
+        genq_core::domain::EMAIL_MAX,
         "The user whose job events go there: an email (with an @), genq's user ID or the \
          identity provider's `sub`. Absent or null: every user's job events.",
     )
@@ -94,7 +94,7 @@ pub struct WebhookRotated {
 
 /// The user an operator names: an email (with an @), genq's ID or the `sub`.
 async fn find_user(state: &AppState, raw: &str) -> Result<Uuid, ApiError> {
-    let name = genq_shared::domain::check_text("user", raw, genq_shared::domain::EMAIL_MAX)?;
+    let name = genq_core::domain::check_text("user", raw, genq_core::domain::EMAIL_MAX)?;
     let by = if name.contains('@') {
         UserRef::Email(name)
     } else {
@@ -136,7 +136,7 @@ pub async fn webhook_create(
     admin: AdminUser,
     ApiJson(body): ApiJson<CreateWebhook>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let url = genq_shared::webhooks::check_url(&body.url, state.settings.webhooks.allow_private)?;
+    let url = genq_core::webhooks::check_url(&body.url, state.settings.webhooks.allow_private)?;
     let user_id = match body.user.as_deref() {
         Some(raw) => Some(find_user(&state, raw).await?),
         None => None,

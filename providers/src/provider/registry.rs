@@ -1,0 +1,79 @@
+//! Every provider a worker can call: the deployment's default and each
+//! configured model, by the name jobs store in `jobs.provider`, each with
+//! its adapter and caps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{build, VideoProvider};
+use genq_core::config::Settings;
+use genq_store::store::caps::Caps;
+
+/// One configured provider.
+#[derive(Clone)]
+pub struct Configured {
+    /// The name stored on its jobs (`jobs.provider`).
+    pub name: String,
+    pub adapter: Arc<dyn VideoProvider>,
+    pub caps: Caps,
+    /// When to poll a new task the first time (`first_poll_ms`); `None`:
+    /// the worker's `poll_initial_ms`.
+    pub first_poll: Option<Duration>,
+}
+
+/// The providers of a deployment, by name.
+#[derive(Clone)]
+pub struct Providers {
+    default: String,
+    by_name: HashMap<String, Configured>,
+    /// Whether any provider has a cap (its claims must check it).
+    any_caps: bool,
+}
+
+impl Providers {
+    /// One adapter per configured provider; `default_adapter` replaces the
+    /// default provider's (tests).
+    pub fn build(
+        settings: &Settings,
+        default_adapter: Option<Arc<dyn VideoProvider>>,
+    ) -> anyhow::Result<Self> {
+        let mut by_name = HashMap::new();
+        let mut default_adapter = default_adapter;
+        for (i, p) in settings.configured_providers().into_iter().enumerate() {
+            let adapter = match default_adapter.take().filter(|_| i == 0) {
+                Some(a) => a,
+                None => build(&p)?,
+            };
+            let caps = Caps {
+                max_concurrent: p.max_concurrent,
+                max_per_minute: p.max_per_minute,
+            };
+            by_name.insert(
+                p.name.clone(),
+                Configured {
+                    name: p.name,
+                    adapter,
+                    caps,
+                    first_poll: p.first_poll_ms.map(Duration::from_millis),
+                },
+            );
+        }
+        Ok(Self {
+            default: settings.provider.name.clone(),
+            any_caps: by_name.values().any(|p| p.caps.any()),
+            by_name,
+        })
+    }
+
+    /// The provider a job names; a job without one (from before providers
+    /// were recorded) runs on the default. `None`: not configured here.
+    pub fn for_job(&self, provider: Option<&str>) -> Option<&Configured> {
+        self.by_name.get(provider.unwrap_or(&self.default))
+    }
+
+    /// Whether any configured provider has a cap.
+    pub fn any_caps(&self) -> bool {
+        self.any_caps
+    }
+}

@@ -1,0 +1,558 @@
+//! Jobs: submit (rate allowance, reserve, job, event and outbox row in one
+//! statement), the record of a refused submission, reads and listings,
+//! cancel, the poll sequence, and the queries the sweeper runs over open jobs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{FromRow, PgPool, Row};
+use uuid::Uuid;
+
+use super::credits::{self, Reserve};
+use super::outbox::{self, JOB_HAS_UNPUBLISHED};
+use super::rate;
+use super::{is_violation, page, Result, StoreError, SYSTEM_ACTOR};
+use genq_core::domain::{JobParams, JobStatus, VideoRequest};
+use genq_core::messages::{StartMessage, WorkMessage};
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: JobStatus,
+    pub prompt: String,
+    pub params: Json<JobParams>,
+    pub cost: i64,
+    /// The configured provider the job runs on (a model's name, or `provider.name`).
+    pub provider: Option<String>,
+    /// The model the submission named; `None` for the default provider.
+    pub model: Option<String>,
+    pub provider_task_id: Option<String>,
+    pub attempts: i32,
+    pub poll_seq: i32,
+    pub reservation: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub required_credits: Option<i64>,
+    pub available_credits: Option<i64>,
+    /// The provider's own link to the video (it expires); for operators.
+    pub provider_result_url: Option<String>,
+    /// Where genq keeps its copy of the video, once archived.
+    pub video_key: Option<String>,
+    pub video_bytes: Option<i64>,
+    /// What the provider last said about the task while it worked.
+    pub provider_state: Option<String>,
+    pub request_fingerprint: Option<String>,
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
+    attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
+    provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, created_at, updated_at";
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct JobEvent {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub message: Option<String>,
+    pub data: Option<serde_json::Value>,
+}
+
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    /// Reserved and queued; `replayed` when an earlier request with the same
+    /// idempotency key created it.
+    Accepted { job: Job, replayed: bool },
+    /// Not enough credits: recorded as a `rejected` job.
+    Rejected {
+        job: Job,
+        required: i64,
+        available: i64,
+    },
+    /// The idempotency key was used before with a different request.
+    IdempotencyConflict,
+    /// The user's submission allowance is spent (nothing was recorded);
+    /// one more fits after `retry_after`.
+    RateLimited { retry_after: Duration },
+}
+
+#[derive(Clone, Copy)]
+pub struct NewSubmission<'a> {
+    pub job_id: Uuid,
+    pub user_id: Uuid,
+    pub request: &'a VideoRequest,
+    pub cost: i64,
+    pub idempotency_key: Option<&'a str>,
+    /// The configured provider the job runs on; `request.model` names the model.
+    pub provider: &'a str,
+    /// The user's submission allowance, taken in the submitting statement
+    /// (`api.rate_limit = "postgres"`); `None` when not limited here. A
+    /// replay of an idempotency key takes none.
+    pub allowance: Option<rate::Allowance>,
+}
+
+async fn job_by_key<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user_id: Uuid,
+    key: &str,
+) -> Result<Option<Job>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(user_id)
+    .bind(key)
+    .fetch_optional(executor)
+    .await?)
+}
+
+fn replay_or_conflict(job: Job, fingerprint: &str) -> SubmitOutcome {
+    if job.request_fingerprint.as_deref() == Some(fingerprint) {
+        SubmitOutcome::Accepted {
+            job,
+            replayed: true,
+        }
+    } else {
+        SubmitOutcome::IdempotencyConflict
+    }
+}
+
+/// Takes the user's rate allowance (when `new.allowance` is set), reserves
+/// the cost, inserts the job (`queued`), its reserve entry, its first event
+/// and its start message in the outbox, in one statement (the caller then
+/// rings the relays' doorbell); the account row's lock orders concurrent
+/// submissions, and `available >= cost` is re-checked under it.
+pub async fn submit(pool: &PgPool, new: &NewSubmission<'_>) -> Result<SubmitOutcome> {
+    debug_assert!(new.cost >= 0, "a negative cost: {}", new.cost);
+    submit_attempt(pool, new, 3).await
+}
+
+async fn submit_attempt(
+    pool: &PgPool,
+    new: &NewSubmission<'_>,
+    tries_left: u32,
+) -> Result<SubmitOutcome> {
+    let fingerprint = new.request.fingerprint();
+    let raced = genq_core::bugs::take(genq_core::bugs::Switch::StaleKeyLookup);
+    if let Some(key) = new.idempotency_key.filter(|_| !raced) {
+        if let Some(job) = job_by_key(pool, new.user_id, key).await? {
+            return Ok(replay_or_conflict(job, &fingerprint));
+        }
+    }
+    let params = Json(new.request.params());
+    let accepted = try_accept(pool, new, &params, &fingerprint).await;
+
+    match accepted {
+        Ok(Accept::Queued(job)) => Ok(SubmitOutcome::Accepted {
+            job: *job,
+            replayed: false,
+        }),
+        Ok(Accept::RateLimited) => {
+            let allowance = new.allowance.expect("only a limited submission is refused");
+            let retry_after = rate::wait_after_refusal(pool, new.user_id, allowance).await?;
+            Ok(SubmitOutcome::RateLimited { retry_after })
+        }
+        // The allowance (if any) was taken with the statement: a retry
+        // after a shortfall doesn't take it again.
+        Ok(Accept::CannotPay) => {
+            let new = NewSubmission {
+                allowance: None,
+                ..*new
+            };
+            reject(pool, &new, &params, &fingerprint, tries_left).await
+        }
+        // A concurrent request with the same key won; answer with its job.
+        Err(e) if is_violation(&e, "jobs_user_idempotency_key") => {
+            let key = new.idempotency_key.unwrap_or_default();
+            let job = job_by_key(pool, new.user_id, key)
+                .await?
+                .ok_or(StoreError::Conflict("idempotent request vanished".into()))?;
+            Ok(replay_or_conflict(job, &fingerprint))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What the accepting statement did.
+enum Accept {
+    /// Reserved and queued.
+    Queued(Box<Job>),
+    /// The user's allowance was spent; nothing changed.
+    RateLimited,
+    /// The allowance (if any) was taken, but the account can't pay.
+    CannotPay,
+}
+
+/// The accepting statement: takes the submission from the user's allowance
+/// (when `new.allowance` is set), reserves the cost, and inserts the job
+/// (`queued`), its reserve entry, its first event and its start message in
+/// the outbox. One statement, so a refused allowance changes nothing and a
+/// taken one is kept with the submission's outcome.
+async fn try_accept(
+    pool: &PgPool,
+    new: &NewSubmission<'_>,
+    params: &Json<JobParams>,
+    fingerprint: &str,
+) -> std::result::Result<Accept, sqlx::Error> {
+    let start = WorkMessage::from(StartMessage::first(new.job_id));
+    let row = sqlx::query(accept_statement())
+        .bind(new.job_id)
+        .bind(new.user_id)
+        .bind(new.cost)
+        .bind(new.request.prompt.as_str())
+        .bind(params)
+        .bind(new.provider)
+        .bind(new.idempotency_key)
+        .bind(fingerprint)
+        .bind(start.routing_key())
+        .bind(start.to_json())
+        .bind(new.request.model.as_deref())
+        .bind(new.allowance.map(rate::Allowance::interval_secs))
+        .bind(new.allowance.map(rate::Allowance::tolerance_secs))
+        .fetch_one(pool)
+        .await?;
+    // One row always: `allowed`, and the job's columns, NULL when none was made.
+    if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+        return Ok(Accept::Queued(Box::new(Job::from_row(&row)?)));
+    }
+    Ok(if row.try_get("allowed")? {
+        Accept::CannotPay
+    } else {
+        Accept::RateLimited
+    })
+}
+
+/// The text of the accepting statement, built once. `$12` and `$13` are the
+/// allowance's interval and tolerance; NULL when not limited here.
+fn accept_statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let interval = "$12::float8";
+        let take = rate::take_ctes("$2", interval, "$13::float8");
+        let allowed = rate::allowed(interval);
+        let reserve = credits::reserve_ctes(&Reserve {
+            user: "$2",
+            cost: "$3",
+            job: "$1",
+            reservation: "1",
+            actor: &format!("'{SYSTEM_ACTOR}'"),
+            reason: "'video requested'",
+            only_if: &allowed,
+        });
+        let enqueue = outbox::insert_cte("j", "$9", "$10");
+        format!(
+            "WITH {take}, {reserve}, j AS (
+            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
+                              idempotency_key, request_fingerprint, model)
+            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8, $11 FROM acct
+            RETURNING {JOB_COLS}
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, to_status, message, data)
+            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
+                   jsonb_build_object('cost', cost) FROM j
+        ), {enqueue}
+        SELECT {allowed} AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE"
+        )
+    })
+}
+
+/// Records a refused submission. The balance is read under the account lock
+/// and checked again, so a 402 always reflects a real shortfall at that moment.
+async fn reject(
+    pool: &PgPool,
+    new: &NewSubmission<'_>,
+    params: &Json<JobParams>,
+    fingerprint: &str,
+    tries_left: u32,
+) -> Result<SubmitOutcome> {
+    let mut tx = pool.begin().await?;
+    let available = credits::available_for_update(&mut tx, new.user_id).await?;
+    // A concurrent request with the same key may have won the account lock
+    // and spent the credits: this request is its replay, not a refusal.
+    let repeat_402 = genq_core::bugs::on(genq_core::bugs::Switch::Repeat402);
+    if let Some(key) = new.idempotency_key.filter(|_| !repeat_402) {
+        if let Some(job) = job_by_key(&mut *tx, new.user_id, key).await? {
+            tx.rollback().await?;
+            return Ok(replay_or_conflict(job, fingerprint));
+        }
+    }
+    if available >= new.cost {
+        // Credits arrived between the two statements: try again, a few times.
+        tx.rollback().await?;
+        if tries_left == 0 {
+            return Err(StoreError::Conflict(
+                "the balance kept changing; try again".into(),
+            ));
+        }
+        return Box::pin(submit_attempt(pool, new, tries_left - 1)).await;
+    }
+    let message = format!(
+        "A video needs {} credits; you have {}.",
+        new.cost, available
+    );
+    let job: Job = sqlx::query_as(&format!(
+        "WITH j AS (
+            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider, request_fingerprint,
+                              error_code, error_message, required_credits, available_credits, model)
+            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, 'insufficient_credits', $8, $5, $9, $10)
+            RETURNING {JOB_COLS}
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, to_status, message, data)
+            SELECT id, 'status', 'rejected', $8,
+                   jsonb_build_object('required', $5::bigint, 'available', $9::bigint) FROM j
+        )
+        SELECT * FROM j"
+    ))
+    .bind(new.job_id)
+    .bind(new.user_id)
+    .bind(new.request.prompt.as_str())
+    .bind(params)
+    .bind(new.cost)
+    .bind(new.provider)
+    .bind(fingerprint)
+    .bind(&message)
+    .bind(available)
+    .bind(new.request.model.as_deref())
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(SubmitOutcome::Rejected {
+        job,
+        required: new.cost,
+        available,
+    })
+}
+
+pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Option<Job>> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// The job, locked in `tx` until it ends.
+pub(crate) async fn get_job_for_update(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<Job> {
+    sqlx::query_as(&format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(tx)
+    .await?
+    .ok_or(StoreError::NotFound)
+}
+
+pub async fn job_events(pool: &PgPool, job_id: Uuid) -> Result<Vec<JobEvent>> {
+    Ok(sqlx::query_as(
+        "SELECT id, at, kind, from_status, to_status, message, data
+           FROM job_events WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Position in a newest-first job listing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl JobCursor {
+    pub fn encode(&self) -> String {
+        format!(
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.id.simple()
+        )
+    }
+
+    pub fn decode(raw: &str) -> Option<Self> {
+        let (micros, id) = raw.split_once('_')?;
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+/// The user's jobs newest first; `limit + 1` rows are read to know whether
+/// there is a next page.
+pub async fn list_jobs(
+    pool: &PgPool,
+    user_id: Uuid,
+    limit: i64,
+    cursor: Option<JobCursor>,
+    status: Option<JobStatus>,
+) -> Result<(Vec<Job>, Option<JobCursor>)> {
+    let rows: Vec<Job> = sqlx::query_as(&format!(
+        "SELECT {JOB_COLS} FROM jobs
+          WHERE user_id = $1
+            AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+            AND ($4::text IS NULL OR status = $4)
+          ORDER BY created_at DESC, id DESC
+          LIMIT $5"
+    ))
+    .bind(user_id)
+    .bind(cursor.map(|c| c.created_at))
+    .bind(cursor.map(|c| c.id))
+    .bind(status)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page(rows, limit, |j| JobCursor {
+        created_at: j.created_at,
+        id: j.id,
+    }))
+}
+
+/// Appends an event to the job's timeline without changing its status.
+pub async fn record_event(
+    pool: &PgPool,
+    job_id: Uuid,
+    kind: &str,
+    message: &str,
+    data: Option<serde_json::Value>,
+) -> Result<()> {
+    sqlx::query("INSERT INTO job_events (job_id, kind, message, data) VALUES ($1, $2, $3, $4)")
+        .bind(job_id)
+        .bind(kind)
+        .bind(message)
+        .bind(data)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records that the provider task of a canceled job was canceled; true only
+/// for the first caller, so the provider is asked once.
+pub async fn mark_provider_canceled(pool: &PgPool, job_id: Uuid) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE jobs SET provider_canceled_at = now()
+          WHERE id = $1 AND provider_canceled_at IS NULL AND provider_task_id IS NOT NULL",
+    )
+    .bind(job_id)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// What the provider said about a task still working: a short key (a
+/// change of key is recorded on the timeline) and a sentence for people.
+#[derive(Debug, Clone)]
+pub struct ProviderState<'a> {
+    pub key: &'a str,
+    pub message: &'a str,
+}
+
+/// Advances the poll sequence of a running job and notes the provider's
+/// state, with a timeline event when it changed: true when `seq` is
+/// current, false for a stale or duplicated poll message, which is then
+/// dropped.
+pub async fn advance_poll(
+    pool: &PgPool,
+    job_id: Uuid,
+    seq: i32,
+    state: &ProviderState<'_>,
+) -> Result<bool> {
+    let advanced: i64 = sqlx::query_scalar(
+        "WITH old AS (
+            SELECT id, provider_state FROM jobs
+             WHERE id = $1 AND status = 'running' AND poll_seq = $2 FOR UPDATE
+        ), j AS (
+            UPDATE jobs SET poll_seq = poll_seq + 1, polled_at = now(), provider_state = $3
+              FROM old WHERE jobs.id = old.id
+            RETURNING jobs.id, old.provider_state AS was
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, message, data)
+            SELECT id, 'provider', $4, jsonb_build_object('state', $3::text)
+              FROM j WHERE was IS DISTINCT FROM $3
+        )
+        SELECT count(*) FROM j",
+    )
+    .bind(job_id)
+    .bind(seq)
+    .bind(state.key)
+    .bind(state.message)
+    .fetch_one(pool)
+    .await?;
+    Ok(advanced == 1)
+}
+
+// ------------------------------------------------------------ sweeper ----
+
+/// An open job the sweeper found stalled.
+#[derive(Debug, Clone, Copy, FromRow)]
+pub struct StaleJob {
+    pub id: Uuid,
+    pub attempts: i32,
+    pub poll_seq: i32,
+}
+
+/// Touches up to `limit` jobs in `status` untouched for `stale` (and with no
+/// message waiting in the outbox) and returns them, so the next sweep leaves
+/// them alone unless they stall again.
+pub async fn claim_stale(
+    pool: &PgPool,
+    status: JobStatus,
+    stale: Duration,
+    limit: i64,
+) -> Result<Vec<StaleJob>> {
+    debug_assert!(!status.is_terminal());
+    let column = if status == JobStatus::Running {
+        "polled_at"
+    } else {
+        "updated_at"
+    };
+    Ok(sqlx::query_as(&format!(
+        "UPDATE jobs SET {column} = now()
+          WHERE id IN (
+            SELECT id FROM jobs
+             WHERE status = $1 AND COALESCE(polled_at, updated_at) < now() - make_interval(secs => $2)
+               AND NOT {JOB_HAS_UNPUBLISHED}
+             ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id, attempts, poll_seq"
+    ))
+    .bind(status)
+    .bind(stale.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Running jobs more than `grace` past their deadline: (job, provider task, provider).
+pub async fn overdue_running(
+    pool: &PgPool,
+    grace: Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, Option<String>, Option<String>)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, provider_task_id, provider FROM jobs
+          WHERE status = 'running' AND deadline_at < now() - make_interval(secs => $1) LIMIT $2",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Open jobs created longer ago than `max_age`.
+pub async fn open_older_than(pool: &PgPool, max_age: Duration, limit: i64) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT id FROM jobs WHERE status IN {open}
+            AND created_at < now() - make_interval(secs => $1) LIMIT $2",
+        open = JobStatus::sql_list(&JobStatus::OPEN)
+    ))
+    .bind(max_age.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

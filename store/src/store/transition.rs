@@ -1,0 +1,204 @@
+//! A job's change of status: applied only from the expected statuses, with
+//! its timeline event (and a note before it) and, for a terminal status,
+//! its commit or refund, all in one statement.
+
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use super::credits;
+use super::jobs::{Job, JOB_COLS};
+use super::Result;
+use genq_core::domain::JobStatus;
+
+/// A change of a job's status, applied only when the job is in one of `from`.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub job_id: Uuid,
+    pub from: &'a [JobStatus],
+    pub to: JobStatus,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+    pub error: Option<(&'a str, String)>,
+    /// The provider's link to the finished video.
+    pub provider_result_url: Option<&'a str>,
+    /// genq's copy of the video: its storage key and size.
+    pub video: Option<(&'a str, i64)>,
+    pub provider_task_id: Option<&'a str>,
+    /// Set the job's deadline this far from now.
+    pub deadline_in: Option<std::time::Duration>,
+    /// Count one more attempt at the provider.
+    pub count_attempt: bool,
+    /// An event recorded just before the status change's own, in the same
+    /// statement: it happens only if the change does (the archive's copy).
+    pub note: Option<Note<'a>>,
+}
+
+/// An entry of the job's timeline that is not a status change.
+#[derive(Debug, Clone)]
+pub struct Note<'a> {
+    pub kind: &'a str,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+}
+
+impl<'a> Transition<'a> {
+    pub fn new(
+        job_id: Uuid,
+        from: &'a [JobStatus],
+        to: JobStatus,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            job_id,
+            from,
+            to,
+            message: message.into(),
+            data: None,
+            error: None,
+            provider_result_url: None,
+            video: None,
+            provider_task_id: None,
+            deadline_in: None,
+            count_attempt: false,
+            note: None,
+        }
+    }
+}
+
+/// How a transition moves the job's reserved credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// No money moves (e.g. queued → submitting).
+    None,
+    /// reserved → spent.
+    Commit,
+    /// reserved → available.
+    Refund,
+}
+
+impl Settlement {
+    /// The settlement that goes with a terminal status.
+    pub fn for_status(to: JobStatus) -> Self {
+        match to {
+            JobStatus::Succeeded => Self::Commit,
+            JobStatus::Failed | JobStatus::Canceled | JobStatus::Dead => Self::Refund,
+            _ => Self::None,
+        }
+    }
+
+    fn ledger_kind(self) -> Option<&'static str> {
+        match self {
+            Self::Commit => Some("commit"),
+            Self::Refund => Some("refund"),
+            Self::None => None,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct JobWithOld {
+    #[sqlx(flatten)]
+    job: Job,
+    old_status: JobStatus,
+}
+
+/// Applies `t` in one statement: the conditional status update, the job's
+/// event and, for a terminal status, the commit or refund (account and
+/// ledger). Returns the updated job and its previous status, or `None` when
+/// the job was not in an expected status (a duplicate or stale message).
+/// `executor` is the pool, or a transaction the change belongs to (a claim
+/// under a provider's cap).
+pub async fn transition<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    t: &Transition<'_>,
+) -> Result<Option<(Job, JobStatus)>> {
+    let settle = Settlement::for_status(t.to);
+    // Only a reserved job (an open one) can be settled, and a terminal job
+    // never moves again; the statement enforces both, and so do we.
+    debug_assert!(
+        t.from.iter().all(|s| !s.is_terminal()),
+        "a transition from a terminal status: {:?} -> {}",
+        t.from,
+        t.to
+    );
+    let mut from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
+    if genq_core::bugs::on(genq_core::bugs::Switch::NoStatusCheck) {
+        from = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+    }
+    let deadline_secs = t.deadline_in.map(|d| d.as_secs_f64());
+    let (error_code, error_message) = match &t.error {
+        Some((code, msg)) => (Some(*code), Some(msg.as_str())),
+        None => (None, None),
+    };
+    let settle_ctes = credits::settle_ctes("j", "$10", "$11");
+    let row: Option<JobWithOld> = sqlx::query_as(&format!(
+        "WITH old AS (
+            SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE
+        ), j AS (
+            UPDATE jobs SET status = $3,
+                   error_code = COALESCE($4, error_code),
+                   error_message = COALESCE($5, error_message),
+                   provider_result_url = COALESCE($6, provider_result_url),
+                   video_key = COALESCE($13, video_key),
+                   video_bytes = COALESCE($14, video_bytes),
+                   provider_task_id = COALESCE($7, provider_task_id),
+                   deadline_at = COALESCE(now() + make_interval(secs => $8), deadline_at),
+                   attempts = attempts + CASE WHEN $9 THEN 1 ELSE 0 END,
+                   poll_seq = CASE WHEN $3 = 'running' THEN 0 ELSE poll_seq END,
+                   updated_at = now()
+              FROM old
+             WHERE jobs.id = old.id AND old.status = ANY($2)
+            RETURNING jobs.*, old.status AS old_status
+        ), {settle_ctes}, e AS (
+            -- The note (if any), then the status change, in this order of ids.
+            INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
+            SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
+              FROM j CROSS JOIN LATERAL (VALUES
+                   (1, $15, NULL, NULL, $16, $17::jsonb),
+                   (2, 'status', j.old_status, $3, $11, $12)
+                   ) AS ev (ord, kind, from_status, to_status, message, data)
+             WHERE ev.kind IS NOT NULL
+             ORDER BY ev.ord
+        )
+        SELECT {JOB_COLS}, old_status FROM j"
+    ))
+    .bind(t.job_id)
+    .bind(&from)
+    .bind(t.to)
+    .bind(error_code)
+    .bind(error_message)
+    .bind(t.provider_result_url)
+    .bind(t.provider_task_id)
+    .bind(deadline_secs)
+    .bind(t.count_attempt)
+    .bind(settle.ledger_kind())
+    .bind(&t.message)
+    .bind(&t.data)
+    .bind(t.video.map(|(key, _)| key))
+    .bind(t.video.map(|(_, bytes)| bytes))
+    .bind(t.note.as_ref().map(|n| n.kind))
+    .bind(t.note.as_ref().map(|n| n.message.as_str()))
+    .bind(t.note.as_ref().and_then(|n| n.data.as_ref()))
+    .fetch_optional(executor)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    debug_assert!(
+        settle == Settlement::None || !r.old_status.is_terminal(),
+        "settled job {} from {} (never reserved, or settled before)",
+        t.job_id,
+        r.old_status
+    );
+    debug_assert!(r.job.cost >= 0, "job {} has a negative cost", t.job_id);
+    // Counted here, where every terminal transition passes, whoever made it
+    // (worker, API cancel, sweeper, operator).
+    if t.to.is_terminal() {
+        metrics::counter!("genq_jobs_finished_total", "status" => t.to.as_str()).increment(1);
+        let cost = r.job.cost.max(0) as u64;
+        match settle {
+            Settlement::Commit => metrics::counter!("genq_credits_committed_total").increment(cost),
+            Settlement::Refund => metrics::counter!("genq_credits_refunded_total").increment(cost),
+            Settlement::None => {}
+        }
+    }
+    Ok(Some((r.job, r.old_status)))
+}
