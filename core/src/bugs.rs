@@ -1,7 +1,9 @@
 //! Test-only switches for the deterministic simulator (`sim/`): known past
 //! bugs it must find again, and one fault it injects (a racing submit). Off
-//! unless a test turns them on, and compiled out (constant `false`) without
-//! the `bug-switches` feature, which only genq-sim enables.
+//! unless a test turns them on, and compiled out (constant `false`, setting
+//! them does nothing) without the `bug-switches` feature, which only
+//! genq-sim's example and tests enable, as a dev-dependency: no build of the
+//! binaries, `cargo build --workspace` included, carries them.
 
 /// One switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +57,13 @@ pub fn take(switch: Switch) -> bool {
     }
 }
 
-/// Turns `switch` on or off.
-#[cfg(feature = "bug-switches")]
+/// Turns `switch` on or off (nothing without the feature).
 pub fn set(switch: Switch, value: bool) {
+    #[cfg(feature = "bug-switches")]
     FLAGS[switch as usize].store(value, std::sync::atomic::Ordering::SeqCst);
+    #[cfg(not(feature = "bug-switches"))]
+    let _ = (switch, value);
 }
+
+/// Whether the switches work in this build (the `bug-switches` feature).
+pub const COMPILED_IN: bool = cfg!(feature = "bug-switches");

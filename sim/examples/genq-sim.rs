@@ -1,5 +1,6 @@
-//! `genq-sim`: runs seeds of the deterministic simulator (see lib.rs) and
-//! reports the first violation with the shortest failing trace.
+//! `genq-sim` (`cargo run -p genq-sim --example genq-sim`): runs seeds of the
+//! deterministic simulator (see lib.rs) and reports the first violation with
+//! the shortest failing trace.
 
 use std::time::Instant;
 
@@ -31,6 +32,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(name) = &args.bug {
+        anyhow::ensure!(
+            bugs::COMPILED_IN,
+            "--bug needs genq-core's bug-switches feature (run the example: cargo run -p genq-sim --example genq-sim)"
+        );
         let switch = match name.as_str() {
             "repeat-402" => Switch::Repeat402,
             "refund-after-cancel" => Switch::RefundAfterCancel,
