@@ -38,19 +38,12 @@ pub struct SweepReport {
 /// Runs one sweep if no other worker is sweeping; `None` when another holds the lock.
 pub async fn sweep_once(handler: &Handler, verify: bool) -> anyhow::Result<Option<SweepReport>> {
     let mut lock = handler.pool.acquire().await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(SWEEPER_LOCK)
-        .fetch_one(&mut *lock)
-        .await?;
-    if !got {
+    if !store::locks::try_lock(&mut lock, SWEEPER_LOCK).await? {
         return Ok(None);
     }
     let report = sweep(handler, verify).await;
     // The lock is the connection's: released here, or when the process dies.
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(SWEEPER_LOCK)
-        .execute(&mut *lock)
-        .await?;
+    store::locks::unlock(&mut lock, SWEEPER_LOCK).await?;
     report.map(Some)
 }
 

@@ -264,17 +264,35 @@ pub async fn replay(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution> {
 /// checked the balance under the account's lock, so its values are current.
 async fn reserve_again(tx: &mut sqlx::PgConnection, job: &Job, actor: &str) -> Result<()> {
     debug_assert!(matches!(job.status, JobStatus::Dead | JobStatus::Failed));
-    let reserve = credits::reserve_ctes(&Reserve {
-        user: "$4",
-        cost: "$5",
-        job: "$1",
-        reservation: "$6",
-        actor: "$2",
-        reason: "'replayed from the dead-letter queue'",
-        only_if: "TRUE",
-    });
-    let replayed: Option<Uuid> = sqlx::query_scalar(&format!(
-        "WITH {reserve}, j AS (
+    let replayed: Option<Uuid> = sqlx::query_scalar(replay_statement())
+        .bind(job.id)
+        .bind(actor)
+        .bind(job.status)
+        .bind(job.user_id)
+        .bind(job.cost)
+        .bind(job.reservation + 1)
+        .fetch_optional(&mut *tx)
+        .await?;
+    // The caller holds both locks and checked the balance: this cannot miss.
+    replayed
+        .map(|_| ())
+        .ok_or_else(|| StoreError::Conflict("the job changed while being replayed".into()))
+}
+
+/// The statement of [`reserve_again`], composed once from the one reserve path.
+pub(crate) fn replay_statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let reserve = credits::reserve_ctes(&Reserve {
+            user: "$4",
+            cost: "$5",
+            job: "$1",
+            reservation: "$6",
+            actor: "$2",
+            reason: "'replayed from the dead-letter queue'",
+            only_if: "TRUE",
+        });
+        format!("WITH {reserve}, j AS (
             UPDATE jobs SET status = 'queued', reservation = $6, attempts = 0, poll_seq = 0,
                    error_code = NULL, error_message = NULL, provider_task_id = NULL, provider_result_url = NULL,
                    video_key = NULL, video_bytes = NULL, provider_state = NULL,
@@ -286,20 +304,8 @@ async fn reserve_again(tx: &mut sqlx::PgConnection, job: &Job, actor: &str) -> R
             SELECT id, 'status', $3::text, to_status,
                    'Replayed by ' || $2::text || '; ' || cost || ' credits reserved again.' FROM j
         )
-        SELECT id FROM j"
-    ))
-    .bind(job.id)
-    .bind(actor)
-    .bind(job.status)
-    .bind(job.user_id)
-    .bind(job.cost)
-    .bind(job.reservation + 1)
-    .fetch_optional(&mut *tx)
-    .await?;
-    // The caller holds both locks and checked the balance: this cannot miss.
-    replayed
-        .map(|_| ())
-        .ok_or_else(|| StoreError::Conflict("the job changed while being replayed".into()))
+        SELECT id FROM j")
+    })
 }
 
 /// Closes the letter; a job still open is marked dead and refunded.

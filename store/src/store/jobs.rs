@@ -230,7 +230,7 @@ async fn try_accept(
 
 /// The text of the accepting statement, built once. `$12` and `$13` are the
 /// allowance's interval and tolerance; NULL when not limited here.
-fn accept_statement() -> &'static str {
+pub(crate) fn accept_statement() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let interval = "$12::float8";

@@ -7,6 +7,7 @@
 //! - [`jobs`]: submit, read, list, and the sweeper's queries
 //! - [`transition`]: a job's conditional status change with its settlement
 //! - [`cancel`]: a user's or an operator's cancel, refunded at once
+//! - [`locks`]: advisory locks for work one process does at a time
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
 //! - [`events`]: reading the job-event stream after a position
@@ -20,6 +21,7 @@ pub mod credits;
 pub mod dead_letters;
 pub mod events;
 pub mod jobs;
+pub mod locks;
 pub mod outbox;
 pub mod rate;
 pub mod transition;
@@ -34,6 +36,18 @@ pub use jobs::{
 };
 pub use transition::{transition, Note, Settlement, Transition};
 pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};
+
+/// Every statement composed from parts that other statements share (the
+/// rate allowance, the reserve and settle steps, the outbox insert), by
+/// name: a test prepares each against the migrated schema, so a part that
+/// no longer fits fails in seconds, not in an end-to-end test.
+pub fn composed_statements() -> [(&'static str, &'static str); 3] {
+    [
+        ("submit", jobs::accept_statement()),
+        ("transition", transition::statement()),
+        ("replay", dead_letters::replay_statement()),
+    ]
+}
 
 /// The actor recorded for changes genq makes on its own.
 pub const SYSTEM_ACTOR: &str = "system";

@@ -102,37 +102,13 @@ struct JobWithOld {
     old_status: JobStatus,
 }
 
-/// Applies `t` in one statement: the conditional status update, the job's
-/// event and, for a terminal status, the commit or refund (account and
-/// ledger). Returns the updated job and its previous status, or `None` when
-/// the job was not in an expected status (a duplicate or stale message).
-/// `executor` is the pool, or a transaction the change belongs to (a claim
-/// under a provider's cap).
-pub async fn transition<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    t: &Transition<'_>,
-) -> Result<Option<(Job, JobStatus)>> {
-    let settle = Settlement::for_status(t.to);
-    // Only a reserved job (an open one) can be settled, and a terminal job
-    // never moves again; the statement enforces both, and so do we.
-    debug_assert!(
-        t.from.iter().all(|s| !s.is_terminal()),
-        "a transition from a terminal status: {:?} -> {}",
-        t.from,
-        t.to
-    );
-    let mut from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
-    if genq_core::bugs::on(genq_core::bugs::Switch::NoStatusCheck) {
-        from = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
-    }
-    let deadline_secs = t.deadline_in.map(|d| d.as_secs_f64());
-    let (error_code, error_message) = match &t.error {
-        Some((code, msg)) => (Some(*code), Some(msg.as_str())),
-        None => (None, None),
-    };
-    let settle_ctes = credits::settle_ctes("j", "$10", "$11");
-    let row: Option<JobWithOld> = sqlx::query_as(&format!(
-        "WITH old AS (
+/// The statement of [`transition`], composed once with the settle step.
+pub(crate) fn statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let settle_ctes = credits::settle_ctes("j", "$10::text", "$11");
+        format!(
+            "WITH old AS (
             SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE
         ), j AS (
             UPDATE jobs SET status = $3,
@@ -161,26 +137,58 @@ pub async fn transition<'e>(
              ORDER BY ev.ord
         )
         SELECT {JOB_COLS}, old_status FROM j"
-    ))
-    .bind(t.job_id)
-    .bind(&from)
-    .bind(t.to)
-    .bind(error_code)
-    .bind(error_message)
-    .bind(t.provider_result_url)
-    .bind(t.provider_task_id)
-    .bind(deadline_secs)
-    .bind(t.count_attempt)
-    .bind(settle.ledger_kind())
-    .bind(&t.message)
-    .bind(&t.data)
-    .bind(t.video.map(|(key, _)| key))
-    .bind(t.video.map(|(_, bytes)| bytes))
-    .bind(t.note.as_ref().map(|n| n.kind))
-    .bind(t.note.as_ref().map(|n| n.message.as_str()))
-    .bind(t.note.as_ref().and_then(|n| n.data.as_ref()))
-    .fetch_optional(executor)
-    .await?;
+        )
+    })
+}
+
+/// Applies `t` in one statement: the conditional status update, the job's
+/// event and, for a terminal status, the commit or refund (account and
+/// ledger). Returns the updated job and its previous status, or `None` when
+/// the job was not in an expected status (a duplicate or stale message).
+/// `executor` is the pool, or a transaction the change belongs to (a claim
+/// under a provider's cap).
+pub async fn transition<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    t: &Transition<'_>,
+) -> Result<Option<(Job, JobStatus)>> {
+    let settle = Settlement::for_status(t.to);
+    // Only a reserved job (an open one) can be settled, and a terminal job
+    // never moves again; the statement enforces both, and so do we.
+    debug_assert!(
+        t.from.iter().all(|s| !s.is_terminal()),
+        "a transition from a terminal status: {:?} -> {}",
+        t.from,
+        t.to
+    );
+    let mut from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
+    if genq_core::bugs::on(genq_core::bugs::Switch::NoStatusCheck) {
+        from = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+    }
+    let deadline_secs = t.deadline_in.map(|d| d.as_secs_f64());
+    let (error_code, error_message) = match &t.error {
+        Some((code, msg)) => (Some(*code), Some(msg.as_str())),
+        None => (None, None),
+    };
+    let row: Option<JobWithOld> = sqlx::query_as(statement())
+        .bind(t.job_id)
+        .bind(&from)
+        .bind(t.to)
+        .bind(error_code)
+        .bind(error_message)
+        .bind(t.provider_result_url)
+        .bind(t.provider_task_id)
+        .bind(deadline_secs)
+        .bind(t.count_attempt)
+        .bind(settle.ledger_kind())
+        .bind(&t.message)
+        .bind(&t.data)
+        .bind(t.video.map(|(key, _)| key))
+        .bind(t.video.map(|(_, bytes)| bytes))
+        .bind(t.note.as_ref().map(|n| n.kind))
+        .bind(t.note.as_ref().map(|n| n.message.as_str()))
+        .bind(t.note.as_ref().and_then(|n| n.data.as_ref()))
+        .fetch_optional(executor)
+        .await?;
     let Some(r) = row else { return Ok(None) };
     debug_assert!(
         settle == Settlement::None || !r.old_status.is_terminal(),
