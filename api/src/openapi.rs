@@ -11,41 +11,84 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::routes::admin::{self, dlq, jobs, system, users, webhooks};
 use crate::routes::{credits, dev, events, generations, health, video, web};
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "genq", description = "Credit-metered AI video generation.", version = "1"),
-    paths(
-        generations::create, generations::list, generations::get, generations::cancel,
-        video::video,
-        events::create_stream_token, events::job_events, events::user_events,
-        credits::balance, credits::ledger,
-        admin::credits::add_credits,
-        users::diagnose, jobs::jobs, jobs::job, jobs::job_ledger, jobs::job_cancel, dlq::dlq_list, dlq::dlq_show, dlq::dlq_replay,
-        dlq::dlq_discard, system::ledger_verification, system::ledger_verify, system::system,
-        webhooks::webhook_create, webhooks::webhook_list, webhooks::webhook_show,
-        webhooks::webhook_delete, webhooks::webhook_rotate,
-        webhooks::delivery_list, webhooks::delivery_show, webhooks::delivery_replay,
-        health::healthz, health::readyz,
-        dev::sign_in, web::config,
+    info(
+        title = "genq",
+        description = "Credit-metered AI video generation.",
+        version = "1"
     ),
     components(schemas(
-        crate::error::ErrorBody, crate::error::ErrorDetail,
-        genq_core::webhooks::JobStatusWebhook, dlq::DlqState, genq_store::ops::HourCount,
-    )),
-    modifiers(&BearerAuth, &ServerErrors, &Links),
+        crate::error::ErrorBody,
+        crate::error::ErrorDetail,
+        genq_core::webhooks::JobStatusWebhook,
+        dlq::DlqState,
+        genq_store::ops::HourCount,
+    ))
 )]
 pub struct ApiDoc;
+
+/// Every documented endpoint, routed and described from its handler's
+/// `#[utoipa::path]`: a path is written once, in that annotation. Handlers
+/// that share a path share a `routes!`.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(generations::create, generations::list))
+        .routes(routes!(generations::get))
+        .routes(routes!(generations::cancel))
+        .routes(routes!(video::video))
+        .routes(routes!(events::job_events))
+        .routes(routes!(events::user_events))
+        .routes(routes!(events::create_stream_token))
+        .routes(routes!(credits::balance))
+        .routes(routes!(credits::ledger))
+        .routes(routes!(admin::credits::add_credits))
+        .routes(routes!(users::diagnose))
+        .routes(routes!(jobs::jobs))
+        .routes(routes!(jobs::job))
+        .routes(routes!(jobs::job_ledger))
+        .routes(routes!(jobs::job_cancel))
+        .routes(routes!(dlq::dlq_list))
+        .routes(routes!(dlq::dlq_show))
+        .routes(routes!(dlq::dlq_replay))
+        .routes(routes!(dlq::dlq_discard))
+        .routes(routes!(system::ledger_verification, system::ledger_verify))
+        .routes(routes!(system::system))
+        .routes(routes!(webhooks::webhook_create, webhooks::webhook_list))
+        .routes(routes!(webhooks::webhook_show, webhooks::webhook_delete))
+        .routes(routes!(webhooks::webhook_rotate))
+        .routes(routes!(webhooks::delivery_list))
+        .routes(routes!(webhooks::delivery_show))
+        .routes(routes!(webhooks::delivery_replay))
+        .routes(routes!(dev::sign_in))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(web::config))
+}
+
+/// The API's routes and its document, completed by the modifiers (which
+/// read every operation, so they run once all are in).
+pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = api_routes().split_for_parts();
+    for modifier in [&BearerAuth as &dyn Modify, &ServerErrors, &Links] {
+        modifier.modify(&mut api);
+    }
+    (router, api)
+}
 
 /// The document of a deployment whose configured models are `models`: the
 /// submission's `model` takes exactly those names, and is absent when there
 /// are none (any value would be refused), so a client generated from it
 /// can't build a request the server refuses.
 pub fn document(models: &[&str]) -> serde_json::Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let mut doc = serde_json::to_value(split().1).expect("the OpenAPI document serializes");
     let props = doc
         .pointer_mut("/components/schemas/CreateGeneration/properties")
         .and_then(|p| p.as_object_mut());
@@ -291,7 +334,7 @@ mod tests {
     /// and only parameters of it.
     #[test]
     fn links_resolve() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let doc = serde_json::to_value(split().1).unwrap();
         let operations: Vec<&serde_json::Value> = doc["paths"]
             .as_object()
             .unwrap()
@@ -325,7 +368,7 @@ mod tests {
     /// The admin credits body is exactly one of two objects, each requiring its own key.
     #[test]
     fn admin_credits_body_is_one_of() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let doc = serde_json::to_value(split().1).unwrap();
         let schemas = &doc["components"]["schemas"];
         let one_of = schemas["AdminCreditRequest"]["oneOf"].as_array().unwrap();
         assert_eq!(one_of.len(), 2);

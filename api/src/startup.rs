@@ -9,7 +9,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use genq_core::config::Settings;
 use genq_store::db;
@@ -19,8 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{error_json, ApiError};
-use crate::routes::admin::{self, dlq, jobs, system, users, webhooks};
-use crate::routes::{credits, dev, events, generations, health, video, web};
+use crate::routes::web;
 use crate::state::AppState;
 
 pub struct Application {
@@ -189,68 +188,15 @@ async fn serve(
 }
 
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route(
-            "/generations",
-            post(generations::create).get(generations::list),
-        )
-        .route("/generations/{id}", get(generations::get))
-        .route("/generations/{id}/cancel", post(generations::cancel))
-        .route("/generations/{id}/video", get(video::video))
-        .route("/generations/{id}/events", get(events::job_events))
-        .route("/events", get(events::user_events))
-        .route("/stream-tokens", post(events::create_stream_token))
-        .route("/credits", get(credits::balance))
-        .route("/credits/ledger", get(credits::ledger))
-        .route("/admin/credits", post(admin::credits::add_credits))
-        .route("/admin/users/{user}/diagnosis", get(users::diagnose))
-        .route("/admin/jobs", get(jobs::jobs))
-        .route("/admin/jobs/{id}", get(jobs::job))
-        .route("/admin/jobs/{id}/ledger", get(jobs::job_ledger))
-        .route("/admin/jobs/{id}/cancel", post(jobs::job_cancel))
-        .route("/admin/dlq", get(dlq::dlq_list))
-        .route("/admin/dlq/{id}", get(dlq::dlq_show))
-        .route("/admin/dlq/{id}/replay", post(dlq::dlq_replay))
-        .route("/admin/dlq/{id}/discard", post(dlq::dlq_discard))
-        .route(
-            "/admin/ledger/verify",
-            get(system::ledger_verification).post(system::ledger_verify),
-        )
-        .route("/admin/system", get(system::system))
-        .route(
-            "/admin/webhooks",
-            post(webhooks::webhook_create).get(webhooks::webhook_list),
-        )
-        .route(
-            "/admin/webhooks/{id}",
-            get(webhooks::webhook_show).delete(webhooks::webhook_delete),
-        )
-        .route(
-            "/admin/webhooks/{id}/rotate",
-            post(webhooks::webhook_rotate),
-        )
-        .route("/admin/webhook-deliveries", get(webhooks::delivery_list))
-        .route(
-            "/admin/webhook-deliveries/{id}",
-            get(webhooks::delivery_show),
-        )
-        .route(
-            "/admin/webhook-deliveries/{id}/replay",
-            post(webhooks::delivery_replay),
-        )
-        .route("/dev/sign-in", post(dev::sign_in));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi))
+    // The documented endpoints, each routed from its own annotation.
+    let (api, _) = crate::openapi::split();
+    api.route("/openapi.json", get(openapi))
         // The page (not part of the API document, except its settings).
         .route("/", get(web::index))
         .route("/assets/app.js", get(web::app_js))
         .route("/admin", get(web::admin))
         .route("/assets/admin.js", get(web::admin_js))
         .route("/assets/app.css", get(web::app_css))
-        .route("/web/config.json", get(web::config))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
