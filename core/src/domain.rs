@@ -342,6 +342,57 @@ impl sqlx::Encode<'_, sqlx::Postgres> for JobStatus {
     }
 }
 
+/// What one job event records: a change of status, or a note on the way
+/// (stored in `job_events.kind`; shown as text in a job's timeline and its
+/// streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The job's status changed (`from_status` → `to_status`).
+    Status,
+    /// A transient provider error, retried later.
+    Retry,
+    /// Something the provider said (a queue position, throttling, a cancel).
+    Provider,
+    /// The job waits for a provider's cap to free a slot.
+    Waiting,
+    /// The sweeper re-drove or closed the job.
+    Sweeper,
+    /// genq kept its copy of the video.
+    Archived,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        Self::Status,
+        Self::Retry,
+        Self::Provider,
+        Self::Waiting,
+        Self::Sweeper,
+        Self::Archived,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Retry => "retry",
+            Self::Provider => "provider",
+            Self::Waiting => "waiting",
+            Self::Sweeper => "sweeper",
+            Self::Archived => "archived",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A kind of credit ledger entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -370,6 +421,14 @@ impl LedgerKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_kinds_read_back_as_written() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::parse("provider_submitted"), None);
+    }
 
     /// The schema's own lists (a CHECK, two partial indexes, the webhook
     /// trigger's failure statuses) are the constants', written out once when

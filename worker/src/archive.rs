@@ -3,7 +3,7 @@
 //! charged until the copy is stored; a copy that can never be made fails
 //! the job with a refund.
 
-use genq_core::domain::JobStatus;
+use genq_core::domain::{EventKind, JobStatus};
 use genq_core::messages::PollMessage;
 use genq_providers::provider::ProviderError;
 use genq_providers::storage::{ArchiveError, VideoStore};
@@ -33,7 +33,7 @@ impl Handler {
                 done.video = Some((&key, archived.bytes as i64));
                 // One statement: the copy's event, the status and the commit.
                 done.note = Some(Note {
-                    kind: "archived",
+                    kind: EventKind::Archived,
                     message: format!(
                         "The video was copied to genq's storage ({} bytes in {} ms).",
                         archived.bytes,

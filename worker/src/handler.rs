@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use genq_broker::{tier_at_least, tier_at_most, Publisher, Topology};
 use genq_core::config::Settings;
-use genq_core::domain::JobStatus;
+use genq_core::domain::{EventKind, JobStatus};
 use genq_core::messages::{PollMessage, StartMessage, POLL_KEY};
 use genq_providers::provider::{
     self, Configured, ProviderError, Providers, TaskRequest, TaskStatus,
@@ -452,7 +452,7 @@ impl Handler {
                 store::record_event(
                     &self.pool,
                     job_id,
-                    "provider",
+                    EventKind::Provider,
                     "Canceled at the provider.",
                     None,
                 )
@@ -531,7 +531,7 @@ impl Handler {
         store::record_event(
             &self.pool,
             job.id,
-            "retry",
+            EventKind::Retry,
             &format!(
                 "Transient provider error (attempt {attempt}): {error}; retrying in {tier} ms."
             ),

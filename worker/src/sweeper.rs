@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use genq_core::domain::JobStatus;
+use genq_core::domain::{EventKind, JobStatus};
 use genq_core::messages::{PollMessage, StartMessage, POLL_KEY, START_KEY};
 use genq_store::ops;
 use genq_store::store::jobs::{self, StaleJob};
@@ -66,7 +66,7 @@ async fn redrive<T: Serialize>(
 ) -> anyhow::Result<()> {
     let work = handler.topology.work_exchange();
     handler.publisher.publish_json(&work, key, message).await?;
-    store::record_event(&handler.pool, job_id, "sweeper", note, None).await?;
+    store::record_event(&handler.pool, job_id, EventKind::Sweeper, note, None).await?;
     Ok(())
 }
 

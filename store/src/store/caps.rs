@@ -4,7 +4,7 @@
 //! one transaction under the provider's advisory lock, so two workers never
 //! both take the last slot.
 
-use genq_core::domain::JobStatus;
+use genq_core::domain::{EventKind, JobStatus};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -134,16 +134,17 @@ pub async fn claim_within_caps(
     if let Some((cap, limit, retry_in)) = over {
         let message = waiting_message(cap, limit);
         let from: Vec<&str> = claim.from.iter().map(|s| s.as_str()).collect();
-        sqlx::query(
+        sqlx::query(&format!(
             "WITH j AS (
                 UPDATE jobs SET updated_at = now() WHERE id = $1 AND status = ANY($2) RETURNING id
             )
             INSERT INTO job_events (job_id, kind, message, data)
-            SELECT id, 'waiting', $3, jsonb_build_object('cap', $4::text, 'limit', $5::bigint)
+            SELECT id, '{waiting}', $3, jsonb_build_object('cap', $4::text, 'limit', $5::bigint)
               FROM j
              WHERE (SELECT message FROM job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1)
                    IS DISTINCT FROM $3",
-        )
+            waiting = EventKind::Waiting
+        ))
         .bind(claim.job_id)
         .bind(&from)
         .bind(&message)

@@ -12,7 +12,7 @@ use super::jobs::{get_job_for_update, Job};
 use super::outbox;
 use super::transition::{transition, Transition};
 use super::{Result, StoreError};
-use genq_core::domain::JobStatus;
+use genq_core::domain::{EventKind, JobStatus};
 use genq_core::messages::{PollMessage, StartMessage, WorkMessage};
 
 /// A dead letter with its job's context, as operators see it.
@@ -292,6 +292,7 @@ pub(crate) fn replay_statement() -> &'static str {
             reason: "'replayed from the dead-letter queue'",
             only_if: "TRUE",
         });
+        let status = EventKind::Status;
         format!("WITH {reserve}, j AS (
             UPDATE jobs SET status = 'queued', reservation = $6, attempts = 0, poll_seq = 0,
                    error_code = NULL, error_message = NULL, provider_task_id = NULL, provider_result_url = NULL,
@@ -301,7 +302,7 @@ pub(crate) fn replay_statement() -> &'static str {
             RETURNING id, status AS to_status, cost
         ), e AS (
             INSERT INTO job_events (job_id, kind, from_status, to_status, message)
-            SELECT id, 'status', $3::text, to_status,
+            SELECT id, '{status}', $3::text, to_status,
                    'Replayed by ' || $2::text || '; ' || cost || ' credits reserved again.' FROM j
         )
         SELECT id FROM j")

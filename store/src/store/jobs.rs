@@ -14,7 +14,7 @@ use super::credits::{self, Reserve};
 use super::outbox::{self, JOB_HAS_UNPUBLISHED};
 use super::rate;
 use super::{is_violation, page, Result, StoreError, SYSTEM_ACTOR};
-use genq_core::domain::{JobParams, JobStatus, VideoRequest};
+use genq_core::domain::{EventKind, JobParams, JobStatus, VideoRequest};
 use genq_core::messages::{StartMessage, WorkMessage};
 
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -246,6 +246,7 @@ pub(crate) fn accept_statement() -> &'static str {
             only_if: &allowed,
         });
         let enqueue = outbox::insert_cte("j", "$9", "$10");
+        let status = EventKind::Status;
         format!(
             "WITH {take}, {reserve}, j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
@@ -254,7 +255,7 @@ pub(crate) fn accept_statement() -> &'static str {
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
-            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
+            SELECT id, '{status}', 'queued', 'Accepted; ' || cost || ' credits reserved.',
                    jsonb_build_object('cost', cost) FROM j
         ), {enqueue}
         SELECT {allowed} AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE"
@@ -304,10 +305,11 @@ async fn reject(
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
-            SELECT id, 'status', 'rejected', $8,
+            SELECT id, '{status}', 'rejected', $8,
                    jsonb_build_object('required', $5::bigint, 'available', $9::bigint) FROM j
         )
-        SELECT * FROM j"
+        SELECT * FROM j",
+        status = EventKind::Status
     ))
     .bind(new.job_id)
     .bind(new.user_id)
@@ -418,13 +420,13 @@ pub async fn list_jobs(
 pub async fn record_event(
     pool: &PgPool,
     job_id: Uuid,
-    kind: &str,
+    kind: EventKind,
     message: &str,
     data: Option<serde_json::Value>,
 ) -> Result<()> {
     sqlx::query("INSERT INTO job_events (job_id, kind, message, data) VALUES ($1, $2, $3, $4)")
         .bind(job_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(message)
         .bind(data)
         .execute(pool)
@@ -463,7 +465,7 @@ pub async fn advance_poll(
     seq: i32,
     state: &ProviderState<'_>,
 ) -> Result<bool> {
-    let advanced: i64 = sqlx::query_scalar(
+    let advanced: i64 = sqlx::query_scalar(&format!(
         "WITH old AS (
             SELECT id, provider_state FROM jobs
              WHERE id = $1 AND status = 'running' AND poll_seq = $2 FOR UPDATE
@@ -473,11 +475,12 @@ pub async fn advance_poll(
             RETURNING jobs.id, old.provider_state AS was
         ), e AS (
             INSERT INTO job_events (job_id, kind, message, data)
-            SELECT id, 'provider', $4, jsonb_build_object('state', $3::text)
+            SELECT id, '{provider}', $4, jsonb_build_object('state', $3::text)
               FROM j WHERE was IS DISTINCT FROM $3
         )
         SELECT count(*) FROM j",
-    )
+        provider = EventKind::Provider
+    ))
     .bind(job_id)
     .bind(seq)
     .bind(state.key)

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::credits;
 use super::jobs::{Job, JOB_COLS};
 use super::Result;
-use genq_core::domain::JobStatus;
+use genq_core::domain::{EventKind, JobStatus};
 
 /// A change of a job's status, applied only when the job is in one of `from`.
 #[derive(Debug, Clone)]
@@ -30,13 +30,13 @@ pub struct Transition<'a> {
     pub count_attempt: bool,
     /// An event recorded just before the status change's own, in the same
     /// statement: it happens only if the change does (the archive's copy).
-    pub note: Option<Note<'a>>,
+    pub note: Option<Note>,
 }
 
 /// An entry of the job's timeline that is not a status change.
 #[derive(Debug, Clone)]
-pub struct Note<'a> {
-    pub kind: &'a str,
+pub struct Note {
+    pub kind: EventKind,
     pub message: String,
     pub data: Option<serde_json::Value>,
 }
@@ -107,6 +107,7 @@ pub(crate) fn statement() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let settle_ctes = credits::settle_ctes("j", "$10::text", "$11");
+        let status = EventKind::Status;
         format!(
             "WITH old AS (
             SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE
@@ -131,7 +132,7 @@ pub(crate) fn statement() -> &'static str {
             SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
               FROM j CROSS JOIN LATERAL (VALUES
                    (1, $15, NULL, NULL, $16, $17::jsonb),
-                   (2, 'status', j.old_status, $3, $11, $12)
+                   (2, '{status}', j.old_status, $3, $11, $12)
                    ) AS ev (ord, kind, from_status, to_status, message, data)
              WHERE ev.kind IS NOT NULL
              ORDER BY ev.ord
@@ -184,7 +185,7 @@ pub async fn transition<'e>(
         .bind(&t.data)
         .bind(t.video.map(|(key, _)| key))
         .bind(t.video.map(|(_, bytes)| bytes))
-        .bind(t.note.as_ref().map(|n| n.kind))
+        .bind(t.note.as_ref().map(|n| n.kind.as_str()))
         .bind(t.note.as_ref().map(|n| n.message.as_str()))
         .bind(t.note.as_ref().and_then(|n| n.data.as_ref()))
         .fetch_optional(executor)
