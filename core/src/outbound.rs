@@ -63,6 +63,21 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     !reserved
 }
 
+/// A client builder for requests to addresses someone else chose: no
+/// redirects (a caller that follows them checks each hop itself), no proxy
+/// from the environment (through one, the check would see the proxy, not
+/// the target), and unless `allow_private` the [`PublicOnly`] resolver.
+pub fn client_builder(allow_private: bool) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if allow_private {
+        builder
+    } else {
+        builder.dns_resolver(std::sync::Arc::new(PublicOnly))
+    }
+}
+
 /// Resolves like the system does, then refuses the host when any of its
 /// addresses is not public (a name that mixes public and private addresses
 /// is refused, not filtered). The client connects only to the addresses it

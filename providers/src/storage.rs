@@ -64,8 +64,8 @@ pub struct VideoStore {
 /// configuration already trusts them); any other must be `https` to public
 /// addresses (checked on every address its name resolves to, connecting
 /// only to those) unless `provider.allow_private`. Redirects are followed
-/// by hand, each hop checked the same way. No proxy from the environment:
-/// through one, the check would see the proxy, not the target.
+/// by hand, each hop checked the same way; no proxy from the environment
+/// (`genq_core::outbound::client_builder`).
 #[derive(Clone)]
 struct Downloads {
     /// For the trusted origins: the system resolver.
@@ -261,18 +261,13 @@ impl VideoStore {
 impl Downloads {
     fn new(settings: &genq_core::config::Settings) -> anyhow::Result<Self> {
         let timeout = Duration::from_millis(settings.storage.download_timeout_ms);
-        let builder = || {
-            reqwest::Client::builder()
+        let client = |allow_private| {
+            genq_core::outbound::client_builder(allow_private)
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
+                .build()
         };
         let allow_private = settings.provider.allow_private;
-        let mut public = builder();
-        if !allow_private {
-            public = public.dns_resolver(Arc::new(genq_core::outbound::PublicOnly));
-        }
         let trusted_origins = std::iter::once(settings.provider.effective_base_url())
             .chain(
                 settings
@@ -285,8 +280,9 @@ impl Downloads {
             .filter(url::Origin::is_tuple)
             .collect();
         Ok(Self {
-            trusted: builder().build()?,
-            public: public.build()?,
+            // The configured providers' own origins may be private.
+            trusted: client(true)?,
+            public: client(allow_private)?,
             trusted_origins,
             allow_private,
         })

@@ -44,21 +44,16 @@ pub struct WebhookClient {
 impl WebhookClient {
     pub fn new(settings: &WebhookSettings) -> anyhow::Result<Self> {
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let mut builder = reqwest::Client::builder()
+        // A redirect is a failure (the spec's advice; it could also lead to
+        // an address the resolver never saw).
+        let client = genq_core::outbound::client_builder(settings.allow_private)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            // A redirect is a failure (the spec's advice; it could also lead
-            // to an address the resolver never saw).
-            .redirect(reqwest::redirect::Policy::none())
-            // Through a proxy the resolver would check the proxy, not the target.
-            .no_proxy()
             .user_agent(concat!("genq-webhooks/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(4);
-        if !settings.allow_private {
-            builder = builder.dns_resolver(Arc::new(genq_core::outbound::PublicOnly));
-        }
+            .pool_max_idle_per_host(4)
+            .build()?;
         Ok(Self {
-            client: builder.build()?,
+            client,
             allow_private: settings.allow_private,
             timeout,
         })
