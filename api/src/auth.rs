@@ -6,6 +6,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap};
+use genq_core::domain::EMAIL_MAX;
 use genq_store::store::{self, Identity};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, EncodingKey, Header, Validation};
@@ -54,9 +55,8 @@ pub const STREAM_ISSUER: &str = "genq";
 /// `web.dev_sign_in` is off, so turning it off ends every such session.
 pub const DEV_ISSUER: &str = "genq-dev-sign-in";
 
-/// Longest `sub`, `email` and `name` accepted.
+/// Longest `sub` and `name` accepted (an email: [`EMAIL_MAX`]).
 const SUB_MAX: usize = 255;
-use genq_core::domain::EMAIL_MAX;
 const NAME_MAX: usize = 200;
 
 /// An authenticated caller.

@@ -73,14 +73,18 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(web::config))
 }
 
-/// The API's routes and its document, completed by the modifiers (which
-/// read every operation, so they run once all are in).
-pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, mut api) = api_routes().split_for_parts();
-    for modifier in [&BearerAuth as &dyn Modify, &ServerErrors, &Links] {
-        modifier.modify(&mut api);
-    }
-    (router, api)
+/// The routes' document, completed by the modifiers (which read every
+/// operation, so they run once all are in); built once per process, since
+/// `/openapi.json` serves it to anyone who asks.
+fn base_document() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut api) = api_routes().split_for_parts();
+        for modifier in [&BearerAuth as &dyn Modify, &ServerErrors, &Links] {
+            modifier.modify(&mut api);
+        }
+        serde_json::to_value(api).expect("the OpenAPI document serializes")
+    })
 }
 
 /// The document of a deployment whose configured models are `models`: the
@@ -88,7 +92,7 @@ pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
 /// are none (any value would be refused), so a client generated from it
 /// can't build a request the server refuses.
 pub fn document(models: &[&str]) -> serde_json::Value {
-    let mut doc = serde_json::to_value(split().1).expect("the OpenAPI document serializes");
+    let mut doc = base_document().clone();
     let props = doc
         .pointer_mut("/components/schemas/CreateGeneration/properties")
         .and_then(|p| p.as_object_mut());
@@ -334,7 +338,7 @@ mod tests {
     /// and only parameters of it.
     #[test]
     fn links_resolve() {
-        let doc = serde_json::to_value(split().1).unwrap();
+        let doc = base_document().clone();
         let operations: Vec<&serde_json::Value> = doc["paths"]
             .as_object()
             .unwrap()
@@ -368,7 +372,7 @@ mod tests {
     /// The admin credits body is exactly one of two objects, each requiring its own key.
     #[test]
     fn admin_credits_body_is_one_of() {
-        let doc = serde_json::to_value(split().1).unwrap();
+        let doc = base_document().clone();
         let schemas = &doc["components"]["schemas"];
         let one_of = schemas["AdminCreditRequest"]["oneOf"].as_array().unwrap();
         assert_eq!(one_of.len(), 2);

@@ -189,7 +189,7 @@ async fn serve(
 
 pub fn router(state: AppState) -> Router {
     // The documented endpoints, each routed from its own annotation.
-    let (api, _) = crate::openapi::split();
+    let (api, _) = crate::openapi::api_routes().split_for_parts();
     api.route("/openapi.json", get(openapi))
         // The page (not part of the API document, except its settings).
         .route("/", get(web::index))
