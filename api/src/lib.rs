@@ -2,12 +2,12 @@
 //! event streams, admin.
 
 pub mod auth;
-pub mod eager;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod jwks;
 pub mod openapi;
+pub mod queue_stats;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -81,13 +81,6 @@ impl Application {
                 .clone()
                 .run(self.state.pool.clone(), shutdown.clone()),
         );
-        // A broker connection of its own, for lone submissions (eager.rs).
-        tokio::spawn(
-            self.state
-                .eager
-                .clone()
-                .run(self.state.settings.clone(), shutdown.clone()),
-        );
         if let Some(jwks) = &self.state.jwks {
             tokio::spawn(jwks.clone().run(shutdown.clone()));
         }

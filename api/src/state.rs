@@ -29,8 +29,6 @@ pub struct AppState {
     pub submit_limiter: Arc<SubmitLimiter>,
     /// Rung after each committed outbox write; see [`Doorbell`].
     pub outbox_bell: Doorbell,
-    /// Publishes a lone submission's start message from here.
-    pub eager: crate::eager::EagerPublisher,
     /// The identity provider's keys, when `auth.jwks_url` is set.
     pub jwks: Option<Arc<crate::jwks::Jwks>>,
     /// genq's copies of finished videos.
@@ -62,7 +60,6 @@ impl AppState {
             },
             submit_limiter: Arc::new(submit_limiter(&settings.api)),
             outbox_bell: Doorbell::outbox(),
-            eager: crate::eager::EagerPublisher::new(&settings),
             metrics: telemetry::metrics_handle(),
             videos: VideoStore::new(&settings)?,
             events: EventFeed::new(

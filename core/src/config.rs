@@ -100,11 +100,6 @@ pub struct ApiSettings {
     /// Where the allowance is kept: `postgres` (one allowance across every
     /// API process) or `memory` (per process, no database round trip).
     pub rate_limit: RateLimitStore,
-    /// Publish a new job's start message from the API when no other
-    /// submission is in flight here, instead of waking a worker's relay:
-    /// a lone submission reaches a worker sooner. The outbox row is written
-    /// and marked either way.
-    pub publish_when_idle: bool,
 }
 
 /// Where the per-user submission allowance is kept.
@@ -448,7 +443,6 @@ impl Default for ApiSettings {
             submit_per_minute: 60,
             submit_burst: 20,
             rate_limit: RateLimitStore::default(),
-            publish_when_idle: true,
         }
     }
 }

@@ -222,8 +222,6 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateGeneration>,
 ) -> Result<Response, ApiError> {
-    // Counted while in flight: a lone submission publishes its own start.
-    let _busy = state.eager.enter();
     let key = idempotency_key(&headers)?;
     let request = body.parse()?;
     // The price and provider come from configuration, never from the client.
@@ -254,9 +252,7 @@ pub async fn create(
         SubmitOutcome::Accepted { job, replayed } => {
             metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);
             if !replayed {
-                state
-                    .eager
-                    .publish_or_ring(&state.pool, job.id, &state.outbox_bell);
+                state.outbox_bell.ring();
                 tracing::info!("job accepted");
             }
             Ok((StatusCode::ACCEPTED, Json(JobView::from_job(job))).into_response())

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::Result;
 use genq_core::messages::WorkMessage;
@@ -73,21 +72,6 @@ pub async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<()> {
         .bind(ids)
         .execute(tx)
         .await?;
-    Ok(())
-}
-
-/// Marks a job's unpublished rows with `routing_key` published: the API
-/// published the message itself. A row a relay holds meanwhile is left to
-/// the relay (it waits for the relay's commit, then finds the row marked).
-pub async fn mark_job_published(pool: &PgPool, job_id: Uuid, routing_key: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET published_at = now()
-          WHERE job_id = $1 AND routing_key = $2 AND published_at IS NULL",
-    )
-    .bind(job_id)
-    .bind(routing_key)
-    .execute(pool)
-    .await?;
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! `/v1/admin/system` and `/v1/admin/ledger/verify`: the system at a glance
 //! and the ledger's verification.
 
+use crate::queue_stats::{queue_stats, QueueStats};
 use axum::extract::State;
 use axum::Json;
-use genq_broker::queues::{queue_stats, QueueStats};
 use genq_store::ops;
 use serde::Serialize;
 use utoipa::ToSchema;

@@ -1,5 +1,5 @@
-//! Queue depths and consumers as RabbitMQ's management API reports them,
-//! for the console's System page (AMQP itself can't list queues).
+//! Queue depths and consumers as RabbitMQ's management API (HTTP) reports
+//! them, for the console's System page (AMQP itself can't list queues).
 
 use std::time::Duration;
 
