@@ -207,7 +207,7 @@ limit_db() { # sets db
 # end): 48 bits of milliseconds over a random v4, version bits set to 7.
 cat > "$log/pick.sql" <<'SQL'
 \set u random(1, :users)
-SELECT user_id AS uid, job, json_build_object('type', 'start', 'job_id', job, 'attempt', 1) AS start_payload,
+SELECT user_id AS user, job, json_build_object('type', 'start', 'job_id', job, 'attempt', 1) AS start_payload,
        'bench ' || (random() * 1000000000)::bigint AS prompt
   FROM bench_users,
        LATERAL (SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
@@ -215,55 +215,22 @@ SELECT user_id AS uid, job, json_build_object('type', 'start', 'job_id', job, 'a
                   FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid AS job) AS g
  WHERE n = :u \gset
 SQL
-job_cols="id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
-    attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
-    provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, created_at, updated_at"
-# genq's submit statement (store::jobs::submit with rate::take_ctes,
-# credits::reserve_ctes and outbox::insert_cte expanded), for a request
-# without Idempotency-Key or model: genq binds NULL to $7 and $11, written
-# NULL here (a pgbench variable cannot be NULL), and the run's allowance
-# (api.submit_per_minute, api.submit_burst) as seconds to $12 and $13. The
-# statement ends with its own line so that pgbench runs it whole.
-cat > "$log/submit-statement.sql" <<SQL
-WITH rate_now AS (SELECT clock_timestamp() AS t),
-         took AS (
-             INSERT INTO submit_rate AS r (user_id, tat)
-             SELECT :uid, rate_now.t + make_interval(secs => :interval::float8) FROM rate_now
-              WHERE :interval::float8 IS NOT NULL
-             ON CONFLICT (user_id) DO UPDATE
-                SET tat = greatest(r.tat, EXCLUDED.tat - make_interval(secs => :interval::float8))
-                          + make_interval(secs => :interval::float8)
-              WHERE greatest(r.tat, EXCLUDED.tat - make_interval(secs => :interval::float8))
-                    <= EXCLUDED.tat - make_interval(secs => :interval::float8) + make_interval(secs => :tolerance::float8)
-             RETURNING 1
-         ), acct AS (
-            UPDATE credit_accounts
-               SET available = available - :cost, reserved = reserved + :cost, updated_at = now()
-             WHERE user_id = :uid AND available >= :cost AND (:interval::float8 IS NULL OR EXISTS (SELECT 1 FROM took))
-            RETURNING user_id
-        ), reserve_row AS (
-            INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
-            SELECT user_id, 'reserve', :cost, :job, 1, 'system', 'video requested' FROM acct
-        ), j AS (
-            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
-                              idempotency_key, request_fingerprint, model)
-            SELECT :job, user_id, 'queued', :prompt, :params, :cost, :provider, NULL, :fingerprint, NULL FROM acct
-            RETURNING $job_cols
-        ), e AS (
-            INSERT INTO job_events (job_id, kind, to_status, message, data)
-            SELECT id, 'status', 'queued', 'Accepted; ' || cost || ' credits reserved.',
-                   jsonb_build_object('cost', cost) FROM j
-        ), outbox_row AS (
-            INSERT INTO outbox (job_id, routing_key, payload)
-            SELECT id, :start_key, :start_payload FROM j
-        )
-        SELECT (:interval::float8 IS NULL OR EXISTS (SELECT 1 FROM took)) AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE;
-SQL
+# genq's submit statement, as genq composes it (`genq-api print-sql`), for a
+# request without Idempotency-Key or model: genq binds NULL to those,
+# written NULL here (a pgbench variable cannot be NULL), and the run's
+# allowance (api.submit_per_minute, api.submit_burst) as seconds.
+statement() { # name [NAME=SQL...]: the statement, ended for pgbench
+  local name=$1 args=() a
+  shift
+  for a in "$@"; do args+=(--set "$a"); done
+  printf '%s;\n' "$("$bin/genq-api" print-sql "$name" "${args[@]}")"
+}
+statement submit idempotency_key=NULL model=NULL > "$log/submit-statement.sql"
 cat "$log/pick.sql" "$log/submit-statement.sql" > "$log/pgbench-submit.sql"
 # The run's allowance as genq binds it (store/src/store/rate.rs).
 interval=$(echo "scale=12; 60 / $GENQ__API__SUBMIT_PER_MINUTE" | bc)
 tolerance=$(echo "scale=12; $interval * ($GENQ__API__SUBMIT_BURST - 1)" | bc)
-pgbench_vars=(-D interval="$interval" -D tolerance="$tolerance" -D users="$USERS" -D start_key=start -D cost="$cost" -D params="$params" -D provider="$provider" -D fingerprint="$fingerprint")
+pgbench_vars=(-D rate_interval="$interval" -D rate_tolerance="$tolerance" -D users="$USERS" -D start_key=start -D cost="$cost" -D params="$params" -D provider="$provider" -D fingerprint="$fingerprint")
 # Prepared statements, as sqlx runs them; -r reports each statement's mean
 # latency, to see which dominate.
 run_pgbench() { # db clients script out [seconds]; sets tps
@@ -326,53 +293,13 @@ stop "$api_pid"
 "$bin/genqctl" ledger verify >> "$log/ledger-verify.txt"
 
 if [ "$ONLY" != submit ]; then
-# The transition statement (store::transition with credits::settle_ctes
-# expanded), the same text for the claim, running and settle steps; the
-# placeholders genq binds to NULL in a step are written NULL there. pgbench
-# sends each occurrence of a variable as its own untyped parameter, so the
-# one only tested with IS NOT NULL is cast to the type sqlx binds (text).
-transition() { # from to error_code error_message result_url task_id deadline_secs count_attempt kind message data video_key video_bytes note_kind note_message note_data
-  cat <<SQL
-WITH old AS (
-            SELECT id, status FROM jobs WHERE id = :job FOR UPDATE
-        ), j AS (
-            UPDATE jobs SET status = $2,
-                   error_code = COALESCE($3, error_code),
-                   error_message = COALESCE($4, error_message),
-                   provider_result_url = COALESCE($5, provider_result_url),
-                   video_key = COALESCE(${12}, video_key),
-                   video_bytes = COALESCE(${13}, video_bytes),
-                   provider_task_id = COALESCE($6, provider_task_id),
-                   deadline_at = COALESCE(now() + make_interval(secs => $7), deadline_at),
-                   attempts = attempts + CASE WHEN $8 THEN 1 ELSE 0 END,
-                   poll_seq = CASE WHEN $2 = 'running' THEN 0 ELSE poll_seq END,
-                   updated_at = now()
-              FROM old
-             WHERE jobs.id = old.id AND old.status = ANY($1)
-            RETURNING jobs.*, old.status AS old_status
-        ), settle_acct AS (
-            UPDATE credit_accounts c
-               SET reserved = c.reserved - j.cost,
-                   available = c.available + CASE WHEN $9 = 'refund' THEN j.cost ELSE 0 END,
-                   spent = c.spent + CASE WHEN $9 = 'commit' THEN j.cost ELSE 0 END,
-                   updated_at = now()
-              FROM j WHERE $9::text IS NOT NULL AND c.user_id = j.user_id
-        ), settle_row AS (
-            INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
-            SELECT user_id, $9, cost, id, reservation, 'system', ${10}
-              FROM j WHERE $9::text IS NOT NULL
-        ), e AS (
-            INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
-            SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
-              FROM j CROSS JOIN LATERAL (VALUES
-                   (1, ${14}::text, NULL, NULL, ${15}, ${16}::jsonb),
-                   (2, 'status', j.old_status, $2, ${10}, ${11})
-                   ) AS ev (ord, kind, from_status, to_status, message, data)
-             WHERE ev.kind IS NOT NULL
-             ORDER BY ev.ord
-        )
-        SELECT $job_cols, old_status FROM j;
-SQL
+# The transition statement, as genq composes it, the same text for the
+# claim, running and settle steps: each step's values as pgbench variables,
+# the parameters genq binds to NULL in that step written NULL.
+transition() { # NAME=SQL... of the step; the others NULL
+  statement transition error_code=NULL error_message=NULL result_url=NULL task_id=NULL \
+    deadline_secs=NULL settle=NULL data=NULL video_key=NULL video_bytes=NULL \
+    note_kind=NULL note_message=NULL note_data=NULL "$@"
 }
 # One job's durable statements, in the worker's order (an instant provider:
 # the first poll finds the video done). The relay's claim and mark run in
@@ -384,18 +311,18 @@ SQL
 # The reads genq makes (the job loaded before each step) are left out.
 {
   cat "$log/pick.sql" "$log/submit-statement.sql"
-  cat <<'SQL'
-\set batch 1
-\set outbox_id 0
-BEGIN;
-SELECT id, routing_key, payload FROM outbox
-          WHERE published_at IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED \aset outbox_
-UPDATE outbox SET published_at = now() WHERE id = ANY(ARRAY[:outbox_id::bigint]);
-COMMIT;
-SQL
-  transition :claim_from :claim_to NULL NULL NULL NULL NULL :yes NULL :claim_message NULL NULL NULL NULL NULL NULL
-  transition :running_from :running_to NULL NULL NULL :task_id :job_timeout :no NULL :running_message NULL NULL NULL NULL NULL NULL
-  transition :settle_from :settle_to NULL NULL :result_url NULL NULL :no :settle_kind :settle_message NULL :video_key :video_bytes :archived_kind :archived_message :archived_data
+  echo '\set batch 1'
+  echo '\set outbox_id 0'
+  echo 'BEGIN;'
+  printf '%s \\aset outbox_\n' "$("$bin/genq-api" print-sql outbox-claim)"
+  statement outbox-mark 'ids=ARRAY[:outbox_id::bigint]'
+  echo 'COMMIT;'
+  transition from=:claim_from to=:claim_to count_attempt=:yes message=:claim_message
+  transition from=:running_from to=:running_to task_id=:task_id deadline_secs=:job_timeout \
+    count_attempt=:no message=:running_message
+  transition from=:settle_from to=:settle_to result_url=:result_url count_attempt=:no \
+    settle=:settle_kind message=:settle_message video_key=:video_key video_bytes=:video_bytes \
+    note_kind=:archived_kind note_message=:archived_message note_data=:archived_data
 } > "$log/pgbench-lifecycle.sql"
 pgbench_vars+=(
   -D yes=true -D no=false

@@ -1,5 +1,6 @@
 //! `genq-api`: serves the HTTP API; `genq-api token` mints a development JWT;
-//! `genq-api openapi` prints the OpenAPI document (`api/openapi.json`).
+//! `genq-api openapi` prints the OpenAPI document (`api/openapi.json`);
+//! `genq-api print-sql NAME` prints one of genq's composed statements.
 
 use clap::{Parser, Subcommand};
 use genq_api::auth::{Claims, ADMIN_ROLE, VIEWER_ROLE};
@@ -46,6 +47,16 @@ enum Command {
     /// Print the OpenAPI document the API serves at /openapi.json
     /// (regenerate the committed copy with `cargo run -q -p genq-api -- openapi > api/openapi.json`).
     Openapi,
+    /// Print one of the composed statements genq runs (submit, transition,
+    /// replay, outbox-claim, outbox-mark) with its parameters named
+    /// (`:name`, as pgbench reads them): what `scripts/bench.sh` measures.
+    PrintSql {
+        name: String,
+        /// Write parameter NAME as the SQL given instead (e.g. `model=NULL`,
+        /// `from=:claim_from`); repeatable, the last for a name counts.
+        #[arg(long = "set", value_name = "NAME=SQL")]
+        set: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -59,10 +70,14 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Openapi) = cli.command {
-        // Needs no configuration: the document doesn't depend on it.
-        print!("{}", genq_api::openapi::document_json());
-        return Ok(());
+    // These need no configuration: neither depends on it.
+    match &cli.command {
+        Some(Command::Openapi) => {
+            print!("{}", genq_api::openapi::document_json());
+            return Ok(());
+        }
+        Some(Command::PrintSql { name, set }) => return print_sql(name, set),
+        _ => {}
     }
     let settings = Settings::load(cli.config.as_deref())?;
     settings.validate_api()?;
@@ -89,7 +104,9 @@ async fn run() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Openapi => unreachable!("handled before the configuration is loaded"),
+        Command::Openapi | Command::PrintSql { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Serve => {
             telemetry::init_tracing(&settings.log);
             let shutdown = CancellationToken::new();
@@ -98,4 +115,28 @@ async fn run() -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await
         }
     }
+}
+
+fn print_sql(name: &str, set: &[String]) -> anyhow::Result<()> {
+    let statements = genq_store::store::composed_statements();
+    let Some((_, statement)) = statements.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = statements.iter().map(|(n, _)| *n).collect();
+        anyhow::bail!("no statement named {name:?}; known: {}", known.join(", "));
+    };
+    let mut replace = Vec::new();
+    for s in set {
+        let (param, sql) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected NAME=SQL"))?;
+        if !statement.names().contains(&param) {
+            anyhow::bail!(
+                "--set {s:?}: {name} has no parameter {param:?}; it has {}",
+                statement.names().join(", ")
+            );
+        }
+        replace.push((param, sql));
+    }
+    // No `;`: the reader ends it (pgbench with `;`, or `\gset`).
+    println!("{}", statement.with_names(&replace));
+    Ok(())
 }

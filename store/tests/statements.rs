@@ -24,7 +24,7 @@ async fn every_composed_statement_prepares_against_the_schema() {
         .expect("a migrated database");
     let mut failures = Vec::new();
     for (what, sql) in genq_store::store::composed_statements() {
-        if let Err(e) = (&pool).prepare(sql).await {
+        if let Err(e) = (&pool).prepare(sql.sql()).await {
             failures.push(format!("{what}: {e}"));
         }
     }

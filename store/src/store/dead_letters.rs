@@ -4,11 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 use super::credits::{self, Reserve};
 use super::jobs::{get_job_for_update, Job};
+use super::named::Named;
 use super::outbox;
 use super::transition::{transition, Transition};
 use super::{Result, StoreError};
@@ -264,13 +265,16 @@ pub async fn replay(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution> {
 /// checked the balance under the account's lock, so its values are current.
 async fn reserve_again(tx: &mut sqlx::PgConnection, job: &Job, actor: &str) -> Result<()> {
     debug_assert!(matches!(job.status, JobStatus::Dead | JobStatus::Failed));
-    let replayed: Option<Uuid> = sqlx::query_scalar(replay_statement())
-        .bind(job.id)
-        .bind(actor)
-        .bind(job.status)
-        .bind(job.user_id)
-        .bind(job.cost)
-        .bind(job.reservation + 1)
+    let replayed: Option<Uuid> = replay_statement()
+        .query()
+        .bind("job", job.id)
+        .bind("actor", actor)
+        .bind("from", job.status)
+        .bind("user", job.user_id)
+        .bind("cost", job.cost)
+        .bind("reservation", job.reservation + 1)
+        .done()
+        .try_map(|row: sqlx::postgres::PgRow| row.try_get(0))
         .fetch_optional(&mut *tx)
         .await?;
     // The caller holds both locks and checked the balance: this cannot miss.
@@ -280,32 +284,33 @@ async fn reserve_again(tx: &mut sqlx::PgConnection, job: &Job, actor: &str) -> R
 }
 
 /// The statement of [`reserve_again`], composed once from the one reserve path.
-pub(crate) fn replay_statement() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+pub(crate) fn replay_statement() -> &'static Named {
+    static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let reserve = credits::reserve_ctes(&Reserve {
-            user: "$4",
-            cost: "$5",
-            job: "$1",
-            reservation: "$6",
-            actor: "$2",
+            user: ":user",
+            cost: ":cost",
+            job: ":job",
+            reservation: ":reservation",
+            actor: ":actor",
             reason: "'replayed from the dead-letter queue'",
             only_if: "TRUE",
         });
         let status = EventKind::Status;
-        format!("WITH {reserve}, j AS (
-            UPDATE jobs SET status = 'queued', reservation = $6, attempts = 0, poll_seq = 0,
+        let text = format!("WITH {reserve}, j AS (
+            UPDATE jobs SET status = 'queued', reservation = :reservation, attempts = 0, poll_seq = 0,
                    error_code = NULL, error_message = NULL, provider_task_id = NULL, provider_result_url = NULL,
                    video_key = NULL, video_bytes = NULL, provider_state = NULL,
                    deadline_at = NULL, provider_canceled_at = NULL, polled_at = NULL, updated_at = now()
-             WHERE id = $1 AND status = $3 AND EXISTS (SELECT 1 FROM acct)
+             WHERE id = :job AND status = :from AND EXISTS (SELECT 1 FROM acct)
             RETURNING id, status AS to_status, cost
         ), e AS (
             INSERT INTO job_events (job_id, kind, from_status, to_status, message)
-            SELECT id, '{status}', $3::text, to_status,
-                   'Replayed by ' || $2::text || '; ' || cost || ' credits reserved again.' FROM j
+            SELECT id, '{status}', :from::text, to_status,
+                   'Replayed by ' || :actor::text || '; ' || cost || ' credits reserved again.' FROM j
         )
-        SELECT id FROM j")
+        SELECT id FROM j");
+        Named::new(&text, &["job", "actor", "from", "user", "cost", "reservation"])
     })
 }
 

@@ -11,6 +11,7 @@ use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 use super::credits::{self, Reserve};
+use super::named::Named;
 use super::outbox::{self, JOB_HAS_UNPUBLISHED};
 use super::rate;
 use super::{is_violation, page, Result, StoreError, SYSTEM_ACTOR};
@@ -201,20 +202,28 @@ async fn try_accept(
     fingerprint: &str,
 ) -> std::result::Result<Accept, sqlx::Error> {
     let start = WorkMessage::from(StartMessage::first(new.job_id));
-    let row = sqlx::query(accept_statement())
-        .bind(new.job_id)
-        .bind(new.user_id)
-        .bind(new.cost)
-        .bind(new.request.prompt.as_str())
-        .bind(params)
-        .bind(new.provider)
-        .bind(new.idempotency_key)
-        .bind(fingerprint)
-        .bind(start.routing_key())
-        .bind(start.to_json())
-        .bind(new.request.model.as_deref())
-        .bind(new.allowance.map(rate::Allowance::interval_secs))
-        .bind(new.allowance.map(rate::Allowance::tolerance_secs))
+    let row = accept_statement()
+        .query()
+        .bind("job", new.job_id)
+        .bind("user", new.user_id)
+        .bind("cost", new.cost)
+        .bind("prompt", new.request.prompt.as_str())
+        .bind("params", params)
+        .bind("provider", new.provider)
+        .bind("idempotency_key", new.idempotency_key)
+        .bind("fingerprint", fingerprint)
+        .bind("start_key", start.routing_key())
+        .bind("start_payload", start.to_json())
+        .bind("model", new.request.model.as_deref())
+        .bind(
+            "rate_interval",
+            new.allowance.map(rate::Allowance::interval_secs),
+        )
+        .bind(
+            "rate_tolerance",
+            new.allowance.map(rate::Allowance::tolerance_secs),
+        )
+        .done()
         .fetch_one(pool)
         .await?;
     // One row always: `allowed`, and the job's columns, NULL when none was made.
@@ -228,30 +237,30 @@ async fn try_accept(
     })
 }
 
-/// The text of the accepting statement, built once. `$12` and `$13` are the
-/// allowance's interval and tolerance; NULL when not limited here.
-pub(crate) fn accept_statement() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The accepting statement, built once. `:rate_interval` and
+/// `:rate_tolerance` are the allowance's; NULL when not limited here.
+pub(crate) fn accept_statement() -> &'static Named {
+    static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let interval = "$12::float8";
-        let take = rate::take_ctes("$2", interval, "$13::float8");
-        let allowed = rate::allowed(interval);
+        let take = rate::take_ctes(":user");
+        let allowed = rate::allowed();
         let reserve = credits::reserve_ctes(&Reserve {
-            user: "$2",
-            cost: "$3",
-            job: "$1",
+            user: ":user",
+            cost: ":cost",
+            job: ":job",
             reservation: "1",
             actor: &format!("'{SYSTEM_ACTOR}'"),
             reason: "'video requested'",
             only_if: &allowed,
         });
-        let enqueue = outbox::insert_cte("j", "$9", "$10");
+        let enqueue = outbox::insert_cte("j", ":start_key", ":start_payload");
         let status = EventKind::Status;
-        format!(
+        let text = format!(
             "WITH {take}, {reserve}, j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
                               idempotency_key, request_fingerprint, model)
-            SELECT $1, user_id, 'queued', $4, $5, $3, $6, $7, $8, $11 FROM acct
+            SELECT :job, user_id, 'queued', :prompt, :params, :cost, :provider,
+                   :idempotency_key, :fingerprint, :model FROM acct
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -259,6 +268,24 @@ pub(crate) fn accept_statement() -> &'static str {
                    jsonb_build_object('cost', cost) FROM j
         ), {enqueue}
         SELECT {allowed} AS allowed, j.* FROM (VALUES (0)) AS one (x) LEFT JOIN j ON TRUE"
+        );
+        Named::new(
+            &text,
+            &[
+                "job",
+                "user",
+                "cost",
+                "prompt",
+                "params",
+                "provider",
+                "idempotency_key",
+                "fingerprint",
+                "start_key",
+                "start_payload",
+                "model",
+                "rate_interval",
+                "rate_tolerance",
+            ],
         )
     })
 }

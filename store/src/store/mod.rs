@@ -8,6 +8,7 @@
 //! - [`transition`]: a job's conditional status change with its settlement
 //! - [`cancel`]: a user's or an operator's cancel, refunded at once
 //! - [`locks`]: advisory locks for work one process does at a time
+//! - [`named`]: statements with named parameters, bound by name
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
 //! - [`events`]: reading the job-event stream after a position
@@ -22,6 +23,7 @@ pub mod dead_letters;
 pub mod events;
 pub mod jobs;
 pub mod locks;
+pub mod named;
 pub mod outbox;
 pub mod rate;
 pub mod transition;
@@ -38,14 +40,17 @@ pub use transition::{transition, Note, Settlement, Transition};
 pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};
 
 /// Every statement composed from parts that other statements share (the
-/// rate allowance, the reserve and settle steps, the outbox insert), by
-/// name: a test prepares each against the migrated schema, so a part that
-/// no longer fits fails in seconds, not in an end-to-end test.
-pub fn composed_statements() -> [(&'static str, &'static str); 3] {
+/// rate allowance, the reserve and settle steps, the outbox insert), and
+/// the relay's, by name: a test prepares each against the migrated schema,
+/// so a part that no longer fits fails in seconds, not in an end-to-end
+/// test; `genq-api print-sql NAME` prints one for the benchmark.
+pub fn composed_statements() -> [(&'static str, &'static named::Named); 5] {
     [
         ("submit", jobs::accept_statement()),
         ("transition", transition::statement()),
         ("replay", dead_letters::replay_statement()),
+        ("outbox-claim", outbox::claim_statement()),
+        ("outbox-mark", outbox::mark_statement()),
     ]
 }
 

@@ -2,11 +2,12 @@
 //! change, claimed and marked by the relay, consulted by the sweeper), and
 //! the doorbell that wakes the relays after a commit.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use super::named::Named;
 use super::Result;
 use genq_core::messages::WorkMessage;
 
@@ -57,22 +58,44 @@ pub struct OutboxRow {
 /// marked (a crash in between) is published again later, which consumers
 /// treat as a duplicate.
 pub async fn claim_batch(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>> {
-    Ok(sqlx::query_as(
-        "SELECT id, routing_key, payload FROM outbox
-          WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(tx)
-    .await?)
+    Ok(claim_statement()
+        .query()
+        .bind("batch", limit)
+        .done_as()
+        .fetch_all(tx)
+        .await?)
+}
+
+pub(crate) fn claim_statement() -> &'static Named {
+    static SQL: OnceLock<Named> = OnceLock::new();
+    SQL.get_or_init(|| {
+        Named::new(
+            "SELECT id, routing_key, payload FROM outbox
+              WHERE published_at IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED",
+            &["batch"],
+        )
+    })
 }
 
 /// Marks rows published; called after the broker confirmed them.
 pub async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<()> {
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(ids)
+    mark_statement()
+        .query()
+        .bind("ids", ids)
+        .done()
         .execute(tx)
         .await?;
     Ok(())
+}
+
+pub(crate) fn mark_statement() -> &'static Named {
+    static SQL: OnceLock<Named> = OnceLock::new();
+    SQL.get_or_init(|| {
+        Named::new(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)",
+            &["ids"],
+        )
+    })
 }
 
 /// Deletes rows published longer ago than they are kept for diagnosis.

@@ -30,10 +30,13 @@ impl Allowance {
 
 /// The GCRA step as two CTEs of the caller's statement: `rate_now` (the
 /// clock) and `took`, which returns a row when one submission was taken
-/// from `user`'s allowance and changes nothing when none is left. `interval`
-/// and `tolerance` are placeholders for the seconds of [`Allowance`]; a NULL
-/// `interval` takes nothing (the caller tests it for "not limited here").
-pub(crate) fn take_ctes(user: &str, interval: &str, tolerance: &str) -> String {
+/// from `user`'s allowance and changes nothing when none is left. The
+/// parameters `:rate_interval` and `:rate_tolerance` are the seconds of
+/// [`Allowance`]; a NULL interval takes nothing (the caller tests it for
+/// "not limited here").
+pub(crate) fn take_ctes(user: &str) -> String {
+    let interval = INTERVAL;
+    let tolerance = ":rate_tolerance::float8";
     format!(
         "rate_now AS (SELECT clock_timestamp() AS t),
          took AS (
@@ -51,10 +54,12 @@ pub(crate) fn take_ctes(user: &str, interval: &str, tolerance: &str) -> String {
 }
 
 /// Whether the caller's statement may go ahead, as SQL over [`take_ctes`]'
-/// `took`: not limited here (`interval` NULL), or one submission taken.
-pub(crate) fn allowed(interval: &str) -> String {
-    format!("({interval} IS NULL OR EXISTS (SELECT 1 FROM took))")
+/// `took`: not limited here (`:rate_interval` NULL), or one submission taken.
+pub(crate) fn allowed() -> String {
+    format!("({INTERVAL} IS NULL OR EXISTS (SELECT 1 FROM took))")
 }
+
+const INTERVAL: &str = ":rate_interval::float8";
 
 /// How long after a refusal until `user` may submit again.
 pub(crate) async fn wait_after_refusal<'e>(

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::credits;
 use super::jobs::{Job, JOB_COLS};
+use super::named::Named;
 use super::Result;
 use genq_core::domain::{EventKind, JobStatus};
 
@@ -103,41 +104,63 @@ struct JobWithOld {
 }
 
 /// The statement of [`transition`], composed once with the settle step.
-pub(crate) fn statement() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+pub(crate) fn statement() -> &'static Named {
+    static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let settle_ctes = credits::settle_ctes("j", "$10::text", "$11");
+        let settle_ctes = credits::settle_ctes("j", ":settle::text", ":message");
         let status = EventKind::Status;
-        format!(
+        let text = format!(
             "WITH old AS (
-            SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE
+            SELECT id, status FROM jobs WHERE id = :job FOR UPDATE
         ), j AS (
-            UPDATE jobs SET status = $3,
-                   error_code = COALESCE($4, error_code),
-                   error_message = COALESCE($5, error_message),
-                   provider_result_url = COALESCE($6, provider_result_url),
-                   video_key = COALESCE($13, video_key),
-                   video_bytes = COALESCE($14, video_bytes),
-                   provider_task_id = COALESCE($7, provider_task_id),
-                   deadline_at = COALESCE(now() + make_interval(secs => $8), deadline_at),
-                   attempts = attempts + CASE WHEN $9 THEN 1 ELSE 0 END,
-                   poll_seq = CASE WHEN $3 = 'running' THEN 0 ELSE poll_seq END,
+            UPDATE jobs SET status = :to,
+                   error_code = COALESCE(:error_code, error_code),
+                   error_message = COALESCE(:error_message, error_message),
+                   provider_result_url = COALESCE(:result_url, provider_result_url),
+                   video_key = COALESCE(:video_key, video_key),
+                   video_bytes = COALESCE(:video_bytes, video_bytes),
+                   provider_task_id = COALESCE(:task_id, provider_task_id),
+                   deadline_at = COALESCE(now() + make_interval(secs => :deadline_secs), deadline_at),
+                   attempts = attempts + CASE WHEN :count_attempt THEN 1 ELSE 0 END,
+                   poll_seq = CASE WHEN :to = 'running' THEN 0 ELSE poll_seq END,
                    updated_at = now()
               FROM old
-             WHERE jobs.id = old.id AND old.status = ANY($2)
+             WHERE jobs.id = old.id AND old.status = ANY(:from)
             RETURNING jobs.*, old.status AS old_status
         ), {settle_ctes}, e AS (
             -- The note (if any), then the status change, in this order of ids.
             INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
             SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
               FROM j CROSS JOIN LATERAL (VALUES
-                   (1, $15, NULL, NULL, $16, $17::jsonb),
-                   (2, '{status}', j.old_status, $3, $11, $12)
+                   (1, :note_kind::text, NULL, NULL, :note_message, :note_data::jsonb),
+                   (2, '{status}', j.old_status, :to, :message, :data)
                    ) AS ev (ord, kind, from_status, to_status, message, data)
              WHERE ev.kind IS NOT NULL
              ORDER BY ev.ord
         )
         SELECT {JOB_COLS}, old_status FROM j"
+        );
+        Named::new(
+            &text,
+            &[
+                "job",
+                "from",
+                "to",
+                "error_code",
+                "error_message",
+                "result_url",
+                "task_id",
+                "deadline_secs",
+                "count_attempt",
+                "settle",
+                "message",
+                "data",
+                "video_key",
+                "video_bytes",
+                "note_kind",
+                "note_message",
+                "note_data",
+            ],
         )
     })
 }
@@ -170,24 +193,26 @@ pub async fn transition<'e>(
         Some((code, msg)) => (Some(*code), Some(msg.as_str())),
         None => (None, None),
     };
-    let row: Option<JobWithOld> = sqlx::query_as(statement())
-        .bind(t.job_id)
-        .bind(&from)
-        .bind(t.to)
-        .bind(error_code)
-        .bind(error_message)
-        .bind(t.provider_result_url)
-        .bind(t.provider_task_id)
-        .bind(deadline_secs)
-        .bind(t.count_attempt)
-        .bind(settle.ledger_kind())
-        .bind(&t.message)
-        .bind(&t.data)
-        .bind(t.video.map(|(key, _)| key))
-        .bind(t.video.map(|(_, bytes)| bytes))
-        .bind(t.note.as_ref().map(|n| n.kind.as_str()))
-        .bind(t.note.as_ref().map(|n| n.message.as_str()))
-        .bind(t.note.as_ref().and_then(|n| n.data.as_ref()))
+    let row: Option<JobWithOld> = statement()
+        .query()
+        .bind("job", t.job_id)
+        .bind("from", &from)
+        .bind("to", t.to)
+        .bind("error_code", error_code)
+        .bind("error_message", error_message)
+        .bind("result_url", t.provider_result_url)
+        .bind("task_id", t.provider_task_id)
+        .bind("deadline_secs", deadline_secs)
+        .bind("count_attempt", t.count_attempt)
+        .bind("settle", settle.ledger_kind())
+        .bind("message", &t.message)
+        .bind("data", &t.data)
+        .bind("video_key", t.video.map(|(key, _)| key))
+        .bind("video_bytes", t.video.map(|(_, bytes)| bytes))
+        .bind("note_kind", t.note.as_ref().map(|n| n.kind.as_str()))
+        .bind("note_message", t.note.as_ref().map(|n| n.message.as_str()))
+        .bind("note_data", t.note.as_ref().and_then(|n| n.data.as_ref()))
+        .done_as()
         .fetch_optional(executor)
         .await?;
     let Some(r) = row else { return Ok(None) };
