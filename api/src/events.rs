@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use genq_store::store::events::{self, StreamEvent, JOB_EVENTS_CHANNEL};
+use genq_store::store::events::{self, JobEvent, JOB_EVENTS_CHANNEL};
 use genq_store::store::outbox::OUTBOX_CHANNEL;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -32,7 +32,7 @@ const HOLE_RECHECK: Duration = Duration::from_millis(25);
 /// This process's feed and its stream bounds; cheap to clone.
 #[derive(Clone)]
 pub struct EventFeed {
-    tx: broadcast::Sender<Arc<StreamEvent>>,
+    tx: broadcast::Sender<Arc<JobEvent>>,
     /// Every event up to this id has been sent (or given up on); -1 until
     /// the feed has started.
     position: Arc<AtomicI64>,
@@ -97,7 +97,7 @@ impl EventFeed {
         })
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StreamEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
         self.tx.subscribe()
     }
 

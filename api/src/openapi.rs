@@ -114,7 +114,7 @@ const EVENT_STREAMS: [&str; 2] = ["/v1/events", "/v1/generations/{id}/events"];
 
 /// Before OpenAPI 3.2's `itemSchema`, a `text/event-stream` schema describes
 /// each event: its fields as the SSE parser sees them, with `data` a JSON
-/// text whose schema is `JobEventFrame` (so checkers and generators can
+/// text whose schema is `JobEventView` (so checkers and generators can
 /// read it). utoipa has no `contentSchema`, hence the JSON.
 fn describe_event_streams(doc: &mut serde_json::Value) {
     use serde_json::json;
@@ -133,7 +133,7 @@ fn describe_event_streams(doc: &mut serde_json::Value) {
                     "id": {"type": "string", "pattern": "^[0-9]+$",
                         "description": "The event's id; send it back as Last-Event-ID to resume."},
                     "data": {"type": "string", "contentMediaType": "application/json",
-                        "contentSchema": {"$ref": "#/components/schemas/JobEventFrame"}},
+                        "contentSchema": {"$ref": "#/components/schemas/JobEventView"}},
                     "retry": {"type": "integer", "minimum": 0,
                         "description": "Milliseconds to wait before reconnecting."}
                 }

@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub use events::EventsSettings;
-pub use models::{ModelSettings, Offer, MODEL_NAME_MAX};
+pub use models::{ModelSettings, ProviderChoice, MODEL_NAME_MAX};
 pub use storage::StorageSettings;
 pub use web::WebSettings;
 

@@ -1,10 +1,10 @@
 // The job list: one row per job (refused attempts included), updated in
 // place from snapshots (list, submit, get) and from live events, never
 // moving a job's status backwards on a stale snapshot.
-import type { JobEventFrame, JobStatus, JobView } from '@genq/client';
+import type { JobEventView, JobStatus, JobView } from '@genq/client';
 import { isOpen } from './status';
 
-export type { JobEventFrame };
+export type { JobEventView };
 
 /** Words for each status: the API's word, capitalised, so the two never disagree. */
 export const STATUS_LABEL: Record<JobStatus, string> = {
@@ -152,7 +152,7 @@ export class JobList {
    * `forwardOnly` is for events held while the job was being fetched, which
    * may be older than the snapshot that was fetched.
    */
-  applyEvent(frame: JobEventFrame, forwardOnly = false): boolean {
+  applyEvent(frame: JobEventView, forwardOnly = false): boolean {
     const row = this.rows.get(frame.job_id);
     if (!row || frame.id <= row.lastEventId) return false;
     row.lastEventId = frame.id;

@@ -5,7 +5,7 @@
 // backoff, resuming after the last event seen (`last_event_id`); the page
 // also re-reads its state then, in case the gap was longer than the server
 // keeps.
-import type { JobEventFrame } from './jobs';
+import type { JobEventView } from './jobs';
 
 export type LiveState = 'connecting' | 'live' | 'reconnecting' | 'down';
 
@@ -13,7 +13,7 @@ export interface LiveHooks {
   /** A fresh stream token, or null when none can be had now. */
   streamToken(): Promise<string | null>;
   /** Each job event, in order. */
-  onEvent(frame: JobEventFrame): void;
+  onEvent(frame: JobEventView): void;
   /** A new stream is open: anything before it may have been missed. */
   onResync(): void;
   onState(state: LiveState): void;
@@ -71,9 +71,9 @@ export class Live {
     });
     source.addEventListener('job', (event) => {
       const message = event as MessageEvent<string>;
-      let frame: JobEventFrame;
+      let frame: JobEventView;
       try {
-        frame = JSON.parse(message.data) as JobEventFrame;
+        frame = JSON.parse(message.data) as JobEventView;
       } catch {
         return; // a frame that is not JSON: ignore it, the next resync corrects the list
       }

@@ -17,7 +17,7 @@ import {
   type CreditsView,
 } from '@genq/client';
 import { describe, setToken, type Failed, type Problem } from './api';
-import { isTerminal, JobList, type JobEventFrame, type Settlement } from './jobs';
+import { isTerminal, JobList, type JobEventView, type Settlement } from './jobs';
 import { Live, type LiveState } from './live';
 import { displayName, looksLikeJwt, savedToken, saveToken, uuid } from './session';
 
@@ -452,9 +452,9 @@ async function refreshJob(id: string): Promise<void> {
 }
 
 /** Events of jobs being fetched, applied once the job is in the list. */
-const heldEvents = new Map<string, JobEventFrame[]>();
+const heldEvents = new Map<string, JobEventView[]>();
 
-function onJobEvent(frame: JobEventFrame): void {
+function onJobEvent(frame: JobEventView): void {
   const held = heldEvents.get(frame.job_id);
   if (held) {
     held.push(frame);
@@ -477,7 +477,7 @@ function onJobEvent(frame: JobEventFrame): void {
   applyFrame(frame, false);
 }
 
-function applyFrame(frame: JobEventFrame, forwardOnly: boolean): void {
+function applyFrame(frame: JobEventView, forwardOnly: boolean): void {
   const changed = jobs.applyEvent(frame, forwardOnly);
   if (!changed) return;
   void refreshCredits();

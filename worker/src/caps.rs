@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use genq_broker::tier_at_most;
 use genq_core::messages::{StartMessage, START_KEY};
-use genq_providers::provider::Configured;
+use genq_providers::provider::ConfiguredProvider;
 use genq_store::store::caps::{self, Cap, CapClaim};
 use genq_store::store::{self, Job, Transition};
 
@@ -30,7 +30,7 @@ impl Handler {
     /// waits at a cap, its start message on the way back).
     pub(crate) async fn claim(
         &self,
-        provider: &Configured,
+        provider: &ConfiguredProvider,
         claim: &Transition<'_>,
         attempt: u32,
     ) -> Result<Option<Job>, InfraError> {

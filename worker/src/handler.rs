@@ -11,7 +11,7 @@ use genq_core::config::Settings;
 use genq_core::domain::{EventKind, JobStatus};
 use genq_core::messages::{PollMessage, StartMessage, POLL_KEY};
 use genq_providers::provider::{
-    self, Configured, ProviderError, Providers, TaskRequest, TaskStatus,
+    self, ConfiguredProvider, ProviderError, Providers, TaskRequest, TaskStatus,
 };
 use genq_providers::storage::VideoStore;
 use genq_store::store::outbox::Doorbell;
@@ -463,7 +463,7 @@ impl Handler {
     }
 
     /// Asks the provider to stop a task; a failure only costs provider time.
-    pub(crate) async fn best_effort_cancel(&self, provider: &Configured, task_id: &str) {
+    pub(crate) async fn best_effort_cancel(&self, provider: &ConfiguredProvider, task_id: &str) {
         let started = std::time::Instant::now();
         let r = provider.adapter.cancel(task_id).await;
         record_provider_call("cancel", started, &r);

@@ -15,7 +15,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use genq_core::domain::JobStatus;
-use genq_store::store::{self, events::StreamEvent};
+use genq_store::store::{self, JobEvent};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
@@ -32,9 +32,10 @@ use crate::state::AppState;
 /// Events read from the database per query while catching up.
 const CATCH_UP_BATCH: i64 = 500;
 
-/// One job event, as the `data` of an SSE `job` event (its `id:` is `id`).
+/// One entry of a job's timeline: in `GET /v1/generations/{id}`'s `events`,
+/// and as the `data` of an SSE `job` event (whose `id:` is `id`).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct JobEventFrame {
+pub struct JobEventView {
     /// The event's position; send it back as `Last-Event-ID` to resume.
     pub id: i64,
     pub job_id: Uuid,
@@ -53,8 +54,8 @@ pub struct JobEventFrame {
     pub data: Option<serde_json::Value>,
 }
 
-impl From<&StreamEvent> for JobEventFrame {
-    fn from(e: &StreamEvent) -> Self {
+impl From<&JobEvent> for JobEventView {
+    fn from(e: &JobEvent) -> Self {
         Self {
             id: e.id,
             job_id: e.job_id,
@@ -174,8 +175,8 @@ pub async fn create_stream_token(
     operation_id = "stream_generation_events",
     params(("id" = Uuid, Path, description = "The job's ID"), StreamParams, ResumeHeader),
     responses(
-        (status = 200, description = "Server-Sent Events: first a `retry:` hint, then each event of the job's timeline as `id: <event id>`, `event: job`, `data: <JobEventFrame JSON>`, from the start (or after `Last-Event-ID`); comments as heartbeats; the stream ends after the event with a terminal `to_status` (or when the server rotates it; resume with `Last-Event-ID`).",
-            content_type = "text/event-stream", body = JobEventFrame),
+        (status = 200, description = "Server-Sent Events: first a `retry:` hint, then each event of the job's timeline as `id: <event id>`, `event: job`, `data: <JobEventView JSON>`, from the start (or after `Last-Event-ID`); comments as heartbeats; the stream ends after the event with a terminal `to_status` (or when the server rotates it; resume with `Last-Event-ID`).",
+            content_type = "text/event-stream", body = JobEventView),
         (status = 400, description = "Invalid Last-Event-ID or last_event_id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such job of the caller's", body = ErrorBody),
@@ -211,8 +212,8 @@ pub async fn job_events(
     operation_id = "stream_events",
     params(StreamParams, ResumeHeader),
     responses(
-        (status = 200, description = "Server-Sent Events of every job of the caller: a `retry:` hint, then `id: <event id>`, `event: job`, `data: <JobEventFrame JSON>` for each event from now on (or after `Last-Event-ID`), and heartbeat comments. It ends only when the server rotates it (`events.max_stream_secs`) or stops; the client then resumes with `Last-Event-ID`.",
-            content_type = "text/event-stream", body = JobEventFrame),
+        (status = 200, description = "Server-Sent Events of every job of the caller: a `retry:` hint, then `id: <event id>`, `event: job`, `data: <JobEventView JSON>` for each event from now on (or after `Last-Event-ID`), and heartbeat comments. It ends only when the server rotates it (`events.max_stream_secs`) or stops; the client then resumes with `Last-Event-ID`.",
+            content_type = "text/event-stream", body = JobEventView),
         (status = 400, description = "Invalid Last-Event-ID or last_event_id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 429, description = "Too many streams open for this user", body = ErrorBody),
@@ -299,16 +300,16 @@ impl From<store::StoreError> for Ended {
     }
 }
 
-async fn send(tx: &mpsc::Sender<Event>, event: &StreamEvent) -> Result<(), Ended> {
+async fn send(tx: &mpsc::Sender<Event>, event: &JobEvent) -> Result<(), Ended> {
     let frame = Event::default()
         .id(event.id.to_string())
         .event("job")
-        .json_data(JobEventFrame::from(event))
+        .json_data(JobEventView::from(event))
         .map_err(|_| Ended::Gone)?;
     tx.send(frame).await.map_err(|_| Ended::Gone)
 }
 
-fn is_terminal(event: &StreamEvent) -> bool {
+fn is_terminal(event: &JobEvent) -> bool {
     event
         .to_status
         .as_deref()
@@ -319,8 +320,8 @@ fn is_terminal(event: &StreamEvent) -> bool {
 /// Waits until the feed mentions an event that `wanted` accepts (or lagged,
 /// which may have hidden one); `false` when the feed closed.
 async fn wait_for(
-    live: &mut broadcast::Receiver<Arc<StreamEvent>>,
-    wanted: impl Fn(&StreamEvent) -> bool,
+    live: &mut broadcast::Receiver<Arc<JobEvent>>,
+    wanted: impl Fn(&JobEvent) -> bool,
 ) -> bool {
     loop {
         match live.recv().await {
@@ -349,7 +350,7 @@ impl JobStream {
     async fn run(
         mut self,
         tx: mpsc::Sender<Event>,
-        mut live: broadcast::Receiver<Arc<StreamEvent>>,
+        mut live: broadcast::Receiver<Arc<JobEvent>>,
     ) -> Result<(), Ended> {
         loop {
             let rows = store::events::job_after(&self.pool, self.job_id, self.last, CATCH_UP_BATCH)
@@ -390,7 +391,7 @@ impl UserStream {
     async fn run(
         mut self,
         tx: mpsc::Sender<Event>,
-        mut live: broadcast::Receiver<Arc<StreamEvent>>,
+        mut live: broadcast::Receiver<Arc<JobEvent>>,
     ) -> Result<(), Ended> {
         loop {
             while !self.caught_up {

@@ -5,12 +5,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use genq_core::config::{Offer, Settings};
+use genq_core::config::{ProviderChoice, Settings};
 use genq_core::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
 use genq_store::store::{
     self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
 };
 use serde::{Deserialize, Serialize};
+
+use super::events::JobEventView;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -76,20 +78,6 @@ pub struct JobError {
     pub message: String,
 }
 
-/// One entry of a job's timeline.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobEventView {
-    pub at: DateTime<Utc>,
-    pub kind: String,
-    #[schema(value_type = Option<JobStatus>)]
-    pub from_status: Option<String>,
-    #[schema(value_type = Option<JobStatus>)]
-    pub to_status: Option<String>,
-    pub message: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub data: Option<serde_json::Value>,
-}
-
 /// A video job as the caller sees it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
@@ -138,19 +126,7 @@ impl JobView {
     }
 
     pub fn with_events(mut self, events: Vec<JobEvent>) -> Self {
-        self.events = Some(
-            events
-                .into_iter()
-                .map(|e| JobEventView {
-                    at: e.at,
-                    kind: e.kind,
-                    from_status: e.from_status,
-                    to_status: e.to_status,
-                    message: e.message,
-                    data: e.data,
-                })
-                .collect(),
-        );
+        self.events = Some(events.into_iter().map(|e| JobEventView::from(&e)).collect());
         self
     }
 }
@@ -225,7 +201,7 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let request = body.parse()?;
     // The price and provider come from configuration, never from the client.
-    let offer = offer(&state.settings, request.model.as_deref())?;
+    let choice = provider_for(&state.settings, request.model.as_deref())?;
     // An allowance kept in Postgres is taken by the submitting statement
     // itself (one round trip, and a refusal changes nothing); one kept in
     // memory, here.
@@ -241,9 +217,9 @@ pub async fn create(
             job_id,
             user_id: user.id,
             request: &request,
-            cost: offer.cost,
+            cost: choice.cost,
             idempotency_key: key.as_deref(),
-            provider: offer.provider,
+            provider: choice.provider,
             allowance,
         },
     )
@@ -286,9 +262,12 @@ fn rate_limited(wait: std::time::Duration) -> ApiError {
 
 /// What a submission naming `model` runs on and costs; an unknown model is
 /// a 400 on `model` listing the known ones.
-fn offer<'a>(settings: &'a Settings, model: Option<&'a str>) -> Result<Offer<'a>, ApiError> {
-    if let Some(offer) = settings.offer(model) {
-        return Ok(offer);
+fn provider_for<'a>(
+    settings: &'a Settings,
+    model: Option<&'a str>,
+) -> Result<ProviderChoice<'a>, ApiError> {
+    if let Some(choice) = settings.provider_for(model) {
+        return Ok(choice);
     }
     let known: Vec<&str> = settings.models.keys().map(String::as_str).collect();
     let asked: String = model.unwrap_or_default().chars().take(60).collect();

@@ -224,29 +224,6 @@ export type JobError = {
 };
 
 /**
- * One job event, as the `data` of an SSE `job` event (its `id:` is `id`).
- */
-export type JobEventFrame = {
-    at: string;
-    data?: {
-        [key: string]: unknown;
-    } | null;
-    from_status?: null | JobStatus;
-    /**
-     * The event's position; send it back as `Last-Event-ID` to resume.
-     */
-    id: number;
-    job_id: string;
-    /**
-     * What happened: `status` for a status change, or a note such as
-     * `retry` or `archived`.
-     */
-    kind: string;
-    message?: string | null;
-    to_status?: null | JobStatus;
-};
-
-/**
  * One Server-Sent Event of a job event stream.
  */
 export type JobEventMessage = {
@@ -263,7 +240,8 @@ export type JobEventMessage = {
 };
 
 /**
- * One entry of a job's timeline.
+ * One entry of a job's timeline: in `GET /v1/generations/{id}`'s `events`,
+ * and as the `data` of an SSE `job` event (whose `id:` is `id`).
  */
 export type JobEventView = {
     at: string;
@@ -271,6 +249,15 @@ export type JobEventView = {
         [key: string]: unknown;
     } | null;
     from_status?: null | JobStatus;
+    /**
+     * The event's position; send it back as `Last-Event-ID` to resume.
+     */
+    id: number;
+    job_id: string;
+    /**
+     * What happened: `status` for a status change, or a note such as
+     * `retry` or `archived`.
+     */
     kind: string;
     message?: string | null;
     to_status?: null | JobStatus;
@@ -1948,7 +1935,7 @@ export type StreamEventsError = StreamEventsErrors[keyof StreamEventsErrors];
 
 export type StreamEventsResponses = {
     /**
-     * Server-Sent Events of every job of the caller: a `retry:` hint, then `id: <event id>`, `event: job`, `data: <JobEventFrame JSON>` for each event from now on (or after `Last-Event-ID`), and heartbeat comments. It ends only when the server rotates it (`events.max_stream_secs`) or stops; the client then resumes with `Last-Event-ID`.
+     * Server-Sent Events of every job of the caller: a `retry:` hint, then `id: <event id>`, `event: job`, `data: <JobEventView JSON>` for each event from now on (or after `Last-Event-ID`), and heartbeat comments. It ends only when the server rotates it (`events.max_stream_secs`) or stops; the client then resumes with `Last-Event-ID`.
      */
     200: JobEventMessage;
 };
@@ -2210,7 +2197,7 @@ export type StreamGenerationEventsError = StreamGenerationEventsErrors[keyof Str
 
 export type StreamGenerationEventsResponses = {
     /**
-     * Server-Sent Events: first a `retry:` hint, then each event of the job's timeline as `id: <event id>`, `event: job`, `data: <JobEventFrame JSON>`, from the start (or after `Last-Event-ID`); comments as heartbeats; the stream ends after the event with a terminal `to_status` (or when the server rotates it; resume with `Last-Event-ID`).
+     * Server-Sent Events: first a `retry:` hint, then each event of the job's timeline as `id: <event id>`, `event: job`, `data: <JobEventView JSON>`, from the start (or after `Last-Event-ID`); comments as heartbeats; the stream ends after the event with a terminal `to_status` (or when the server rotates it; resume with `Last-Event-ID`).
      */
     200: JobEventMessage;
 };

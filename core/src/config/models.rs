@@ -76,27 +76,30 @@ impl ModelSettings {
 /// What a submission runs on: the configured provider's name (stored as
 /// `jobs.provider`), the model the user named (if any) and the price.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offer<'a> {
+pub struct ProviderChoice<'a> {
     pub provider: &'a str,
     pub model: Option<&'a str>,
     pub cost: i64,
 }
 
 impl Settings {
-    /// The offer for `model` (`None`: the default provider at
+    /// What a submission naming `model` runs on and costs (`None`: the default provider at
     /// `credits.video_cost`); `None` when no such model is configured.
-    pub fn offer<'a>(&'a self, model: Option<&'a str>) -> Option<Offer<'a>> {
+    pub fn provider_for<'a>(&'a self, model: Option<&'a str>) -> Option<ProviderChoice<'a>> {
         match model {
-            None => Some(Offer {
+            None => Some(ProviderChoice {
                 provider: &self.provider.name,
                 model: None,
                 cost: self.credits.video_cost,
             }),
-            Some(name) => self.models.get_key_value(name).map(|(name, m)| Offer {
-                provider: name,
-                model: Some(name),
-                cost: m.cost.unwrap_or(self.credits.video_cost),
-            }),
+            Some(name) => self
+                .models
+                .get_key_value(name)
+                .map(|(name, m)| ProviderChoice {
+                    provider: name,
+                    model: Some(name),
+                    cost: m.cost.unwrap_or(self.credits.video_cost),
+                }),
         }
     }
 
@@ -239,16 +242,19 @@ mod tests {
         assert_eq!(s.provider.max_per_minute, 10);
         assert_eq!(s.models["fast"].provider("fast").first_poll_ms, Some(0));
         assert_eq!(s.provider.first_poll_ms, None);
-        let fast = s.offer(Some("fast")).unwrap();
+        let fast = s.provider_for(Some("fast")).unwrap();
         assert_eq!(
             (fast.provider, fast.model, fast.cost),
             ("fast", Some("fast"), 4)
         );
         // No price: the default one.
-        assert_eq!(s.offer(Some("plain")).unwrap().cost, s.credits.video_cost);
-        let default = s.offer(None).unwrap();
+        assert_eq!(
+            s.provider_for(Some("plain")).unwrap().cost,
+            s.credits.video_cost
+        );
+        let default = s.provider_for(None).unwrap();
         assert_eq!((default.provider, default.model), ("sim", None));
-        assert!(s.offer(Some("nope")).is_none());
+        assert!(s.provider_for(Some("nope")).is_none());
         assert_eq!(s.model_prices(), vec![("fast", 4), ("plain", 10)]);
         let names: Vec<String> = s
             .configured_providers()

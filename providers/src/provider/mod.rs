@@ -23,7 +23,7 @@ use genq_core::config::{ProviderKind, ProviderSettings};
 pub use fal::FalProvider;
 pub use kling::KlingProvider;
 pub use luma::LumaProvider;
-pub use registry::{Configured, Providers};
+pub use registry::{ConfiguredProvider, Providers};
 pub use replicate::ReplicateProvider;
 pub use runway::RunwayProvider;
 pub use taskid::TaskIdProvider;

@@ -12,7 +12,7 @@ use genq_store::store::caps::Caps;
 
 /// One configured provider.
 #[derive(Clone)]
-pub struct Configured {
+pub struct ConfiguredProvider {
     /// The name stored on its jobs (`jobs.provider`).
     pub name: String,
     pub adapter: Arc<dyn VideoProvider>,
@@ -26,7 +26,7 @@ pub struct Configured {
 #[derive(Clone)]
 pub struct Providers {
     default: String,
-    by_name: HashMap<String, Configured>,
+    by_name: HashMap<String, ConfiguredProvider>,
     /// Whether any provider has a cap (its claims must check it).
     any_caps: bool,
 }
@@ -51,7 +51,7 @@ impl Providers {
             };
             by_name.insert(
                 p.name.clone(),
-                Configured {
+                ConfiguredProvider {
                     name: p.name,
                     adapter,
                     caps,
@@ -68,7 +68,7 @@ impl Providers {
 
     /// The provider a job names; a job without one (from before providers
     /// were recorded) runs on the default. `None`: not configured here.
-    pub fn for_job(&self, provider: Option<&str>) -> Option<&Configured> {
+    pub fn for_job(&self, provider: Option<&str>) -> Option<&ConfiguredProvider> {
         self.by_name.get(provider.unwrap_or(&self.default))
     }
 

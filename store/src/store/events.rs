@@ -11,9 +11,10 @@ use super::Result;
 /// Notified (after the commit, never inside it) when job events were written.
 pub const JOB_EVENTS_CHANNEL: &str = "genq_job_events";
 
-/// One row of a job's timeline, with the job's owner.
-#[derive(Debug, Clone, PartialEq, FromRow)]
-pub struct StreamEvent {
+/// One row of a job's timeline, with the job's owner: what the timeline,
+/// the live streams and the operator's tools all read.
+#[derive(Debug, Clone, PartialEq, FromRow, serde::Serialize)]
+pub struct JobEvent {
     pub id: i64,
     pub job_id: Uuid,
     pub user_id: Uuid,
@@ -28,6 +29,17 @@ pub struct StreamEvent {
 const COLS: &str =
     "e.id, e.job_id, j.user_id, e.at, e.kind, e.from_status, e.to_status, e.message, e.data";
 
+/// A job's whole timeline, oldest first.
+pub async fn of_job(pool: &PgPool, job_id: Uuid) -> Result<Vec<JobEvent>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM job_events e JOIN jobs j ON j.id = e.job_id
+          WHERE e.job_id = $1 ORDER BY e.id"
+    ))
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The newest event's id (0 when there is none): where a live feed starts.
 pub async fn latest_id(pool: &PgPool) -> Result<i64> {
     Ok(
@@ -38,7 +50,7 @@ pub async fn latest_id(pool: &PgPool) -> Result<i64> {
 }
 
 /// Every event after `after`, oldest first, at most `limit`.
-pub async fn all_after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<StreamEvent>> {
+pub async fn all_after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<JobEvent>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLS} FROM job_events e JOIN jobs j ON j.id = e.job_id
           WHERE e.id > $1 ORDER BY e.id LIMIT $2"
@@ -57,7 +69,7 @@ pub async fn job_after(
     job_id: Uuid,
     after: i64,
     limit: i64,
-) -> Result<Vec<StreamEvent>> {
+) -> Result<Vec<JobEvent>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLS} FROM job_events e JOIN jobs j ON j.id = e.job_id
           WHERE e.job_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3"
@@ -77,7 +89,7 @@ pub async fn user_after(
     after: i64,
     upto: i64,
     limit: i64,
-) -> Result<Vec<StreamEvent>> {
+) -> Result<Vec<JobEvent>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLS} FROM job_events e JOIN jobs j ON j.id = e.job_id
           WHERE j.user_id = $1 AND e.id > $2 AND e.id <= $3 ORDER BY e.id LIMIT $4"

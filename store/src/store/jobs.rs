@@ -55,17 +55,6 @@ pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider,
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
     provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, created_at, updated_at";
 
-#[derive(Debug, Clone, FromRow, Serialize)]
-pub struct JobEvent {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub kind: String,
-    pub from_status: Option<String>,
-    pub to_status: Option<String>,
-    pub message: Option<String>,
-    pub data: Option<serde_json::Value>,
-}
-
 #[derive(Debug)]
 pub enum SubmitOutcome {
     /// Reserved and queued; `replayed` when an earlier request with the same
@@ -376,16 +365,6 @@ pub(crate) async fn get_job_for_update(tx: &mut sqlx::PgConnection, id: Uuid) ->
     .fetch_optional(tx)
     .await?
     .ok_or(StoreError::NotFound)
-}
-
-pub async fn job_events(pool: &PgPool, job_id: Uuid) -> Result<Vec<JobEvent>> {
-    Ok(sqlx::query_as(
-        "SELECT id, at, kind, from_status, to_status, message, data
-           FROM job_events WHERE job_id = $1 ORDER BY id",
-    )
-    .bind(job_id)
-    .fetch_all(pool)
-    .await?)
 }
 
 /// Position in a newest-first job listing.

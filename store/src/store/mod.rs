@@ -32,9 +32,10 @@ pub mod webhooks;
 
 pub use cancel::{cancel_job, CancelOutcome};
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
+pub use events::{of_job as job_events, JobEvent};
 pub use jobs::{
-    advance_poll, get_job, job_events, list_jobs, mark_provider_canceled, record_event, submit,
-    Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome, JOB_COLS,
+    advance_poll, get_job, list_jobs, mark_provider_canceled, record_event, submit, Job, JobCursor,
+    NewSubmission, SubmitOutcome, JOB_COLS,
 };
 pub use transition::{transition, Note, Settlement, Transition};
 pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};
