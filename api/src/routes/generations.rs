@@ -371,9 +371,10 @@ pub async fn list(
         .as_deref()
         .map(|s| {
             JobStatus::parse(s).ok_or_else(|| {
+                let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
                 ApiError::invalid(
                     "status",
-                    "status must be one of rejected, queued, submitting, running, succeeded, failed, canceled, dead.",
+                    format!("status must be one of {}.", known.join(", ")),
                 )
             })
         })
