@@ -30,6 +30,8 @@ pub enum ApiError {
         available: i64,
         job_id: Uuid,
     },
+    #[error("You owe {owed} credits: a payment was refunded or disputed after its credits were spent. Buying credits repays them first.")]
+    CreditsOwed { owed: i64, job_id: Uuid },
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
     #[error("{0}")]
@@ -71,6 +73,9 @@ pub struct ErrorDetail {
     pub available: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<Uuid>,
+    /// With `credits_owed`: what the caller owes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owed: Option<i64>,
 }
 
 impl ApiError {
@@ -91,6 +96,7 @@ impl ApiError {
             Self::InsufficientCredits { .. } => {
                 (StatusCode::PAYMENT_REQUIRED, "insufficient_credits")
             }
+            Self::CreditsOwed { .. } => (StatusCode::PAYMENT_REQUIRED, "credits_owed"),
             Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict"),
             Self::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -162,6 +168,7 @@ impl IntoResponse for ApiError {
             required: None,
             available: None,
             job_id: None,
+            owed: None,
         };
         match &self {
             Self::Invalid(i) => {
@@ -175,6 +182,10 @@ impl IntoResponse for ApiError {
             } => {
                 detail.required = Some(*required);
                 detail.available = Some(*available);
+                detail.job_id = Some(*job_id);
+            }
+            Self::CreditsOwed { owed, job_id } => {
+                detail.owed = Some(*owed);
                 detail.job_id = Some(*job_id);
             }
             _ => {}

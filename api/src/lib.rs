@@ -11,5 +11,6 @@ pub mod queue_stats;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod stripe;
 
 pub use startup::Application;

@@ -14,8 +14,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::routes::admin::billing as admin_billing;
 use crate::routes::admin::{self, dlq, jobs, system, users, webhooks};
-use crate::routes::{credits, dev, events, generations, health, video, web};
+use crate::routes::{billing, credits, dev, events, generations, health, video, web};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -68,6 +69,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::delivery_show))
         .routes(routes!(webhooks::delivery_replay))
         .routes(routes!(dev::sign_in))
+        .routes(routes!(billing::stripe_webhook))
+        .routes(routes!(admin_billing::billing_events))
+        .routes(routes!(admin_billing::waive))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(web::config))

@@ -1,6 +1,7 @@
 //! Layered settings: defaults in code → optional TOML file → `DATABASE_URL` /
 //! `AMQP_URL` → `GENQ__SECTION__KEY` environment variables, validated at load.
 
+mod billing;
 mod events;
 pub mod keys;
 mod models;
@@ -14,6 +15,7 @@ use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+pub use billing::{BillingSettings, StripeSettings};
 pub use events::EventsSettings;
 pub use models::{ModelSettings, ProviderChoice, MODEL_NAME_MAX};
 pub use storage::StorageSettings;
@@ -39,6 +41,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The page served at `/`.
     pub web: WebSettings,
+    /// Money in: the payment provider's webhook.
+    pub billing: BillingSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -616,6 +620,9 @@ impl Settings {
             fail("auth.leeway_secs", "must be at most 300")?;
         }
         if let Err((key, why)) = self.check_identity_provider() {
+            fail(key, why)?;
+        }
+        if let Err((key, why)) = self.billing.stripe.check() {
             fail(key, why)?;
         }
         if self

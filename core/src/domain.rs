@@ -403,6 +403,14 @@ pub enum LedgerKind {
     Commit,
     Refund,
     Adjust,
+    /// Unspent credits of a refunded or disputed payment, taken back.
+    Reversal,
+    /// What a reversal could not take back: owed, no balance moves.
+    Owe,
+    /// Owed credits paid from a later purchase.
+    Repay,
+    /// Owed credits an operator pardoned.
+    Waive,
 }
 
 impl LedgerKind {
@@ -414,6 +422,10 @@ impl LedgerKind {
             Self::Commit => "commit",
             Self::Refund => "refund",
             Self::Adjust => "adjust",
+            Self::Reversal => "reversal",
+            Self::Owe => "owe",
+            Self::Repay => "repay",
+            Self::Waive => "waive",
         }
     }
 }

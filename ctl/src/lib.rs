@@ -1,7 +1,9 @@
 //! `genqctl`: the operator CLI over genq's database and broker — diagnose a
 //! user, grant credits, show and list jobs, work the dead-letter archive,
-//! manage webhooks, verify the ledger. Tables for people, `--json` for scripts.
+//! manage webhooks, verify the ledger, read payment events and waive debts.
+//! Tables for people, `--json` for scripts.
 
+mod billing;
 mod dlq;
 mod webhooks;
 
@@ -52,6 +54,21 @@ pub enum Command {
     /// Webhook endpoints and their deliveries.
     #[command(subcommand)]
     Webhooks(WebhooksCmd),
+    /// The payment provider's events.
+    #[command(subcommand)]
+    Billing(BillingCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BillingCmd {
+    /// What each Stripe event of the last 30 days did, newest first.
+    Events {
+        /// Only those needing an operator (paid but not credited).
+        #[arg(long)]
+        attention: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -177,6 +194,18 @@ pub enum CreditsCmd {
         #[arg(long)]
         actor: Option<String>,
     },
+    /// Pardon credits a user owes from a refunded or disputed payment.
+    Waive {
+        #[command(flatten)]
+        user: UserArg,
+        /// At most this many; default all that is owed.
+        #[arg(long)]
+        amount: Option<i64>,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,7 +302,16 @@ pub(crate) fn table(header: &[&str]) -> Table {
 pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Diagnose(user) => diagnose(cli.json, settings, pool, user).await,
+        Command::Credits(CreditsCmd::Waive {
+            user,
+            amount,
+            reason,
+            actor,
+        }) => billing::waive(cli.json, pool, user, *amount, reason, actor).await,
         Command::Credits(cmd) => credits(cli.json, settings, pool, cmd).await,
+        Command::Billing(BillingCmd::Events { attention, limit }) => {
+            billing::events(cli.json, pool, *attention, *limit).await
+        }
         Command::Jobs(JobsCmd::Show { id }) => job_show(cli.json, pool, *id).await,
         Command::Jobs(JobsCmd::List {
             status,
@@ -378,6 +416,9 @@ async fn diagnose(
     let c = &d.credits;
     writeln!(out, "CREDITS   available {} · reserved {} · spent {}   (granted {} · purchased {} · adjusted {})",
         c.available, c.reserved, c.spent, c.granted, c.purchased, c.adjusted)?;
+    if c.owed > 0 {
+        writeln!(out, "OWED      {} credits of a refunded or disputed payment were already spent: no job starts until repaid or waived (genqctl credits waive)", c.owed)?;
+    }
     writeln!(
         out,
         "          a video costs {}: {}",
@@ -484,6 +525,7 @@ async fn credits(
             LedgerKind::Purchase,
             actor(a),
         ),
+        CreditsCmd::Waive { .. } => unreachable!("handled by billing::waive"),
     };
     let amount =
         Credits::parse_grant(amount, "--amount").map_err(|e| anyhow::anyhow!("{}", e.message))?;

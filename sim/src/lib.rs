@@ -606,7 +606,9 @@ impl Run<'_> {
                 return Ok(Some(format!("the submit failed: {e}")));
             }
         };
-        if let SubmitOutcome::Accepted { job, .. } | SubmitOutcome::Rejected { job, .. } = &outcome
+        if let SubmitOutcome::Accepted { job, .. }
+        | SubmitOutcome::Rejected { job, .. }
+        | SubmitOutcome::Owed { job, .. } = &outcome
         {
             if job.id == job_id {
                 let mut w = lock(&self.env.world);
@@ -631,6 +633,9 @@ impl Run<'_> {
                 "402 {} (needs {required}, has {available})",
                 self.alias(job.id)
             ),
+            SubmitOutcome::Owed { job, owed } => {
+                format!("402 {} (owes {owed})", self.alias(job.id))
+            }
             SubmitOutcome::IdempotencyConflict => "409 conflict".into(),
             SubmitOutcome::RateLimited { .. } => "429".into(),
         };

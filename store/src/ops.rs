@@ -15,6 +15,9 @@ pub struct CreditSummary {
     pub available: i64,
     pub reserved: i64,
     pub spent: i64,
+    /// Credits of a reversed payment that were already spent; while any are
+    /// owed the user can't start a job.
+    pub owed: i64,
     pub granted: i64,
     pub purchased: i64,
     pub adjusted: i64,
@@ -93,6 +96,7 @@ pub async fn diagnose(
         available: account.available,
         reserved: account.reserved,
         spent: account.spent,
+        owed: account.owed,
         granted,
         purchased,
         adjusted,
@@ -115,7 +119,12 @@ fn hms(at: DateTime<Utc>) -> String {
 
 /// The diagnosis in plain words, from the newest job backwards.
 fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> String {
-    let afford = if credits.can_afford_video {
+    let afford = if account.owed > 0 {
+        format!(
+            "The user owes {} credits (a payment was refunded or disputed after its credits were spent) and can't start a job until a purchase repays them or an operator waives them (genqctl credits waive).",
+            account.owed
+        )
+    } else if credits.can_afford_video {
         format!(
             "The user can afford a video now ({} credits available, a video needs {}).",
             account.available, credits.video_cost
@@ -131,6 +140,9 @@ fn conclude(account: &Account, credits: &CreditSummary, jobs: &[JobReport]) -> S
     };
     let when = hms(last.created_at);
     let what = match last.status {
+        JobStatus::Rejected if last.error_code.as_deref() == Some("credits_owed") => format!(
+            "Last attempt {when} was refused because the user owed credits from a reversed payment. No job was queued."
+        ),
         JobStatus::Rejected => format!(
             "Last attempt {when} was refused: a video needs {} credits, the user had {}. No job was queued.",
             last.required_credits.unwrap_or(last.cost),
@@ -179,8 +191,9 @@ pub struct Violation {
 }
 
 /// Recomputes every balance from the ledger and checks the invariants:
-/// the account equals its ledger; available + reserved + spent = granted +
-/// purchased + adjustments; reserved = the costs of open jobs; a job has one
+/// the account (what is owed included) equals its ledger; available +
+/// reserved + spent = granted + purchased + adjustments - reversed -
+/// repaid; reserved = the costs of open jobs; a job has one
 /// reserve and at most one settlement per reservation, matching its status;
 /// every entry of a job belongs to a reservation it made, and to its user.
 /// `genqctl ledger verify`, the admin endpoint, the sweeper and the
@@ -193,6 +206,8 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
         available: i64,
         reserved: i64,
         spent: i64,
+        owed: i64,
+        l_owed: i64,
         l_available: i64,
         l_reserved: i64,
         l_spent: i64,
@@ -200,7 +215,8 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
         open_cost: i64,
     }
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT a.user_id, a.available, a.reserved, a.spent,
+        "SELECT a.user_id, a.available, a.reserved, a.spent, a.owed,
+                COALESCE(l.owed, 0)::bigint AS l_owed,
                 COALESCE(l.available, 0)::bigint AS l_available, COALESCE(l.reserved, 0)::bigint AS l_reserved,
                 COALESCE(l.spent, 0)::bigint AS l_spent, COALESCE(l.funded, 0)::bigint AS funded,
                 COALESCE(o.open_cost, 0)::bigint AS open_cost
@@ -208,10 +224,13 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
            LEFT JOIN (
              SELECT user_id,
                     SUM(CASE WHEN kind IN ('grant','purchase','adjust','refund') THEN amount
-                             WHEN kind = 'reserve' THEN -amount ELSE 0 END) AS available,
+                             WHEN kind IN ('reserve','reversal','repay') THEN -amount ELSE 0 END) AS available,
                     SUM(CASE WHEN kind = 'reserve' THEN amount WHEN kind IN ('commit','refund') THEN -amount ELSE 0 END) AS reserved,
                     SUM(CASE WHEN kind = 'commit' THEN amount ELSE 0 END) AS spent,
-                    SUM(CASE WHEN kind IN ('grant','purchase','adjust') THEN amount ELSE 0 END) AS funded
+                    SUM(CASE WHEN kind IN ('grant','purchase','adjust') THEN amount
+                             WHEN kind IN ('reversal','repay') THEN -amount ELSE 0 END) AS funded,
+                    SUM(CASE WHEN kind = 'owe' THEN amount
+                             WHEN kind IN ('repay','waive') THEN -amount ELSE 0 END) AS owed
                FROM credit_ledger GROUP BY user_id) l ON l.user_id = a.user_id
            LEFT JOIN (
              SELECT user_id, SUM(cost) AS open_cost FROM jobs
@@ -236,11 +255,20 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
                 ),
             ));
         }
+        if r.owed != r.l_owed {
+            out.push(v(
+                "owed_matches_ledger",
+                format!(
+                    "account owes {}, ledger says {} (owed - repaid - waived)",
+                    r.owed, r.l_owed
+                ),
+            ));
+        }
         if r.available + r.reserved + r.spent != r.funded {
             out.push(v(
                 "balance_equals_funding",
                 format!(
-                    "available + reserved + spent = {} but granted + purchased + adjustments = {}",
+                    "available + reserved + spent = {} but granted + purchased + adjustments - reversed - repaid = {}",
                     r.available + r.reserved + r.spent,
                     r.funded
                 ),
@@ -255,7 +283,7 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
                 ),
             ));
         }
-        if r.available < 0 || r.reserved < 0 || r.spent < 0 {
+        if r.available < 0 || r.reserved < 0 || r.spent < 0 || r.owed < 0 {
             out.push(v("non_negative", "a balance is negative".into()));
         }
     }

@@ -20,6 +20,9 @@ pub struct CreditsView {
     pub available: i64,
     pub reserved: i64,
     pub spent: i64,
+    /// Credits of a refunded or disputed payment that were already spent;
+    /// while any are owed, no job starts (a purchase repays them first).
+    pub owed: i64,
     /// What a video of the default provider (no `model`) costs.
     pub video_cost: i64,
     /// Whether the caller can afford a video of the default provider.
@@ -63,8 +66,9 @@ pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView
         available: a.available,
         reserved: a.reserved,
         spent: a.spent,
+        owed: a.owed,
         video_cost: cost,
-        can_generate: a.available >= cost,
+        can_generate: a.available >= cost && a.owed == 0,
         models: state
             .settings
             .model_prices()
@@ -72,7 +76,7 @@ pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView
             .map(|(name, cost)| ModelPrice {
                 name: name.to_owned(),
                 cost,
-                can_generate: a.available >= cost,
+                can_generate: a.available >= cost && a.owed == 0,
             })
             .collect(),
     })

@@ -184,7 +184,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 202, description = "Accepted and queued (or an idempotent replay)", body = JobView),
         (status = 400, description = "Invalid body or Idempotency-Key (`field` names it)", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 402, description = "Not enough credits; the attempt is recorded as a rejected job", body = ErrorBody),
+        (status = 402, description = "Not enough credits (`insufficient_credits`, with `required` and `available`), or credits owed from a reversed payment (`credits_owed`, with `owed`); the attempt is recorded as a rejected job", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 429, description = "Too many submissions; see Retry-After", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before submitting again"))),
@@ -244,6 +244,14 @@ pub async fn create(
             Err(ApiError::InsufficientCredits {
                 required,
                 available,
+                job_id: job.id,
+            })
+        }
+        SubmitOutcome::Owed { job, owed } => {
+            metrics::counter!("genq_submissions_total", "outcome" => "credits_owed").increment(1);
+            tracing::info!(owed, "submission refused: credits owed");
+            Err(ApiError::CreditsOwed {
+                owed,
                 job_id: job.id,
             })
         }

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource.
 
 pub mod admin;
+pub mod billing;
 pub mod credits;
 pub mod dev;
 pub mod events;

@@ -15,14 +15,19 @@ pub struct Account {
     pub available: i64,
     pub reserved: i64,
     pub spent: i64,
+    /// Credits of a refunded or disputed payment that were already spent:
+    /// while any are owed, the user can't start a job.
+    pub owed: i64,
 }
 
 pub async fn account(pool: &PgPool, user_id: Uuid) -> Result<Account> {
-    sqlx::query_as("SELECT available, reserved, spent FROM credit_accounts WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(StoreError::NotFound)
+    sqlx::query_as(
+        "SELECT available, reserved, spent, owed FROM credit_accounts WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(StoreError::NotFound)
 }
 
 /// One entry of the credit ledger.
@@ -30,7 +35,8 @@ pub async fn account(pool: &PgPool, user_id: Uuid) -> Result<Account> {
 pub struct LedgerEntry {
     pub id: i64,
     pub user_id: Uuid,
-    /// grant, purchase, reserve, commit, refund or adjust.
+    /// grant, purchase, reserve, commit, refund, adjust, reversal, owe,
+    /// repay or waive.
     pub kind: String,
     pub amount: i64,
     pub job_id: Option<Uuid>,
@@ -231,13 +237,14 @@ pub(crate) fn settle_ctes(job_cte: &str, kind: &str, reason: &str) -> String {
     )
 }
 
-/// The balance of a user, read under the account's lock in `tx`.
+/// The balance of a user and what they owe, read under the account's lock
+/// in `tx`.
 pub(crate) async fn available_for_update(
     tx: &mut sqlx::PgConnection,
     user_id: Uuid,
-) -> Result<i64> {
+) -> Result<(i64, i64)> {
     Ok(
-        sqlx::query_scalar("SELECT available FROM credit_accounts WHERE user_id = $1 FOR UPDATE")
+        sqlx::query_as("SELECT available, owed FROM credit_accounts WHERE user_id = $1 FOR UPDATE")
             .bind(user_id)
             .fetch_one(tx)
             .await?,

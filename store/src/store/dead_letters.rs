@@ -224,7 +224,7 @@ pub async fn replay(pool: &PgPool, id: i64, actor: &str) -> Result<Resolution> {
     let job = get_job_for_update(&mut tx, job_id).await?;
     let (message, note) = match job.status {
         JobStatus::Dead | JobStatus::Failed => {
-            let available = credits::available_for_update(&mut tx, job.user_id).await?;
+            let (available, _) = credits::available_for_update(&mut tx, job.user_id).await?;
             if available < job.cost {
                 return Ok(refused(&letter, format!(
                     "the job was refunded and the user can't afford it again: a video needs {} credits, the user has {available}",

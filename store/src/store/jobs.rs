@@ -60,6 +60,9 @@ pub enum SubmitOutcome {
     /// Reserved and queued; `replayed` when an earlier request with the same
     /// idempotency key created it.
     Accepted { job: Job, replayed: bool },
+    /// The user owes credits (a reversed payment already spent): recorded
+    /// as a `rejected` job.
+    Owed { job: Job, owed: i64 },
     /// Not enough credits: recorded as a `rejected` job.
     Rejected {
         job: Job,
@@ -240,7 +243,8 @@ pub(crate) fn accept_statement() -> &'static Named {
             reservation: "1",
             actor: &format!("'{SYSTEM_ACTOR}'"),
             reason: "'video requested'",
-            only_if: &allowed,
+            // A user who owes credits starts nothing until it is repaid.
+            only_if: &format!("{allowed} AND owed = 0"),
         });
         let enqueue = outbox::insert_cte("j", ":start_key", ":start_payload");
         let status = EventKind::Status;
@@ -289,7 +293,7 @@ async fn reject(
     tries_left: u32,
 ) -> Result<SubmitOutcome> {
     let mut tx = pool.begin().await?;
-    let available = credits::available_for_update(&mut tx, new.user_id).await?;
+    let (available, owed) = credits::available_for_update(&mut tx, new.user_id).await?;
     // A concurrent request with the same key may have won the account lock
     // and spent the credits: this request is its replay, not a refusal.
     let repeat_402 = genq_core::bugs::on(genq_core::bugs::Switch::Repeat402);
@@ -299,7 +303,7 @@ async fn reject(
             return Ok(replay_or_conflict(job, fingerprint));
         }
     }
-    if available >= new.cost {
+    if available >= new.cost && owed == 0 {
         // Credits arrived between the two statements: try again, a few times.
         tx.rollback().await?;
         if tries_left == 0 {
@@ -309,15 +313,27 @@ async fn reject(
         }
         return Box::pin(submit_attempt(pool, new, tries_left - 1)).await;
     }
-    let message = format!(
-        "A video needs {} credits; you have {}.",
-        new.cost, available
-    );
+    let (code, message) = if owed > 0 {
+        (
+            "credits_owed",
+            format!(
+                "You owe {owed} credits: a payment was refunded or disputed after its credits were spent. Buying credits repays them first."
+            ),
+        )
+    } else {
+        (
+            "insufficient_credits",
+            format!(
+                "A video needs {} credits; you have {}.",
+                new.cost, available
+            ),
+        )
+    };
     let job: Job = sqlx::query_as(&format!(
         "WITH j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider, request_fingerprint,
                               error_code, error_message, required_credits, available_credits, model)
-            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, 'insufficient_credits', $8, $5, $9, $10)
+            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $11, $8, $5, $9, $10)
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -337,9 +353,13 @@ async fn reject(
     .bind(&message)
     .bind(available)
     .bind(new.request.model.as_deref())
+    .bind(code)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
+    if owed > 0 {
+        return Ok(SubmitOutcome::Owed { job, owed });
+    }
     Ok(SubmitOutcome::Rejected {
         job,
         required: new.cost,

@@ -4,6 +4,7 @@
 //!
 //! - [`users`]: who the caller is, and users named by operators
 //! - [`credits`]: accounts and the ledger; the one reserve and settle path
+//! - [`billing`]: payments credited, refunds and disputes reversed, what is owed
 //! - [`jobs`]: submit, read, list, and the sweeper's queries
 //! - [`transition`]: a job's conditional status change with its settlement
 //! - [`cancel`]: a user's or an operator's cancel, refunded at once
@@ -16,6 +17,7 @@
 //! - [`dead_letters`]: the archive of dead letters, replay and discard
 //! - [`webhooks`]: webhook endpoints, their deliveries and attempts
 
+pub mod billing;
 pub mod cancel;
 pub mod caps;
 pub mod credits;

@@ -83,6 +83,41 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
     Err(StoreError::Conflict("user could not be created".into()))
 }
 
+/// The user whose identity-provider ID is `external_id`, created (with
+/// the initial credits, as a first sign-in would) when unknown; an existing
+/// user's profile is left as it is. For payments naming a user who has not
+/// signed in yet.
+pub async fn ensure_external_id(pool: &PgPool, external_id: &str, initial: i64) -> Result<Uuid> {
+    const INSERT: &str = r#"
+        WITH u AS (
+            INSERT INTO users (external_id) VALUES ($1)
+            ON CONFLICT (external_id) DO NOTHING
+            RETURNING id
+        ), acct AS (
+            INSERT INTO credit_accounts (user_id, available)
+            SELECT id, $2 FROM u
+            RETURNING user_id
+        ), grant_row AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
+            SELECT user_id, 'grant', $2, $3, 'initial credits' FROM acct WHERE $2 > 0
+        )
+        SELECT id FROM u"#;
+    let created: Option<Uuid> = sqlx::query_scalar(INSERT)
+        .bind(external_id)
+        .bind(initial)
+        .bind(super::SYSTEM_ACTOR)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(id) = created {
+        return Ok(id);
+    }
+    sqlx::query_scalar("SELECT id FROM users WHERE external_id = $1")
+        .bind(external_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| StoreError::Conflict("user could not be created".into()))
+}
+
 pub async fn find_user_by_id(pool: &PgPool, id: Uuid) -> Result<Option<User>> {
     Ok(sqlx::query_as(&format!("{USER_COLS} WHERE id = $1"))
         .bind(id)

@@ -2,6 +2,7 @@
 //! the viewer role, actions the admin role (`crate::auth`); every action is
 //! audited under the operator's name. Same logic as `genqctl`.
 
+pub mod billing;
 pub mod credits;
 pub mod dlq;
 pub mod jobs;
