@@ -36,6 +36,9 @@ export GENQ__API__SUBMIT_BURST=3 GENQ__API__SUBMIT_PER_MINUTE=1
 export GENQ__WORKER__POLL_INITIAL_MS=250 GENQ__WORKER__POLL_MAX_MS=500
 # A provider that always answers 503 kills the job soon: the console's dead letters.
 export GENQ__WORKER__MAX_ATTEMPTS=2 GENQ__WORKER__RETRY_BASE_MS=100 GENQ__WORKER__RETRY_MAX_MS=200
+# Stripe's webhook, for the console's payment events (the tests sign with it).
+GENQ__BILLING__STRIPE__WEBHOOK_SECRET="whsec_$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
+export GENQ__BILLING__STRIPE__WEBHOOK_SECRET
 
 "$bin/genq-provider-sim" --addr "127.0.0.1:${SIM_PORT:-18382}" --generation-ms 2500 >"$log/sim.log" 2>&1 &
 pids+=($!)

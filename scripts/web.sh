@@ -3,7 +3,8 @@
 # serves at / (web/, built into web/dist and embedded in the API binary).
 #   scripts/web.sh gen     regenerate the client from api/openapi.json, type-check, rebuild web/dist
 #   scripts/web.sh deps    install the pinned Node packages (npm ci), if they changed
-#                          (also tests/jose: the JOSE library the identity-provider tests sign with)
+#                          (also tests/jose: the JOSE library the identity-provider tests sign with,
+#                          and tests/stripe: Stripe's library, whose test helper signs the billing tests' events)
 #   scripts/web.sh check   fail when api/openapi.json differs from the API's document, or the
 #                          committed client or page differs from a fresh generation and build
 # Node packages are pinned (package-lock.json) and installed with `npm ci`.
@@ -68,7 +69,7 @@ check() {
 }
 
 case "${1:-}" in
-  deps) npm_ci clients/typescript && npm_ci web && npm_ci tests/jose ;;
+  deps) npm_ci clients/typescript && npm_ci web && npm_ci tests/jose && npm_ci tests/stripe ;;
   gen) gen ;;
   check) check ;;
   *) echo "usage: scripts/web.sh deps|gen|check" >&2; exit 2 ;;

@@ -13,10 +13,12 @@ import {
   discardDeadLetter,
   getWebConfig,
   getDeadLetter,
+  listBillingEvents,
   listDeadLetters,
   replayDeadLetter,
   systemSummary,
   verifyLedger,
+  type BillingEvent,
   type DeadLetter,
   type JobView,
   type ResolutionView,
@@ -161,6 +163,7 @@ async function signIn(token: string): Promise<void> {
   }
   $('dlq-why-off').textContent = state.readOnly ? 'Replay and discard need the admin role; your token has the viewer role.' : '';
   renderSystem(result.data);
+  void loadPayments();
   show(currentTab());
 }
 
@@ -604,6 +607,43 @@ async function loadSystem(): Promise<void> {
   const r = await systemSummary();
   if (!r.data) return fail($('system-problem'), r);
   renderSystem(r.data);
+  await loadPayments();
+}
+
+/** The payment provider's latest events; those needing an operator first. */
+async function loadPayments(): Promise<void> {
+  const r = await listBillingEvents({ query: { limit: 20 } });
+  const box = $('system-payments');
+  if (!r.data) {
+    box.replaceChildren(el('p', `Payment events: ${describe(r).text}`, { class: 'problem' }));
+    return;
+  }
+  renderPayments(r.data);
+}
+
+function renderPayments(events: BillingEvent[]): void {
+  const box = $('system-payments');
+  if (events.length === 0) {
+    box.replaceChildren(el('p', 'No payment events in the last 30 days.', { class: 'help' }));
+    return;
+  }
+  const attention = events.filter((e) => e.needs_attention);
+  const table = el('table', undefined, { 'data-role': 'payments' });
+  const head = el('tr');
+  for (const h of ['Received', 'Event', 'Outcome', 'User', 'What it did']) head.append(el('th', h));
+  table.append(head);
+  for (const e of [...attention, ...events.filter((x) => !x.needs_attention)]) {
+    const tr = el('tr', undefined, e.needs_attention ? { class: 'attention' } : {});
+    for (const c of [when(e.received_at), e.type, e.outcome, e.user_id ?? '', e.detail]) tr.append(el('td', c));
+    table.append(tr);
+  }
+  box.replaceChildren(
+    el('p', attention.length === 0
+      ? 'Every payment among these was applied.'
+      : `${plural(attention.length, 'payment needs', 'payments need')} an operator: paid, but not credited (see the detail; genqctl credits purchase --reference credits it once).`,
+      { class: attention.length === 0 ? 'help' : 'problem', 'data-role': 'payments-attention' }),
+    table,
+  );
 }
 
 /** Bars as inline SVG: one per status, labelled with its count. */

@@ -5,6 +5,7 @@
 // filtered bulk replay that reserves again only for the user who can afford
 // it, a viewer who sees but cannot act, and a user who is refused.
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { api, eventually, grant, jobsOf, launch, newUser, openPage, shot } from './helpers.mjs';
 
@@ -147,7 +148,25 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   const [, canceled] = await api('GET', `/v1/generations/${hang.id}`, poor.user.token);
   assert.equal(canceled.status, 'canceled');
   assert.ok(canceled.events.some((e) => /Canceled by an operator/.test(e.message ?? '') && !/browser-admin/.test(e.message ?? '')), JSON.stringify(canceled.events));
+  // A paid Stripe checkout that names no user: recorded, never credited,
+  // shown to operators as needing attention (signed here as Stripe signs).
+  const secret = process.env.GENQ__BILLING__STRIPE__WEBHOOK_SECRET;
+  const session = `cs_test_browser_${Date.now().toString(36)}`;
+  const body = JSON.stringify({
+    id: `evt_${session}`, object: 'event', type: 'checkout.session.completed', created: Math.floor(Date.now() / 1000),
+    data: { object: { id: session, object: 'checkout.session', payment_status: 'paid', status: 'complete',
+      client_reference_id: null, payment_intent: `pi_${session}`, amount_total: 1000, currency: 'usd', metadata: { genq_credits: '100' } } },
+  });
+  const signedAt = Math.floor(Date.now() / 1000);
+  const v1 = createHmac('sha256', secret).update(`${signedAt}.${body}`).digest('hex');
+  const posted = await fetch(`${process.env.GENQ_BASE_URL}/v1/billing/stripe/webhook`, {
+    method: 'POST', headers: { 'content-type': 'application/json', 'stripe-signature': `t=${signedAt},v1=${v1}` }, body,
+  });
+  assert.equal(posted.status, 200);
+  assert.equal((await posted.json()).outcome, 'needs_attention');
   await page.getByRole('link', { name: 'System' }).click();
+  await eventually('the payment needing attention', async () => /needs? an operator/.test(await page.locator('[data-role="payments-attention"]').textContent()));
+  assert.match(await page.locator('table[data-role="payments"] tr.attention').first().textContent(), new RegExp(session));
   const failures = await page.locator('svg[aria-label^="Failures by code"]').getAttribute('aria-label');
   assert.match(failures, /retries_exhausted [1-9]/);
   assert.match(await page.locator('svg[aria-label^="Dead letters per hour"]').getAttribute('aria-label'), /\d\d:00 [1-9]/);

@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminCancelJobData, AdminCancelJobErrors, AdminCancelJobResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminJobLedgerData, AdminJobLedgerErrors, AdminJobLedgerResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, LastLedgerVerificationData, LastLedgerVerificationErrors, LastLedgerVerificationResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses } from './types.gen';
+import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminCancelJobData, AdminCancelJobErrors, AdminCancelJobResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminJobLedgerData, AdminJobLedgerErrors, AdminJobLedgerResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, LastLedgerVerificationData, LastLedgerVerificationErrors, LastLedgerVerificationResponses, ListBillingEventsData, ListBillingEventsErrors, ListBillingEventsResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, StripeWebhookData, StripeWebhookErrors, StripeWebhookResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses, WaiveOwedData, WaiveOwedErrors, WaiveOwedResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -27,6 +27,15 @@ export const healthz = <ThrowOnError extends boolean = false>(options?: Options<
  * The database answers.
  */
 export const readyz = <ThrowOnError extends boolean = false>(options?: Options<ReadyzData, ThrowOnError>) => (options?.client ?? client).get<ReadyzResponses, ReadyzErrors, ThrowOnError>({ url: '/readyz', ...options });
+
+/**
+ * The payment provider's events of the last 30 days, newest first.
+ */
+export const listBillingEvents = <ThrowOnError extends boolean = false>(options?: Options<ListBillingEventsData, ThrowOnError>) => (options?.client ?? client).get<ListBillingEventsResponses, ListBillingEventsErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/billing/events',
+    ...options
+});
 
 /**
  * Add credits to a user (grant or purchase), audited with the admin as actor.
@@ -157,6 +166,19 @@ export const diagnoseUser = <ThrowOnError extends boolean = false>(options: Opti
 });
 
 /**
+ * Waive what a user owes (admin role), audited with the admin as actor.
+ */
+export const waiveOwed = <ThrowOnError extends boolean = false>(options: Options<WaiveOwedData, ThrowOnError>) => (options.client ?? client).post<WaiveOwedResponses, WaiveOwedErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/users/{user}/waive',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
  * Webhook deliveries, newest first.
  */
 export const listWebhookDeliveries = <ThrowOnError extends boolean = false>(options?: Options<ListWebhookDeliveriesData, ThrowOnError>) => (options?.client ?? client).get<ListWebhookDeliveriesResponses, ListWebhookDeliveriesErrors, ThrowOnError>({
@@ -235,6 +257,18 @@ export const rotateWebhookSecret = <ThrowOnError extends boolean = false>(option
     security: [{ scheme: 'bearer', type: 'http' }],
     url: '/v1/admin/webhooks/{id}/rotate',
     ...options
+});
+
+/**
+ * Receive a Stripe event (configure this URL as the endpoint in Stripe).
+ */
+export const stripeWebhook = <ThrowOnError extends boolean = false>(options: Options<StripeWebhookData, ThrowOnError>) => (options.client ?? client).post<StripeWebhookResponses, StripeWebhookErrors, ThrowOnError>({
+    url: '/v1/billing/stripe/webhook',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
 });
 
 /**

@@ -76,6 +76,40 @@ export type AdminCreditResponse = {
 export type AspectRatio = '16:9' | '9:16' | '1:1';
 
 /**
+ * One webhook event as received, and what it did.
+ */
+export type BillingEvent = {
+    /**
+     * What was done, for people.
+     */
+    detail: string;
+    /**
+     * Stripe's event ID (`evt_…`).
+     */
+    id: string;
+    /**
+     * Not applied, and an operator should look (e.g. a paid session
+     * without a user or an amount): never credited by guess.
+     */
+    needs_attention: boolean;
+    /**
+     * The session, charge or dispute the event was about.
+     */
+    object_id?: string | null;
+    /**
+     * `credited`, `reversed`, `recorded`, `duplicate`, `ignored` or
+     * `needs_attention`.
+     */
+    outcome: string;
+    received_at: string;
+    /**
+     * Stripe's event type, e.g. `checkout.session.completed`.
+     */
+    type: string;
+    user_id?: string | null;
+};
+
+/**
  * A request for one video.
  */
 export type CreateGeneration = {
@@ -119,6 +153,11 @@ export type CreditsView = {
      * none are configured.
      */
     models?: Array<ModelPrice>;
+    /**
+     * Credits of a refunded or disputed payment that were already spent;
+     * while any are owed, no job starts (a purchase repays them first).
+     */
+    owed: number;
     reserved: number;
     spent: number;
     /**
@@ -202,6 +241,10 @@ export type ErrorDetail = {
     field?: string | null;
     job_id?: string | null;
     message: string;
+    /**
+     * With `credits_owed`: what the caller owes.
+     */
+    owed?: number | null;
     required?: number | null;
 };
 
@@ -386,7 +429,8 @@ export type LedgerEntry = {
     id: number;
     job_id?: string | null;
     /**
-     * grant, purchase, reserve, commit, refund or adjust.
+     * grant, purchase, reserve, commit, refund, adjust, reversal, owe,
+     * repay or waive.
      */
     kind: string;
     reason?: string | null;
@@ -474,6 +518,19 @@ export type StreamToken = {
 };
 
 /**
+ * What genq did with an event (Stripe only needs the 200).
+ */
+export type StripeWebhookAnswer = {
+    detail: string;
+    /**
+     * `credited`, `reversed`, `recorded`, `duplicate`, `ignored` or
+     * `needs_attention`.
+     */
+    outcome: string;
+    received: boolean;
+};
+
+/**
  * The system at a glance, for the console's System page.
  */
 export type SystemSummary = {
@@ -555,6 +612,28 @@ export type VerifyView = {
     violations: Array<{
         [key: string]: unknown;
     }>;
+};
+
+/**
+ * Owed credits to pardon.
+ */
+export type WaiveRequest = {
+    /**
+     * At most this many (1 to 1,000,000,000); absent: all that is owed.
+     */
+    amount?: number | null;
+    /**
+     * Why, for the ledger and the audit log (at most 500 characters).
+     */
+    reason: string;
+};
+
+export type WaiveResponse = {
+    credits: CreditsView;
+    /**
+     * What was waived (0 when nothing was owed).
+     */
+    waived: number;
 };
 
 /**
@@ -757,6 +836,56 @@ export type ReadyzResponses = {
 };
 
 export type ReadyzResponse = ReadyzResponses[keyof ReadyzResponses];
+
+export type ListBillingEventsData = {
+    body?: never;
+    path?: never;
+    query?: {
+        /**
+         * At most this many, newest first (1 to 500; 100 by default).
+         */
+        limit?: number;
+        /**
+         * Only events that need an operator (not credited, never by guess).
+         */
+        attention?: boolean;
+    };
+    url: '/v1/admin/billing/events';
+};
+
+export type ListBillingEventsErrors = {
+    /**
+     * Invalid query
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Neither the admin nor the viewer role
+     */
+    403: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type ListBillingEventsError = ListBillingEventsErrors[keyof ListBillingEventsErrors];
+
+export type ListBillingEventsResponses = {
+    /**
+     * The events and what each did
+     */
+    200: Array<BillingEvent>;
+};
+
+export type ListBillingEventsResponse = ListBillingEventsResponses[keyof ListBillingEventsResponses];
 
 export type AddCreditsData = {
     body: AdminCreditRequest;
@@ -1377,6 +1506,56 @@ export type DiagnoseUserResponses = {
 
 export type DiagnoseUserResponse = DiagnoseUserResponses[keyof DiagnoseUserResponses];
 
+export type WaiveOwedData = {
+    body: WaiveRequest;
+    path: {
+        /**
+         * The user's email (with an @), external ID (`sub`) or genq ID
+         */
+        user: string;
+    };
+    query?: never;
+    url: '/v1/admin/users/{user}/waive';
+};
+
+export type WaiveOwedErrors = {
+    /**
+     * Invalid request
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin (the viewer role only reads)
+     */
+    403: ErrorBody;
+    /**
+     * No such user
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type WaiveOwedError = WaiveOwedErrors[keyof WaiveOwedErrors];
+
+export type WaiveOwedResponses = {
+    /**
+     * Waived (possibly nothing)
+     */
+    200: WaiveResponse;
+};
+
+export type WaiveOwedResponse = WaiveOwedResponses[keyof WaiveOwedResponses];
+
 export type ListWebhookDeliveriesData = {
     body?: never;
     path?: never;
@@ -1768,6 +1947,54 @@ export type RotateWebhookSecretResponses = {
 
 export type RotateWebhookSecretResponse = RotateWebhookSecretResponses[keyof RotateWebhookSecretResponses];
 
+export type StripeWebhookData = {
+    /**
+     * A Stripe event, exactly as Stripe sends it (the signature is over these bytes)
+     */
+    body: {
+        [key: string]: unknown;
+    };
+    headers: {
+        /**
+         * `t=<unix seconds>,v1=<hex HMAC-SHA256>`, as Stripe signs every event
+         */
+        'Stripe-Signature': string;
+    };
+    path?: never;
+    query?: never;
+    url: '/v1/billing/stripe/webhook';
+};
+
+export type StripeWebhookErrors = {
+    /**
+     * A missing, malformed, non-matching or stale signature (`field`: `Stripe-Signature`), or a body over 256 KiB or not an event: nothing changed
+     */
+    400: ErrorBody;
+    /**
+     * Stripe is not configured here (`billing.stripe.webhook_secret`)
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type StripeWebhookError = StripeWebhookErrors[keyof StripeWebhookErrors];
+
+export type StripeWebhookResponses = {
+    /**
+     * Received: applied, a duplicate, ignored, or recorded for an operator's attention
+     */
+    200: StripeWebhookAnswer;
+};
+
+export type StripeWebhookResponse = StripeWebhookResponses[keyof StripeWebhookResponses];
+
 export type GetCreditsData = {
     body?: never;
     path?: never;
@@ -2017,7 +2244,7 @@ export type CreateGenerationErrors = {
      */
     401: ErrorBody;
     /**
-     * Not enough credits; the attempt is recorded as a rejected job
+     * Not enough credits (`insufficient_credits`, with `required` and `available`), or credits owed from a reversed payment (`credits_owed`, with `owed`); the attempt is recorded as a rejected job
      */
     402: ErrorBody;
     /**

@@ -8,6 +8,7 @@ mod harness;
 
 mod api;
 mod archive;
+mod billing;
 mod console;
 mod events;
 mod hardening;
