@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+
 use axum::Json;
 use genq_store::store::billing::{self, Applied, Clawback, ClawbackKind, PaidCheckout};
 use genq_store::store::users;
@@ -51,6 +52,13 @@ pub async fn stripe_webhook(
     body: Body,
 ) -> Result<Json<StripeWebhookAnswer>, ApiError> {
     let settings = &state.settings.billing.stripe;
+    // No signature is a malformed request here, configured or not.
+    let Some(signature) = headers.get("stripe-signature") else {
+        return Err(ApiError::invalid(
+            "Stripe-Signature",
+            stripe::SignatureError::Missing.to_string(),
+        ));
+    };
     let Some(secret) = &settings.webhook_secret else {
         return Err(ApiError::NotFound("not found".into()));
     };
@@ -60,11 +68,8 @@ pub async fn stripe_webhook(
             format!("The body must be at most {BODY_MAX} bytes."),
         )
     })?;
-    let signature = headers
-        .get("stripe-signature")
-        .map(|v| v.to_str().unwrap_or(""));
     stripe::verify(
-        signature,
+        Some(signature.to_str().unwrap_or("")),
         &body,
         secret.expose_secret(),
         Duration::from_secs(settings.tolerance_secs),

@@ -69,7 +69,7 @@ pub struct WaiveRequest {
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     #[serde(default, deserialize_with = "crate::extract::opt_integer")]
     pub amount: Option<i64>,
-    /// Why, for the ledger and the audit log (at most 500 characters).
+    #[schema(schema_with = super::credits::reason_schema)]
     pub reason: String,
 }
 

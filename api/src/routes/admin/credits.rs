@@ -128,7 +128,7 @@ fn user_id_schema() -> Object {
     .build()
 }
 
-fn reason_schema() -> Object {
+pub(crate) fn reason_schema() -> Object {
     text(500, "Why, for the ledger and the audit log.").build()
 }
 
