@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use crate::routes::admin::billing as admin_billing;
 use crate::routes::admin::{self, dlq, jobs, system, users, webhooks};
-use crate::routes::{billing, credits, dev, events, generations, health, video, web};
+use crate::routes::{billing, credits, dev, events, generations, health, models, video, web};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -50,6 +50,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::create_stream_token))
         .routes(routes!(credits::balance))
         .routes(routes!(credits::ledger))
+        .routes(routes!(models::models))
         .routes(routes!(admin::credits::add_credits))
         .routes(routes!(users::diagnose))
         .routes(routes!(jobs::jobs))

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 pub use billing::{BillingSettings, StripeSettings};
 pub use events::EventsSettings;
-pub use models::{ModelSettings, ProviderChoice, MODEL_NAME_MAX};
+pub use models::{ModelSettings, Price, ProviderChoice, MODEL_NAME_MAX, PRICE_MAX};
 pub use storage::StorageSettings;
 pub use web::WebSettings;
 

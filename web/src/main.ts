@@ -8,6 +8,7 @@ import {
   createStreamToken,
   devSignIn,
   getCredits,
+  listModels,
   getGeneration,
   getGenerationVideo,
   getWebConfig,
@@ -15,6 +16,7 @@ import {
   listLedgerEntries,
   type CreateGeneration,
   type CreditsView,
+  type ModelsView,
 } from '@genq/client';
 import { describe, setToken, type Failed, type Problem } from './api';
 import { isTerminal, JobList, type JobEventView, type Settlement } from './jobs';
@@ -57,6 +59,7 @@ const ui = {
   aspect: $<HTMLSelectElement>('aspect'),
   modelOption: $('model-option'),
   model: $<HTMLSelectElement>('model'),
+  price: $('price'),
   reason: $('generate-reason'),
   button: $<HTMLButtonElement>('generate-button'),
   generateProblem: $('generate-problem'),
@@ -71,6 +74,8 @@ const state = {
   signedIn: false,
   pricingUrl: '/pricing',
   credits: null as CreditsView | null,
+  /** What a video of the chosen length costs, by model (GET /v1/models). */
+  prices: null as ModelsView | null,
   inFlight: false,
   rateLimitedUntil: 0,
   /** The key of the last submission that may have reached the API without an answer, kept for a retry of the same request. */
@@ -238,17 +243,51 @@ ui.signOut.addEventListener('click', () => signOut());
 
 // ---- credits -----------------------------------------------------------
 
+/** The price of the video as chosen (model and length), as the API computes it; null until known. */
 function selectedCost(): number | null {
-  const c = state.credits;
-  if (!c) return null;
+  const p = state.prices;
+  if (!p || p.duration_seconds !== Number(ui.duration.value)) return null;
   const model = ui.model.value;
-  if (model) return c.models?.find((m) => m.name === model)?.cost ?? c.video_cost;
-  return c.video_cost;
+  if (model) return p.models.find((m) => m.name === model)?.cost ?? null;
+  return p.default_cost;
 }
 
 function canAfford(): boolean {
   const cost = selectedCost();
-  return state.credits !== null && cost !== null && state.credits.available >= cost;
+  const c = state.credits;
+  return c !== null && cost !== null && c.available >= cost && c.owed === 0;
+}
+
+let pricesTimer: number | undefined;
+
+/** Asks the API what a video of the chosen length costs (shortly after the length stops changing). */
+function refreshPricesSoon(): void {
+  window.clearTimeout(pricesTimer);
+  pricesTimer = window.setTimeout(() => void refreshPrices(), 150);
+  updateButton();
+}
+
+async function refreshPrices(): Promise<void> {
+  const duration = Number(ui.duration.value);
+  if (!state.signedIn || !Number.isInteger(duration) || duration < 1 || duration > 60) return;
+  const result = await listModels({ query: { duration_seconds: duration } });
+  // An answer for a length no longer chosen is dropped.
+  if (!result.data || result.data.duration_seconds !== Number(ui.duration.value)) return;
+  state.prices = result.data;
+  labelModels();
+  updateButton();
+}
+
+/** Each model's option with its price at the chosen length. */
+function labelModels(): void {
+  const p = state.prices;
+  if (!p) return;
+  for (const option of Array.from(ui.model.options)) {
+    const m = p.models.find((x) => x.name === option.value);
+    option.textContent = option.value === ''
+      ? `Default (${p.default_cost} credits)`
+      : `${option.value} (${m ? `${m.cost} credits` : 'unavailable'})`;
+  }
 }
 
 async function refreshCredits(): Promise<void> {
@@ -264,6 +303,8 @@ async function refreshCredits(): Promise<void> {
   }
   ui.creditsProblem.textContent = '';
   state.credits = result.data;
+  // The price first, so that the credits and what they buy show together.
+  await refreshPrices();
   const c = result.data;
   ui.available.textContent = String(c.available);
   ui.reserved.textContent = String(c.reserved);
@@ -275,6 +316,7 @@ async function refreshCredits(): Promise<void> {
     ui.model.replaceChildren(new Option(`Default (${c.video_cost} credits)`, ''));
     for (const m of models) ui.model.append(new Option(`${m.name} (${m.cost} credits)`, m.name));
     ui.model.value = chosen;
+    labelModels();
   }
   updateButton();
 }
@@ -313,13 +355,18 @@ function updateButton(): void {
   } else {
     ui.button.textContent = 'Generate video';
   }
-  if (!c || cost === null) {
+  if (!c) {
     reason = ['Reading your credits…'];
+  } else if (c.owed > 0) {
+    reason = [`You owe ${c.owed} credits: a payment was refunded after its credits were spent. Buying credits repays them first. `, pricingLink('Buy credits')];
+  } else if (cost === null) {
+    reason = ['Reading the price…'];
   } else if (c.available < cost) {
     reason = [`A video needs ${cost} credits; you have ${c.available}. `, pricingLink('Buy credits')];
   } else if (waitSecs > 0) {
     reason = [`Too many submissions: you can submit again in ${waitSecs} s.`];
   }
+  ui.price.textContent = cost === null ? '' : `This video costs ${cost} ${cost === 1 ? 'credit' : 'credits'}.`;
   ui.button.disabled = state.inFlight || reason !== null;
   ui.button.setAttribute('aria-busy', String(state.inFlight));
   if (reason) {
@@ -332,6 +379,7 @@ function updateButton(): void {
 }
 
 ui.model.addEventListener('change', updateButton);
+ui.duration.addEventListener('input', refreshPricesSoon);
 
 function fieldProblem(field: string | undefined, text: string): boolean {
   const target =

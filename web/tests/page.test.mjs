@@ -42,6 +42,7 @@ test('a user with 8 credits sees the button disabled with the reason; an admin g
   assert.equal((await reason(page).textContent()).trim(), 'A video needs 10 credits; you have 8. Buy credits');
   assert.equal(await reason(page).getByRole('link', { name: 'Buy credits' }).getAttribute('href'), '/pricing');
   assert.equal(await page.locator('#credits-cost').textContent(), '10');
+  assert.equal(await page.locator('#price').textContent(), 'This video costs 10 credits.');
   await shot(page, 'short-of-credits');
 
   await grant(user, 10);

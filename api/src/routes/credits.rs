@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use genq_core::domain::DURATION_DEFAULT_SECS;
 use genq_store::store::{self, LedgerEntry};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -38,9 +39,34 @@ pub struct CreditsView {
 pub struct ModelPrice {
     #[schema(example = "fast")]
     pub name: String,
+    /// Credits a video of this model costs (at the asked length; by
+    /// default, the default length).
     pub cost: i64,
+    /// Set when the model is priced per second of video: `cost` is this
+    /// times the length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_second: Option<i64>,
     /// Whether the caller can afford a video of this model.
     pub can_generate: bool,
+}
+
+/// Each configured model's price for a video of `duration_secs`, and
+/// whether an account with `a` can pay it.
+pub fn model_prices(state: &AppState, a: &store::Account, duration_secs: u32) -> Vec<ModelPrice> {
+    state
+        .settings
+        .model_prices()
+        .into_iter()
+        .map(|(name, price)| {
+            let cost = price.cost(duration_secs);
+            ModelPrice {
+                name: name.to_owned(),
+                cost,
+                cost_per_second: price.per_second(),
+                can_generate: a.available >= cost && a.owed == 0,
+            }
+        })
+        .collect()
 }
 
 /// The caller's balance.
@@ -69,16 +95,7 @@ pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView
         owed: a.owed,
         video_cost: cost,
         can_generate: a.available >= cost && a.owed == 0,
-        models: state
-            .settings
-            .model_prices()
-            .into_iter()
-            .map(|(name, cost)| ModelPrice {
-                name: name.to_owned(),
-                cost,
-                can_generate: a.available >= cost && a.owed == 0,
-            })
-            .collect(),
+        models: model_prices(state, &a, DURATION_DEFAULT_SECS),
     })
 }
 

@@ -217,7 +217,7 @@ pub async fn create(
             job_id,
             user_id: user.id,
             request: &request,
-            cost: choice.cost,
+            cost: choice.price.cost(request.duration.get()),
             idempotency_key: key.as_deref(),
             provider: choice.provider,
             allowance,

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod events;
 pub mod generations;
 pub mod health;
+pub mod models;
 pub mod video;
 pub mod web;
 

@@ -451,8 +451,36 @@ export type ModelPrice = {
      * Whether the caller can afford a video of this model.
      */
     can_generate: boolean;
+    /**
+     * Credits a video of this model costs (at the asked length; by
+     * default, the default length).
+     */
     cost: number;
+    /**
+     * Set when the model is priced per second of video: `cost` is this
+     * times the length.
+     */
+    cost_per_second?: number | null;
     name: string;
+};
+
+/**
+ * What a video of `duration_seconds` costs, by model.
+ */
+export type ModelsView = {
+    /**
+     * Whether the caller can afford a video of the default provider.
+     */
+    can_generate: boolean;
+    /**
+     * A video of the default provider (no `model`).
+     */
+    default_cost: number;
+    duration_seconds: number;
+    /**
+     * The models a submission may name (empty when none are configured).
+     */
+    models: Array<ModelPrice>;
 };
 
 /**
@@ -623,7 +651,7 @@ export type WaiveRequest = {
      */
     amount?: number | null;
     /**
-     * Why, for the ledger and the audit log (at most 500 characters).
+     * Why, for the ledger and the audit log.
      */
     reason: string;
 };
@@ -2486,6 +2514,48 @@ export type GetGenerationVideoResponses = {
 };
 
 export type GetGenerationVideoResponse = GetGenerationVideoResponses[keyof GetGenerationVideoResponses];
+
+export type ListModelsData = {
+    body?: never;
+    path?: never;
+    query?: {
+        /**
+         * The video's length, as it would be submitted (1 to 60; 5 by default).
+         */
+        duration_seconds?: number;
+    };
+    url: '/v1/models';
+};
+
+export type ListModelsErrors = {
+    /**
+     * Invalid `duration_seconds`
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type ListModelsError = ListModelsErrors[keyof ListModelsErrors];
+
+export type ListModelsResponses = {
+    /**
+     * What a video of that length would cost, and whether the caller can pay it
+     */
+    200: ModelsView;
+};
+
+export type ListModelsResponse = ListModelsResponses[keyof ListModelsResponses];
 
 export type CreateStreamTokenData = {
     body?: never;

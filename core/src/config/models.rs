@@ -27,8 +27,12 @@ pub struct ModelSettings {
     pub base_url: String,
     pub api_key: SecretString,
     pub timeout_ms: u64,
-    /// Credits one video of this model costs; absent means `credits.video_cost`.
+    /// Credits one video of this model costs; absent (and no
+    /// `cost_per_second`) means `credits.video_cost`.
     pub cost: Option<i64>,
+    /// Credits per second of video, times the request's `duration_seconds`,
+    /// as providers charge (instead of a flat `cost`).
+    pub cost_per_second: Option<i64>,
     /// Tasks in flight at once (submitting or running), across all workers; 0 = no cap.
     pub max_concurrent: u32,
     /// Submissions to the provider per minute, across all workers; 0 = no cap.
@@ -47,6 +51,7 @@ impl Default for ModelSettings {
             api_key: p.api_key,
             timeout_ms: p.timeout_ms,
             cost: None,
+            cost_per_second: None,
             max_concurrent: 0,
             max_per_minute: 0,
             first_poll_ms: None,
@@ -73,13 +78,53 @@ impl ModelSettings {
     }
 }
 
+/// Most credits a price may name (per video or per second): far above any
+/// real price, far below what could overflow a balance.
+pub const PRICE_MAX: i64 = 1_000_000;
+
+/// What a video costs: the same for any length, or per second of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Price {
+    Flat(i64),
+    PerSecond(i64),
+}
+
+impl Price {
+    /// The credits a video of `duration_secs` seconds costs.
+    pub fn cost(self, duration_secs: u32) -> i64 {
+        match self {
+            Self::Flat(c) => c,
+            Self::PerSecond(c) => c.saturating_mul(i64::from(duration_secs)),
+        }
+    }
+
+    /// The price per second, when it is one.
+    pub fn per_second(self) -> Option<i64> {
+        match self {
+            Self::Flat(_) => None,
+            Self::PerSecond(c) => Some(c),
+        }
+    }
+}
+
 /// What a submission runs on: the configured provider's name (stored as
 /// `jobs.provider`), the model the user named (if any) and the price.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderChoice<'a> {
     pub provider: &'a str,
     pub model: Option<&'a str>,
-    pub cost: i64,
+    pub price: Price,
+}
+
+impl ModelSettings {
+    /// This model's price: per second, or flat, or the default video's.
+    pub fn price(&self, default_cost: i64) -> Price {
+        match (self.cost_per_second, self.cost) {
+            (Some(per_second), _) => Price::PerSecond(per_second),
+            (None, Some(cost)) => Price::Flat(cost),
+            (None, None) => Price::Flat(default_cost),
+        }
+    }
 }
 
 impl Settings {
@@ -90,7 +135,7 @@ impl Settings {
             None => Some(ProviderChoice {
                 provider: &self.provider.name,
                 model: None,
-                cost: self.credits.video_cost,
+                price: Price::Flat(self.credits.video_cost),
             }),
             Some(name) => self
                 .models
@@ -98,16 +143,16 @@ impl Settings {
                 .map(|(name, m)| ProviderChoice {
                     provider: name,
                     model: Some(name),
-                    cost: m.cost.unwrap_or(self.credits.video_cost),
+                    price: m.price(self.credits.video_cost),
                 }),
         }
     }
 
     /// Every configured model with its price, by name.
-    pub fn model_prices(&self) -> Vec<(&str, i64)> {
+    pub fn model_prices(&self) -> Vec<(&str, Price)> {
         self.models
             .iter()
-            .map(|(name, m)| (name.as_str(), m.cost.unwrap_or(self.credits.video_cost)))
+            .map(|(name, m)| (name.as_str(), m.price(self.credits.video_cost)))
             .collect()
     }
 
@@ -144,8 +189,20 @@ pub(super) fn check_models(
                 "has the name of the default provider (provider.name); jobs could not tell them apart".into(),
             ));
         }
-        if m.cost.is_some_and(|c| c <= 0) {
-            return Err((format!("models.{name}.cost"), "must be more than 0".into()));
+        for (key, price) in [("cost", m.cost), ("cost_per_second", m.cost_per_second)] {
+            if price.is_some_and(|c| !(1..=PRICE_MAX).contains(&c)) {
+                return Err((
+                    format!("models.{name}.{key}"),
+                    format!("must be between 1 and {PRICE_MAX}"),
+                ));
+            }
+        }
+        if m.cost.is_some() && m.cost_per_second.is_some() {
+            return Err((
+                format!("models.{name}.cost_per_second"),
+                "and models.NAME.cost can't both be set: a model is priced per video or per second"
+                    .into(),
+            ));
         }
         check_provider(&format!("models.{name}"), &m.provider(name))?;
     }
@@ -244,18 +301,21 @@ mod tests {
         assert_eq!(s.provider.first_poll_ms, None);
         let fast = s.provider_for(Some("fast")).unwrap();
         assert_eq!(
-            (fast.provider, fast.model, fast.cost),
-            ("fast", Some("fast"), 4)
+            (fast.provider, fast.model, fast.price),
+            ("fast", Some("fast"), Price::Flat(4))
         );
         // No price: the default one.
         assert_eq!(
-            s.provider_for(Some("plain")).unwrap().cost,
-            s.credits.video_cost
+            s.provider_for(Some("plain")).unwrap().price,
+            Price::Flat(s.credits.video_cost)
         );
         let default = s.provider_for(None).unwrap();
         assert_eq!((default.provider, default.model), ("sim", None));
         assert!(s.provider_for(Some("nope")).is_none());
-        assert_eq!(s.model_prices(), vec![("fast", 4), ("plain", 10)]);
+        assert_eq!(
+            s.model_prices(),
+            vec![("fast", Price::Flat(4)), ("plain", Price::Flat(10))]
+        );
         let names: Vec<String> = s
             .configured_providers()
             .into_iter()
@@ -282,5 +342,32 @@ mod tests {
         assert!(e.to_string().contains("provider.first_poll_ms"), "{e}");
         let e = from_env(&[("GENQ__MODELS__FAST__COLOUR", "red")]).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+        let e = from_env(&[
+            ("GENQ__MODELS__FAST__KIND", "taskid"),
+            ("GENQ__MODELS__FAST__COST", "3"),
+            ("GENQ__MODELS__FAST__COST_PER_SECOND", "5"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("models.fast.cost_per_second"), "{e}");
+        let e = from_env(&[
+            ("GENQ__MODELS__FAST__KIND", "taskid"),
+            ("GENQ__MODELS__FAST__COST_PER_SECOND", "0"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("models.fast.cost_per_second"), "{e}");
+    }
+
+    #[test]
+    fn a_price_per_second_is_multiplied_by_the_length() {
+        let s = from_env(&[
+            ("GENQ__MODELS__GEN4__KIND", "taskid"),
+            ("GENQ__MODELS__GEN4__COST_PER_SECOND", "5"),
+        ])
+        .unwrap();
+        let price = s.provider_for(Some("gen4")).unwrap().price;
+        assert_eq!(price, Price::PerSecond(5));
+        assert_eq!((price.cost(5), price.cost(10)), (25, 50));
+        assert_eq!(Price::Flat(10).cost(60), 10);
+        assert_eq!(Price::PerSecond(i64::MAX).cost(2), i64::MAX);
     }
 }

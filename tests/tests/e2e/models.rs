@@ -202,6 +202,61 @@ async fn an_unknown_model_is_refused_naming_the_field() {
     env.cleanup().await;
 }
 
+/// A model priced per second costs its price times the length asked for:
+/// reserved so, refused naming that price, and said so before submitting.
+#[tokio::test]
+async fn a_price_per_second_is_charged_for_the_length_asked_for() {
+    let mut settings = test_settings();
+    settings.credits.initial = 0;
+    settings.models.insert(
+        "gen4".into(),
+        ModelSettings {
+            cost_per_second: Some(5),
+            ..ModelSettings::default()
+        },
+    );
+    let env = TestEnv::with_settings(settings).await;
+    let token = env.new_user("framer", "framer@example.com").await;
+    env.grant("framer@example.com", 60).await;
+    let (s, prices) = env.get("/v1/models?duration_seconds=10", &token).await;
+    assert_eq!(s, StatusCode::OK, "{prices}");
+    assert_eq!(prices["duration_seconds"], 10);
+    assert_eq!(prices["models"][0]["name"], "gen4");
+    assert_eq!(prices["models"][0]["cost"], 50);
+    assert_eq!(prices["models"][0]["cost_per_second"], 5);
+    assert_eq!(prices["models"][0]["can_generate"], true);
+    let (s, _) = env.get("/v1/models?duration_seconds=61", &token).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // /v1/credits says the price at the default length.
+    let (_, credits) = env.get("/v1/credits", &token).await;
+    assert_eq!(credits["models"][0]["cost"], 25);
+    let (s, job) = env
+        .post(
+            "/v1/generations",
+            &token,
+            &json!({"prompt": "ten seconds", "model": "gen4", "duration_seconds": 10}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["cost"], 50);
+    let (s, refused) = env
+        .post(
+            "/v1/generations",
+            &token,
+            &json!({"prompt": "three seconds", "model": "gen4", "duration_seconds": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(
+        (
+            refused["error"]["required"].as_i64(),
+            refused["error"]["available"].as_i64()
+        ),
+        (Some(15), Some(10))
+    );
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concurrency_cap_of_one_runs_one_task_at_a_time() {
     let mut settings = test_settings();
