@@ -22,7 +22,7 @@ use genq_providers::provider::Providers;
 use genq_providers::storage::VideoStore;
 use genq_store::store::outbox::Doorbell;
 use genq_store::store::{
-    self, dead_letters, CreditGrant, GrantOutcome, NewSubmission, SubmitOutcome,
+    self, billing, dead_letters, CreditGrant, GrantOutcome, NewSubmission, SubmitOutcome,
 };
 use genq_store::{db, ops};
 use genq_worker::{relay, sweeper, Handler};
@@ -369,8 +369,9 @@ impl Run<'_> {
             56..71 => self.submit(false).await,
             71..75 => self.submit(true).await,
             75..83 => self.cancel().await,
-            83..88 => self.grant().await,
-            88..97 => self.dead_letter().await,
+            83..86 => self.grant().await,
+            86..92 => self.money().await,
+            92..97 => self.dead_letter().await,
             _ => {
                 self.note(format!("{n:>4} deliver a malformed start message"));
                 self.handle(Msg {
@@ -727,6 +728,109 @@ impl Run<'_> {
             reference.as_deref().unwrap_or("no reference")
         ));
         Ok(None)
+    }
+
+    /// A payment event as Stripe would send it (repeats, twins and refunds
+    /// before their checkout included), or an operator's waiver, applied
+    /// through the same store calls as the webhook.
+    async fn money(&mut self) -> Check {
+        let user = self.roll(USERS as u64) as usize;
+        // Few payments and event IDs: repeats and cross-events happen.
+        let pay = self.roll(4);
+        let pi = format!("pi_sim_{pay}");
+        let event = format!("evt_sim_{}", self.roll(12));
+        let amount = 1_000;
+        let (what, applied) = match self.roll(5) {
+            0 | 1 => {
+                let credits = 10 + 10 * self.roll(3) as i64;
+                let session = format!("cs_sim_{pay}");
+                let checkout = billing::PaidCheckout {
+                    session_id: &session,
+                    payment_intent: Some(&pi),
+                    user_id: self.users[user],
+                    credits,
+                    amount: Some(amount),
+                    currency: Some("usd"),
+                };
+                let mut tx = self.env.pool.begin().await?;
+                let applied =
+                    if billing::claim_event(&mut tx, &event, "checkout.session.completed").await? {
+                        let a = billing::credit_checkout(&mut tx, &checkout).await?;
+                        billing::finish_event(&mut tx, &event, &a).await?;
+                        a.outcome
+                    } else {
+                        "duplicate event"
+                    };
+                tx.commit().await?;
+                (
+                    format!("u{user} pays {credits} credits ({session}, {event})"),
+                    applied,
+                )
+            }
+            2 | 3 => {
+                let dispute = self.roll(2) == 0;
+                let taken = [250, 500, 1_000][self.roll(3) as usize];
+                let clawback = billing::Clawback {
+                    payment_intent: &pi,
+                    amount: Some(amount),
+                    currency: Some("usd"),
+                    kind: if dispute {
+                        billing::ClawbackKind::Dispute
+                    } else {
+                        billing::ClawbackKind::Refund
+                    },
+                    taken,
+                };
+                let kind = if dispute {
+                    "charge.dispute.created"
+                } else {
+                    "charge.refunded"
+                };
+                let mut tx = self.env.pool.begin().await?;
+                let applied = if billing::claim_event(&mut tx, &event, kind).await? {
+                    let a = billing::record_clawback(&mut tx, &clawback).await?;
+                    billing::finish_event(&mut tx, &event, &a).await?;
+                    a.outcome
+                } else {
+                    "duplicate event"
+                };
+                tx.commit().await?;
+                (
+                    format!("{kind} {taken}/{amount} of {pi} ({event})"),
+                    applied,
+                )
+            }
+            _ => {
+                let amount = (self.roll(2) == 0).then(|| 1 + self.roll(15) as i64);
+                let waived = billing::waive_owed(
+                    &self.env.pool,
+                    self.users[user],
+                    amount,
+                    "sim-admin",
+                    "simulated",
+                )
+                .await?;
+                (
+                    format!("operator waives {amount:?} owed by u{user}"),
+                    if waived > 0 { "waived" } else { "nothing owed" },
+                )
+            }
+        };
+        self.note(format!("{:>4} {what} -> {applied}", self.steps));
+        // Each payment credits once, and never reverses more than it bought.
+        let over: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT p.payment_intent, p.credits_reversed, COALESCE(p.credits, 0)
+               FROM stripe_payments p
+              WHERE p.credits_reversed > COALESCE(p.credits, 0)
+                 OR (SELECT count(*) FROM credit_ledger l
+                      WHERE l.kind = 'purchase' AND l.reference = p.session_id) > 1
+              LIMIT 1",
+        )
+        .fetch_optional(&self.env.pool)
+        .await?;
+        Ok(over.map(|(pi, reversed, credits)| {
+            format!("payment {pi} reversed {reversed} of {credits} credits, or was credited twice")
+        }))
     }
 
     async fn dead_letter(&mut self) -> Check {
