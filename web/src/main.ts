@@ -255,7 +255,7 @@ function selectedCost(): number | null {
 function canAfford(): boolean {
   const cost = selectedCost();
   const c = state.credits;
-  return c !== null && cost !== null && c.available >= cost && c.owed === 0;
+  return c !== null && cost !== null && c.available >= cost && !c.owed;
 }
 
 let pricesTimer: number | undefined;
@@ -357,7 +357,7 @@ function updateButton(): void {
   }
   if (!c) {
     reason = ['Reading your credits…'];
-  } else if (c.owed > 0) {
+  } else if (c.owed) {
     reason = [`You owe ${c.owed} credits: a payment was refunded after its credits were spent. Buying credits repays them first. `, pricingLink('Buy credits')];
   } else if (cost === null) {
     reason = ['Reading the price…'];

@@ -23,6 +23,9 @@ pub struct CreditsView {
     pub spent: i64,
     /// Credits of a refunded or disputed payment that were already spent;
     /// while any are owed, no job starts (a purchase repays them first).
+    /// Absent when nothing is owed.
+    #[serde(skip_serializing_if = "is_zero")]
+    #[schema(required = false, minimum = 1)]
     pub owed: i64,
     /// What a video of the default provider (no `model`) costs.
     pub video_cost: i64,
@@ -83,6 +86,10 @@ pub async fn balance(
     user: AuthUser,
 ) -> Result<Json<CreditsView>, ApiError> {
     Ok(Json(credits_view(&state, user.id).await?))
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView, ApiError> {

@@ -156,8 +156,9 @@ export type CreditsView = {
     /**
      * Credits of a refunded or disputed payment that were already spent;
      * while any are owed, no job starts (a purchase repays them first).
+     * Absent when nothing is owed.
      */
-    owed: number;
+    owed?: number;
     reserved: number;
     spent: number;
     /**
