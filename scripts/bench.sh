@@ -193,9 +193,9 @@ limit_db() { # sets db
   pg_dump -s -h 127.0.0.1 -U postgres "$bench_db" | psql -q -h 127.0.0.1 -U postgres "$db" >/dev/null
   sql_on "$db" "
     INSERT INTO users (external_id) SELECT 'bench-' || g FROM generate_series(1, $USERS) g;
-    INSERT INTO credit_accounts (user_id, available) SELECT id, 1000000000 FROM users;
-    INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
-      SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts;
+    INSERT INTO credit_accounts (user_id, available) SELECT id, 0 FROM users;" >/dev/null
+  bench_grant "$db" >/dev/null
+  sql_on "$db" "
     CREATE TABLE bench_users AS SELECT row_number() OVER () AS n, id AS user_id FROM users;
     ALTER TABLE bench_users ADD PRIMARY KEY (n);" >/dev/null
   sql_on "$db" "VACUUM ANALYZE" >/dev/null

@@ -42,6 +42,23 @@ bench_env() {
 
 sql() { psql -qtA -h 127.0.0.1 -U postgres "$bench_db" -c "$1"; }
 
+# Credits that never run out for every user of database $1: a grant, its
+# lot and the lot's opening move, as genq's own grants write them.
+bench_grant() {
+  psql -qtA -h 127.0.0.1 -U postgres "$1" -c "
+    WITH g AS (
+      INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
+      SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts
+      RETURNING id, user_id, amount
+    ), a AS (
+      UPDATE credit_accounts c SET available = c.available + g.amount FROM g WHERE c.user_id = g.user_id
+    ), l AS (
+      INSERT INTO credit_lots (user_id, amount, remaining, ledger_id)
+      SELECT user_id, amount, amount, id FROM g RETURNING id, amount, ledger_id
+    )
+    INSERT INTO credit_lot_moves (lot_id, ledger_id, amount) SELECT id, ledger_id, amount FROM l"
+}
+
 bench_start_api() {
   "$bin/genq-api" > "$log/api.log" 2>&1 & pids+=($!)
   for _ in $(seq 1 100); do curl -sf "http://$GENQ__API__ADDR/readyz" >/dev/null && return 0; sleep 0.2; done
@@ -58,8 +75,7 @@ bench_users() {
     curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $t" >/dev/null
     echo "$t" >> "$log/tokens"
   done
-  sql "UPDATE credit_accounts SET available = available + 1000000000" >/dev/null
-  sql "INSERT INTO credit_ledger (user_id, kind, amount, actor, reason) SELECT user_id, 'grant', 1000000000, 'bench', 'bench' FROM credit_accounts" >/dev/null
+  bench_grant "$bench_db" >/dev/null
   export TOKENS_FILE="$log/tokens"
   # A random user and prompt per request; with QUOTA set, each wrk thread
   # stops after that many responses (wrk still waits for its -d or a SIGINT).

@@ -179,6 +179,9 @@ pub enum CreditsCmd {
         /// Who does it; default the OS user.
         #[arg(long)]
         actor: Option<String>,
+        /// The credits expire this long from now (e.g. 30d, 12h); default never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
     },
     /// Record a purchase; a reference is applied once only.
     Purchase {
@@ -429,6 +432,24 @@ async fn diagnose(
             "CANNOT afford one"
         }
     )?;
+    let live: Vec<_> = d.lots.iter().filter(|l| l.remaining > 0).collect();
+    writeln!(
+        out,
+        "LOTS      {} live (a job takes from the first first)",
+        live.len()
+    )?;
+    for l in &live {
+        writeln!(
+            out,
+            "          {} of {} ({}) {}",
+            l.remaining,
+            l.amount,
+            l.kind.as_deref().unwrap_or("opening balance"),
+            l.expires_at
+                .map(|t| format!("expire {}", ts(t)))
+                .unwrap_or_else(|| "last".into())
+        )?;
+    }
     writeln!(out, "\nJOBS ({}, refused attempts included)", d.jobs.len())?;
     if !d.jobs.is_empty() {
         let mut t = table(&[
@@ -497,20 +518,32 @@ async fn credits(
     pool: &PgPool,
     cmd: &CreditsCmd,
 ) -> anyhow::Result<Outcome> {
+    let mut expires_at = None;
     let (user, amount, reason, reference, kind, who) = match cmd {
         CreditsCmd::Grant {
             user,
             amount,
             reason,
             actor: a,
-        } => (
-            user,
-            *amount,
-            reason.clone(),
-            None,
-            LedgerKind::Grant,
-            actor(a),
-        ),
+            expires_in,
+        } => {
+            if let Some(d) = expires_in {
+                // Ten years at most: a lot that long is a lasting one.
+                anyhow::ensure!(
+                    *d <= Duration::from_secs(315_360_000),
+                    "--expires-in must be at most ten years"
+                );
+                expires_at = Some(Utc::now() + chrono::Duration::from_std(*d)?);
+            }
+            (
+                user,
+                *amount,
+                reason.clone(),
+                None,
+                LedgerKind::Grant,
+                actor(a),
+            )
+        }
         CreditsCmd::Purchase {
             user,
             amount,
@@ -540,6 +573,7 @@ async fn credits(
         reason,
         reference,
         actor: who,
+        expires_at,
     };
     let (applied, entry) = match store::add_credits(pool, &grant).await? {
         GrantOutcome::Applied(e) => (true, e),

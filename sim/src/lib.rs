@@ -504,6 +504,23 @@ impl Run<'_> {
     /// Simulated time: one job's clock moves back a day (stale, past its
     /// deadline, or past the maximum age).
     async fn age(&mut self) -> Check {
+        // Sometimes the clock passes the expiry of the next expiring lot.
+        if self.roll(4) == 0 {
+            let lot: Option<i64> = sqlx::query_scalar(
+                "UPDATE credit_lots SET expires_at = now() - interval '1 minute'
+                  WHERE id = (SELECT id FROM credit_lots WHERE expires_at > now() ORDER BY id LIMIT 1)
+                 RETURNING id",
+            )
+            .fetch_optional(&self.env.pool)
+            .await?;
+            if let Some(lot) = lot {
+                self.note(format!(
+                    "{:>4} clock: credit lot {lot} is past its expiry",
+                    self.steps
+                ));
+                return Ok(None);
+            }
+        }
         if self.jobs.is_empty() {
             return self.sweep().await;
         }
@@ -714,6 +731,9 @@ impl Run<'_> {
             reason: "simulated".into(),
             reference: reference.clone(),
             actor: "sim-admin".into(),
+            // Some grants expire (the clock step brings their time).
+            expires_at: (self.roll(2) == 0)
+                .then(|| chrono::Utc::now() + chrono::Duration::hours(1)),
         };
         let said = match store::add_credits(&self.env.pool, &grant).await {
             Ok(GrantOutcome::Applied(_)) => "applied".to_owned(),

@@ -47,6 +47,9 @@ pub struct AuditEntry {
 pub struct Diagnosis {
     pub user: User,
     pub credits: CreditSummary,
+    /// The credit lots: live ones in the order a job takes them, then the
+    /// spent and expired ones.
+    pub lots: Vec<crate::store::lots::Lot>,
     pub jobs: Vec<JobReport>,
     pub audit: Vec<AuditEntry>,
     pub conclusion: String,
@@ -104,9 +107,11 @@ pub async fn diagnose(
         can_afford_video: account.available >= video_cost,
     };
     let conclusion = conclude(&account, &credits, &reports);
+    let lots = crate::store::lots::lots_of(pool, user.id).await?;
     Ok(Some(Diagnosis {
         user,
         credits,
+        lots,
         jobs: reports,
         audit,
         conclusion,
@@ -195,7 +200,8 @@ pub struct Violation {
 /// reserved + spent = granted + purchased + adjustments - reversed -
 /// repaid; reserved = the costs of open jobs; a job has one
 /// reserve and at most one settlement per reservation, matching its status;
-/// every entry of a job belongs to a reservation it made, and to its user.
+/// every entry of a job belongs to a reservation it made, and to its user;
+/// every lot holds the sum of its moves, and available = what the lots hold.
 /// `genqctl ledger verify`, the admin endpoint, the sweeper and the
 /// deterministic simulator (`sim/`, after every step) all run this one check.
 pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> {
@@ -224,11 +230,11 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
            LEFT JOIN (
              SELECT user_id,
                     SUM(CASE WHEN kind IN ('grant','purchase','adjust','refund') THEN amount
-                             WHEN kind IN ('reserve','reversal','repay') THEN -amount ELSE 0 END) AS available,
+                             WHEN kind IN ('reserve','reversal','repay','expire') THEN -amount ELSE 0 END) AS available,
                     SUM(CASE WHEN kind = 'reserve' THEN amount WHEN kind IN ('commit','refund') THEN -amount ELSE 0 END) AS reserved,
                     SUM(CASE WHEN kind = 'commit' THEN amount ELSE 0 END) AS spent,
                     SUM(CASE WHEN kind IN ('grant','purchase','adjust') THEN amount
-                             WHEN kind IN ('reversal','repay') THEN -amount ELSE 0 END) AS funded,
+                             WHEN kind IN ('reversal','repay','expire') THEN -amount ELSE 0 END) AS funded,
                     SUM(CASE WHEN kind = 'owe' THEN amount
                              WHEN kind IN ('repay','waive') THEN -amount ELSE 0 END) AS owed
                FROM credit_ledger GROUP BY user_id) l ON l.user_id = a.user_id
@@ -371,6 +377,44 @@ pub async fn verify_ledger(pool: &PgPool) -> Result<Vec<Violation>, StoreError> 
             job_id: Some(job_id),
             rule: "entry_matches_job".into(),
             detail: format!("a {kind} entry for reservation {reservation}, which the job never made or does not own"),
+        });
+    }
+    // Lots: each holds the sum of its moves, and an account's available
+    // credits are what its lots hold.
+    let lots: Vec<(Uuid, i64, i64, i64)> = sqlx::query_as(
+        "SELECT l.user_id, l.id, l.remaining, COALESCE(m.total, 0)::bigint
+           FROM credit_lots l
+           LEFT JOIN (SELECT lot_id, sum(amount) AS total FROM credit_lot_moves GROUP BY lot_id) m
+             ON m.lot_id = l.id
+          WHERE l.remaining <> COALESCE(m.total, 0)
+          LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (user_id, lot, remaining, moved) in lots {
+        out.push(Violation {
+            user_id: Some(user_id),
+            job_id: None,
+            rule: "lot_matches_moves".into(),
+            detail: format!("lot {lot} holds {remaining}, its moves add up to {moved}"),
+        });
+    }
+    let accounts: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT a.user_id, a.available, COALESCE(l.held, 0)::bigint
+           FROM credit_accounts a
+           LEFT JOIN (SELECT user_id, sum(remaining) AS held FROM credit_lots GROUP BY user_id) l
+             ON l.user_id = a.user_id
+          WHERE a.available <> COALESCE(l.held, 0)
+          LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (user_id, available, held) in accounts {
+        out.push(Violation {
+            user_id: Some(user_id),
+            job_id: None,
+            rule: "available_equals_lots".into(),
+            detail: format!("available = {available} but the lots hold {held}"),
         });
     }
     Ok(out)

@@ -51,6 +51,7 @@ const ui = {
   reserved: $('credits-reserved'),
   cost: $('credits-cost'),
   creditsProblem: $('credits-problem'),
+  expiring: $('credits-expiring'),
   form: $<HTMLFormElement>('generate-form'),
   prompt: $<HTMLTextAreaElement>('prompt'),
   promptProblem: $('prompt-problem'),
@@ -308,6 +309,11 @@ async function refreshCredits(): Promise<void> {
   const c = result.data;
   ui.available.textContent = String(c.available);
   ui.reserved.textContent = String(c.reserved);
+  // "12 credits expire on 1 Jan": the next expiry, in the reader's calendar.
+  ui.expiring.hidden = !c.expiring;
+  ui.expiring.textContent = c.expiring
+    ? `${c.expiring.amount} ${c.expiring.amount === 1 ? 'credit expires' : 'credits expire'} on ${new Date(c.expiring.at).toLocaleDateString(undefined, { day: 'numeric', month: 'short' })}.`
+    : '';
   ui.cost.textContent = `${c.video_cost}`;
   const models = c.models ?? [];
   ui.modelOption.hidden = models.length === 0;

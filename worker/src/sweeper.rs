@@ -1,7 +1,8 @@
 //! The sweeper: one worker at a time (a Postgres advisory lock) re-publishes
 //! what the outbox still holds, re-drives open jobs whose messages went
 //! missing, closes jobs past their deadline or maximum age with a refund,
-//! and reports ledger invariant violations.
+//! expires credit lots past their time, and reports ledger invariant
+//! violations.
 
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub struct SweepReport {
     pub redriven_running: usize,
     pub deadline_failed: usize,
     pub expired: usize,
+    /// Credit lots past their expiry, emptied with an `expire` entry each.
+    pub lots_expired: usize,
     pub violations: Option<usize>,
 }
 
@@ -174,6 +177,12 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
         if store::transition(&handler.pool, &t).await?.is_some() {
             report.expired += 1;
         }
+    }
+
+    for lot in store::lots::expire_due(&handler.pool, SWEEP_BATCH).await? {
+        tracing::info!(user_id = %lot.user_id, lot = lot.lot_id, amount = lot.amount, "credits expired");
+        metrics::counter!("genq_credits_expired_total").increment(lot.amount as u64);
+        report.lots_expired += 1;
     }
 
     if verify {

@@ -27,6 +27,9 @@ pub struct CreditsView {
     #[serde(skip_serializing_if = "is_zero")]
     #[schema(required = false, minimum = 1)]
     pub owed: i64,
+    /// The credits that expire next, and when; absent when none expire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiring: Option<Expiring>,
     /// What a video of the default provider (no `model`) costs.
     pub video_cost: i64,
     /// Whether the caller can afford a video of the default provider.
@@ -88,18 +91,29 @@ pub async fn balance(
     Ok(Json(credits_view(&state, user.id).await?))
 }
 
+/// Credits that expire together.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Expiring {
+    pub amount: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
 pub async fn credits_view(state: &AppState, user_id: Uuid) -> Result<CreditsView, ApiError> {
     let a = store::account(&state.pool, user_id).await?;
+    let expiring = store::lots::next_expiry(&state.pool, user_id)
+        .await?
+        .map(|(amount, at)| Expiring { amount, at });
     let cost = state.settings.credits.video_cost;
     Ok(CreditsView {
         available: a.available,
         reserved: a.reserved,
         spent: a.spent,
         owed: a.owed,
+        expiring,
         video_cost: cost,
         can_generate: a.available >= cost && a.owed == 0,
         models: model_prices(state, &a, DURATION_DEFAULT_SECS),

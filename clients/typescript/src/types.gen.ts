@@ -18,6 +18,15 @@ export type AdminCreditByEmail = {
      * The user's email.
      */
     email: string;
+    /**
+     * When the credits expire (RFC 3339, in the future); absent: they last.
+     * At most one of `expires_at` and `expires_in_secs`.
+     */
+    expires_at?: string | null;
+    /**
+     * The credits expire this many seconds from now (1 to 315,360,000).
+     */
+    expires_in_secs?: number | null;
     kind: GrantKind;
     /**
      * Why, for the ledger and the audit log.
@@ -39,6 +48,15 @@ export type AdminCreditByUserId = {
      */
     amount: number;
     email?: null;
+    /**
+     * When the credits expire (RFC 3339, in the future); absent: they last.
+     * At most one of `expires_at` and `expires_in_secs`.
+     */
+    expires_at?: string | null;
+    /**
+     * The credits expire this many seconds from now (1 to 315,360,000).
+     */
+    expires_in_secs?: number | null;
     kind: GrantKind;
     /**
      * Why, for the ledger and the audit log.
@@ -148,6 +166,7 @@ export type CreditsView = {
      * Whether the caller can afford a video of the default provider.
      */
     can_generate: boolean;
+    expiring?: null | Expiring;
     /**
      * The models a submission may name, with their prices; absent when
      * none are configured.
@@ -247,6 +266,14 @@ export type ErrorDetail = {
      */
     owed?: number | null;
     required?: number | null;
+};
+
+/**
+ * Credits that expire together.
+ */
+export type Expiring = {
+    amount: number;
+    at: string;
 };
 
 export type GrantKind = 'grant' | 'purchase';

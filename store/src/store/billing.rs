@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Result, StoreError};
+use super::{lots, Result, StoreError};
 
 /// The actor of every ledger entry a payment event writes.
 pub const STRIPE_ACTOR: &str = "stripe";
@@ -192,18 +192,19 @@ pub async fn credit_checkout(tx: &mut PgConnection, c: &PaidCheckout<'_>) -> Res
     };
     // The reference index is the last guard: an operator's purchase with
     // this session as its reference already credited it.
-    let added: Option<i64> = sqlx::query_scalar(
+    let added: Option<i64> = sqlx::query_scalar(&format!(
         "WITH l AS (
             INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
             VALUES ($1, 'purchase', $2, $3, $4, $5)
             ON CONFLICT (reference) WHERE reference IS NOT NULL DO NOTHING
-            RETURNING user_id, amount
+            RETURNING id, user_id, amount
          ), a AS (
             UPDATE credit_accounts c SET available = c.available + l.amount, updated_at = now()
               FROM l WHERE c.user_id = l.user_id
-         )
+         ), {lot}
          SELECT amount FROM l",
-    )
+        lot = lots::new_lot_ctes("purchase", "l", "NULL")
+    ))
     .bind(c.user_id)
     .bind(c.credits)
     .bind(c.session_id)
@@ -357,18 +358,24 @@ async fn settle_reversal(tx: &mut PgConnection, payment: i64) -> Result<Option<R
             .await?;
     let taken = delta.min(available.max(0));
     let owed = delta - taken;
-    let name = p.payment_intent.or(p.session_id).unwrap_or_default();
+    let name = p
+        .payment_intent
+        .or(p.session_id.clone())
+        .unwrap_or_default();
     // One reference per reversal step: a repeat of the same step is refused
     // by the ledger's reference index, whatever the event.
-    sqlx::query(
+    let entries: Vec<(i64, String)> = sqlx::query_as(
         "WITH l AS (
             INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
             SELECT $1, k.kind, k.amount, $2 || ':' || k.kind || ':' || $3::bigint, $4, $5
               FROM (VALUES ('reversal', $6::bigint), ('owe', $7::bigint)) AS k (kind, amount)
              WHERE k.amount > 0
+            RETURNING id, kind
+         ), a AS (
+            UPDATE credit_accounts SET available = available - $6, owed = owed + $7, updated_at = now()
+             WHERE user_id = $1
          )
-         UPDATE credit_accounts SET available = available - $6, owed = owed + $7, updated_at = now()
-          WHERE user_id = $1",
+         SELECT id, kind FROM l",
     )
     .bind(user_id)
     .bind(&name)
@@ -377,8 +384,19 @@ async fn settle_reversal(tx: &mut PgConnection, payment: i64) -> Result<Option<R
     .bind(format!("payment {name} refunded or disputed"))
     .bind(taken)
     .bind(owed)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    // The unspent credits come from the payment's own lot first.
+    if let Some((reversal, _)) = entries.iter().find(|(_, k)| k == "reversal") {
+        let own: Option<i64> = sqlx::query_scalar(
+            "SELECT l.id FROM credit_lots l JOIN credit_ledger e ON e.id = l.ledger_id
+              WHERE e.reference = $1 AND e.kind = 'purchase'",
+        )
+        .bind(&p.session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        lots::take(tx, user_id, taken, *reversal, own).await?;
+    }
     sqlx::query(
         "UPDATE stripe_payments SET credits_reversed = $2, updated_at = now() WHERE id = $1",
     )
@@ -405,26 +423,31 @@ pub fn reversal_target(credits: i64, amount: Option<i64>, taken: i64) -> i64 {
 /// Pays what `user_id` owes from their available credits, as far as they
 /// go; returns what was repaid.
 async fn repay_owed(tx: &mut PgConnection, user_id: Uuid, reference: &str) -> Result<i64> {
-    let repaid: Option<i64> = sqlx::query_scalar(
+    let repaid: Option<(i64, i64)> = sqlx::query_as(
         "WITH a AS (
             SELECT user_id, LEAST(owed, available) AS pay FROM credit_accounts
              WHERE user_id = $1 AND owed > 0 AND available > 0
          ), l AS (
             INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
             SELECT user_id, 'repay', pay, $2, $3, 'owed credits repaid from a purchase' FROM a
+            RETURNING id
          ), u AS (
             UPDATE credit_accounts c SET available = c.available - a.pay, owed = c.owed - a.pay,
                    updated_at = now()
               FROM a WHERE c.user_id = a.user_id
          )
-         SELECT pay FROM a",
+         SELECT l.id, a.pay FROM a, l",
     )
     .bind(user_id)
     .bind(reference)
     .bind(STRIPE_ACTOR)
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(repaid.unwrap_or(0))
+    let Some((entry, pay)) = repaid else {
+        return Ok(0);
+    };
+    lots::take(tx, user_id, pay, entry, None).await?;
+    Ok(pay)
 }
 
 /// An operator pardons what `user_id` owes (all of it, or `amount` at

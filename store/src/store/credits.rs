@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use super::{is_violation, page, Result, StoreError, SYSTEM_ACTOR};
+use super::{is_violation, lots, page, Result, StoreError, SYSTEM_ACTOR};
 use genq_core::domain::LedgerKind;
 
 #[derive(Debug, Clone, Copy, FromRow, Serialize)]
@@ -110,6 +110,8 @@ pub struct CreditGrant {
     pub reason: String,
     pub reference: Option<String>,
     pub actor: String,
+    /// When the credits expire (a lot of their own); `None`: they last.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -119,8 +121,8 @@ pub enum GrantOutcome {
     AlreadyApplied(LedgerEntry),
 }
 
-/// Adds credits with a ledger entry and an audit row, in one statement; a
-/// reference already in the ledger is not applied again.
+/// Adds credits with a ledger entry, their lot and an audit row, in one
+/// statement; a reference already in the ledger is not applied again.
 pub async fn add_credits(pool: &PgPool, grant: &CreditGrant) -> Result<GrantOutcome> {
     debug_assert!(matches!(
         grant.kind,
@@ -135,14 +137,15 @@ pub async fn add_credits(pool: &PgPool, grant: &CreditGrant) -> Result<GrantOutc
         ), a AS (
             UPDATE credit_accounts c SET available = c.available + l.amount, updated_at = now()
               FROM l WHERE c.user_id = l.user_id
-        ), au AS (
+        ), {lot}, au AS (
             INSERT INTO audit_log (actor, action, target_user_id, details)
             SELECT actor, 'credits.' || kind, user_id,
                    jsonb_build_object('amount', amount, 'reason', reason, 'reference', reference,
-                                      'ledger_id', id)
+                                      'ledger_id', id, 'expires_at', $7::timestamptz)
               FROM l
         )
-        SELECT * FROM l"
+        SELECT * FROM l",
+        lot = lots::new_lot_ctes("grant", "l", "$7::timestamptz")
     ))
     .bind(grant.user_id)
     .bind(grant.kind.as_str())
@@ -150,6 +153,7 @@ pub async fn add_credits(pool: &PgPool, grant: &CreditGrant) -> Result<GrantOutc
     .bind(&grant.reference)
     .bind(&grant.actor)
     .bind(&grant.reason)
+    .bind(grant.expires_at)
     .fetch_optional(pool)
     .await;
     match applied {
@@ -186,12 +190,13 @@ pub(crate) struct Reserve<'a> {
     pub only_if: &'a str,
 }
 
-/// The reserve step, as two CTEs of the caller's statement: `acct` moves the
+/// The reserve step, as CTEs of the caller's statement: `acct` moves the
 /// cost from available to reserved only if the user can afford it (checked
 /// under the account row's lock, which orders concurrent reservations) and
-/// returns the user; `reserve_row` writes the ledger's `reserve` entry. The
-/// caller gates its own writes on `acct` returning a row. Submit and the
-/// replay of a refunded job both reserve through this.
+/// returns the user; `reserve_row` writes the ledger's `reserve` entry; the
+/// lots' take ([`lots::take_ctes`]) takes the cost from the lots that expire
+/// first. The caller gates its own writes on `acct` returning a row. Submit
+/// and the replay of a refunded job both reserve through this.
 pub(crate) fn reserve_ctes(r: &Reserve<'_>) -> String {
     let Reserve {
         user,
@@ -211,29 +216,37 @@ pub(crate) fn reserve_ctes(r: &Reserve<'_>) -> String {
         ), reserve_row AS (
             INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
             SELECT user_id, 'reserve', {cost}, {job}, {reservation}, {actor}, {reason} FROM acct
-        )"
+            RETURNING id
+        ), {take}",
+        take = lots::take_ctes(cost)
     )
 }
 
-/// The settle step, as two CTEs of a transition statement: for the jobs
-/// returned by the CTE `job_cte` (with `user_id`, `id`, `cost`,
-/// `reservation`), moves the reserved cost to spent (`kind` 'commit') or
-/// back to available ('refund'), with its ledger entry; nothing when `kind`
-/// is NULL. The unique index on (job, reservation) allows one settlement.
+/// The settle step, as CTEs of a transition statement: for the job returned
+/// by the CTE `job_cte` (with `user_id`, `id`, `cost`, `reservation`),
+/// moves the reserved cost to spent (`kind` 'commit') or back to available
+/// ('refund': to the lots it came from, and what went back to a lot that has
+/// expired meanwhile expires at once), with its ledger entries; nothing when
+/// `kind` is NULL. The unique index on (job, reservation) allows one
+/// settlement.
 pub(crate) fn settle_ctes(job_cte: &str, kind: &str, reason: &str) -> String {
+    let (before, after) = lots::return_ctes(job_cte, kind);
     format!(
-        "settle_acct AS (
+        "{before}, settle_acct AS (
             UPDATE credit_accounts c
                SET reserved = c.reserved - {job_cte}.cost,
-                   available = c.available + CASE WHEN {kind} = 'refund' THEN {job_cte}.cost ELSE 0 END,
+                   available = c.available + CASE WHEN {kind} = 'refund' THEN {live} ELSE 0 END,
                    spent = c.spent + CASE WHEN {kind} = 'commit' THEN {job_cte}.cost ELSE 0 END,
                    updated_at = now()
               FROM {job_cte} WHERE {kind} IS NOT NULL AND c.user_id = {job_cte}.user_id
+            RETURNING c.user_id
         ), settle_row AS (
             INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
             SELECT user_id, {kind}, cost, id, reservation, '{SYSTEM_ACTOR}', {reason}
               FROM {job_cte} WHERE {kind} IS NOT NULL
-        )"
+            RETURNING id
+        ), {after}",
+        live = lots::REFUND_LIVE,
     )
 }
 

@@ -160,6 +160,11 @@ async fn submit_attempt(
             };
             reject(pool, &new, &params, &fingerprint, tries_left).await
         }
+        // A lot was added after the statement began, so the lots it saw did
+        // not cover what the account allowed: nothing changed; again.
+        Err(e) if is_violation(&e, super::lots::NOT_COVERED) && tries_left > 0 => {
+            Box::pin(submit_attempt(pool, new, tries_left - 1)).await
+        }
         // A concurrent request with the same key won; answer with its job.
         Err(e) if is_violation(&e, "jobs_user_idempotency_key") => {
             let key = new.idempotency_key.unwrap_or_default();

@@ -9,6 +9,7 @@
 //! - [`transition`]: a job's conditional status change with its settlement
 //! - [`cancel`]: a user's or an operator's cancel, refunded at once
 //! - [`locks`]: advisory locks for work one process does at a time
+//! - [`lots`]: credit lots with their expiry; what each ledger move took from which
 //! - [`named`]: statements with named parameters, bound by name
 //! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
@@ -25,6 +26,7 @@ pub mod dead_letters;
 pub mod events;
 pub mod jobs;
 pub mod locks;
+pub mod lots;
 pub mod named;
 pub mod outbox;
 pub mod rate;

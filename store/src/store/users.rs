@@ -36,7 +36,10 @@ const USER_COLS: &str = "SELECT id, external_id, email, name, created_at, last_s
 /// most once a minute so that reads stay reads.
 pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<Uuid> {
     debug_assert!(initial >= 0, "a negative initial grant");
-    const UPSERT: &str = r#"
+    static UPSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let upsert = UPSERT.get_or_init(|| {
+        with_initial_lot(
+            r#"
         WITH u AS (
             INSERT INTO users (external_id, email, name, email_verified) VALUES ($1, $2, $3, $5)
             ON CONFLICT (external_id) DO UPDATE
@@ -54,12 +57,15 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
         ), grant_row AS (
             INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
             SELECT user_id, 'grant', $4, $6, 'initial credits' FROM acct WHERE $4 > 0
+            RETURNING id, user_id, amount
+        ), {lot}
+        SELECT id FROM u"#,
         )
-        SELECT id FROM u"#;
+    });
     // The upsert returns nothing when the row was already current; the row is
     // then read by a fresh statement, which sees a concurrent creator's commit.
     for _ in 0..3 {
-        let created: Option<Uuid> = sqlx::query_scalar(UPSERT)
+        let created: Option<Uuid> = sqlx::query_scalar(upsert)
             .bind(&who.external_id)
             .bind(&who.email)
             .bind(&who.name)
@@ -88,7 +94,10 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
 /// user's profile is left as it is. For payments naming a user who has not
 /// signed in yet.
 pub async fn ensure_external_id(pool: &PgPool, external_id: &str, initial: i64) -> Result<Uuid> {
-    const INSERT: &str = r#"
+    static INSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let insert = INSERT.get_or_init(|| {
+        with_initial_lot(
+            r#"
         WITH u AS (
             INSERT INTO users (external_id) VALUES ($1)
             ON CONFLICT (external_id) DO NOTHING
@@ -100,9 +109,12 @@ pub async fn ensure_external_id(pool: &PgPool, external_id: &str, initial: i64) 
         ), grant_row AS (
             INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
             SELECT user_id, 'grant', $2, $3, 'initial credits' FROM acct WHERE $2 > 0
+            RETURNING id, user_id, amount
+        ), {lot}
+        SELECT id FROM u"#,
         )
-        SELECT id FROM u"#;
-    let created: Option<Uuid> = sqlx::query_scalar(INSERT)
+    });
+    let created: Option<Uuid> = sqlx::query_scalar(insert)
         .bind(external_id)
         .bind(initial)
         .bind(super::SYSTEM_ACTOR)
@@ -116,6 +128,15 @@ pub async fn ensure_external_id(pool: &PgPool, external_id: &str, initial: i64) 
         .fetch_optional(pool)
         .await?
         .ok_or_else(|| StoreError::Conflict("user could not be created".into()))
+}
+
+/// `sql` with its `{lot}` written as the initial grant's lot (the CTE
+/// `grant_row`'s credits last).
+fn with_initial_lot(sql: &str) -> String {
+    sql.replace(
+        "{lot}",
+        &super::lots::new_lot_ctes("initial", "grant_row", "NULL"),
+    )
 }
 
 pub async fn find_user_by_id(pool: &PgPool, id: Uuid) -> Result<Option<User>> {

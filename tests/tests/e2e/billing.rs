@@ -443,3 +443,161 @@ async fn refunds_and_disputes_are_applied_in_whatever_order_they_come() {
     env.assert_ledger_sound().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn expiring_credits_are_spent_first_and_expire_only_what_is_free() {
+    let mut settings = stripe_settings();
+    settings.credits.video_cost = 6;
+    settings.worker.sweep_interval_ms = 100;
+    let env = TestEnv::with_sim_and_settings(fast_sim(), settings).await;
+    let worker = env.spawn_worker().await;
+    let admin = env.admin_token("ops");
+    let token = env.new_user("lotte", "lotte@example.com").await;
+    let grant = |body: Value| {
+        let env = &env;
+        let admin = admin.clone();
+        async move {
+            let (s, r) = env.post("/v1/admin/credits", &admin, &body).await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+        }
+    };
+    grant(
+        json!({"email": "lotte@example.com", "amount": 50, "reason": "bought",
+                 "kind": "purchase", "reference": "pay-lotte-1"}),
+    )
+    .await;
+    grant(
+        json!({"email": "lotte@example.com", "amount": 10, "reason": "monthly plan",
+                 "kind": "grant", "expires_in_secs": 3600}),
+    )
+    .await;
+    let (s, bad) = env
+        .post(
+            "/v1/admin/credits",
+            &admin,
+            &json!({"email": "lotte@example.com", "amount": 1, "reason": "x", "kind": "grant",
+                    "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    assert_eq!(bad["error"]["field"], "expires_at");
+    let (_, credits) = env.get("/v1/credits", &token).await;
+    assert_eq!(credits["available"], 60);
+    assert_eq!(credits["expiring"]["amount"], 10);
+    let lots = |env: &TestEnv| {
+        let pool = env.pool.clone();
+        async move {
+            let rows: Vec<(i64, bool)> = sqlx::query_as(
+                "SELECT remaining, expires_at IS NOT NULL FROM credit_lots l
+                   JOIN users u ON u.id = l.user_id WHERE u.external_id = 'lotte' ORDER BY l.id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows
+        }
+    };
+    // A job takes its 6 credits from the lot that expires.
+    let (s, hang) = env.submit(&token, "[sim:hang] holds six credits").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{hang}");
+    let hang_id = hang["id"].as_str().unwrap().to_owned();
+    env.wait_for_status(&token, &hang_id, "running", WAIT).await;
+    assert_eq!(lots(&env).await, [(50, false), (4, true)]);
+    env.assert_ledger_sound().await;
+    // The lot's time passes: the sweeper expires the 4 it still holds, once,
+    // and not the 6 the running job reserved.
+    sqlx::query("UPDATE credit_lots SET expires_at = now() - interval '1 second' WHERE expires_at IS NOT NULL")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let expired = eventually(WAIT, || async {
+        let rows: Vec<i64> =
+            sqlx::query_scalar("SELECT amount FROM credit_ledger WHERE kind = 'expire'")
+                .fetch_all(&env.pool)
+                .await
+                .unwrap();
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await
+    .expect("the sweeper expired the lot");
+    assert_eq!(expired, [4]);
+    assert_eq!(env.balances("lotte").await, (50, 6, 0, 0));
+    assert_eq!(lots(&env).await, [(50, false), (0, true)]);
+    // Canceled, the job's 6 go back to their lot, which has expired: they
+    // expire at once, recorded; the bought credits are whole.
+    let (s, _) = env
+        .post(
+            &format!("/v1/generations/{hang_id}/cancel"),
+            &token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(env.balances("lotte").await, (50, 0, 0, 0));
+    let expired: Vec<i64> =
+        sqlx::query_scalar("SELECT amount FROM credit_ledger WHERE kind = 'expire' ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(expired, [4, 6]);
+    // Later jobs take from the bought lot.
+    let (s, job) = env.submit(&token, "after the expiry").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    env.wait_for_status(&token, job["id"].as_str().unwrap(), "succeeded", WAIT)
+        .await;
+    assert_eq!(lots(&env).await, [(44, false), (0, true)]);
+    let (_, credits) = env.get("/v1/credits", &token).await;
+    assert!(credits.get("expiring").is_none(), "{credits}");
+    env.assert_ledger_sound().await;
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+/// Grants landing while submissions reserve: a submission whose statement
+/// began before a new lot committed sees its account allow the cost but not
+/// the lot; it changes nothing and tries again. No 5xx, and the lots add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grants_racing_submissions_never_break_the_lots() {
+    let env = TestEnv::with_settings(stripe_settings()).await;
+    let admin = env.admin_token("ops");
+    let token = env.new_user("racer", "racer@example.com").await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (client, base, admin, token) = (
+            env.client.clone(),
+            env.base.clone(),
+            admin.clone(),
+            token.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let grant = client
+                .post(format!("{base}/v1/admin/credits"))
+                .bearer_auth(&admin)
+                .json(
+                    &json!({"email": "racer@example.com", "amount": 10, "reason": "race",
+                              "kind": "grant", "expires_in_secs": 3600 + i}),
+                )
+                .send();
+            let submit = client
+                .post(format!("{base}/v1/generations"))
+                .bearer_auth(&token)
+                .json(&json!({"prompt": format!("race {i}")}))
+                .send();
+            let (g, s) = tokio::join!(grant, submit);
+            (g.unwrap().status(), s.unwrap().status())
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        let (g, s) = t.await.unwrap();
+        assert_eq!(g, StatusCode::OK);
+        assert!(
+            s == StatusCode::ACCEPTED || s == StatusCode::PAYMENT_REQUIRED,
+            "a submission answered {s}"
+        );
+        accepted += usize::from(s == StatusCode::ACCEPTED);
+    }
+    assert!(accepted > 0);
+    env.assert_ledger_sound().await;
+    env.cleanup().await;
+}
