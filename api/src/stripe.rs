@@ -120,6 +120,91 @@ pub struct CheckoutSession {
     pub currency: Option<String>,
 }
 
+/// An Invoice (`invoice.paid`), as far as genq reads it: its metadata, or
+/// its subscription's (where Stripe copies it, by API version), and the
+/// period its lines pay for.
+#[derive(Debug, Deserialize)]
+pub struct Invoice {
+    pub id: String,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub subscription_details: Option<SubscriptionDetails>,
+    #[serde(default)]
+    pub parent: Option<InvoiceParent>,
+    #[serde(default)]
+    pub lines: Option<InvoiceLines>,
+    pub period_end: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SubscriptionDetails {
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoiceParent {
+    #[serde(default)]
+    pub subscription_details: Option<SubscriptionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoiceLines {
+    #[serde(default)]
+    pub data: Vec<InvoiceLine>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoiceLine {
+    pub period: Option<Period>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Period {
+    pub end: i64,
+}
+
+impl Invoice {
+    /// A metadata value, from the invoice or its subscription.
+    pub fn meta(&self, key: &str) -> Option<&serde_json::Value> {
+        let subscription = self
+            .parent
+            .as_ref()
+            .and_then(|p| p.subscription_details.as_ref())
+            .or(self.subscription_details.as_ref())
+            .and_then(|s| s.metadata.as_ref());
+        [self.metadata.as_ref(), subscription]
+            .into_iter()
+            .flatten()
+            .find_map(|m| m.get(key))
+    }
+
+    /// When the period the invoice pays for ends: its lines' latest end.
+    pub fn period_end(&self) -> Option<i64> {
+        self.lines
+            .as_ref()
+            .and_then(|l| {
+                l.data
+                    .iter()
+                    .filter_map(|d| d.period.as_ref().map(|p| p.end))
+                    .max()
+            })
+            .or(self.period_end)
+    }
+}
+
+/// A positive whole number of credits from a metadata value (Stripe's
+/// metadata values are strings; a number is taken too).
+pub fn credits_value(value: &serde_json::Value) -> Option<i64> {
+    let n = match value {
+        serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
+        serde_json::Value::Number(n) => n.as_i64(),
+        _ => None,
+    };
+    n.filter(|n| *n > 0 && *n <= CREDITS_MAX)
+}
+
 /// A Charge (`charge.refunded`).
 #[derive(Debug, Deserialize)]
 pub struct Charge {
@@ -171,15 +256,7 @@ pub fn credits_of(session: &CheckoutSession) -> Result<i64, &'static str> {
         .as_ref()
         .and_then(|m| m.get("genq_credits"))
         .ok_or("the session has no metadata.genq_credits")?;
-    let n = match value {
-        serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
-        serde_json::Value::Number(n) => n.as_i64(),
-        _ => None,
-    };
-    match n {
-        Some(n) if n > 0 && n <= CREDITS_MAX => Ok(n),
-        _ => Err("metadata.genq_credits is not a positive whole number of credits"),
-    }
+    credits_value(value).ok_or("metadata.genq_credits is not a positive whole number of credits")
 }
 
 /// Most credits one payment may add: far above any real purchase, and far

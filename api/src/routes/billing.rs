@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 
 use axum::Json;
-use genq_store::store::billing::{self, Applied, Clawback, ClawbackKind, PaidCheckout};
+use genq_store::store::billing::{
+    self, Applied, Clawback, ClawbackKind, PaidCheckout, PlanCredits,
+};
 use genq_store::store::users;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -17,7 +19,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::stripe::{self, Charge, CheckoutSession, Dispute, Event};
+use crate::stripe::{self, Charge, CheckoutSession, Dispute, Event, Invoice};
 
 /// Largest event body read: Stripe's events are a few KiB.
 const BODY_MAX: usize = 256 * 1024;
@@ -97,6 +99,7 @@ pub async fn stripe_webhook(
         let applied = match action {
             Action::Credit(c) => billing::credit_checkout(&mut tx, &c.as_ref()).await?,
             Action::Clawback(c) => billing::record_clawback(&mut tx, &c.as_ref()).await?,
+            Action::Plan(p) => billing::credit_plan(&mut tx, &p.as_ref()).await?,
             Action::Note(applied) => applied,
         };
         billing::finish_event(&mut tx, &event.id, &applied).await?;
@@ -123,7 +126,26 @@ pub async fn stripe_webhook(
 enum Action {
     Credit(OwnedCheckout),
     Clawback(OwnedClawback),
+    Plan(OwnedPlan),
     Note(Applied),
+}
+
+struct OwnedPlan {
+    invoice_id: String,
+    user_id: uuid::Uuid,
+    credits: i64,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl OwnedPlan {
+    fn as_ref(&self) -> PlanCredits<'_> {
+        PlanCredits {
+            invoice_id: &self.invoice_id,
+            user_id: self.user_id,
+            credits: self.credits,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 struct OwnedCheckout {
@@ -244,6 +266,12 @@ async fn prepare(state: &AppState, event: &Event) -> Result<Action, ApiError> {
                 taken: dispute.amount,
             })
         }
+        "invoice.paid" => {
+            let Ok(invoice) = serde_json::from_value::<Invoice>(object.clone()) else {
+                return Ok(attention("the invoice could not be read", object_id));
+            };
+            plan(state, invoice).await?
+        }
         _ => Action::Note(
             Applied::new("ignored", "genq does not use this event type")
                 .object(object_id.filter(|o| stripe::plausible_id(o))),
@@ -310,5 +338,66 @@ async fn checkout(state: &AppState, session: CheckoutSession) -> Result<Action, 
         credits,
         amount: session.amount_total.filter(|a| *a >= 0),
         currency: session.currency.filter(|c| c.len() <= 10),
+    }))
+}
+
+/// A subscription's paid invoice: `genq_plan_credits` for the user
+/// `genq_user` (the identity provider's `sub`), from the invoice's or its
+/// subscription's metadata, expiring when the period it pays for ends. An
+/// invoice without `genq_plan_credits` is not a genq plan (ignored).
+async fn plan(state: &AppState, invoice: Invoice) -> Result<Action, ApiError> {
+    if !stripe::plausible_id(&invoice.id) {
+        return Ok(attention("the invoice's id is not valid", None));
+    }
+    let iid = Some(invoice.id.as_str());
+    let Some(raw) = invoice.meta("genq_plan_credits") else {
+        return Ok(Action::Note(
+            Applied::new(
+                "ignored",
+                "the invoice has no genq_plan_credits: not a genq plan",
+            )
+            .object(iid),
+        ));
+    };
+    let Some(credits) = stripe::credits_value(raw) else {
+        return Ok(attention(
+            format!("invoice {} is paid but genq_plan_credits is not a positive whole number: not credited", invoice.id),
+            iid,
+        ));
+    };
+    let sub = invoice
+        .meta("genq_user")
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control));
+    let Some(sub) = sub else {
+        return Ok(attention(
+            format!(
+                "invoice {} is paid but names no user (metadata genq_user): not credited",
+                invoice.id
+            ),
+            iid,
+        ));
+    };
+    let end = invoice
+        .period_end()
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .filter(|t| *t > chrono::Utc::now());
+    let Some(expires_at) = end else {
+        return Ok(attention(
+            format!(
+                "invoice {} is paid but its period has no end in the future: not credited",
+                invoice.id
+            ),
+            iid,
+        ));
+    };
+    let user_id =
+        users::ensure_external_id(&state.pool, sub, state.settings.credits.initial).await?;
+    Ok(Action::Plan(OwnedPlan {
+        invoice_id: invoice.id,
+        user_id,
+        credits,
+        expires_at,
     }))
 }

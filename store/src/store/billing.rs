@@ -238,6 +238,63 @@ pub async fn credit_checkout(tx: &mut PgConnection, c: &PaidCheckout<'_>) -> Res
     Ok(applied("credited", detail))
 }
 
+/// A subscription's paid invoice: plan credits that expire at the end of
+/// the period it pays for.
+#[derive(Debug, Clone)]
+pub struct PlanCredits<'a> {
+    pub invoice_id: &'a str,
+    pub user_id: Uuid,
+    pub credits: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Grants an invoice's plan credits once (a `grant` whose reference is the
+/// invoice ID), as a lot expiring with the period, then repays what the
+/// user owes from what is available.
+pub async fn credit_plan(tx: &mut PgConnection, p: &PlanCredits<'_>) -> Result<Applied> {
+    let added: Option<i64> = sqlx::query_scalar(&format!(
+        "WITH l AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
+            VALUES ($1, 'grant', $2, $3, $4, 'plan credits until ' || to_char($5::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI UTC'))
+            ON CONFLICT (reference) WHERE reference IS NOT NULL DO NOTHING
+            RETURNING id, user_id, amount
+         ), a AS (
+            UPDATE credit_accounts c SET available = c.available + l.amount, updated_at = now()
+              FROM l WHERE c.user_id = l.user_id
+         ), {lot}
+         SELECT amount FROM l",
+        lot = lots::new_lot_ctes("plan", "l", "$5::timestamptz")
+    ))
+    .bind(p.user_id)
+    .bind(p.credits)
+    .bind(p.invoice_id)
+    .bind(STRIPE_ACTOR)
+    .bind(p.expires_at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let applied = |outcome, detail: String| {
+        Applied::new(outcome, detail)
+            .user(Some(p.user_id))
+            .object(Some(p.invoice_id))
+    };
+    if added.is_none() {
+        return Ok(applied(
+            "duplicate",
+            format!("invoice {} was credited before", p.invoice_id),
+        ));
+    }
+    let mut detail = format!(
+        "{} plan credits, expiring {}",
+        p.credits,
+        p.expires_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    let repaid = repay_owed(tx, p.user_id, &format!("{}:repay", p.invoice_id)).await?;
+    if repaid > 0 {
+        detail.push_str(&format!("; {repaid} owed credits repaid from them"));
+    }
+    Ok(applied("credited", detail))
+}
+
 /// A refund (cumulative) or a dispute of a payment, parsed by the caller.
 #[derive(Debug, Clone)]
 pub struct Clawback<'a> {

@@ -601,3 +601,49 @@ async fn grants_racing_submissions_never_break_the_lots() {
     env.assert_ledger_sound().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_paid_plan_invoice_grants_credits_that_expire_with_its_period() {
+    let env = TestEnv::with_settings(stripe_settings()).await;
+    let period_end = now() + 30 * 86_400;
+    let invoice = |id: &str| {
+        event(
+            id,
+            "invoice.paid",
+            json!({
+                "id": "in_1PlanB7WZ01zgkW", "object": "invoice", "status": "paid",
+                "billing_reason": "subscription_cycle", "customer": "cus_QXg1hqf4jFNsqG",
+                "amount_paid": 1500, "currency": "usd", "metadata": {},
+                "parent": {"type": "subscription_details", "subscription_details": {
+                    "subscription": "sub_1PlanB7WZ01zgkW",
+                    "metadata": {"genq_plan_credits": "120", "genq_user": "subscriber"}}},
+                "lines": {"object": "list", "data": [{"id": "il_1", "object": "line_item",
+                    "period": {"start": now(), "end": period_end}}]},
+                "period_end": now(),
+            }),
+        )
+    };
+    assert_eq!(env.stripe_signed(&invoice("evt_inv")).await, "credited");
+    assert_eq!(env.stripe_signed(&invoice("evt_inv")).await, "duplicate");
+    assert_eq!(
+        env.stripe_signed(&invoice("evt_inv_again")).await,
+        "duplicate"
+    );
+    assert_eq!(env.balances("subscriber").await, (120, 0, 0, 0));
+    let expires: i64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM expires_at)::bigint FROM credit_lots WHERE amount = 120",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(expires, period_end);
+    // Not a genq plan: ignored.
+    let other = event(
+        "evt_other_invoice",
+        "invoice.paid",
+        json!({"id": "in_other", "object": "invoice", "metadata": {}, "lines": {"data": []}}),
+    );
+    assert_eq!(env.stripe_signed(&other).await, "ignored");
+    env.assert_ledger_sound().await;
+    env.cleanup().await;
+}
