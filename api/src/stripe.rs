@@ -205,6 +205,92 @@ pub fn credits_value(value: &serde_json::Value) -> Option<i64> {
     n.filter(|n| *n > 0 && *n <= CREDITS_MAX)
 }
 
+/// A page of a session's line items (Stripe's API).
+#[derive(Debug, Deserialize)]
+pub struct LineItems {
+    pub data: Vec<LineItem>,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LineItem {
+    pub price: Option<IdOrObject>,
+    pub quantity: Option<i64>,
+}
+
+/// Longest line-items answer read from Stripe.
+const LINE_ITEMS_MAX: usize = 1024 * 1024;
+
+/// Reads a Checkout Session's line items from Stripe's API (`limit=100`).
+pub async fn line_items(
+    client: &reqwest::Client,
+    settings: &genq_core::config::StripeSettings,
+    session: &str,
+) -> anyhow::Result<LineItems> {
+    use secrecy::ExposeSecret;
+    let key = settings
+        .api_key
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("billing.stripe.api_key is not set"))?;
+    let mut url = url::Url::parse(&settings.api_base)?;
+    url.path_segments_mut()
+        .map_err(|_| anyhow::anyhow!("billing.stripe.api_base cannot be a base URL"))?
+        .pop_if_empty()
+        .extend(["v1", "checkout", "sessions", session, "line_items"]);
+    url.query_pairs_mut().append_pair("limit", "100");
+    let mut response = client
+        .get(url)
+        .bearer_auth(key.expose_secret())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("Stripe's API did not answer: {}", e.without_url()))?;
+    let status = response.status();
+    if !status.is_success() {
+        anyhow::bail!("Stripe's API answered HTTP {status}");
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > LINE_ITEMS_MAX {
+            anyhow::bail!("Stripe's line items are larger than {LINE_ITEMS_MAX} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The credits a session's line items buy under the deployment's price
+/// map, or why not (an unmapped price is never credited by guess).
+pub fn credits_of_items(
+    settings: &genq_core::config::StripeSettings,
+    items: &LineItems,
+) -> Result<i64, String> {
+    if items.has_more {
+        return Err("the session has more than 100 line items".into());
+    }
+    let mut total: i64 = 0;
+    for item in &items.data {
+        let price = item.price.as_ref().map(IdOrObject::id).unwrap_or("none");
+        let per_unit = settings.credits_for_price(price).ok_or_else(|| {
+            format!(
+                "price {} is not in billing.stripe.prices",
+                price.chars().take(100).collect::<String>()
+            )
+        })?;
+        let quantity = item.quantity.filter(|q| *q > 0).unwrap_or(1);
+        total = per_unit
+            .checked_mul(quantity)
+            .and_then(|c| total.checked_add(c))
+            .filter(|t| *t <= CREDITS_MAX)
+            .ok_or("the line items buy more credits than one payment may")?;
+    }
+    if total == 0 {
+        return Err("the session has no line items".into());
+    }
+    Ok(total)
+}
+
 /// A Charge (`charge.refunded`).
 #[derive(Debug, Deserialize)]
 pub struct Charge {

@@ -313,13 +313,34 @@ async fn checkout(state: &AppState, session: CheckoutSession) -> Result<Action, 
             sid,
         ));
     };
-    let credits = match stripe::credits_of(&session) {
-        Ok(c) => c,
-        Err(why) => {
-            return Ok(attention(
-                format!("session {} is paid but {why}: not credited", session.id),
-                sid,
-            ))
+    let stripe_settings = &state.settings.billing.stripe;
+    let has_metadata = session
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.contains_key("genq_credits"));
+    let credits = if !has_metadata && !stripe_settings.prices.is_empty() {
+        // Stripe not answering is for Stripe to retry (a 503), not a guess.
+        let items = stripe::line_items(&state.http, stripe_settings, &session.id)
+            .await
+            .map_err(ApiError::Unavailable)?;
+        match stripe::credits_of_items(stripe_settings, &items) {
+            Ok(c) => c,
+            Err(why) => {
+                return Ok(attention(
+                    format!("session {} is paid but {why}: not credited", session.id),
+                    sid,
+                ))
+            }
+        }
+    } else {
+        match stripe::credits_of(&session) {
+            Ok(c) => c,
+            Err(why) => {
+                return Ok(attention(
+                    format!("session {} is paid but {why}: not credited", session.id),
+                    sid,
+                ))
+            }
         }
     };
     let payment_intent = session.payment_intent.as_ref().map(|p| p.id().to_owned());

@@ -647,3 +647,95 @@ async fn a_paid_plan_invoice_grants_credits_that_expire_with_its_period() {
     env.assert_ledger_sound().await;
     env.cleanup().await;
 }
+
+/// A stand-in for Stripe's API: a session's line items, for the right key.
+async fn fake_stripe_api() -> String {
+    use axum::extract::Path;
+    use axum::http::HeaderMap;
+    async fn items(Path(id): Path<String>, headers: HeaderMap) -> (StatusCode, axum::Json<Value>) {
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer rk_test_genq")
+        {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": {"type": "invalid_request_error"}})),
+            );
+        }
+        let data = match id.as_str() {
+            "cs_test_prices" => json!([
+                {"id": "li_1", "object": "item", "price": {"id": "price_1Credits100", "object": "price"}, "quantity": 2},
+                {"id": "li_2", "object": "item", "price": {"id": "price_1Credits25", "object": "price"}, "quantity": 1},
+            ]),
+            _ => {
+                json!([{"id": "li_3", "object": "item", "price": {"id": "price_unknown", "object": "price"}, "quantity": 1}])
+            }
+        };
+        (
+            StatusCode::OK,
+            axum::Json(json!({"object": "list", "data": data, "has_more": false})),
+        )
+    }
+    let app = axum::Router::new().route(
+        "/v1/checkout/sessions/{id}/line_items",
+        axum::routing::get(items),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn mapped_prices_credit_their_line_items_and_an_unknown_price_is_never_guessed() {
+    let mut settings = stripe_settings();
+    settings.billing.stripe.api_base = fake_stripe_api().await;
+    settings.billing.stripe.api_key = Some(secrecy::SecretString::from("rk_test_genq"));
+    // As the environment gives them: lowercased.
+    settings
+        .billing
+        .stripe
+        .prices
+        .insert("price_1credits100".into(), 100);
+    settings
+        .billing
+        .stripe
+        .prices
+        .insert("price_1credits25".into(), 25);
+    let env = TestEnv::with_settings(settings).await;
+    let mut priced = session("cs_test_prices", Some("pricey"), "pi_prices", "", "paid");
+    priced["metadata"] = json!({});
+    assert_eq!(
+        env.stripe_signed(&event("evt_prices", "checkout.session.completed", priced))
+            .await,
+        "credited"
+    );
+    assert_eq!(env.balances("pricey").await, (225, 0, 0, 0));
+    let mut unknown = session("cs_test_unknown", Some("pricey"), "pi_unknown", "", "paid");
+    unknown["metadata"] = json!({});
+    assert_eq!(
+        env.stripe_signed(&event("evt_unknown", "checkout.session.completed", unknown))
+            .await,
+        "needs_attention"
+    );
+    assert_eq!(env.balances("pricey").await, (225, 0, 0, 0));
+    env.assert_ledger_sound().await;
+    env.cleanup().await;
+    // Stripe's API not answering is a 503, so that Stripe sends it again;
+    // nothing is recorded meanwhile.
+    let mut settings = stripe_settings();
+    settings.billing.stripe.api_base = "http://127.0.0.1:9".into();
+    settings.billing.stripe.api_key = Some(secrecy::SecretString::from("rk_test_genq"));
+    settings
+        .billing
+        .stripe
+        .prices
+        .insert("price_1credits100".into(), 100);
+    let env = TestEnv::with_settings(settings).await;
+    let mut priced = session("cs_test_later", Some("patient"), "pi_later", "", "paid");
+    priced["metadata"] = json!({});
+    let body = event("evt_later", "checkout.session.completed", priced);
+    let header = stripe_sign(&[(&body, SECRET, now())]).remove(0);
+    let (status, answer) = env.stripe(&body, Some(&header)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(env.events_logged().await, 0);
+    env.cleanup().await;
+}
