@@ -192,27 +192,17 @@ pub async fn credit_checkout(tx: &mut PgConnection, c: &PaidCheckout<'_>) -> Res
     };
     // The reference index is the last guard: an operator's purchase with
     // this session as its reference already credited it.
-    let added: Option<i64> = sqlx::query_scalar(&format!(
-        "WITH l AS (
-            INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
-            VALUES ($1, 'purchase', $2, $3, $4, $5)
-            ON CONFLICT (reference) WHERE reference IS NOT NULL DO NOTHING
-            RETURNING id, user_id, amount
-         ), a AS (
-            UPDATE credit_accounts c SET available = c.available + l.amount, updated_at = now()
-              FROM l WHERE c.user_id = l.user_id
-         ), {lot}
-         SELECT amount FROM l",
-        lot = lots::new_lot_ctes("purchase", "l", "NULL")
-    ))
-    .bind(c.user_id)
-    .bind(c.credits)
-    .bind(c.session_id)
-    .bind(STRIPE_ACTOR)
-    .bind(&reason)
-    .fetch_optional(&mut *tx)
+    let added = add_referenced(
+        tx,
+        c.user_id,
+        "purchase",
+        c.credits,
+        c.session_id,
+        &reason,
+        None,
+    )
     .await?;
-    if added.is_none() {
+    if !added {
         return Ok(applied(
             "duplicate",
             format!(
@@ -231,10 +221,7 @@ pub async fn credit_checkout(tx: &mut PgConnection, c: &PaidCheckout<'_>) -> Res
     if let Some(r) = settle_reversal(tx, payment).await? {
         detail.push_str(&format!("; {}", r.describe()));
     }
-    let repaid = repay_owed(tx, c.user_id, &format!("{}:repay", c.session_id)).await?;
-    if repaid > 0 {
-        detail.push_str(&format!("; {repaid} owed credits repaid from it"));
-    }
+    repay_noted(tx, c.user_id, c.session_id, &mut detail).await?;
     Ok(applied("credited", detail))
 }
 
@@ -252,32 +239,26 @@ pub struct PlanCredits<'a> {
 /// invoice ID), as a lot expiring with the period, then repays what the
 /// user owes from what is available.
 pub async fn credit_plan(tx: &mut PgConnection, p: &PlanCredits<'_>) -> Result<Applied> {
-    let added: Option<i64> = sqlx::query_scalar(&format!(
-        "WITH l AS (
-            INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
-            VALUES ($1, 'grant', $2, $3, $4, 'plan credits until ' || to_char($5::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI UTC'))
-            ON CONFLICT (reference) WHERE reference IS NOT NULL DO NOTHING
-            RETURNING id, user_id, amount
-         ), a AS (
-            UPDATE credit_accounts c SET available = c.available + l.amount, updated_at = now()
-              FROM l WHERE c.user_id = l.user_id
-         ), {lot}
-         SELECT amount FROM l",
-        lot = lots::new_lot_ctes("plan", "l", "$5::timestamptz")
-    ))
-    .bind(p.user_id)
-    .bind(p.credits)
-    .bind(p.invoice_id)
-    .bind(STRIPE_ACTOR)
-    .bind(p.expires_at)
-    .fetch_optional(&mut *tx)
+    let reason = format!(
+        "plan credits until {}",
+        p.expires_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    let added = add_referenced(
+        tx,
+        p.user_id,
+        "grant",
+        p.credits,
+        p.invoice_id,
+        &reason,
+        Some(p.expires_at),
+    )
     .await?;
     let applied = |outcome, detail: String| {
         Applied::new(outcome, detail)
             .user(Some(p.user_id))
             .object(Some(p.invoice_id))
     };
-    if added.is_none() {
+    if !added {
         return Ok(applied(
             "duplicate",
             format!("invoice {} was credited before", p.invoice_id),
@@ -288,11 +269,60 @@ pub async fn credit_plan(tx: &mut PgConnection, p: &PlanCredits<'_>) -> Result<A
         p.credits,
         p.expires_at.format("%Y-%m-%d %H:%M UTC")
     );
-    let repaid = repay_owed(tx, p.user_id, &format!("{}:repay", p.invoice_id)).await?;
+    repay_noted(tx, p.user_id, p.invoice_id, &mut detail).await?;
+    Ok(applied("credited", detail))
+}
+
+/// Adds `amount` credits of `kind` referenced by `reference`, as a lot
+/// expiring at `expires` (`None`: lasting); `false` when the reference was
+/// applied before (the ledger's unique reference), changing nothing.
+async fn add_referenced(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    kind: &str,
+    amount: i64,
+    reference: &str,
+    reason: &str,
+    expires: Option<DateTime<Utc>>,
+) -> Result<bool> {
+    let added: Option<i64> = sqlx::query_scalar(&format!(
+        "WITH l AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, reference, actor, reason)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (reference) WHERE reference IS NOT NULL DO NOTHING
+            RETURNING id, user_id, amount
+         ), a AS (
+            UPDATE credit_accounts c SET available = c.available + l.amount, updated_at = now()
+              FROM l WHERE c.user_id = l.user_id
+         ), {lot}
+         SELECT amount FROM l",
+        lot = lots::new_lot_ctes("added", "l", "$7::timestamptz")
+    ))
+    .bind(user_id)
+    .bind(kind)
+    .bind(amount)
+    .bind(reference)
+    .bind(STRIPE_ACTOR)
+    .bind(reason)
+    .bind(expires)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(added.is_some())
+}
+
+/// Repays what the user owes from the credits just added (referenced by
+/// `reference`), noting it in `detail`.
+async fn repay_noted(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    reference: &str,
+    detail: &mut String,
+) -> Result<()> {
+    let repaid = repay_owed(tx, user_id, &format!("{reference}:repay")).await?;
     if repaid > 0 {
         detail.push_str(&format!("; {repaid} owed credits repaid from them"));
     }
-    Ok(applied("credited", detail))
+    Ok(())
 }
 
 /// A refund (cumulative) or a dispute of a payment, parsed by the caller.

@@ -4,8 +4,8 @@
 
 use axum::extract::State;
 use axum::Json;
+use genq_store::store;
 use genq_store::store::billing::{self, BillingEvent};
-use genq_store::store::{self, UserRef};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -101,14 +101,7 @@ pub async fn waive(
     ApiPath(user): ApiPath<String>,
     ApiJson(body): ApiJson<WaiveRequest>,
 ) -> Result<Json<WaiveResponse>, ApiError> {
-    if user.chars().any(char::is_control) || user.len() > genq_core::domain::EMAIL_MAX {
-        return Err(ApiError::NotFound("No such user.".into()));
-    }
-    let who = if user.contains('@') {
-        UserRef::Email(user)
-    } else {
-        UserRef::from_id(&user)
-    };
+    let who = super::user_in_path(user)?;
     if body
         .amount
         .is_some_and(|a| !(1..=1_000_000_000).contains(&a))

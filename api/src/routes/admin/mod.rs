@@ -12,3 +12,18 @@ pub mod webhooks;
 
 /// The largest age filter: ten years, far inside Postgres' interval range.
 const MAX_AGE_SECS: u64 = 315_360_000;
+
+/// A user as a path names one: an email (with an @), the identity
+/// provider's `sub`, or genq's ID. Control characters or more than an
+/// email's length name nobody (a 404 that sends nothing to SQL).
+fn user_in_path(user: String) -> Result<genq_store::store::UserRef, crate::error::ApiError> {
+    use genq_store::store::UserRef;
+    if user.chars().any(char::is_control) || user.len() > genq_core::domain::EMAIL_MAX {
+        return Err(crate::error::ApiError::NotFound("No such user.".into()));
+    }
+    Ok(if user.contains('@') {
+        UserRef::Email(user)
+    } else {
+        UserRef::from_id(&user)
+    })
+}

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::Json;
 use genq_store::ops;
-use genq_store::store::UserRef;
 
 use crate::auth::AdminViewer;
 use crate::error::{ApiError, ErrorBody};
@@ -29,15 +28,7 @@ pub async fn diagnose(
     _admin: AdminViewer,
     ApiPath(user): ApiPath<String>,
 ) -> Result<Json<ops::Diagnosis>, ApiError> {
-    // No user has control characters in their names; don't send them to SQL.
-    if user.chars().any(char::is_control) || user.len() > genq_core::domain::EMAIL_MAX {
-        return Err(ApiError::NotFound("No such user.".into()));
-    }
-    let who = if user.contains('@') {
-        UserRef::Email(user)
-    } else {
-        UserRef::from_id(&user)
-    };
+    let who = super::user_in_path(user)?;
     ops::diagnose(&state.pool, &who, state.settings.credits.video_cost)
         .await?
         .map(Json)
