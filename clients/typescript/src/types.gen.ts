@@ -19,12 +19,8 @@ export type AdminCreditByEmail = {
      */
     email: string;
     /**
-     * When the credits expire (RFC 3339, in the future); absent: they last.
-     * At most one of `expires_at` and `expires_in_secs`.
-     */
-    expires_at?: string | null;
-    /**
-     * The credits expire this many seconds from now (1 to 315,360,000).
+     * The credits expire this many seconds from now (1 to 315,360,000,
+     * ten years); absent: they last.
      */
     expires_in_secs?: number | null;
     kind: GrantKind;
@@ -49,12 +45,8 @@ export type AdminCreditByUserId = {
     amount: number;
     email?: null;
     /**
-     * When the credits expire (RFC 3339, in the future); absent: they last.
-     * At most one of `expires_at` and `expires_in_secs`.
-     */
-    expires_at?: string | null;
-    /**
-     * The credits expire this many seconds from now (1 to 315,360,000).
+     * The credits expire this many seconds from now (1 to 315,360,000,
+     * ten years); absent: they last.
      */
     expires_in_secs?: number | null;
     kind: GrantKind;

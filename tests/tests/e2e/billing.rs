@@ -476,11 +476,11 @@ async fn expiring_credits_are_spent_first_and_expire_only_what_is_free() {
             "/v1/admin/credits",
             &admin,
             &json!({"email": "lotte@example.com", "amount": 1, "reason": "x", "kind": "grant",
-                    "expires_at": "2001-01-01T00:00:00Z"}),
+                    "expires_in_secs": 0}),
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
-    assert_eq!(bad["error"]["field"], "expires_at");
+    assert_eq!(bad["error"]["field"], "expires_in_secs");
     let (_, credits) = env.get("/v1/credits", &token).await;
     assert_eq!(credits["available"], 60);
     assert_eq!(credits["expiring"]["amount"], 10);

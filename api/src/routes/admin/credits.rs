@@ -36,7 +36,6 @@ pub struct AdminCreditRequest {
     pub reason: String,
     pub kind: GrantKind,
     pub reference: Option<String>,
-    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default, deserialize_with = "crate::extract::opt_integer")]
     pub expires_in_secs: Option<i64>,
 }
@@ -72,11 +71,8 @@ pub struct AdminCreditByEmail {
     kind: GrantKind,
     #[schema(schema_with = reference_schema, required = false)]
     reference: Option<String>,
-    /// When the credits expire (RFC 3339, in the future); absent: they last.
-    /// At most one of `expires_at` and `expires_in_secs`.
-    #[schema(required = false)]
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The credits expire this many seconds from now (1 to 315,360,000).
+    /// The credits expire this many seconds from now (1 to 315,360,000,
+    /// ten years); absent: they last.
     #[schema(required = false, minimum = 1, maximum = 315_360_000)]
     expires_in_secs: Option<i64>,
 }
@@ -99,11 +95,8 @@ pub struct AdminCreditByUserId {
     kind: GrantKind,
     #[schema(schema_with = reference_schema, required = false)]
     reference: Option<String>,
-    /// When the credits expire (RFC 3339, in the future); absent: they last.
-    /// At most one of `expires_at` and `expires_in_secs`.
-    #[schema(required = false)]
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The credits expire this many seconds from now (1 to 315,360,000).
+    /// The credits expire this many seconds from now (1 to 315,360,000,
+    /// ten years); absent: they last.
     #[schema(required = false, minimum = 1, maximum = 315_360_000)]
     expires_in_secs: Option<i64>,
 }
@@ -216,28 +209,15 @@ pub async fn add_credits(
         .as_deref()
         .map(|r| bounded_text(r, "reference", 200))
         .transpose()?;
-    let expires_at = match (body.expires_at, body.expires_in_secs) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "expires_in_secs",
-                "Give at most one of expires_at and expires_in_secs.",
-            ))
-        }
-        (Some(at), None) if at <= chrono::Utc::now() => {
-            return Err(ApiError::invalid(
-                "expires_at",
-                "expires_at must be in the future.",
-            ))
-        }
-        (Some(at), None) => Some(at),
-        (None, Some(secs)) if !(1..=315_360_000).contains(&secs) => {
+    let expires_at = match body.expires_in_secs {
+        Some(secs) if !(1..=315_360_000).contains(&secs) => {
             return Err(ApiError::invalid(
                 "expires_in_secs",
                 "expires_in_secs must be between 1 and 315360000 (ten years).",
             ))
         }
-        (None, Some(secs)) => Some(chrono::Utc::now() + chrono::Duration::seconds(secs)),
-        (None, None) => None,
+        Some(secs) => Some(chrono::Utc::now() + chrono::Duration::seconds(secs)),
+        None => None,
     };
     let user = store::find_user(&state.pool, &target)
         .await?
