@@ -739,3 +739,79 @@ async fn mapped_prices_credit_their_line_items_and_an_unknown_price_is_never_gue
     assert_eq!(env.events_logged().await, 0);
     env.cleanup().await;
 }
+
+/// The operator's side in genqctl: the events and what they did, what a
+/// user owes and their lots in the diagnosis, and a waiver.
+#[tokio::test]
+async fn operators_see_payment_events_debts_and_lots_in_genqctl() {
+    use clap::Parser;
+    let env = TestEnv::with_sim_and_settings(fast_sim(), stripe_settings()).await;
+    let worker = env.spawn_worker().await;
+    let ctl = |args: &'static [&'static str]| {
+        let env = &env;
+        async move {
+            let cli = genqctl::Cli::try_parse_from(
+                std::iter::once("genqctl").chain(args.iter().copied()),
+            )
+            .expect("valid arguments");
+            genqctl::execute(&cli, &env.settings, &env.pool)
+                .await
+                .expect("command runs")
+        }
+    };
+    let buy = event(
+        "evt_ctl_buy",
+        "checkout.session.completed",
+        session("cs_test_ctl", Some("ctl-user"), "pi_ctl", "50", "paid"),
+    );
+    assert_eq!(env.stripe_signed(&buy).await, "credited");
+    let no_user = event(
+        "evt_ctl_nobody",
+        "checkout.session.completed",
+        session("cs_test_ctl_nobody", None, "pi_ctl_nobody", "50", "paid"),
+    );
+    assert_eq!(env.stripe_signed(&no_user).await, "needs_attention");
+    let listed = ctl(&["billing", "events", "--attention"]).await;
+    assert_eq!(listed.code, 0);
+    assert!(
+        listed.output.contains("evt_ctl_nobody") && !listed.output.contains("evt_ctl_buy"),
+        "{}",
+        listed.output
+    );
+    assert!(
+        listed.output.contains("1 needing attention"),
+        "{}",
+        listed.output
+    );
+    // Everything spent, then refunded in full: 50 owed.
+    let token = env.token("ctl-user", None);
+    for i in 0..5 {
+        let (s, job) = env.submit(&token, &format!("spend {i}")).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+        env.wait_for_status(&token, job["id"].as_str().unwrap(), "succeeded", WAIT)
+            .await;
+    }
+    let refund = event(
+        "evt_ctl_refund",
+        "charge.refunded",
+        refunded_charge("pi_ctl", 5000),
+    );
+    assert_eq!(env.stripe_signed(&refund).await, "reversed");
+    let diagnosis = ctl(&["diagnose", "--user", "ctl-user"]).await;
+    assert!(
+        diagnosis.output.contains("OWED      50 credits"),
+        "{}",
+        diagnosis.output
+    );
+    assert!(diagnosis.output.contains("LOTS"), "{}", diagnosis.output);
+    let waived = ctl(&[
+        "credits", "waive", "--user", "ctl-user", "--reason", "goodwill",
+    ])
+    .await;
+    assert_eq!(waived.code, 0, "{}", waived.output);
+    assert!(waived.output.contains("Waived 50"), "{}", waived.output);
+    assert_eq!(env.balances("ctl-user").await, (0, 0, 50, 0));
+    env.assert_ledger_sound().await;
+    worker.stop().await;
+    env.cleanup().await;
+}
