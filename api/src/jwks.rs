@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio_util::sync::CancellationToken;
@@ -134,15 +133,8 @@ impl Jwks {
             .and_then(|v| v.to_str().ok())
             .and_then(max_age)
             .map_or(DEFAULT_MAX_AGE, |d| d.clamp(MIN_MAX_AGE, MAX_MAX_AGE));
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                anyhow::bail!("the key set is larger than {MAX_BODY_BYTES} bytes");
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body =
+            genq_core::outbound::read_limited(response, MAX_BODY_BYTES, "the key set").await?;
         let keys = parse_key_set(&body)?;
         tracing::info!(keys = keys.len(), url = %self.url, "identity provider keys fetched");
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;

@@ -239,7 +239,7 @@ pub async fn line_items(
         .pop_if_empty()
         .extend(["v1", "checkout", "sessions", session, "line_items"]);
     url.query_pairs_mut().append_pair("limit", "100");
-    let mut response = client
+    let response = client
         .get(url)
         .bearer_auth(key.expose_secret())
         .timeout(Duration::from_secs(10))
@@ -250,13 +250,8 @@ pub async fn line_items(
     if !status.is_success() {
         anyhow::bail!("Stripe's API answered HTTP {status}");
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > LINE_ITEMS_MAX {
-            anyhow::bail!("Stripe's line items are larger than {LINE_ITEMS_MAX} bytes");
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body =
+        genq_core::outbound::read_limited(response, LINE_ITEMS_MAX, "Stripe's line items").await?;
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -332,6 +327,15 @@ pub const ID_MAX: usize = 255;
 /// Whether `id` looks like a Stripe ID: short, printable, no spaces.
 pub fn plausible_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= ID_MAX && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The user a payment names (the identity provider's `sub`): trimmed,
+/// not empty, no longer than a token's `sub` may be, no control
+/// characters; `None` when it names nobody usable.
+pub fn user_sub(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|s| {
+        !s.is_empty() && s.len() <= crate::auth::SUB_MAX && !s.chars().any(char::is_control)
+    })
 }
 
 /// The credits a session buys: `metadata.genq_credits`, a positive integer

@@ -113,6 +113,23 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
+/// Reads `response`'s body, refusing one larger than `max` bytes as it
+/// arrives (a `Content-Length` is not trusted): `what` names it in the error.
+pub async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            anyhow::bail!("{what} is larger than {max} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
