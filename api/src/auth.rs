@@ -56,7 +56,7 @@ pub const STREAM_ISSUER: &str = "genq";
 pub const DEV_ISSUER: &str = "genq-dev-sign-in";
 
 /// Longest `sub` and `name` accepted (an email: [`EMAIL_MAX`]).
-const SUB_MAX: usize = 255;
+pub(crate) const SUB_MAX: usize = 255;
 const NAME_MAX: usize = 200;
 
 /// An authenticated caller.

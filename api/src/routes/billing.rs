@@ -299,12 +299,7 @@ async fn checkout(state: &AppState, session: CheckoutSession) -> Result<Action, 
             ))
         }
     }
-    let sub = session
-        .client_reference_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control));
-    let Some(sub) = sub else {
+    let Some(sub) = stripe::user_sub(session.client_reference_id.as_deref()) else {
         return Ok(attention(
             format!(
                 "session {} is paid but names no user (client_reference_id): not credited",
@@ -323,24 +318,17 @@ async fn checkout(state: &AppState, session: CheckoutSession) -> Result<Action, 
         let items = stripe::line_items(&state.http, stripe_settings, &session.id)
             .await
             .map_err(ApiError::Unavailable)?;
-        match stripe::credits_of_items(stripe_settings, &items) {
-            Ok(c) => c,
-            Err(why) => {
-                return Ok(attention(
-                    format!("session {} is paid but {why}: not credited", session.id),
-                    sid,
-                ))
-            }
-        }
+        stripe::credits_of_items(stripe_settings, &items)
     } else {
-        match stripe::credits_of(&session) {
-            Ok(c) => c,
-            Err(why) => {
-                return Ok(attention(
-                    format!("session {} is paid but {why}: not credited", session.id),
-                    sid,
-                ))
-            }
+        stripe::credits_of(&session).map_err(str::to_owned)
+    };
+    let credits = match credits {
+        Ok(c) => c,
+        Err(why) => {
+            return Ok(attention(
+                format!("session {} is paid but {why}: not credited", session.id),
+                sid,
+            ))
         }
     };
     let payment_intent = session.payment_intent.as_ref().map(|p| p.id().to_owned());
@@ -386,12 +374,7 @@ async fn plan(state: &AppState, invoice: Invoice) -> Result<Action, ApiError> {
             iid,
         ));
     };
-    let sub = invoice
-        .meta("genq_user")
-        .and_then(|v| v.as_str())
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control));
-    let Some(sub) = sub else {
+    let Some(sub) = stripe::user_sub(invoice.meta("genq_user").and_then(|v| v.as_str())) else {
         return Ok(attention(
             format!(
                 "invoice {} is paid but names no user (metadata genq_user): not credited",
