@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 
 use super::http::{self, Reply};
 use super::{
-    clip, reads_as_content_refusal, segment, unknown_status, FailureKind, ProviderError,
-    ProviderResult, TaskRequest, TaskStatus, VideoProvider,
+    clip, failed_with_text, segment, unknown_status, ProviderError, ProviderResult, TaskRequest,
+    TaskStatus, VideoProvider,
 };
 use genq_core::config::ProviderSettings;
 
@@ -155,12 +155,7 @@ fn interpret(data: &Value) -> ProviderResult<TaskStatus> {
                     .filter(|m| !m.is_empty())
                     .unwrap_or("the task failed without a message"),
             );
-            let code = if reads_as_content_refusal(&reason) {
-                FailureKind::ContentRejected
-            } else {
-                FailureKind::Provider
-            };
-            TaskStatus::Failed { code, reason }
+            failed_with_text(reason)
         }
         other => unknown_status(NAME, other),
     })

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::http::{self, Reply};
 use super::{
-    clip, reads_as_content_refusal, segment, unknown_status, FailureKind, ProviderError,
+    clip, failed_with_text, reads_as_content_refusal, segment, unknown_status, ProviderError,
     ProviderResult, TaskRequest, TaskStatus, VideoProvider,
 };
 use genq_core::config::ProviderSettings;
@@ -87,12 +87,7 @@ fn interpret(g: Generation) -> ProviderResult<TaskStatus> {
                     .as_deref()
                     .unwrap_or("the generation failed without a reason"),
             );
-            let code = if reads_as_content_refusal(&reason) {
-                FailureKind::ContentRejected
-            } else {
-                FailureKind::Provider
-            };
-            TaskStatus::Failed { code, reason }
+            failed_with_text(reason)
         }
         other => unknown_status(NAME, other),
     })

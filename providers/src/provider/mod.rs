@@ -240,6 +240,17 @@ pub(crate) fn clip(text: &str) -> String {
     text.chars().take(MAX_REASON_CHARS).collect()
 }
 
+/// A failure told only in free text: a content refusal when it reads as
+/// one ([`reads_as_content_refusal`]), else the provider's failure.
+pub(crate) fn failed_with_text(reason: String) -> TaskStatus {
+    let code = if reads_as_content_refusal(&reason) {
+        FailureKind::ContentRejected
+    } else {
+        FailureKind::Provider
+    };
+    TaskStatus::Failed { code, reason }
+}
+
 /// Whether a provider's free-text failure reads as a moderation or content
 /// refusal, for providers without a structured code for it (Replicate, Luma,
 /// Kling's `task_status_msg`).

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::http::{self, generic};
 use super::{
-    clip, reads_as_content_refusal, segment, unknown_status, FailureKind, ProviderError,
-    ProviderResult, TaskRequest, TaskStatus, VideoProvider,
+    clip, failed_with_text, segment, unknown_status, FailureKind, ProviderError, ProviderResult,
+    TaskRequest, TaskStatus, VideoProvider,
 };
 use genq_core::config::ProviderSettings;
 
@@ -111,12 +111,7 @@ fn interpret(p: Prediction) -> ProviderResult<TaskStatus> {
             let reason = reason("the prediction failed without an error message");
             // Replicate has no structured moderation code: its safety checkers
             // fail the prediction with words such as "NSFW content detected".
-            let code = if reads_as_content_refusal(&reason) {
-                FailureKind::ContentRejected
-            } else {
-                FailureKind::Provider
-            };
-            TaskStatus::Failed { code, reason }
+            failed_with_text(reason)
         }
         "canceled" => TaskStatus::Failed {
             code: FailureKind::Canceled,
