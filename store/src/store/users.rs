@@ -38,7 +38,9 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
     debug_assert!(initial >= 0, "a negative initial grant");
     static UPSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let upsert = UPSERT.get_or_init(|| {
-        with_initial_lot(
+        with_initial_grant(
+            "$4",
+            "$6",
             r#"
         WITH u AS (
             INSERT INTO users (external_id, email, name, email_verified) VALUES ($1, $2, $3, $5)
@@ -50,15 +52,7 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
                 OR users.name IS DISTINCT FROM EXCLUDED.name
                 OR users.last_seen_at < now() - interval '1 minute'
             RETURNING id, (xmax = 0) AS created
-        ), acct AS (
-            INSERT INTO credit_accounts (user_id, available)
-            SELECT id, $4 FROM u WHERE created
-            RETURNING user_id
-        ), grant_row AS (
-            INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
-            SELECT user_id, 'grant', $4, $6, 'initial credits' FROM acct WHERE $4 > 0
-            RETURNING id, user_id, amount
-        ), {lot}
+        ), {initial}
         SELECT id FROM u"#,
         )
     });
@@ -96,21 +90,15 @@ pub async fn ensure_user(pool: &PgPool, who: &Identity, initial: i64) -> Result<
 pub async fn ensure_external_id(pool: &PgPool, external_id: &str, initial: i64) -> Result<Uuid> {
     static INSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let insert = INSERT.get_or_init(|| {
-        with_initial_lot(
+        with_initial_grant(
+            "$2",
+            "$3",
             r#"
         WITH u AS (
             INSERT INTO users (external_id) VALUES ($1)
             ON CONFLICT (external_id) DO NOTHING
-            RETURNING id
-        ), acct AS (
-            INSERT INTO credit_accounts (user_id, available)
-            SELECT id, $2 FROM u
-            RETURNING user_id
-        ), grant_row AS (
-            INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
-            SELECT user_id, 'grant', $2, $3, 'initial credits' FROM acct WHERE $2 > 0
-            RETURNING id, user_id, amount
-        ), {lot}
+            RETURNING id, true AS created
+        ), {initial}
         SELECT id FROM u"#,
         )
     });
@@ -130,12 +118,24 @@ pub async fn ensure_external_id(pool: &PgPool, external_id: &str, initial: i64) 
         .ok_or_else(|| StoreError::Conflict("user could not be created".into()))
 }
 
-/// `sql` with its `{lot}` written as the initial grant's lot (the CTE
-/// `grant_row`'s credits last).
-fn with_initial_lot(sql: &str) -> String {
+/// `sql` with its `{initial}` written as a new user's account and initial
+/// grant (`amount` credits, by `actor`, a lasting lot), for each row of the
+/// CTE `u` (`id`, `created`) that was created.
+fn with_initial_grant(amount: &str, actor: &str, sql: &str) -> String {
+    let lot = super::lots::new_lot_ctes("initial", "grant_row", "NULL");
     sql.replace(
-        "{lot}",
-        &super::lots::new_lot_ctes("initial", "grant_row", "NULL"),
+        "{initial}",
+        &format!(
+            "acct AS (
+            INSERT INTO credit_accounts (user_id, available)
+            SELECT id, {amount} FROM u WHERE created
+            RETURNING user_id
+        ), grant_row AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, actor, reason)
+            SELECT user_id, 'grant', {amount}, {actor}, 'initial credits' FROM acct WHERE {amount} > 0
+            RETURNING id, user_id, amount
+        ), {lot}"
+        ),
     )
 }
 
