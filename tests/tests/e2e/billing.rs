@@ -76,7 +76,13 @@ fn event(id: &str, kind: &str, object: Value) -> String {
     .to_string()
 }
 
-fn session(id: &str, sub: Option<&str>, pi: &str, credits: &str, paid: &str) -> Value {
+/// A Checkout Session; `credits` is its `metadata.genq_credits` (none: no
+/// metadata, as a session priced by its line items).
+fn session(id: &str, sub: Option<&str>, pi: &str, credits: Option<&str>, paid: &str) -> Value {
+    let metadata = match credits {
+        Some(c) => json!({"genq_credits": c}),
+        None => json!({}),
+    };
     json!({
         "id": id,
         "object": "checkout.session",
@@ -87,7 +93,7 @@ fn session(id: &str, sub: Option<&str>, pi: &str, credits: &str, paid: &str) -> 
         "customer": "cus_QXg1hqf4jFNsqG",
         "customer_details": {"email": "buyer@example.com", "name": null},
         "livemode": false,
-        "metadata": {"genq_credits": credits},
+        "metadata": metadata,
         "mode": "payment",
         "payment_intent": pi,
         "payment_status": paid,
@@ -175,7 +181,7 @@ async fn a_paid_checkout_credits_once_however_often_it_arrives() {
     let body = event(
         "evt_1PgcA1B7WZ01zgkWcQ3dQk9Z",
         "checkout.session.completed",
-        session("cs_test_a1", Some("buyer-1"), "pi_1", "50", "paid"),
+        session("cs_test_a1", Some("buyer-1"), "pi_1", Some("50"), "paid"),
     );
     // A user who never signed in is created from the sub.
     assert_eq!(env.stripe_signed(&body).await, "credited");
@@ -187,7 +193,7 @@ async fn a_paid_checkout_credits_once_however_often_it_arrives() {
     let twin = event(
         "evt_twin",
         "checkout.session.async_payment_succeeded",
-        session("cs_test_a1", Some("buyer-1"), "pi_1", "50", "paid"),
+        session("cs_test_a1", Some("buyer-1"), "pi_1", Some("50"), "paid"),
     );
     assert_eq!(env.stripe_signed(&twin).await, "duplicate");
     assert_eq!(env.balances("buyer-1").await, (50, 0, 0, 0));
@@ -206,19 +212,19 @@ async fn a_paid_checkout_credits_once_however_often_it_arrives() {
     let unpaid = event(
         "evt_unpaid",
         "checkout.session.completed",
-        session("cs_test_b", Some("buyer-1"), "pi_2", "50", "unpaid"),
+        session("cs_test_b", Some("buyer-1"), "pi_2", Some("50"), "unpaid"),
     );
     assert_eq!(env.stripe_signed(&unpaid).await, "ignored");
     let no_user = event(
         "evt_no_user",
         "checkout.session.completed",
-        session("cs_test_c", None, "pi_3", "50", "paid"),
+        session("cs_test_c", None, "pi_3", Some("50"), "paid"),
     );
     assert_eq!(env.stripe_signed(&no_user).await, "needs_attention");
     let no_amount = event(
         "evt_no_amount",
         "checkout.session.completed",
-        session("cs_test_d", Some("buyer-1"), "pi_4", "-3", "paid"),
+        session("cs_test_d", Some("buyer-1"), "pi_4", Some("-3"), "paid"),
     );
     assert_eq!(env.stripe_signed(&no_amount).await, "needs_attention");
     let other = event(
@@ -257,7 +263,7 @@ async fn bad_signatures_stale_timestamps_and_tampered_bodies_change_nothing() {
     let body = event(
         "evt_sig",
         "checkout.session.completed",
-        session("cs_test_sig", Some("buyer-2"), "pi_sig", "40", "paid"),
+        session("cs_test_sig", Some("buyer-2"), "pi_sig", Some("40"), "paid"),
     );
     let t = now();
     let signed = stripe_sign(&[
@@ -319,7 +325,7 @@ async fn a_refund_takes_back_unspent_credits_and_what_was_spent_is_owed() {
     let buy = event(
         "evt_buy",
         "checkout.session.completed",
-        session("cs_test_r", Some("spender"), "pi_r", "50", "paid"),
+        session("cs_test_r", Some("spender"), "pi_r", Some("50"), "paid"),
     );
     assert_eq!(env.stripe_signed(&buy).await, "credited");
     let token = env.token("spender", None);
@@ -387,7 +393,7 @@ async fn a_refund_takes_back_unspent_credits_and_what_was_spent_is_owed() {
     let rebuy = event(
         "evt_rebuy",
         "checkout.session.completed",
-        session("cs_test_r2", Some("spender"), "pi_r2", "40", "paid"),
+        session("cs_test_r2", Some("spender"), "pi_r2", Some("40"), "paid"),
     );
     assert_eq!(env.stripe_signed(&rebuy).await, "credited");
     assert_eq!(env.balances("spender").await, (55, 0, 20, 0));
@@ -413,7 +419,13 @@ async fn refunds_and_disputes_are_applied_in_whatever_order_they_come() {
     let buy = event(
         "evt_late_buy",
         "checkout.session.completed",
-        session("cs_test_late", Some("early"), "pi_early", "50", "paid"),
+        session(
+            "cs_test_late",
+            Some("early"),
+            "pi_early",
+            Some("50"),
+            "paid",
+        ),
     );
     assert_eq!(env.stripe_signed(&buy).await, "credited");
     assert_eq!(env.balances("early").await, (0, 0, 0, 0));
@@ -422,7 +434,7 @@ async fn refunds_and_disputes_are_applied_in_whatever_order_they_come() {
     let buy = event(
         "evt_disputed_buy",
         "checkout.session.completed",
-        session("cs_test_dp", Some("disputer"), "pi_dp", "50", "paid"),
+        session("cs_test_dp", Some("disputer"), "pi_dp", Some("50"), "paid"),
     );
     assert_eq!(env.stripe_signed(&buy).await, "credited");
     let dispute = |id: &str| {
@@ -684,33 +696,35 @@ async fn fake_stripe_api() -> String {
     format!("http://{addr}")
 }
 
+/// Stripe settings with two prices mapped, reading line items at `api_base`.
+fn priced_settings(api_base: String) -> genq_core::config::Settings {
+    let mut settings = stripe_settings();
+    let stripe = &mut settings.billing.stripe;
+    stripe.api_base = api_base;
+    stripe.api_key = Some(secrecy::SecretString::from("rk_test_genq"));
+    // As the environment gives them: lowercased.
+    stripe.prices.insert("price_1credits100".into(), 100);
+    stripe.prices.insert("price_1credits25".into(), 25);
+    settings
+}
+
 #[tokio::test]
 async fn mapped_prices_credit_their_line_items_and_an_unknown_price_is_never_guessed() {
-    let mut settings = stripe_settings();
-    settings.billing.stripe.api_base = fake_stripe_api().await;
-    settings.billing.stripe.api_key = Some(secrecy::SecretString::from("rk_test_genq"));
-    // As the environment gives them: lowercased.
-    settings
-        .billing
-        .stripe
-        .prices
-        .insert("price_1credits100".into(), 100);
-    settings
-        .billing
-        .stripe
-        .prices
-        .insert("price_1credits25".into(), 25);
-    let env = TestEnv::with_settings(settings).await;
-    let mut priced = session("cs_test_prices", Some("pricey"), "pi_prices", "", "paid");
-    priced["metadata"] = json!({});
+    let env = TestEnv::with_settings(priced_settings(fake_stripe_api().await)).await;
+    let priced = session("cs_test_prices", Some("pricey"), "pi_prices", None, "paid");
     assert_eq!(
         env.stripe_signed(&event("evt_prices", "checkout.session.completed", priced))
             .await,
         "credited"
     );
     assert_eq!(env.balances("pricey").await, (225, 0, 0, 0));
-    let mut unknown = session("cs_test_unknown", Some("pricey"), "pi_unknown", "", "paid");
-    unknown["metadata"] = json!({});
+    let unknown = session(
+        "cs_test_unknown",
+        Some("pricey"),
+        "pi_unknown",
+        None,
+        "paid",
+    );
     assert_eq!(
         env.stripe_signed(&event("evt_unknown", "checkout.session.completed", unknown))
             .await,
@@ -721,17 +735,8 @@ async fn mapped_prices_credit_their_line_items_and_an_unknown_price_is_never_gue
     env.cleanup().await;
     // Stripe's API not answering is a 503, so that Stripe sends it again;
     // nothing is recorded meanwhile.
-    let mut settings = stripe_settings();
-    settings.billing.stripe.api_base = "http://127.0.0.1:9".into();
-    settings.billing.stripe.api_key = Some(secrecy::SecretString::from("rk_test_genq"));
-    settings
-        .billing
-        .stripe
-        .prices
-        .insert("price_1credits100".into(), 100);
-    let env = TestEnv::with_settings(settings).await;
-    let mut priced = session("cs_test_later", Some("patient"), "pi_later", "", "paid");
-    priced["metadata"] = json!({});
+    let env = TestEnv::with_settings(priced_settings("http://127.0.0.1:9".into())).await;
+    let priced = session("cs_test_later", Some("patient"), "pi_later", None, "paid");
     let body = event("evt_later", "checkout.session.completed", priced);
     let header = stripe_sign(&[(&body, SECRET, now())]).remove(0);
     let (status, answer) = env.stripe(&body, Some(&header)).await;
@@ -762,13 +767,25 @@ async fn operators_see_payment_events_debts_and_lots_in_genqctl() {
     let buy = event(
         "evt_ctl_buy",
         "checkout.session.completed",
-        session("cs_test_ctl", Some("ctl-user"), "pi_ctl", "50", "paid"),
+        session(
+            "cs_test_ctl",
+            Some("ctl-user"),
+            "pi_ctl",
+            Some("50"),
+            "paid",
+        ),
     );
     assert_eq!(env.stripe_signed(&buy).await, "credited");
     let no_user = event(
         "evt_ctl_nobody",
         "checkout.session.completed",
-        session("cs_test_ctl_nobody", None, "pi_ctl_nobody", "50", "paid"),
+        session(
+            "cs_test_ctl_nobody",
+            None,
+            "pi_ctl_nobody",
+            Some("50"),
+            "paid",
+        ),
     );
     assert_eq!(env.stripe_signed(&no_user).await, "needs_attention");
     let listed = ctl(&["billing", "events", "--attention"]).await;
