@@ -225,7 +225,7 @@ statement() { # name [NAME=SQL...]: the statement, ended for pgbench
   for a in "$@"; do args+=(--set "$a"); done
   printf '%s;\n' "$("$bin/genq-api" print-sql "$name" "${args[@]}")"
 }
-statement submit idempotency_key=NULL model=NULL > "$log/submit-statement.sql"
+statement submit idempotency_key=NULL model=NULL "priority='normal'" > "$log/submit-statement.sql"
 cat "$log/pick.sql" "$log/submit-statement.sql" > "$log/pgbench-submit.sql"
 # The run's allowance as genq binds it (store/src/store/rate.rs).
 interval=$(echo "scale=12; 60 / $GENQ__API__SUBMIT_PER_MINUTE" | bc)
@@ -317,10 +317,10 @@ transition() { # NAME=SQL... of the step; the others NULL
   printf '%s \\aset outbox_\n' "$("$bin/genq-api" print-sql outbox-claim)"
   statement outbox-mark 'ids=ARRAY[:outbox_id::bigint]'
   echo 'COMMIT;'
-  transition from=:claim_from to=:claim_to count_attempt=:yes message=:claim_message
+  transition from=:claim_from to=:claim_to count_attempt=:yes unless_user_limited=:yes message=:claim_message
   transition from=:running_from to=:running_to task_id=:task_id deadline_secs=:job_timeout \
-    count_attempt=:no message=:running_message
-  transition from=:settle_from to=:settle_to result_url=:result_url count_attempt=:no \
+    count_attempt=:no unless_user_limited=:no message=:running_message
+  transition from=:settle_from to=:settle_to result_url=:result_url count_attempt=:no unless_user_limited=:no \
     settle=:settle_kind message=:settle_message video_key=:video_key video_bytes=:video_bytes \
     note_kind=:archived_kind note_message=:archived_message note_data=:archived_data
 } > "$log/pgbench-lifecycle.sql"

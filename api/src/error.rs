@@ -20,6 +20,10 @@ pub enum ApiError {
     /// A 403 that says which role the caller lacks.
     #[error("{0}")]
     ForbiddenFor(String),
+    /// A 403 about one field of the request (`field` names it): the
+    /// caller may not ask for that value.
+    #[error("{}", .0.message)]
+    ForbiddenField(InvalidInput),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -59,7 +63,8 @@ pub struct ErrorBody {
 }
 
 /// `code` is stable and meant for programs; `message` is for people.
-/// Some codes add fields: `field` (invalid_request), `required`,
+/// Some codes add fields: `field` (invalid_request; forbidden about one
+/// field of the request), `required`,
 /// `available` and `job_id` (insufficient_credits).
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
@@ -90,7 +95,9 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden | Self::ForbiddenFor(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Forbidden | Self::ForbiddenFor(_) | Self::ForbiddenField(_) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::InsufficientCredits { .. } => {
@@ -171,7 +178,7 @@ impl IntoResponse for ApiError {
             owed: None,
         };
         match &self {
-            Self::Invalid(i) => {
+            Self::Invalid(i) | Self::ForbiddenField(i) => {
                 detail.field = Some(i.field.clone());
                 detail.message = i.message.clone();
             }

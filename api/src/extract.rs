@@ -87,6 +87,14 @@ pub fn opt_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>
     Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
 }
 
+/// A field that may be absent (`None`), `null` (`Some(None)`) or an
+/// integer; with `#[serde(default)]`.
+pub fn opt_opt_integer<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<i64>>, D::Error> {
+    opt_integer(d).map(Some)
+}
+
 /// The first name between backticks in a serde message (`unknown field `x``).
 fn quoted_name(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;

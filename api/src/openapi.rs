@@ -53,6 +53,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(models::models))
         .routes(routes!(admin::credits::add_credits))
         .routes(routes!(users::diagnose))
+        .routes(routes!(users::set_limits, users::get_limits))
         .routes(routes!(jobs::jobs))
         .routes(routes!(jobs::job))
         .routes(routes!(jobs::job_ledger))

@@ -40,6 +40,8 @@ pub struct AppState {
     /// For RabbitMQ's management API (the console's queue depths); one
     /// client, so its connections are reused.
     pub http: reqwest::Client,
+    /// The providers' caps and the per-user limit (a waiting job's place).
+    pub gate: Arc<genq_store::store::gate::Rules>,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
             ),
             http: reqwest::Client::new(),
             users: known_users(),
+            gate: Arc::new(genq_store::store::gate::Rules::from_settings(&settings)),
             settings: Arc::new(settings),
         })
     }

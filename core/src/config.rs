@@ -4,6 +4,7 @@
 mod billing;
 mod events;
 pub mod keys;
+mod limits;
 mod models;
 mod storage;
 mod web;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use billing::{BillingSettings, StripeSettings};
 pub use events::EventsSettings;
+pub use limits::{LimitsSettings, MAX_ACTIVE_MAX};
 pub use models::{ModelSettings, Price, ProviderChoice, MODEL_NAME_MAX, PRICE_MAX};
 pub use storage::StorageSettings;
 pub use web::WebSettings;
@@ -43,6 +45,8 @@ pub struct Settings {
     pub web: WebSettings,
     /// Money in: the payment provider's webhook.
     pub billing: BillingSettings,
+    /// How much of the providers one user may hold at once.
+    pub limits: LimitsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -756,6 +760,9 @@ impl Settings {
             fail("webhooks.jitter", "must be between 0 and 1")?;
         }
         if let Err((key, why)) = self.storage.check().and_then(|()| self.events.check()) {
+            fail(key, why)?;
+        }
+        if let Err((key, why)) = self.limits.check() {
             fail(key, why)?;
         }
         if let Err((key, why)) = self.web.check() {

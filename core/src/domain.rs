@@ -123,6 +123,36 @@ impl AspectRatio {
     }
 }
 
+/// Whether a job goes ahead: within its user's line, and between users of
+/// the same standing. Only a user given the right may ask for `high`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        match raw {
+            "normal" => Ok(Self::Normal),
+            "high" => Ok(Self::High),
+            _ => Err(InvalidInput::new(
+                "priority",
+                "The priority must be \"normal\" or \"high\".",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+}
+
 /// Length of the video in seconds, within the provider's range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DurationSeconds(u32);
@@ -152,6 +182,7 @@ pub struct VideoRequest {
     pub aspect_ratio: AspectRatio,
     /// The configured model asked for; `None` is the deployment's default.
     pub model: Option<String>,
+    pub priority: Priority,
 }
 
 /// What the provider needs besides the prompt, stored as the job's `params`.
@@ -205,6 +236,9 @@ impl VideoRequest {
         // fingerprint it had before models existed.
         if let Some(model) = &self.model {
             canonical["model"] = model.as_str().into();
+        }
+        if self.priority == Priority::High {
+            canonical["priority"] = self.priority.as_str().into();
         }
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
@@ -295,6 +329,12 @@ impl JobStatus {
         Self::TERMINAL.contains(&self)
     }
 
+    /// Submitting or running: holding a slot of the provider's cap and of
+    /// the user's limit.
+    pub fn is_at_provider(self) -> bool {
+        Self::AT_PROVIDER.contains(&self)
+    }
+
     pub fn is_open(self) -> bool {
         Self::OPEN.contains(&self)
     }
@@ -314,33 +354,43 @@ impl fmt::Display for JobStatus {
     }
 }
 
-/// Stored as text; a value the code does not know is a decoding error, never
-/// silently some other status.
-impl sqlx::Type<sqlx::Postgres> for JobStatus {
-    fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
-    }
+/// Stores an enum as its text; a value the code does not know is a decoding
+/// error, never silently some other value.
+macro_rules! stored_as_text {
+    ($ty:ty, $what:literal, $parse:expr) => {
+        impl sqlx::Type<sqlx::Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
 
-    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
-    }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $ty {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let raw = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                let parse: fn(&str) -> Option<$ty> = $parse;
+                parse(raw).ok_or_else(|| format!(concat!("unknown ", $what, " {:?}"), raw).into())
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+    };
 }
 
-impl<'r> sqlx::Decode<'r, sqlx::Postgres> for JobStatus {
-    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        let raw = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
-        JobStatus::parse(raw).ok_or_else(|| format!("unknown job status {raw:?}").into())
-    }
-}
-
-impl sqlx::Encode<'_, sqlx::Postgres> for JobStatus {
-    fn encode_by_ref(
-        &self,
-        buf: &mut sqlx::postgres::PgArgumentBuffer,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
-    }
-}
+stored_as_text!(JobStatus, "job status", JobStatus::parse);
+stored_as_text!(Priority, "priority", |raw| Priority::parse(raw).ok());
 
 /// What one job event records: a change of status, or a note on the way
 /// (stored in `job_events.kind`; shown as text in a job's timeline and its
@@ -512,6 +562,7 @@ mod tests {
             duration: DurationSeconds::default(),
             aspect_ratio: AspectRatio::Landscape,
             model: None,
+            priority: Priority::Normal,
         };
         let mut b = a.clone();
         assert_eq!(a.fingerprint(), b.fingerprint());
@@ -527,6 +578,9 @@ mod tests {
         let mut c = a.clone();
         c.model = Some("fast".into());
         assert_ne!(a.fingerprint(), c.fingerprint());
+        let mut d = a.clone();
+        d.priority = Priority::High;
+        assert_ne!(a.fingerprint(), d.fingerprint());
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum StartMessage {
         /// 1 for the first try; retries after transient errors count up.
         attempt: u32,
     },
+    /// The job waited in a line and was granted a slot: the gate already
+    /// claimed it for `attempt` (it is `submitting`); submit it, no claim.
+    Granted { job_id: Uuid, attempt: u32 },
 }
 
 /// The payload of the poll queue: ask the provider how the task is doing.
@@ -59,7 +62,7 @@ impl StartMessage {
 
     pub fn job_id(&self) -> Uuid {
         match self {
-            Self::Start { job_id, .. } => *job_id,
+            Self::Start { job_id, .. } | Self::Granted { job_id, .. } => *job_id,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! `genqctl`: the operator CLI over genq's database and broker — diagnose a
 //! user, grant credits, show and list jobs, work the dead-letter archive,
-//! manage webhooks, verify the ledger, read payment events and waive debts.
+//! manage webhooks, verify the ledger, read payment events, waive debts and
+//! set a user's limits.
 //! Tables for people, `--json` for scripts.
 
 mod billing;
 mod dlq;
+mod users;
 mod webhooks;
 
 use std::fmt::Write as _;
@@ -57,6 +59,32 @@ pub enum Command {
     /// The payment provider's events.
     #[command(subcommand)]
     Billing(BillingCmd),
+    /// A user's limits.
+    #[command(subcommand)]
+    Users(UsersCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCmd {
+    /// Show or set how many of a user's jobs may be at the provider at once,
+    /// and whether they may ask for high priority (audited).
+    Limit {
+        #[command(flatten)]
+        user: UserArg,
+        /// At most this many at once (0: no limit), or `default` for the
+        /// deployment's limits.max_active_per_user.
+        #[arg(long)]
+        max_active: Option<String>,
+        /// Allow (`true`) or refuse (`false`) `priority: high`.
+        #[arg(long)]
+        priority: Option<bool>,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who is acting (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -312,6 +340,22 @@ pub async fn execute(cli: &Cli, settings: &Settings, pool: &PgPool) -> anyhow::R
             actor,
         }) => billing::waive(cli.json, pool, user, *amount, reason, actor).await,
         Command::Credits(cmd) => credits(cli.json, settings, pool, cmd).await,
+        Command::Users(UsersCmd::Limit {
+            user,
+            max_active,
+            priority,
+            reason,
+            actor,
+        }) => {
+            let args = users::LimitArgs {
+                user,
+                max_active: max_active.as_deref(),
+                priority: *priority,
+                reason: reason.as_deref(),
+                who: actor,
+            };
+            users::limit(cli.json, settings, pool, args).await
+        }
         Command::Billing(BillingCmd::Events { attention, limit }) => {
             billing::events(cli.json, pool, *attention, *limit).await
         }

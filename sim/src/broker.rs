@@ -185,6 +185,9 @@ pub fn describe(msg: &Msg, alias: impl Fn(uuid::Uuid) -> String) -> String {
             Ok(StartMessage::Start { job_id, attempt }) => {
                 format!("start {} #{attempt}", alias(job_id))
             }
+            Ok(StartMessage::Granted { job_id, attempt }) => {
+                format!("granted {} #{attempt}", alias(job_id))
+            }
             Err(_) => "start <malformed>".into(),
         },
         WorkQueue::Poll => match serde_json::from_slice::<PollMessage>(&msg.body) {

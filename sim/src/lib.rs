@@ -16,7 +16,7 @@ use genq_broker::{Publisher, Topology};
 use genq_core::bugs::{self, Switch};
 use genq_core::config::Settings;
 use genq_core::domain::{
-    AspectRatio, DurationSeconds, JobStatus, LedgerKind, Prompt, VideoRequest,
+    AspectRatio, DurationSeconds, JobStatus, LedgerKind, Priority, Prompt, VideoRequest,
 };
 use genq_providers::provider::Providers;
 use genq_providers::storage::VideoStore;
@@ -62,7 +62,10 @@ pub struct Outcome {
 /// whole run; each seed starts from empty tables.
 pub struct Env {
     pub pool: PgPool,
+    /// The handler of seeds without caps or limits; a seed with them runs
+    /// a copy built with its own.
     pub handler: Handler,
+    adapter: Arc<SimProvider>,
     pub world: Shared,
     broker: Broker,
     connection: lapin::Connection,
@@ -152,7 +155,7 @@ impl Env {
             world: world.clone(),
             pool: pool.clone(),
         });
-        let providers = Providers::build(&settings, Some(adapter))?;
+        let providers = Providers::build(&settings, Some(adapter.clone()))?;
         let connection = genq_broker::connect(&settings).await?;
         let publisher = Publisher::new(&connection).await?;
         let topology = Topology::new(&settings);
@@ -180,6 +183,7 @@ impl Env {
         Ok(Self {
             pool,
             handler,
+            adapter,
             world,
             broker,
             connection,
@@ -234,8 +238,15 @@ impl Env {
 /// Runs `seed`: `steps` steps with faults, then the quiet phase.
 pub async fn run_seed(env: &Env, seed: u64, steps: u64) -> anyhow::Result<Outcome> {
     env.reset(seed).await?;
+    let gate = Gate::roll(seed);
+    let handler = gate.handler(env)?;
     let mut run = Run {
         env,
+        handler,
+        gate,
+        passed: BTreeMap::new(),
+        dispatched: false,
+        dispatched_idle: false,
         msgs: vec![],
         users: vec![],
         keys: vec![],
@@ -293,8 +304,83 @@ enum Mode {
 
 type Check = anyhow::Result<Option<String>>;
 
+/// The lines before a step: each waiting job (id, user, high), and what
+/// the provider and each user hold.
+struct Lines {
+    waiting: Vec<(Uuid, Uuid, bool)>,
+    provider_active: i64,
+    user_active: BTreeMap<Uuid, i64>,
+}
+
+/// A seed's caps, limits and priorities, from its own generator (so a seed
+/// without them makes the same choices as before they existed).
+#[derive(Debug, Clone, Default)]
+struct Gate {
+    /// The provider's `max_concurrent` (0: none).
+    cap: u32,
+    /// `limits.max_active_per_user` (0: none).
+    limit: u32,
+    /// u1's own limit: `Some(n)` (0: none for u1), `None`: the default.
+    u1_limit: Option<i32>,
+    /// u0 may ask for high priority.
+    u0_priority: bool,
+}
+
+impl Gate {
+    fn roll(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6761_7465);
+        if rng.random_range(0..3) == 0 {
+            return Self::default();
+        }
+        Self {
+            cap: [0, 1, 2, 3][rng.random_range(0..4)],
+            limit: [0, 0, 1, 2][rng.random_range(0..4)],
+            u1_limit: [None, None, Some(1), Some(0)][rng.random_range(0..4)],
+            u0_priority: rng.random_range(0..2) == 0,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.cap > 0 || self.limit > 0 || self.u1_limit.is_some() || self.u0_priority
+    }
+
+    fn handler(&self, env: &Env) -> anyhow::Result<Handler> {
+        if !self.any() {
+            return Ok(env.handler.clone());
+        }
+        let mut settings = env.settings.clone();
+        settings.provider.max_concurrent = self.cap;
+        settings.limits.max_active_per_user = self.limit;
+        let providers = Providers::build(&settings, Some(env.adapter.clone()))?;
+        Ok(Handler {
+            providers: Arc::new(providers),
+            settings: Arc::new(settings),
+            ..env.handler.clone()
+        })
+    }
+
+    /// The limit that applies to user `i` (0: none).
+    fn limit_of(&self, i: usize) -> u32 {
+        match (i, self.u1_limit) {
+            (1, Some(n)) => n as u32,
+            _ => self.limit,
+        }
+    }
+}
+
 struct Run<'a> {
     env: &'a Env,
+    /// The seed's handler (its caps and limits).
+    handler: Handler,
+    gate: Gate,
+    /// Per (provider, user) line: turns granted to other users' lines of
+    /// the same standing while it could have been served (the fairness
+    /// bound: at most one per other user).
+    passed: BTreeMap<(String, Uuid), u32>,
+    /// Whether the step was a dispatch (the only step that may grant).
+    dispatched: bool,
+    /// In the quiet phase: a dispatch found nothing since the last message.
+    dispatched_idle: bool,
     /// What the broker holds for delivery.
     msgs: Vec<Msg>,
     users: Vec<Uuid>,
@@ -333,12 +419,18 @@ impl Run<'_> {
                 .push(store::ensure_user(&self.env.pool, &who, credits).await?);
             self.note(format!("user u{i} with {credits} credits"));
         }
+        self.set_up_gate().await?;
         for _ in 0..steps {
             self.steps += 1;
+            let before = self.lines().await?;
+            self.dispatched = false;
             if let Some(v) = self.fault_step().await? {
                 return Ok(Some(self.at(v)));
             }
             if let Some(v) = self.after_step().await? {
+                return Ok(Some(self.at(v)));
+            }
+            if let Some(v) = self.check_gate(before).await? {
                 return Ok(Some(self.at(v)));
             }
         }
@@ -363,6 +455,7 @@ impl Run<'_> {
                 };
                 self.deliver(mode).await
             }
+            36..46 if self.gate.any() && self.roll(3) == 0 => self.dispatch().await,
             36..46 => self.relay().await,
             46..51 => self.sweep().await,
             51..56 => self.age().await,
@@ -386,7 +479,7 @@ impl Run<'_> {
 
     /// Runs the handler on `msg`: `Ok(Ok(crashed))`, or the violation.
     async fn handle(&self, msg: Msg) -> anyhow::Result<Result<bool, String>> {
-        let step = AssertUnwindSafe(self.env.handler.handle(msg.queue(), &msg.body))
+        let step = AssertUnwindSafe(self.handler.handle(msg.queue(), &msg.body))
             .catch_unwind()
             .await;
         Ok(match step {
@@ -462,7 +555,7 @@ impl Run<'_> {
 
     async fn relay(&mut self) -> Check {
         let batch = 1 + self.roll(4) as i64;
-        let h = &self.env.handler;
+        let h = &self.handler;
         if self.roll(5) == 0 {
             // The relay's own steps up to a crash after the confirms and
             // before marking the rows: they are published again later.
@@ -496,7 +589,7 @@ impl Run<'_> {
     }
 
     async fn sweep(&mut self) -> Check {
-        let report = sweeper::sweep_once(&self.env.handler, false).await?;
+        let report = sweeper::sweep_once(&self.handler, false).await?;
         self.note(format!("{:>4} sweep -> {report:?}", self.steps));
         Ok(None)
     }
@@ -590,6 +683,12 @@ impl Run<'_> {
             duration: DurationSeconds::parse(5).map_err(|e| anyhow::anyhow!("{e:?}"))?,
             aspect_ratio: AspectRatio::Landscape,
             model: None,
+            // Part of the request: a repeat under the same key asks the same.
+            priority: if user == 0 && self.gate.u0_priority && variant == 1 {
+                Priority::High
+            } else {
+                Priority::Normal
+            },
         };
         let s = &self.env.settings;
         let new = NewSubmission {
@@ -891,6 +990,181 @@ impl Run<'_> {
         Ok(None)
     }
 
+    /// The seed's own limits and rights, as an operator sets them.
+    async fn set_up_gate(&mut self) -> anyhow::Result<()> {
+        let g = self.gate.clone();
+        if !g.any() {
+            return Ok(());
+        }
+        self.note(format!(
+            "gate: cap {}, limit {}, u1's limit {:?}, u0 may ask for high priority: {}",
+            g.cap, g.limit, g.u1_limit, g.u0_priority
+        ));
+        let set = [
+            (
+                1,
+                store::gate::LimitsChange {
+                    max_active: g.u1_limit.map(Some),
+                    priority: None,
+                },
+            ),
+            (
+                0,
+                store::gate::LimitsChange {
+                    max_active: None,
+                    priority: g.u0_priority.then_some(true),
+                },
+            ),
+        ];
+        for (i, change) in set {
+            if change.max_active.is_some() || change.priority.is_some() {
+                store::gate::set_user_limits(
+                    &self.env.pool,
+                    self.users[i],
+                    &change,
+                    "sim-admin",
+                    None,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&mut self) -> Check {
+        self.dispatched = true;
+        let d = genq_worker::gate::dispatch_once(&self.handler).await?;
+        let granted: Vec<String> = d.granted.iter().map(|g| self.alias(g.job_id)).collect();
+        self.note(format!(
+            "{:>4} dispatch -> granted [{}]",
+            self.steps,
+            granted.join(", ")
+        ));
+        Ok(None)
+    }
+
+    /// The waiting jobs and who could be served, before a step.
+    async fn lines(&self) -> anyhow::Result<Option<Lines>> {
+        if !self.gate.any() {
+            return Ok(None);
+        }
+        let waiting: Vec<(Uuid, Uuid, bool)> = sqlx::query_as(
+            "SELECT id, user_id, priority = 'high' FROM jobs WHERE waiting AND status = 'queued'",
+        )
+        .fetch_all(&self.env.pool)
+        .await?;
+        let (provider_active, user_active) = self.at_provider().await?;
+        Ok(Some(Lines {
+            waiting,
+            provider_active,
+            user_active,
+        }))
+    }
+
+    /// Jobs at the provider, and per user.
+    async fn at_provider(&self) -> anyhow::Result<(i64, BTreeMap<Uuid, i64>)> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "SELECT user_id, count(*) FROM jobs WHERE status IN {} GROUP BY user_id",
+            JobStatus::sql_list(&JobStatus::AT_PROVIDER)
+        ))
+        .fetch_all(&self.env.pool)
+        .await?;
+        Ok((rows.iter().map(|r| r.1).sum(), rows.into_iter().collect()))
+    }
+
+    /// The gate's invariants after a step: no provider over its cap, no
+    /// user over their limit, nobody leaving a line but by a grant (or an
+    /// end), no normal job granted before an eligible high one, and at most
+    /// one turn of each other user's line before an eligible line's next.
+    async fn check_gate(&mut self, before: Option<Lines>) -> Check {
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        let (active, per_user) = self.at_provider().await?;
+        if self.gate.cap > 0 && active > i64::from(self.gate.cap) {
+            return Ok(Some(format!(
+                "{active} jobs at the provider over its cap of {}",
+                self.gate.cap
+            )));
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            let limit = self.gate.limit_of(i);
+            let n = per_user.get(u).copied().unwrap_or(0);
+            if limit > 0 && n > i64::from(limit) {
+                return Ok(Some(format!(
+                    "u{i} has {n} jobs at the provider over a limit of {limit}"
+                )));
+            }
+        }
+        let ids: Vec<Uuid> = before.waiting.iter().map(|w| w.0).collect();
+        // Only a grant moves a waiting job on to the provider (a cancel or
+        // the maximum age end it).
+        let started: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE id = ANY($1) AND status IN {}",
+            JobStatus::sql_list(&JobStatus::AT_PROVIDER)
+        ))
+        .bind(&ids)
+        .fetch_all(&self.env.pool)
+        .await?;
+        let granted: Vec<&(Uuid, Uuid, bool)> = before
+            .waiting
+            .iter()
+            .filter(|w| started.contains(&w.0))
+            .collect();
+        if granted.is_empty() {
+            return Ok(None);
+        }
+        if !self.dispatched {
+            return Ok(Some(format!(
+                "{} left its line without a grant",
+                self.alias(granted[0].0)
+            )));
+        }
+        let provider = self.env.settings.provider.name.clone();
+        let room = |limit: u32, used: i64| limit == 0 || used < i64::from(limit);
+        let provider_room = room(self.gate.cap, before.provider_active);
+        for (i, u) in self.users.iter().enumerate() {
+            let mine: Vec<&(Uuid, Uuid, bool)> =
+                before.waiting.iter().filter(|w| w.1 == *u).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let high = mine.iter().any(|w| w.2);
+            let eligible = provider_room
+                && room(
+                    self.gate.limit_of(i),
+                    before.user_active.get(u).copied().unwrap_or(0),
+                );
+            let served = granted.iter().any(|g| g.1 == *u);
+            let key = (provider.clone(), *u);
+            if served {
+                self.passed.remove(&key);
+                continue;
+            }
+            if !eligible || self.gate.cap == 0 {
+                continue;
+            }
+            for g in granted.iter().filter(|g| g.1 != *u) {
+                if high && !g.2 {
+                    return Ok(Some(format!(
+                        "{} (normal) was granted before u{i}'s high-priority job",
+                        self.alias(g.0)
+                    )));
+                }
+                if g.2 == high {
+                    *self.passed.entry(key.clone()).or_default() += 1;
+                }
+            }
+            let passed = self.passed.get(&key).copied().unwrap_or(0);
+            if passed as usize > USERS - 1 {
+                return Ok(Some(format!(
+                    "u{i}'s line was passed over {passed} times while it could be served"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// Collects what the step published, then checks every invariant.
     async fn after_step(&mut self) -> Check {
         let drained = self.env.broker.drain(&self.env.pool).await?;
@@ -945,7 +1219,10 @@ impl Run<'_> {
         let mut sweeps = 0;
         for _ in 0..QUIESCE_BOUND {
             self.steps += 1;
+            let before = self.lines().await?;
+            self.dispatched = false;
             if !self.msgs.is_empty() {
+                self.dispatched_idle = false;
                 let msg = self.msgs.remove(0);
                 let what = {
                     let w = lock(&self.env.world);
@@ -956,11 +1233,19 @@ impl Run<'_> {
                     return Ok(Some(self.at(v)));
                 }
             } else {
-                let h = &self.env.handler;
+                let h = &self.handler;
                 let n = relay::relay_once(&h.pool, &h.publisher, &h.topology, 200).await?;
+                let waiting = before.as_ref().is_some_and(|l| !l.waiting.is_empty());
                 if n > 0 {
+                    self.dispatched_idle = false;
                     self.note(format!("{:>4} relay -> {n} published", self.steps));
+                } else if waiting && !self.dispatched_idle {
+                    // Slots freed: the dispatcher grants them (once per
+                    // quiet spell; then the clock moves).
+                    self.dispatch().await?;
+                    self.dispatched_idle = true;
                 } else {
+                    self.dispatched_idle = false;
                     let open: Vec<Uuid> = sqlx::query_scalar(&format!(
                         "SELECT id FROM jobs WHERE status IN {} ORDER BY id",
                         open_statuses()
@@ -985,7 +1270,7 @@ impl Run<'_> {
                     ))
                     .execute(&self.env.pool)
                     .await?;
-                    let report = sweeper::sweep_once(&self.env.handler, false).await?;
+                    let report = sweeper::sweep_once(&self.handler, false).await?;
                     self.note(format!(
                         "{:>4} clock: {} open job(s) age; sweep -> {report:?}",
                         self.steps,
@@ -994,6 +1279,9 @@ impl Run<'_> {
                 }
             }
             if let Some(v) = self.after_step().await? {
+                return Ok(Some(self.at(v)));
+            }
+            if let Some(v) = self.check_gate(before).await? {
                 return Ok(Some(self.at(v)));
             }
         }

@@ -701,8 +701,43 @@ function renderSystem(s: SystemView): void {
     el('h3', 'Failures by code (last 24 h)'), bars(s.failures_by_code, 'Failures by code'),
     el('h3', 'Dead letters per hour (last 24 h, UTC)'), bars(perHour(s.dead_letters_per_hour), 'Dead letters per hour'),
   );
+  renderLines(s.lines);
   renderQueues(s.queues);
   renderVerification(s.last_verification ?? null);
+}
+
+/** Each capped provider: its slots in use, and who waits for them. */
+function renderLines(lines: SystemView['lines']): void {
+  const box = $('system-lines');
+  if (lines.length === 0) {
+    box.replaceChildren(el('p', 'No provider has a cap, and nobody waits.', { class: 'help', 'data-role': 'lines-none' }));
+    return;
+  }
+  const table = el('table', undefined, { 'data-role': 'lines' });
+  const head = el('tr');
+  for (const h of ['Provider', 'In flight', 'Cap', 'Per minute', 'Waiting jobs', 'Waiting users', 'Longest lines']) head.append(el('th', h));
+  table.append(head);
+  for (const p of lines) {
+    const tr = el('tr');
+    const longest = p.longest_lines
+      .map((l) => `${l.email ?? l.user_id}: ${l.waiting}${l.high > 0 ? ` (${l.high} high)` : ''}`)
+      .join(', ');
+    const cells = [
+      p.provider,
+      String(p.in_flight),
+      p.max_concurrent === 0 ? 'none' : String(p.max_concurrent),
+      p.max_per_minute === 0 ? 'none' : String(p.max_per_minute),
+      String(p.waiting_jobs),
+      String(p.waiting_users),
+      longest || '—',
+    ];
+    for (const c of cells) tr.append(el('td', c));
+    table.append(tr);
+  }
+  box.replaceChildren(
+    table,
+    el('p', 'A freed slot goes to the waiting user whose last turn at that provider is oldest (high priority first).', { class: 'help' }),
+  );
 }
 
 /** Depths and consumers from RabbitMQ's management API, or why not. */

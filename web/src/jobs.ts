@@ -101,6 +101,13 @@ export class JobList {
     return this.rows.get(id)?.job;
   }
 
+  /** Jobs waiting in line with a known place: their place changes as others start. */
+  waitingIds(): string[] {
+    return [...this.rows.values()]
+      .filter((r) => r.job.status === 'queued' && r.job.queue_position != null)
+      .map((r) => r.job.id);
+  }
+
   /** Open jobs: the ones a poll must watch when live updates are down. */
   openIds(): string[] {
     return [...this.rows.values()].filter((r) => !isTerminal(r.job.status)).map((r) => r.job.id);
@@ -270,7 +277,10 @@ export class JobList {
     switch (job.status) {
       case 'rejected':
         return `${reason ?? 'Refused'}. No credits were taken.`;
-      case 'queued':
+      case 'queued': {
+        const note = row.note ?? `${credits(job.cost)} reserved.`;
+        return job.queue_position != null ? `${note} Place in line: ${job.queue_position}.` : note;
+      }
       case 'submitting':
       case 'running':
         return row.note ?? `${credits(job.cost)} reserved.`;

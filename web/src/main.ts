@@ -500,6 +500,16 @@ async function loadJobs(append = false): Promise<void> {
 
 ui.more.addEventListener('click', () => void loadJobs(true));
 
+/** How often the places of jobs waiting in line are read again. */
+const PLACES_EVERY_MS = 5_000;
+/** At most this many jobs' places per round. */
+const PLACES_MAX = 10;
+
+window.setInterval(() => {
+  if (!state.signedIn || document.visibilityState !== 'visible') return;
+  for (const id of jobs.waitingIds().slice(0, PLACES_MAX)) void refreshJob(id);
+}, PLACES_EVERY_MS);
+
 async function refreshJob(id: string): Promise<void> {
   const result = await getGeneration({ path: { id } });
   if (result.data && state.signedIn) jobs.upsert(result.data);
@@ -533,6 +543,8 @@ function onJobEvent(frame: JobEventView): void {
 
 function applyFrame(frame: JobEventView, forwardOnly: boolean): void {
   const changed = jobs.applyEvent(frame, forwardOnly);
+  // Waiting in line: the job's place comes with the job.
+  if (frame.kind === 'waiting') void refreshJob(frame.job_id);
   if (!changed) return;
   void refreshCredits();
   if (frame.to_status && isTerminal(frame.to_status)) {

@@ -96,6 +96,9 @@ impl Handler {
         match queue {
             WorkQueue::Start => match serde_json::from_slice::<StartMessage>(body) {
                 Ok(StartMessage::Start { job_id, attempt }) => self.start(job_id, attempt).await,
+                Ok(StartMessage::Granted { job_id, attempt }) => {
+                    self.granted(job_id, attempt).await
+                }
                 Err(e) => self.malformed(queue, body, &e.to_string()).await,
             },
             WorkQueue::Poll => match serde_json::from_slice::<PollMessage>(body) {
@@ -161,7 +164,8 @@ impl Handler {
         }
     }
 
-    /// start: submit to the provider (the job ID is the idempotency key),
+    /// start: claim the job (through the gate when it may have to wait),
+    /// then submit it to the provider (the job ID is the idempotency key),
     /// record the task ID, mark the job running and schedule its first poll.
     #[tracing::instrument(skip(self), fields(user_id))]
     pub async fn start(&self, job_id: Uuid, attempt: u32) -> Step {
@@ -175,45 +179,91 @@ impl Handler {
             format!("Submitting to the provider (attempt {attempt})."),
         );
         claim.count_attempt = true;
-        let next = StartMessage::Start {
-            job_id,
-            attempt: attempt + 1,
-        };
-        let (job, provider) = if self.providers.any_caps() {
+        let claimed = if self.providers.rules().any() {
             let Some(job) = self.load(WorkQueue::Start, job_id, &body).await? else {
                 return Ok(());
             };
-            if !from.contains(&job.status) {
-                tracing::debug!(status = %job.status, "start message for a job past submission; dropped");
-                return Ok(());
-            }
-            match self.providers.for_job(job.provider.as_deref()).cloned() {
-                // Within the provider's caps, or back to the queue to wait.
-                Some(provider) => match self.claim(&provider, &claim, attempt).await? {
-                    Some(job) => (job, Some(provider)),
-                    None => return Ok(()),
-                },
-                None => match store::transition(&self.pool, &claim).await? {
-                    Some((job, _)) => (job, None),
-                    None => return Ok(()),
-                },
-            }
+            self.claim_loaded(&job, &claim).await?
         } else {
-            // No provider is capped: the claim is the step's first statement
-            // and reads the job as it moves it (a round trip less).
+            // Nothing is capped: unless the user has a limit of their own,
+            // the claim is the step's first statement and reads the job as
+            // it moves it (a round trip less).
+            claim.unless_user_limited = true;
             match store::transition(&self.pool, &claim).await? {
                 Some((job, _)) => {
                     let provider = self.providers.for_job(job.provider.as_deref()).cloned();
-                    (job, provider)
+                    Some((job, provider))
                 }
-                None => {
-                    // Past submission (a duplicate message), or no such job.
-                    if self.load(WorkQueue::Start, job_id, &body).await?.is_some() {
-                        tracing::debug!("start message for a job past submission; dropped");
+                // Past submission (a duplicate message), no such job, or a
+                // user with a limit of their own.
+                None => match self.load(WorkQueue::Start, job_id, &body).await? {
+                    Some(job) => {
+                        claim.unless_user_limited = false;
+                        self.claim_loaded(&job, &claim).await?
                     }
-                    return Ok(());
-                }
+                    None => None,
+                },
             }
+        };
+        let Some((job, provider)) = claimed else {
+            return Ok(());
+        };
+        self.submit_claimed(job, provider, attempt).await
+    }
+
+    /// The claim of a loaded job: through the gate when its provider is
+    /// known; `None` when it is not to be submitted now.
+    async fn claim_loaded(
+        &self,
+        job: &Job,
+        claim: &Transition<'_>,
+    ) -> Result<Option<(Job, Option<ConfiguredProvider>)>, InfraError> {
+        if !claim.from.contains(&job.status) {
+            tracing::debug!(status = %job.status, "start message for a job past submission; dropped");
+            return Ok(None);
+        }
+        Ok(
+            match self.providers.for_job(job.provider.as_deref()).cloned() {
+                Some(provider) => self
+                    .claim_through_gate(job, &provider, claim)
+                    .await?
+                    .map(|job| (job, Some(provider))),
+                // Claimed so the attempt counts (see `submit_claimed`).
+                None => store::transition(&self.pool, claim)
+                    .await?
+                    .map(|(job, _)| (job, None)),
+            },
+        )
+    }
+
+    /// granted: the dispatcher claimed the job for `attempt` when a slot
+    /// freed; submit it unless it moved on since (a duplicate, a cancel).
+    #[tracing::instrument(skip(self), fields(user_id))]
+    pub async fn granted(&self, job_id: Uuid, attempt: u32) -> Step {
+        let body =
+            serde_json::to_vec(&StartMessage::Granted { job_id, attempt }).expect("serializes");
+        let Some(job) = self.load(WorkQueue::Start, job_id, &body).await? else {
+            return Ok(());
+        };
+        if job.status != JobStatus::Submitting || job.attempts != attempt as i32 {
+            tracing::debug!(status = %job.status, attempts = job.attempts, "granted message for a job that moved on; dropped");
+            return Ok(());
+        }
+        let provider = self.providers.for_job(job.provider.as_deref()).cloned();
+        self.submit_claimed(job, provider, attempt).await
+    }
+
+    /// Submits a job claimed for `attempt` (it is `submitting`).
+    async fn submit_claimed(
+        &self,
+        job: Job,
+        provider: Option<ConfiguredProvider>,
+        attempt: u32,
+    ) -> Step {
+        let job_id = job.id;
+        let next = StartMessage::Start {
+            job_id,
+            attempt: attempt + 1,
         };
         tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
         let Some(provider) = provider else {

@@ -2,7 +2,7 @@
 //! and settlement, webhook deliveries, and the worker's `/metrics`.
 
 pub mod archive;
-pub mod caps;
+pub mod gate;
 pub mod handler;
 pub mod relay;
 pub mod runner;

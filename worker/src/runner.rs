@@ -183,6 +183,7 @@ impl Runner {
             Duration::from_millis(self.settings.worker.sweep_interval_ms),
             session_over.clone(),
         ));
+        let dispatcher = tokio::spawn(crate::gate::run(handler.clone(), session_over.clone()));
         let archiver = match connection.create_channel().await {
             Ok(ch) => tokio::spawn(archive_dead_letters(
                 ch,
@@ -220,6 +221,7 @@ impl Runner {
                     in_flight.abort_all();
                     relay.abort();
                     sweeper.abort();
+                    dispatcher.abort();
                     archiver.abort();
                     return SessionEnd::Stopped;
                 }
@@ -288,6 +290,7 @@ impl Runner {
             let _ = relay.await;
         }
         let _ = sweeper.await;
+        let _ = dispatcher.await;
         if !archiver_ended {
             let _ = archiver.await;
         }

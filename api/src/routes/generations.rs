@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use genq_core::config::{ProviderChoice, Settings};
-use genq_core::domain::{AspectRatio, DurationSeconds, JobStatus, Prompt, VideoRequest};
+use genq_core::domain::{
+    AspectRatio, DurationSeconds, InvalidInput, JobStatus, Priority, Prompt, VideoRequest,
+};
 use genq_store::store::{
     self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
 };
@@ -52,6 +54,12 @@ pub struct CreateGeneration {
         example = "fast"
     )]
     pub model: Option<String>,
+    /// "normal" (default) or "high": ahead of the caller's normal jobs, and
+    /// of users without high jobs, when a provider's slots are scarce. Only
+    /// for users an operator (or their plan) gave priority; others get a
+    /// 403 naming `priority`.
+    #[schema(value_type = Option<Priority>, example = "normal")]
+    pub priority: Option<String>,
 }
 
 impl CreateGeneration {
@@ -67,6 +75,10 @@ impl CreateGeneration {
                 None => AspectRatio::default(),
             },
             model: self.model,
+            priority: match self.priority.as_deref() {
+                Some(p) => Priority::parse(p)?,
+                None => Priority::default(),
+            },
         })
     }
 }
@@ -97,6 +109,14 @@ pub struct JobView {
     /// never the provider's link, which expires).
     pub result_url: Option<String>,
     pub error: Option<JobError>,
+    pub priority: Priority,
+    /// While the job waits in line for a slot (its provider's cap or the
+    /// caller's limit): its place, 1 being next. Only on
+    /// `GET /v1/generations/{id}`; an estimate that holds if nothing else
+    /// arrives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub queue_position: Option<i64>,
     /// The timeline; only on `GET /v1/generations/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<JobEventView>>,
@@ -121,6 +141,8 @@ impl JobView {
             provider_task_id: job.provider_task_id,
             result_url: job.video_key.as_ref().map(|_| video_path(job.id)),
             error,
+            priority: job.priority,
+            queue_position: None,
             events: None,
         }
     }
@@ -185,6 +207,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 400, description = "Invalid body or Idempotency-Key (`field` names it)", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 402, description = "Not enough credits (`insufficient_credits`, with `required` and `available`), or credits owed from a reversed payment (`credits_owed`, with `owed`); the attempt is recorded as a rejected job", body = ErrorBody),
+        (status = 403, description = "`priority: high` without the right to it (`field` is `priority`); nothing is recorded", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 429, description = "Too many submissions; see Retry-After", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before submitting again"))),
@@ -202,6 +225,17 @@ pub async fn create(
     let request = body.parse()?;
     // The price and provider come from configuration, never from the client.
     let choice = provider_for(&state.settings, request.model.as_deref())?;
+    if request.priority == Priority::High {
+        let allowed = store::gate::user_limits(&state.pool, user.id)
+            .await?
+            .is_some_and(|l| l.priority);
+        if !allowed {
+            return Err(ApiError::ForbiddenField(InvalidInput::new(
+                "priority",
+                "High priority is not on your plan; leave priority out (or \"normal\").",
+            )));
+        }
+    }
     // An allowance kept in Postgres is taken by the submitting statement
     // itself (one round trip, and a refusal changes nothing); one kept in
     // memory, here.
@@ -324,7 +358,10 @@ pub async fn get(
         .filter(|j| j.user_id == user.id)
         .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
     let events = store::job_events(&state.pool, id).await?;
-    Ok(Json(JobView::from_job(job).with_events(events)))
+    let position = store::gate::queue_position(&state.pool, &job, &state.gate).await?;
+    let mut view = JobView::from_job(job).with_events(events);
+    view.queue_position = position;
+    Ok(Json(view))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

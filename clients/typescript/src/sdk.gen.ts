@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminCancelJobData, AdminCancelJobErrors, AdminCancelJobResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminJobLedgerData, AdminJobLedgerErrors, AdminJobLedgerResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, LastLedgerVerificationData, LastLedgerVerificationErrors, LastLedgerVerificationResponses, ListBillingEventsData, ListBillingEventsErrors, ListBillingEventsResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListModelsData, ListModelsErrors, ListModelsResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, StripeWebhookData, StripeWebhookErrors, StripeWebhookResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses, WaiveOwedData, WaiveOwedErrors, WaiveOwedResponses } from './types.gen';
+import type { AddCreditsData, AddCreditsErrors, AddCreditsResponses, AdminCancelJobData, AdminCancelJobErrors, AdminCancelJobResponses, AdminGetJobData, AdminGetJobErrors, AdminGetJobResponses, AdminJobLedgerData, AdminJobLedgerErrors, AdminJobLedgerResponses, AdminListJobsData, AdminListJobsErrors, AdminListJobsResponses, CancelGenerationData, CancelGenerationErrors, CancelGenerationResponses, CreateGenerationData, CreateGenerationErrors, CreateGenerationResponses, CreateStreamTokenData, CreateStreamTokenErrors, CreateStreamTokenResponses, CreateWebhookData, CreateWebhookErrors, CreateWebhookResponses, DeleteWebhookData, DeleteWebhookErrors, DeleteWebhookResponses, DevSignInData, DevSignInErrors, DevSignInResponses, DiagnoseUserData, DiagnoseUserErrors, DiagnoseUserResponses, DiscardDeadLetterData, DiscardDeadLetterErrors, DiscardDeadLetterResponses, GetCreditsData, GetCreditsErrors, GetCreditsResponses, GetDeadLetterData, GetDeadLetterErrors, GetDeadLetterResponses, GetGenerationData, GetGenerationErrors, GetGenerationResponses, GetGenerationVideoData, GetGenerationVideoErrors, GetGenerationVideoResponses, GetUserLimitsData, GetUserLimitsErrors, GetUserLimitsResponses, GetWebConfigData, GetWebConfigResponses, GetWebhookData, GetWebhookDeliveryData, GetWebhookDeliveryErrors, GetWebhookDeliveryResponses, GetWebhookErrors, GetWebhookResponses, HealthzData, HealthzResponses, LastLedgerVerificationData, LastLedgerVerificationErrors, LastLedgerVerificationResponses, ListBillingEventsData, ListBillingEventsErrors, ListBillingEventsResponses, ListDeadLettersData, ListDeadLettersErrors, ListDeadLettersResponses, ListGenerationsData, ListGenerationsErrors, ListGenerationsResponses, ListLedgerEntriesData, ListLedgerEntriesErrors, ListLedgerEntriesResponses, ListModelsData, ListModelsErrors, ListModelsResponses, ListWebhookDeliveriesData, ListWebhookDeliveriesErrors, ListWebhookDeliveriesResponses, ListWebhooksData, ListWebhooksErrors, ListWebhooksResponses, ReadyzData, ReadyzErrors, ReadyzResponses, ReplayDeadLetterData, ReplayDeadLetterErrors, ReplayDeadLetterResponses, ReplayWebhookDeliveryData, ReplayWebhookDeliveryErrors, ReplayWebhookDeliveryResponses, RotateWebhookSecretData, RotateWebhookSecretErrors, RotateWebhookSecretResponses, SetUserLimitsData, SetUserLimitsErrors, SetUserLimitsResponses, StreamEventsData, StreamEventsErrors, StreamEventsResponse, StreamEventsResponses, StreamGenerationEventsData, StreamGenerationEventsErrors, StreamGenerationEventsResponse, StreamGenerationEventsResponses, StripeWebhookData, StripeWebhookErrors, StripeWebhookResponses, SystemSummaryData, SystemSummaryErrors, SystemSummaryResponses, VerifyLedgerData, VerifyLedgerErrors, VerifyLedgerResponses, WaiveOwedData, WaiveOwedErrors, WaiveOwedResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -163,6 +163,30 @@ export const diagnoseUser = <ThrowOnError extends boolean = false>(options: Opti
     security: [{ scheme: 'bearer', type: 'http' }],
     url: '/v1/admin/users/{user}/diagnosis',
     ...options
+});
+
+/**
+ * A user's limits (admin or viewer role).
+ */
+export const getUserLimits = <ThrowOnError extends boolean = false>(options: Options<GetUserLimitsData, ThrowOnError>) => (options.client ?? client).get<GetUserLimitsResponses, GetUserLimitsErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/users/{user}/limits',
+    ...options
+});
+
+/**
+ * Set a user's limits (admin role): how many of their jobs may be at the
+ * provider at once, and whether they may ask for high priority. Audited
+ * with the admin as actor; a raised limit starts waiting jobs at once.
+ */
+export const setUserLimits = <ThrowOnError extends boolean = false>(options: Options<SetUserLimitsData, ThrowOnError>) => (options.client ?? client).put<SetUserLimitsResponses, SetUserLimitsErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/v1/admin/users/{user}/limits',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
 });
 
 /**

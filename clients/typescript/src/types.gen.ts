@@ -128,6 +128,7 @@ export type CreateGeneration = {
      * 1 to 60 seconds; 5 when absent.
      */
     duration_seconds?: number | null;
+    priority?: null | Priority;
     /**
      * What the video shows; 1 to 2,000 characters once trimmed, no control characters.
      */
@@ -244,7 +245,8 @@ export type ErrorBody = {
 
 /**
  * `code` is stable and meant for programs; `message` is for people.
- * Some codes add fields: `field` (invalid_request), `required`,
+ * Some codes add fields: `field` (invalid_request; forbidden about one
+ * field of the request), `required`,
  * `available` and `job_id` (insufficient_credits).
  */
 export type ErrorDetail = {
@@ -420,8 +422,16 @@ export type JobView = {
      * The model the submission named; absent for the default.
      */
     model?: string | null;
+    priority: Priority;
     prompt: string;
     provider_task_id?: string | null;
+    /**
+     * While the job waits in line for a slot (its provider's cap or the
+     * caller's limit): its place, 1 being next. Only on
+     * `GET /v1/generations/{id}`; an estimate that holds if nothing else
+     * arrives.
+     */
+    queue_position?: number | null;
     /**
      * genq's own copy of the video, once succeeded (a path on this API;
      * never the provider's link, which expires).
@@ -464,6 +474,44 @@ export type LedgerPage = {
 };
 
 /**
+ * A change to one user's limits; a field left out keeps its value.
+ */
+export type LimitsRequest = {
+    /**
+     * At most this many of the user's jobs submitting or running at once
+     * (0: no limit; `null`: back to the deployment's
+     * `limits.max_active_per_user`).
+     */
+    max_active?: number | null;
+    /**
+     * May the user submit `priority: high`.
+     */
+    priority?: boolean | null;
+    /**
+     * Why (kept in the audit log).
+     */
+    reason?: string | null;
+};
+
+/**
+ * One user's limits as they apply now.
+ */
+export type LimitsView = {
+    /**
+     * What applies: the user's own limit, or the deployment's (0: none).
+     */
+    effective_max_active: number;
+    /**
+     * The user's own limit (`null`: the deployment's; 0: none).
+     */
+    max_active?: number | null;
+    priority: boolean;
+    updated_at?: string | null;
+    updated_by?: string | null;
+    user_id: string;
+};
+
+/**
  * A model a submission may name (`model`), and what one video of it costs.
  */
 export type ModelPrice = {
@@ -501,6 +549,37 @@ export type ModelsView = {
      * The models a submission may name (empty when none are configured).
      */
     models: Array<ModelPrice>;
+};
+
+/**
+ * Whether a job goes ahead: within its user's line, and between users of
+ * the same standing. Only a user given the right may ask for `high`.
+ */
+export type Priority = 'normal' | 'high';
+
+/**
+ * A provider's slots and lines.
+ */
+export type ProviderLinesView = {
+    /**
+     * Its jobs submitting or running now.
+     */
+    in_flight: number;
+    /**
+     * The longest lines (at most 10), longest first.
+     */
+    longest_lines: Array<UserLineView>;
+    /**
+     * 0: no cap.
+     */
+    max_concurrent: number;
+    /**
+     * 0: no cap.
+     */
+    max_per_minute: number;
+    provider: string;
+    waiting_jobs: number;
+    waiting_users: number;
 };
 
 /**
@@ -628,9 +707,26 @@ export type SystemSummary = {
  */
 export type SystemView = SystemSummary & {
     /**
+     * Each capped provider's slots, and the users waiting for them.
+     */
+    lines: Array<ProviderLinesView>;
+    /**
      * Depths and consumers from RabbitMQ's management API, or why not.
      */
     queues: QueueStats;
+};
+
+/**
+ * One user's line at a provider.
+ */
+export type UserLineView = {
+    email?: string | null;
+    /**
+     * Of which high priority.
+     */
+    high: number;
+    user_id: string;
+    waiting: number;
 };
 
 /**
@@ -1554,6 +1650,94 @@ export type DiagnoseUserResponses = {
 
 export type DiagnoseUserResponse = DiagnoseUserResponses[keyof DiagnoseUserResponses];
 
+export type GetUserLimitsData = {
+    body?: never;
+    path: {
+        /**
+         * The user's email (with an @), external ID (`sub`) or genq ID
+         */
+        user: string;
+    };
+    query?: never;
+    url: '/v1/admin/users/{user}/limits';
+};
+
+export type GetUserLimitsErrors = {
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Neither the admin nor the viewer role
+     */
+    403: ErrorBody;
+    /**
+     * No such user
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type GetUserLimitsError = GetUserLimitsErrors[keyof GetUserLimitsErrors];
+
+export type GetUserLimitsResponses = {
+    /**
+     * The limits as they apply now
+     */
+    200: LimitsView;
+};
+
+export type GetUserLimitsResponse = GetUserLimitsResponses[keyof GetUserLimitsResponses];
+
+export type SetUserLimitsData = {
+    body: LimitsRequest;
+    path: {
+        /**
+         * The user's email (with an @), external ID (`sub`) or genq ID
+         */
+        user: string;
+    };
+    query?: never;
+    url: '/v1/admin/users/{user}/limits';
+};
+
+export type SetUserLimitsErrors = {
+    /**
+     * Invalid request
+     */
+    400: ErrorBody;
+    /**
+     * Missing or invalid token
+     */
+    401: ErrorBody;
+    /**
+     * Not an admin (the viewer role only reads)
+     */
+    403: ErrorBody;
+    /**
+     * No such user
+     */
+    404: ErrorBody;
+};
+
+export type SetUserLimitsError = SetUserLimitsErrors[keyof SetUserLimitsErrors];
+
+export type SetUserLimitsResponses = {
+    /**
+     * The limits as they apply now
+     */
+    200: LimitsView;
+};
+
+export type SetUserLimitsResponse = SetUserLimitsResponses[keyof SetUserLimitsResponses];
+
 export type WaiveOwedData = {
     body: WaiveRequest;
     path: {
@@ -2295,6 +2479,10 @@ export type CreateGenerationErrors = {
      * Not enough credits (`insufficient_credits`, with `required` and `available`), or credits owed from a reversed payment (`credits_owed`, with `owed`); the attempt is recorded as a rejected job
      */
     402: ErrorBody;
+    /**
+     * `priority: high` without the right to it (`field` is `priority`); nothing is recorded
+     */
+    403: ErrorBody;
     /**
      * Idempotency-Key reused with a different body
      */

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{build, VideoProvider};
 use genq_core::config::Settings;
-use genq_store::store::caps::Caps;
+use genq_store::store::gate::{Caps, Rules};
 
 /// One configured provider.
 #[derive(Clone)]
@@ -27,8 +27,8 @@ pub struct ConfiguredProvider {
 pub struct Providers {
     default: String,
     by_name: HashMap<String, ConfiguredProvider>,
-    /// Whether any provider has a cap (its claims must check it).
-    any_caps: bool,
+    /// What the gate enforces: every provider's caps and the per-user limit.
+    rules: Rules,
 }
 
 impl Providers {
@@ -59,10 +59,11 @@ impl Providers {
                 },
             );
         }
+        let rules = Rules::from_settings(settings);
         Ok(Self {
             default: settings.provider.name.clone(),
-            any_caps: by_name.values().any(|p| p.caps.any()),
             by_name,
+            rules,
         })
     }
 
@@ -72,8 +73,8 @@ impl Providers {
         self.by_name.get(provider.unwrap_or(&self.default))
     }
 
-    /// Whether any configured provider has a cap.
-    pub fn any_caps(&self) -> bool {
-        self.any_caps
+    /// What the gate enforces.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 }

@@ -56,7 +56,13 @@ pub async fn cancel_job(
     );
     t.error = Some(("canceled", "The job was canceled.".into()));
     match transition(pool, &t).await? {
-        Some((job, _)) => {
+        Some((job, was)) => {
+            // A slot freed; the workers' dispatchers live in other processes.
+            if was.is_at_provider() {
+                if let Err(e) = super::gate::wake_dispatchers(pool).await {
+                    tracing::debug!(error = %e, "could not wake the dispatchers; their timers will");
+                }
+            }
             let at_provider = job.provider_task_id.is_some() || job.attempts > 0;
             if at_provider {
                 let cancel = WorkMessage::Poll(genq_core::messages::PollMessage::Cancel { job_id });

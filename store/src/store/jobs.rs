@@ -15,7 +15,7 @@ use super::named::Named;
 use super::outbox::{self, JOB_HAS_UNPUBLISHED};
 use super::rate;
 use super::{is_violation, page, Result, StoreError, SYSTEM_ACTOR};
-use genq_core::domain::{EventKind, JobParams, JobStatus, VideoRequest};
+use genq_core::domain::{EventKind, JobParams, JobStatus, Priority, VideoRequest};
 use genq_core::messages::{StartMessage, WorkMessage};
 
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -47,13 +47,17 @@ pub struct Job {
     pub provider_state: Option<String>,
     pub request_fingerprint: Option<String>,
     pub deadline_at: Option<DateTime<Utc>>,
+    pub priority: Priority,
+    /// In a line for a slot (its provider's cap or its user's limit).
+    pub waiting: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
-    provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, created_at, updated_at";
+    provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, priority, waiting, \
+    created_at, updated_at";
 
 #[derive(Debug)]
 pub enum SubmitOutcome {
@@ -212,6 +216,7 @@ async fn try_accept(
         .bind("start_key", start.routing_key())
         .bind("start_payload", start.to_json())
         .bind("model", new.request.model.as_deref())
+        .bind("priority", new.request.priority)
         .bind(
             "rate_interval",
             new.allowance.map(rate::Allowance::interval_secs),
@@ -256,9 +261,9 @@ pub(crate) fn accept_statement() -> &'static Named {
         let text = format!(
             "WITH {take}, {reserve}, j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
-                              idempotency_key, request_fingerprint, model)
+                              idempotency_key, request_fingerprint, model, priority)
             SELECT :job, user_id, 'queued', :prompt, :params, :cost, :provider,
-                   :idempotency_key, :fingerprint, :model FROM acct
+                   :idempotency_key, :fingerprint, :model, :priority FROM acct
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -281,6 +286,7 @@ pub(crate) fn accept_statement() -> &'static Named {
                 "start_key",
                 "start_payload",
                 "model",
+                "priority",
                 "rate_interval",
                 "rate_tolerance",
             ],
@@ -337,8 +343,9 @@ async fn reject(
     let job: Job = sqlx::query_as(&format!(
         "WITH j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider, request_fingerprint,
-                              error_code, error_message, required_credits, available_credits, model)
-            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $11, $8, $5, $9, $10)
+                              error_code, error_message, required_credits, available_credits, model,
+                              priority)
+            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $11, $8, $5, $9, $10, $12)
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -359,6 +366,7 @@ async fn reject(
     .bind(available)
     .bind(new.request.model.as_deref())
     .bind(code)
+    .bind(new.request.priority)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -531,8 +539,8 @@ pub struct StaleJob {
     pub poll_seq: i32,
 }
 
-/// Touches up to `limit` jobs in `status` untouched for `stale` (and with no
-/// message waiting in the outbox) and returns them, so the next sweep leaves
+/// Touches up to `limit` jobs in `status` untouched for `stale` (with no
+/// message waiting in the outbox, and not in a line) and returns them, so the next sweep leaves
 /// them alone unless they stall again.
 pub async fn claim_stale(
     pool: &PgPool,
@@ -552,6 +560,8 @@ pub async fn claim_stale(
             SELECT id FROM jobs
              WHERE status = $1 AND COALESCE(polled_at, updated_at) < now() - make_interval(secs => $2)
                AND NOT {JOB_HAS_UNPUBLISHED}
+               -- A job in a line is the dispatcher's, however long it waits.
+               AND NOT waiting
              ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
          RETURNING id, attempts, poll_seq"
     ))

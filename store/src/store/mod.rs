@@ -11,7 +11,8 @@
 //! - [`locks`]: advisory locks for work one process does at a time
 //! - [`lots`]: credit lots with their expiry; what each ledger move took from which
 //! - [`named`]: statements with named parameters, bound by name
-//! - [`caps`]: a provider's concurrency and rate caps, checked with the claim
+//! - [`gate`]: who may start under providers' caps and users' limits, the
+//!   lines the others wait in, and the dispatcher that grants freed slots
 //! - [`outbox`]: every outbox query, and the doorbells that wake listeners
 //! - [`events`]: reading the job-event stream after a position
 //! - [`rate`]: the per-user submission limit shared by every API process
@@ -20,10 +21,10 @@
 
 pub mod billing;
 pub mod cancel;
-pub mod caps;
 pub mod credits;
 pub mod dead_letters;
 pub mod events;
+pub mod gate;
 pub mod jobs;
 pub mod locks;
 pub mod lots;

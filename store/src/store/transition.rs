@@ -29,6 +29,9 @@ pub struct Transition<'a> {
     pub deadline_in: Option<std::time::Duration>,
     /// Count one more attempt at the provider.
     pub count_attempt: bool,
+    /// Apply only if the job's user has no limit of their own (a claim that
+    /// skips the gate because nothing else could hold it back).
+    pub unless_user_limited: bool,
     /// An event recorded just before the status change's own, in the same
     /// statement: it happens only if the change does (the archive's copy).
     pub note: Option<Note>,
@@ -61,6 +64,7 @@ impl<'a> Transition<'a> {
             provider_task_id: None,
             deadline_in: None,
             count_attempt: false,
+            unless_user_limited: false,
             note: None,
         }
     }
@@ -123,9 +127,13 @@ pub(crate) fn statement() -> &'static Named {
                    deadline_at = COALESCE(now() + make_interval(secs => :deadline_secs), deadline_at),
                    attempts = attempts + CASE WHEN :count_attempt THEN 1 ELSE 0 END,
                    poll_seq = CASE WHEN :to = 'running' THEN 0 ELSE poll_seq END,
+                   -- Leaving queued leaves the line, whoever moves the job.
+                   waiting = waiting AND :to = 'queued',
                    updated_at = now()
               FROM old
              WHERE jobs.id = old.id AND old.status = ANY(:from)
+               AND (NOT :unless_user_limited OR NOT EXISTS (
+                    SELECT 1 FROM user_limits ul WHERE ul.user_id = jobs.user_id AND ul.max_active > 0))
             RETURNING jobs.*, old.status AS old_status
         ), {settle_ctes}, e AS (
             -- The note (if any), then the status change, in this order of ids.
@@ -152,6 +160,7 @@ pub(crate) fn statement() -> &'static Named {
                 "task_id",
                 "deadline_secs",
                 "count_attempt",
+                "unless_user_limited",
                 "settle",
                 "message",
                 "data",
@@ -204,6 +213,7 @@ pub async fn transition<'e>(
         .bind("task_id", t.provider_task_id)
         .bind("deadline_secs", deadline_secs)
         .bind("count_attempt", t.count_attempt)
+        .bind("unless_user_limited", t.unless_user_limited)
         .bind("settle", settle.ledger_kind())
         .bind("message", &t.message)
         .bind("data", &t.data)
@@ -223,6 +233,10 @@ pub async fn transition<'e>(
         r.old_status
     );
     debug_assert!(r.job.cost >= 0, "job {} has a negative cost", t.job_id);
+    // A slot at the provider freed: this process's dispatchers look again.
+    if r.old_status.is_at_provider() && !t.to.is_at_provider() {
+        super::gate::slot_freed();
+    }
     // Counted here, where every terminal transition passes, whoever made it
     // (worker, API cancel, sweeper, operator).
     if t.to.is_terminal() {

@@ -11,6 +11,7 @@ mod archive;
 mod billing;
 mod console;
 mod events;
+mod fairness;
 mod hardening;
 mod hostile;
 mod jwks;

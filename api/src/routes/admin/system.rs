@@ -5,6 +5,7 @@ use crate::queue_stats::{queue_stats, QueueStats};
 use axum::extract::State;
 use axum::Json;
 use genq_store::ops;
+use genq_store::store::gate;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -99,7 +100,73 @@ pub async fn system(
     Ok(Json(SystemView {
         summary: summary?,
         queues,
+        lines: lines(&state).await?,
     }))
+}
+
+/// How many of a user's lines the System page lists per provider.
+const TOP_LINES: i64 = 10;
+
+/// Each capped provider (and any provider with a line): its caps, what it
+/// runs, and who waits.
+async fn lines(state: &AppState) -> Result<Vec<ProviderLinesView>, ApiError> {
+    let (waiting, users) = gate::overview(&state.pool, TOP_LINES).await?;
+    let in_flight = gate::in_flight(&state.pool).await?;
+    let mut names: Vec<String> = state.gate.caps.keys().cloned().collect();
+    names.extend(waiting.iter().map(|w| w.provider.clone()));
+    names.sort();
+    names.dedup();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let caps = state.gate.caps(&name);
+            let w = waiting.iter().find(|w| w.provider == name);
+            ProviderLinesView {
+                max_concurrent: caps.max_concurrent,
+                max_per_minute: caps.max_per_minute,
+                in_flight: in_flight.get(&name).copied().unwrap_or(0),
+                waiting_jobs: w.map_or(0, |w| w.waiting_jobs),
+                waiting_users: w.map_or(0, |w| w.waiting_users),
+                longest_lines: users
+                    .iter()
+                    .filter(|u| u.provider == name)
+                    .map(|u| UserLineView {
+                        user_id: u.user_id,
+                        email: u.email.clone(),
+                        waiting: u.waiting,
+                        high: u.high,
+                    })
+                    .collect(),
+                provider: name,
+            }
+        })
+        .collect())
+}
+
+/// A provider's slots and lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderLinesView {
+    pub provider: String,
+    /// 0: no cap.
+    pub max_concurrent: u32,
+    /// 0: no cap.
+    pub max_per_minute: u32,
+    /// Its jobs submitting or running now.
+    pub in_flight: i64,
+    pub waiting_jobs: i64,
+    pub waiting_users: i64,
+    /// The longest lines (at most 10), longest first.
+    pub longest_lines: Vec<UserLineView>,
+}
+
+/// One user's line at a provider.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserLineView {
+    pub user_id: uuid::Uuid,
+    pub email: Option<String>,
+    pub waiting: i64,
+    /// Of which high priority.
+    pub high: i64,
 }
 
 /// [`ops::SystemSummary`] and the broker's queues.
@@ -109,4 +176,6 @@ pub struct SystemView {
     pub summary: ops::SystemSummary,
     /// Depths and consumers from RabbitMQ's management API, or why not.
     pub queues: QueueStats,
+    /// Each capped provider's slots, and the users waiting for them.
+    pub lines: Vec<ProviderLinesView>,
 }
