@@ -488,7 +488,7 @@ export type LimitsRequest = {
      */
     priority?: boolean | null;
     /**
-     * Why (kept in the audit log).
+     * Why, for the audit log.
      */
     reason?: string | null;
 };

@@ -142,6 +142,13 @@ pub(crate) fn reason_schema() -> Object {
     text(500, "Why, for the ledger and the audit log.").build()
 }
 
+/// An optional reason (absent or null: none given).
+pub(crate) fn optional_reason_schema() -> Object {
+    text(500, "Why, for the audit log.")
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .build()
+}
+
 fn reference_schema() -> Object {
     text(
         200,

@@ -52,8 +52,7 @@ pub struct LimitsRequest {
     pub max_active: Option<Option<i64>>,
     /// May the user submit `priority: high`.
     pub priority: Option<bool>,
-    /// Why (kept in the audit log).
-    #[schema(min_length = 1, max_length = 500)]
+    #[schema(schema_with = super::credits::optional_reason_schema)]
     pub reason: Option<String>,
 }
 
