@@ -291,3 +291,37 @@ test('the list: a refused attempt, a failure with its refund, a finished video t
   await page.getByLabel('What should the video show?').fill('a lighthouse at dawn');
   await shot(page, 'page');
 });
+
+test('a job over the user’s limit waits in line, says why and where, and starts when the slot frees', async (t) => {
+  const user = await newUser('line');
+  await grant(user, 20);
+  const admin = process.env.GENQ_ADMIN_TOKEN;
+  const [status, limits] = await api('PUT', `/v1/admin/users/${encodeURIComponent(user.sub)}/limits`, admin, { max_active: 1, reason: 'browser test' });
+  assert.equal(status, 200, JSON.stringify(limits));
+  const { page } = await openPage(browser, t);
+  await devSignIn(page, user.name);
+  await page.locator('#live[data-state="live"]').waitFor();
+  await eventually('the button to enable', async () => !(await button(page).isDisabled()));
+  await page.getByLabel('What should the video show?').fill('[sim:hang] the first, which never ends');
+  await button(page).click();
+  const first = await newestJobId(page);
+  await row(page, first).locator('[data-status="running"]').waitFor();
+  await page.getByLabel('What should the video show?').fill('the second, which waits');
+  await button(page).click();
+  await eventually('a second row', async () => (await newestJobId(page)) !== first);
+  const second = await newestJobId(page);
+  await eventually('the reason and the place in line', async () =>
+    (await row(page, second).locator('.detail').textContent()) ===
+      'Waiting: you have 1 video in progress, the most at once on your plan. Place in line: 1.',
+  );
+  assert.equal(await row(page, second).locator('[data-status]').first().getAttribute('data-status'), 'queued');
+  // The operator's System page lists the line.
+  const [, system] = await api('GET', '/v1/admin/system', admin);
+  assert.ok(system.lines.some((l) => l.waiting_users >= 1 && l.longest_lines.some((u) => u.user_id)), JSON.stringify(system.lines));
+  await shot(page, 'waiting-in-line');
+  // The first one's cancel frees the slot: the second starts at once.
+  await row(page, first).getByRole('button', { name: /^Cancel/ }).click();
+  await row(page, first).locator('[data-status="canceled"]').waitFor();
+  await row(page, second).locator('[data-status="succeeded"]').waitFor({ timeout: 30_000 });
+  assert.doesNotMatch(await row(page, second).locator('.detail').textContent(), /Place in line/);
+});
