@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 
 use axum::Json;
+use genq_core::config::MAX_ACTIVE_MAX;
 use genq_store::store::billing::{
     self, Applied, Clawback, ClawbackKind, PaidCheckout, PlanCredits,
 };
@@ -135,6 +136,7 @@ struct OwnedPlan {
     user_id: uuid::Uuid,
     credits: i64,
     expires_at: chrono::DateTime<chrono::Utc>,
+    limits: genq_store::store::gate::LimitsChange,
 }
 
 impl OwnedPlan {
@@ -144,6 +146,7 @@ impl OwnedPlan {
             user_id: self.user_id,
             credits: self.credits,
             expires_at: self.expires_at,
+            limits: self.limits.clone(),
         }
     }
 }
@@ -396,6 +399,15 @@ async fn plan(state: &AppState, invoice: Invoice) -> Result<Action, ApiError> {
             iid,
         ));
     };
+    let Some(limits) = plan_limits(&invoice) else {
+        return Ok(attention(
+            format!(
+                "invoice {} is paid but genq_plan_max_active (a whole number from 0 to {MAX_ACTIVE_MAX}) or genq_plan_priority (true or false) can't be read: not credited",
+                invoice.id
+            ),
+            iid,
+        ));
+    };
     let user_id =
         users::ensure_external_id(&state.pool, sub, state.settings.credits.initial).await?;
     Ok(Action::Plan(OwnedPlan {
@@ -403,5 +415,36 @@ async fn plan(state: &AppState, invoice: Invoice) -> Result<Action, ApiError> {
         user_id,
         credits,
         expires_at,
+        limits,
     }))
+}
+
+/// What a plan gives besides credits: `genq_plan_max_active` (a whole
+/// number, 0 for no limit) and `genq_plan_priority` (`true`/`false`), each
+/// optional; `None` when one is present but can't be read.
+fn plan_limits(invoice: &Invoice) -> Option<genq_store::store::gate::LimitsChange> {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.trim().to_owned()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let max_active = match invoice.meta("genq_plan_max_active") {
+        None => None,
+        Some(v) => {
+            let n: u32 = text(v)?.parse().ok()?;
+            if n > MAX_ACTIVE_MAX {
+                return None;
+            }
+            Some(Some(n as i32))
+        }
+    };
+    let priority = match invoice.meta("genq_plan_priority") {
+        None => None,
+        Some(v) => Some(text(v)?.parse::<bool>().ok()?),
+    };
+    Some(genq_store::store::gate::LimitsChange {
+        max_active,
+        priority,
+    })
 }

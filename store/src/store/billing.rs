@@ -233,6 +233,9 @@ pub struct PlanCredits<'a> {
     pub user_id: Uuid,
     pub credits: i64,
     pub expires_at: DateTime<Utc>,
+    /// What the plan gives besides credits (`genq_plan_max_active`,
+    /// `genq_plan_priority`); nothing to change when both are `None`.
+    pub limits: super::gate::LimitsChange,
 }
 
 /// Grants an invoice's plan credits once (a `grant` whose reference is the
@@ -269,6 +272,21 @@ pub async fn credit_plan(tx: &mut PgConnection, p: &PlanCredits<'_>) -> Result<A
         p.credits,
         p.expires_at.format("%Y-%m-%d %H:%M UTC")
     );
+    if p.limits.max_active.is_some() || p.limits.priority.is_some() {
+        let actor = format!("stripe:{}", p.invoice_id);
+        let l =
+            super::gate::set_user_limits_in(tx, p.user_id, &p.limits, &actor, Some("paid plan"))
+                .await?;
+        let at_once = match l.max_active {
+            Some(0) => "no limit at once".to_owned(),
+            Some(n) => format!("{n} at once"),
+            None => "the default at once".to_owned(),
+        };
+        detail.push_str(&format!(
+            "; limits: {at_once}, high priority {}",
+            if l.priority { "allowed" } else { "not allowed" }
+        ));
+    }
     repay_noted(tx, p.user_id, p.invoice_id, &mut detail).await?;
     Ok(applied("credited", detail))
 }

@@ -779,6 +779,23 @@ pub async fn set_user_limits(
     reason: Option<&str>,
 ) -> Result<UserLimits> {
     let mut tx = pool.begin().await?;
+    let after = set_user_limits_in(&mut tx, user_id, change, actor, reason).await?;
+    tx.commit().await?;
+    if let Err(e) = wake_dispatchers(pool).await {
+        tracing::debug!(error = %e, "could not wake the dispatchers; their timers will");
+    }
+    Ok(after)
+}
+
+/// [`set_user_limits`] in the caller's transaction (a paid plan's invoice);
+/// the dispatchers find a raised limit on their next look.
+pub async fn set_user_limits_in(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    change: &LimitsChange,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<UserLimits> {
     let before: Option<UserLimits> = sqlx::query_as(
         "SELECT max_active, priority, updated_by, updated_at FROM user_limits
           WHERE user_id = $1 FOR UPDATE",
@@ -825,10 +842,6 @@ pub async fn set_user_limits(
     }))
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    if let Err(e) = wake_dispatchers(pool).await {
-        tracing::debug!(error = %e, "could not wake the dispatchers; their timers will");
-    }
     Ok(after)
 }
 

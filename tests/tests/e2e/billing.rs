@@ -628,7 +628,8 @@ async fn a_paid_plan_invoice_grants_credits_that_expire_with_its_period() {
                 "amount_paid": 1500, "currency": "usd", "metadata": {},
                 "parent": {"type": "subscription_details", "subscription_details": {
                     "subscription": "sub_1PlanB7WZ01zgkW",
-                    "metadata": {"genq_plan_credits": "120", "genq_user": "subscriber"}}},
+                    "metadata": {"genq_plan_credits": "120", "genq_user": "subscriber",
+                                 "genq_plan_max_active": "3", "genq_plan_priority": "true"}}},
                 "lines": {"object": "list", "data": [{"id": "il_1", "object": "line_item",
                     "period": {"start": now(), "end": period_end}}]},
                 "period_end": now(),
@@ -649,6 +650,26 @@ async fn a_paid_plan_invoice_grants_credits_that_expire_with_its_period() {
     .await
     .unwrap();
     assert_eq!(expires, period_end);
+    // The plan's limits: 3 at once and high priority, audited as Stripe's.
+    let (max_active, priority, by): (Option<i32>, bool, String) = sqlx::query_as(
+        "SELECT max_active, priority, updated_by FROM user_limits l JOIN users u ON u.id = l.user_id
+          WHERE u.external_id = 'subscriber'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((max_active, priority), (Some(3), true));
+    assert_eq!(by, "stripe:in_1PlanB7WZ01zgkW");
+    // Limits that can't be read: not credited, for an operator.
+    let unreadable = event(
+        "evt_bad_limits",
+        "invoice.paid",
+        json!({"id": "in_1BadLimits0000", "object": "invoice", "status": "paid",
+               "metadata": {"genq_plan_credits": "10", "genq_user": "subscriber", "genq_plan_max_active": "lots"},
+               "lines": {"object": "list", "data": [{"id": "il_2", "object": "line_item",
+                   "period": {"start": now(), "end": period_end}}]}}),
+    );
+    assert_eq!(env.stripe_signed(&unreadable).await, "needs_attention");
     // Not a genq plan: ignored.
     let other = event(
         "evt_other_invoice",

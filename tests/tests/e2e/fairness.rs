@@ -111,13 +111,7 @@ async fn all_succeeded(env: &TestEnv, n: i64) {
 
 async fn waiting_messages(env: &TestEnv, token: &str, id: Uuid) -> Vec<String> {
     let (_, job) = env.get(&format!("/v1/generations/{id}"), token).await;
-    job["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "waiting")
-        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    crate::models::waiting_events(&job)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

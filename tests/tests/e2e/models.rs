@@ -56,7 +56,8 @@ async fn submit(env: &TestEnv, token: &str, body: Value) -> String {
     job["id"].as_str().unwrap().to_owned()
 }
 
-fn waiting_events(job: &Value) -> Vec<String> {
+/// The sentences of a job's `waiting` events, oldest first.
+pub(crate) fn waiting_events(job: &Value) -> Vec<String> {
     job["events"]
         .as_array()
         .unwrap()
