@@ -56,6 +56,9 @@ pub struct VideoStore {
     local_dir: Option<std::path::PathBuf>,
     downloads: Downloads,
     max_bytes: u64,
+    /// The `s3` back end, to presign links to videos, and their life
+    /// (`storage.presign_secs`; `None` for `fs` or 0).
+    signer: Option<(Arc<object_store::aws::AmazonS3>, Duration)>,
 }
 
 /// How a provider's output is fetched. A provider (or whoever sits between
@@ -93,6 +96,7 @@ impl VideoStore {
     pub fn new(all: &genq_core::config::Settings) -> anyhow::Result<Self> {
         let settings = &all.storage;
         let mut local_dir = None;
+        let mut signer = None;
         let inner: Arc<dyn ObjectStore> = match settings.kind.as_str() {
             "s3" => {
                 let mut s3 = object_store::aws::AmazonS3Builder::new()
@@ -107,7 +111,11 @@ impl VideoStore {
                         .with_access_key_id(&settings.access_key_id)
                         .with_secret_access_key(settings.secret_access_key.expose_secret());
                 }
-                Arc::new(s3.build()?)
+                let s3 = Arc::new(s3.build()?);
+                if settings.presign_secs > 0 {
+                    signer = Some((s3.clone(), Duration::from_secs(settings.presign_secs)));
+                }
+                s3
             }
             _ => {
                 // Made here, and its entry synced once, so that each video
@@ -129,7 +137,27 @@ impl VideoStore {
             local_dir,
             downloads: Downloads::new(all)?,
             max_bytes: settings.max_bytes,
+            signer,
         })
+    }
+
+    /// A link to the video at `key` that anyone holding it may read until
+    /// it expires (`storage.presign_secs`), with its expiry; `None` when the
+    /// store can't make one (`fs`, or presigning off). Signed locally: no
+    /// request to the store.
+    pub async fn presigned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(url::Url, chrono::DateTime<chrono::Utc>)>, object_store::Error> {
+        use object_store::signer::Signer;
+        let Some((s3, life)) = &self.signer else {
+            return Ok(None);
+        };
+        let url = s3
+            .signed_url(reqwest::Method::GET, &Path::from(key), *life)
+            .await?;
+        let expires = chrono::Utc::now() + *life;
+        Ok(Some((url, expires)))
     }
 
     /// The key of one reservation's video: a replayed job gets a new one.

@@ -594,7 +594,9 @@ async function cancel(id: string): Promise<void> {
 /** Fetches the video with the bearer token and plays it from a blob URL. */
 async function play(id: string): Promise<void> {
   if (jobs.hasVideo(id)) return;
-  const result = await getGenerationVideo({ path: { id }, parseAs: 'blob' });
+  // Streamed through the API with the token (stream=1): a redirect into an
+  // S3 bucket would need the bucket's CORS and this page's media-src.
+  const result = await getGenerationVideo({ path: { id }, query: { stream: '1' }, parseAs: 'blob' });
   if (result.data instanceof Blob) {
     jobs.showVideo(id, URL.createObjectURL(result.data));
     return;

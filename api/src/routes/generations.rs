@@ -90,6 +90,13 @@ pub struct JobError {
     pub message: String,
 }
 
+/// A presigned link to a video, and when it stops working.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VideoLink {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A video job as the caller sees it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
@@ -117,6 +124,11 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub queue_position: Option<i64>,
+    /// With S3 storage: a short-lived link to the video in the bucket
+    /// (`storage.presign_secs`), for a player that can't send the token.
+    /// Only on `GET /v1/generations/{id}` of a succeeded job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_link: Option<VideoLink>,
     /// The timeline; only on `GET /v1/generations/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<JobEventView>>,
@@ -143,6 +155,7 @@ impl JobView {
             error,
             priority: job.priority,
             queue_position: None,
+            video_link: None,
             events: None,
         }
     }
@@ -359,8 +372,20 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
     let events = store::job_events(&state.pool, id).await?;
     let position = store::gate::queue_position(&state.pool, &job, &state.gate).await?;
+    let link = match job.video_key.as_deref() {
+        Some(key) => state
+            .videos
+            .presigned(key)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.into()))?,
+        None => None,
+    };
     let mut view = JobView::from_job(job).with_events(events);
     view.queue_position = position;
+    view.video_link = link.map(|(url, expires_at)| VideoLink {
+        url: url.into(),
+        expires_at,
+    });
     Ok(Json(view))
 }
 

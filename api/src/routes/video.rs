@@ -1,5 +1,7 @@
-//! `GET /v1/generations/{id}/video`: genq's copy of a finished video,
-//! streamed to its owner, with single byte ranges for seeking players.
+//! `GET /v1/generations/{id}/video`: genq's copy of a finished video for
+//! its owner: a redirect to a short-lived link into the bucket (S3), so the
+//! bytes never pass through the API, or streamed, with single byte ranges
+//! for seeking players.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -7,20 +9,49 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use genq_store::store;
 
+use serde::Deserialize;
+use utoipa::IntoParams;
+
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiPath;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::routes::generations::parse_job_id;
 use crate::state::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VideoParams {
+    /// `1` (or `true`): stream the video through the API even when the
+    /// storage can hand out a link to it.
+    #[param(pattern = "^(1|0|true|false)$")]
+    pub stream: Option<String>,
+}
+
+impl VideoParams {
+    fn stream(&self) -> Result<bool, ApiError> {
+        match self.stream.as_deref() {
+            None | Some("0" | "false") => Ok(false),
+            Some("1" | "true") => Ok(true),
+            Some(_) => Err(ApiError::invalid(
+                "stream",
+                "stream must be 1, 0, true or false.",
+            )),
+        }
+    }
+}
 
 /// The video of one of the caller's succeeded jobs.
 #[utoipa::path(
     get, path = "/v1/generations/{id}/video", tag = "generations", operation_id = "get_generation_video",
     params(
         ("id" = Uuid, Path, description = "The job's ID"),
+        VideoParams,
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
     ),
     responses(
+        (status = 302, description = "With S3 storage (and `storage.presign_secs` > 0) and without `stream=1`: a link into the bucket, valid for `storage.presign_secs`; send the same request (and its Range) there",
+            headers(("Location" = String, description = "The presigned link"))),
         (status = 200, description = "The whole video", content_type = "video/mp4", body = Vec<u8>),
         (status = 206, description = "The requested byte range", content_type = "video/mp4", body = Vec<u8>),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
@@ -35,15 +66,34 @@ pub async fn video(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<VideoParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_job_id(&id)?;
+    let stream = params.stream()?;
     let no_video = || ApiError::NotFound("No video for this job.".into());
     let job = store::get_job(&state.pool, id)
         .await?
         .filter(|j| j.user_id == user.id)
         .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
     let key = job.video_key.ok_or_else(no_video)?;
+    if !stream {
+        let link = state
+            .videos
+            .presigned(&key)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.into()))?;
+        if let Some((url, _)) = link {
+            let mut response = StatusCode::FOUND.into_response();
+            let h = response.headers_mut();
+            let location = HeaderValue::from_str(url.as_str())
+                .map_err(|e| ApiError::internal(anyhow::anyhow!("presigned link: {e}")))?;
+            h.insert(header::LOCATION, location);
+            // The link expires: never reused from a cache.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(response);
+        }
+    }
     let wanted = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())

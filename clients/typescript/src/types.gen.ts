@@ -439,6 +439,7 @@ export type JobView = {
     result_url?: string | null;
     status: JobStatus;
     updated_at: string;
+    video_link?: null | VideoLink;
 };
 
 /**
@@ -756,6 +757,14 @@ export type VerifyView = {
     violations: Array<{
         [key: string]: unknown;
     }>;
+};
+
+/**
+ * A presigned link to a video, and when it stops working.
+ */
+export type VideoLink = {
+    expires_at: string;
+    url: string;
 };
 
 /**
@@ -2681,7 +2690,13 @@ export type GetGenerationVideoData = {
          */
         id: string;
     };
-    query?: never;
+    query?: {
+        /**
+         * `1` (or `true`): stream the video through the API even when the
+         * storage can hand out a link to it.
+         */
+        stream?: string;
+    };
     url: '/v1/generations/{id}/video';
 };
 

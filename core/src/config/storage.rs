@@ -24,7 +24,14 @@ pub struct StorageSettings {
     pub max_bytes: u64,
     /// Bound on one download from the provider.
     pub download_timeout_ms: u64,
+    /// With `s3`: how long the links to a video that genq hands out live
+    /// (`GET /v1/generations/{id}/video` redirects to one, so the bytes
+    /// never pass through the API). 0: never; the API streams the video.
+    pub presign_secs: u64,
 }
+
+/// The longest life S3 allows a presigned link (7 days).
+pub const PRESIGN_SECS_MAX: u64 = 604_800;
 
 impl Default for StorageSettings {
     fn default() -> Self {
@@ -39,6 +46,7 @@ impl Default for StorageSettings {
             allow_http: false,
             max_bytes: 1 << 30,
             download_timeout_ms: 120_000,
+            presign_secs: 300,
         }
     }
 }
@@ -60,6 +68,12 @@ impl StorageSettings {
         }
         if self.download_timeout_ms == 0 {
             return Err(("storage.download_timeout_ms", "must be more than 0"));
+        }
+        if self.presign_secs > PRESIGN_SECS_MAX {
+            return Err((
+                "storage.presign_secs",
+                "must be at most 604800 (7 days, S3's limit; 0: never presign)",
+            ));
         }
         Ok(())
     }

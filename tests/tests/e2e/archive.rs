@@ -247,13 +247,70 @@ async fn videos_are_kept_in_an_s3_compatible_bucket() {
     assert_eq!(credits["spent"], 10);
     let id = done["id"].as_str().unwrap();
     let token = env.token("u", Some("u@example.com"));
-    let r = get_video(&env, &token, id, None).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let whole = r.bytes().await.unwrap();
+    // Streamed through the API when asked (stream=1), whole and by range.
+    let streamed = env
+        .client
+        .get(format!("{}/v1/generations/{id}/video?stream=1", env.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert_eq!(streamed.headers()["content-type"], "video/mp4");
+    let whole = streamed.bytes().await.unwrap();
     assert_eq!(&whole[4..8], b"ftyp");
+    // Otherwise a redirect to a short-lived link into the bucket: the
+    // bytes never pass through the API.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_follow
+        .get(format!("{}/v1/generations/{id}/video", env.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&moto.endpoint), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    assert!(location.contains("X-Amz-Expires=300"), "{location}");
+    // The link alone (no token) is the video; a player follows it with its range.
+    let direct = reqwest::get(&location).await.unwrap();
+    assert_eq!(direct.status(), StatusCode::OK);
+    assert_eq!(direct.bytes().await.unwrap(), whole);
     let r = get_video(&env, &token, id, Some("bytes=-4")).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(&r.bytes().await.unwrap()[..], &whole[whole.len() - 4..]);
+    let r = env
+        .client
+        .get(format!("{}/v1/generations/{id}/video?stream=1", env.base))
+        .bearer_auth(&token)
+        .header("range", "bytes=-4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.bytes().await.unwrap()[..], &whole[whole.len() - 4..]);
+    // The job names a link too, for a page's player.
+    let (_, job) = env.get(&format!("/v1/generations/{id}"), &token).await;
+    let link = job["video_link"]["url"]
+        .as_str()
+        .expect("a link")
+        .to_owned();
+    assert_eq!(
+        reqwest::get(&link).await.unwrap().bytes().await.unwrap(),
+        whole
+    );
+    assert!(job["video_link"]["expires_at"].is_string(), "{job:#}");
+    // The link names one object (moto does not check signatures, so the
+    // refusal of an edited link is S3's own, not tested here).
+    assert!(
+        location.contains(&format!("/genq-videos/videos/{id}-r1.mp4?")),
+        "{location}"
+    );
     // The object really is in the bucket, under the job's key.
     let listing = reqwest::get(format!("{}/genq-videos?list-type=2", moto.endpoint))
         .await
