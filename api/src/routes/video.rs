@@ -54,6 +54,7 @@ impl VideoParams {
             headers(("Location" = String, description = "The presigned link"))),
         (status = 200, description = "The whole video", content_type = "video/mp4", body = Vec<u8>),
         (status = 206, description = "The requested byte range", content_type = "video/mp4", body = Vec<u8>),
+        (status = 400, description = "An unreadable query (`stream` other than 1, 0, true or false, or given twice)", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such job of the caller's, or no video (yet)", body = ErrorBody),
         (status = 416, description = "The range is outside the video", body = ErrorBody),

@@ -2702,6 +2702,10 @@ export type GetGenerationVideoData = {
 
 export type GetGenerationVideoErrors = {
     /**
+     * An unreadable query (`stream` other than 1, 0, true or false, or given twice)
+     */
+    400: ErrorBody;
+    /**
      * Missing or invalid token
      */
     401: ErrorBody;
