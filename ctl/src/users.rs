@@ -57,7 +57,7 @@ pub(crate) async fn limit(
         gate::user_limits(pool, target.id).await?
     };
     let own = limits.as_ref().and_then(|l| l.max_active);
-    let effective = own.map_or(settings.limits.max_active_per_user, |n| n.max(0) as u32);
+    let effective = gate::Rules::from_settings(settings).user_limit(own);
     let priority = limits.as_ref().is_some_and(|l| l.priority);
     if json_out {
         return ok(serde_json::to_string_pretty(&json!({

@@ -106,8 +106,10 @@ impl Rules {
         self.max_active_per_user > 0 || self.caps.values().any(|c| c.any())
     }
 
-    fn user_limit(&self, own: Option<Option<i32>>) -> u32 {
-        match own.flatten() {
+    /// The limit that applies to a user whose own `max_active` is `own`
+    /// (`None`: no row, or a row without one: the deployment's; 0: none).
+    pub fn user_limit(&self, own: Option<i32>) -> u32 {
+        match own {
             Some(n) => n.max(0) as u32,
             None => self.max_active_per_user,
         }
@@ -173,14 +175,14 @@ pub enum Arrival {
     Moved,
 }
 
-/// The user's own limit row: `Some(max_active)` when the user has one.
-async fn own_limit(conn: &mut PgConnection, user_id: Uuid) -> Result<Option<Option<i32>>> {
-    Ok(
+/// The user's own `max_active`, if they have a row that sets one.
+async fn own_limit(conn: &mut PgConnection, user_id: Uuid) -> Result<Option<i32>> {
+    let row: Option<Option<i32>> =
         sqlx::query_scalar("SELECT max_active FROM user_limits WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(conn)
-            .await?,
-    )
+            .await?;
+    Ok(row.flatten())
 }
 
 /// How full a provider and a user are, leaving out `job`.
@@ -385,9 +387,8 @@ struct Line {
     attempts: i32,
     /// The user's last turn at the provider (`None`: never served, or forgotten).
     turn: Option<i64>,
-    /// The user's own limit row (`None`: no row; `Some(None)`: the default).
+    /// The user's own `max_active` (`None`: the deployment's).
     own_limit: Option<i32>,
-    has_own: bool,
 }
 
 impl Line {
@@ -412,7 +413,7 @@ async fn lines(conn: &mut PgConnection) -> Result<Vec<Line>> {
                  ORDER BY provider, user_id LIMIT 1) n
          )
          SELECT l.provider, l.user_id, h.id AS head, h.high, h.created_at, h.attempts,
-                t.turn, ul.max_active AS own_limit, ul.user_id IS NOT NULL AS has_own
+                t.turn, ul.max_active AS own_limit
            FROM (SELECT * FROM l LIMIT $1) l
           CROSS JOIN LATERAL (
                 SELECT id, priority = 'high' AS high, created_at, attempts FROM jobs j
@@ -509,7 +510,7 @@ async fn dispatch_pass(pool: &PgPool, rules: &Rules) -> Result<(Vec<Granted>, Op
     }
 
     // Room of each limited user with a line.
-    let limit_of = |l: &Line| rules.user_limit(if l.has_own { Some(l.own_limit) } else { None });
+    let limit_of = |l: &Line| rules.user_limit(l.own_limit);
     let mut limited: Vec<Uuid> = lines
         .iter()
         .filter(|l| limit_of(l) > 0)
@@ -879,7 +880,6 @@ mod tests {
             attempts: 0,
             turn,
             own_limit: None,
-            has_own: false,
         };
         let mut ls = [
             line(false, Some(5), 1),

@@ -75,10 +75,7 @@ impl LimitsView {
         Self {
             user_id,
             max_active,
-            effective_max_active: max_active
-                .map_or(state.settings.limits.max_active_per_user, |n| {
-                    n.max(0) as u32
-                }),
+            effective_max_active: state.gate.user_limit(max_active),
             priority: own.as_ref().is_some_and(|l| l.priority),
             updated_by: own.as_ref().map(|l| l.updated_by.clone()),
             updated_at: own.map(|l| l.updated_at),
