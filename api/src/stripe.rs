@@ -194,15 +194,28 @@ impl Invoice {
     }
 }
 
-/// A positive whole number of credits from a metadata value (Stripe's
-/// metadata values are strings; a number is taken too).
-pub fn credits_value(value: &serde_json::Value) -> Option<i64> {
-    let n = match value {
+/// A whole number from a metadata value (Stripe's metadata values are
+/// strings; a number is taken too).
+pub fn whole_number(value: &serde_json::Value) -> Option<i64> {
+    match value {
         serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
         serde_json::Value::Number(n) => n.as_i64(),
         _ => None,
-    };
-    n.filter(|n| *n > 0 && *n <= CREDITS_MAX)
+    }
+}
+
+/// A positive whole number of credits from a metadata value.
+pub fn credits_value(value: &serde_json::Value) -> Option<i64> {
+    whole_number(value).filter(|n| *n > 0 && *n <= CREDITS_MAX)
+}
+
+/// `true` or `false` from a metadata value (a string; a boolean is taken too).
+pub fn flag_value(value: &serde_json::Value) -> Option<bool> {
+    match value {
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        serde_json::Value::Bool(b) => Some(*b),
+        _ => None,
+    }
 }
 
 /// A page of a session's line items (Stripe's API).
@@ -362,6 +375,20 @@ mod tests {
     // Computed with Stripe's own library (generateTestHeaderString).
     const GOOD: &str =
         "t=1700000000,v1=8042376f6ca064adbe037642a718227dfd59047137eb49497a54c49eb0cfb724";
+
+    #[test]
+    fn metadata_values_are_read_from_strings_or_their_json_types() {
+        use serde_json::json;
+        assert_eq!(whole_number(&json!(" 3 ")), Some(3));
+        assert_eq!(whole_number(&json!(0)), Some(0));
+        assert_eq!(whole_number(&json!("lots")), None);
+        assert_eq!(whole_number(&json!(3.5)), None);
+        assert_eq!(credits_value(&json!("0")), None);
+        assert_eq!(flag_value(&json!("true")), Some(true));
+        assert_eq!(flag_value(&json!(false)), Some(false));
+        assert_eq!(flag_value(&json!("yes")), None);
+        assert_eq!(flag_value(&json!(1)), None);
+    }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

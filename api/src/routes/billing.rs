@@ -423,25 +423,17 @@ async fn plan(state: &AppState, invoice: Invoice) -> Result<Action, ApiError> {
 /// number, 0 for no limit) and `genq_plan_priority` (`true`/`false`), each
 /// optional; `None` when one is present but can't be read.
 fn plan_limits(invoice: &Invoice) -> Option<genq_store::store::gate::LimitsChange> {
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => Some(s.trim().to_owned()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    };
     let max_active = match invoice.meta("genq_plan_max_active") {
         None => None,
         Some(v) => {
-            let n: u32 = text(v)?.parse().ok()?;
-            if n > MAX_ACTIVE_MAX {
-                return None;
-            }
+            let n =
+                stripe::whole_number(v).filter(|n| (0..=i64::from(MAX_ACTIVE_MAX)).contains(n))?;
             Some(Some(n as i32))
         }
     };
     let priority = match invoice.meta("genq_plan_priority") {
         None => None,
-        Some(v) => Some(text(v)?.parse::<bool>().ok()?),
+        Some(v) => Some(stripe::flag_value(v)?),
     };
     Some(genq_store::store::gate::LimitsChange {
         max_active,
