@@ -206,7 +206,8 @@ pub struct QueueSettings {
 pub struct ProviderSettings {
     /// The label stored on each job (`jobs.provider`).
     pub name: String,
-    /// Which provider API to speak: taskid | replicate | fal | runway | luma | kling.
+    /// Which provider API to speak: taskid | replicate | fal | runway | luma |
+    /// kling | veo | seedance | minimax.
     pub kind: String,
     /// The provider's model / version / endpoint ID; empty means the kind's default
     /// (see `ProviderKind::default_model`).
@@ -243,16 +244,25 @@ pub enum ProviderKind {
     Runway,
     Luma,
     Kling,
+    /// Google Veo through the Gemini API's long-running operations.
+    Veo,
+    /// ByteDance Seedance through BytePlus ModelArk.
+    Seedance,
+    /// MiniMax Hailuo.
+    MiniMax,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 6] = [
+    pub const ALL: [ProviderKind; 9] = [
         Self::TaskId,
         Self::Replicate,
         Self::Fal,
         Self::Runway,
         Self::Luma,
         Self::Kling,
+        Self::Veo,
+        Self::Seedance,
+        Self::MiniMax,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -263,6 +273,9 @@ impl ProviderKind {
             Self::Runway => "runway",
             Self::Luma => "luma",
             Self::Kling => "kling",
+            Self::Veo => "veo",
+            Self::Seedance => "seedance",
+            Self::MiniMax => "minimax",
         }
     }
 
@@ -281,6 +294,9 @@ impl ProviderKind {
             Self::Runway => "https://api.dev.runwayml.com",
             Self::Luma => "https://api.lumalabs.ai",
             Self::Kling => "https://api-singapore.klingai.com",
+            Self::Veo => "https://generativelanguage.googleapis.com",
+            Self::Seedance => "https://ark.ap-southeast.bytepluses.com",
+            Self::MiniMax => "https://api.minimax.io",
         }
     }
 
@@ -293,6 +309,9 @@ impl ProviderKind {
             Self::Runway => "gen4.5",
             Self::Luma => "ray-2",
             Self::Kling => "kling-v1-6",
+            Self::Veo => "veo-3.0-generate-001",
+            Self::Seedance => "seedance-1-0-pro-250528",
+            Self::MiniMax => "MiniMax-Hailuo-02",
         }
     }
 }

@@ -21,7 +21,19 @@ pub const SAMPLE_MP4: &[u8] = &[
 
 /// The output video while its URL is valid; afterwards what the provider's
 /// storage answers (signed CDN URLs: 403; Replicate, fal and TaskID: 404).
-pub(crate) async fn download(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn download(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    // Veo's files are read with the API key, like its API.
+    if sim.config.dialect == Dialect::Veo && !crate::veo::has_key(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "Method doesn't allow unregistered callers.",
+        )
+            .into_response();
+    }
     let (ready, exists, not_video) = {
         let tasks = sim.tasks.lock().expect("sim lock");
         match tasks.by_id.get(&id) {
@@ -39,7 +51,7 @@ pub(crate) async fn download(State(sim): State<Arc<Sim>>, Path(id): Path<String>
             sim.stats.expired_downloads.fetch_add(1, Ordering::Relaxed);
         }
         return match sim.config.dialect {
-            Dialect::Runway | Dialect::Luma | Dialect::Kling => (
+            Dialect::Runway | Dialect::Luma | Dialect::Kling | Dialect::Seedance | Dialect::MiniMax => (
                 StatusCode::FORBIDDEN,
                 [(header::CONTENT_TYPE, "application/xml")],
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",

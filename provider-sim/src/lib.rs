@@ -1,5 +1,6 @@
 //! A provider simulator: a real HTTP server that speaks one provider's API
-//! (the dialect: taskid by default, or replicate, fal, runway, luma, kling),
+//! (the dialect: taskid by default, or replicate, fal, runway, luma, kling,
+//! veo, seedance, minimax),
 //! with knobs for latency, generation time and injected faults, prompt
 //! markers that force one task's outcome, and output videos it serves itself
 //! at URLs that expire. This file owns the task engine every dialect shares.
@@ -8,9 +9,12 @@ mod fal;
 mod files;
 mod kling;
 mod luma;
+mod minimax;
 mod replicate;
 mod runway;
+mod seedance;
 mod taskid;
+mod veo;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,6 +65,13 @@ pub enum Dialect {
     Luma,
     /// Kling: /v1/videos/text2video
     Kling,
+    /// Google Veo (Gemini API): /v1beta/models/{model}:predictLongRunning
+    Veo,
+    /// ByteDance Seedance (BytePlus ModelArk): /api/v3/contents/generations/tasks
+    Seedance,
+    /// MiniMax Hailuo: /v1/video_generation
+    #[value(name = "minimax")]
+    MiniMax,
 }
 
 /// The simulator's knobs.
@@ -307,6 +318,9 @@ fn router(sim: Arc<Sim>) -> Router {
         Dialect::Runway => runway::routes(),
         Dialect::Luma => luma::routes(),
         Dialect::Kling => kling::routes(),
+        Dialect::Veo => veo::routes(),
+        Dialect::Seedance => seedance::routes(),
+        Dialect::MiniMax => minimax::routes(),
     };
     common.merge(dialect).with_state(sim)
 }

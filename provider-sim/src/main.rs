@@ -8,7 +8,7 @@ use genq_provider_sim::{start, Dialect, SimConfig, MARKERS_HELP};
 #[derive(Parser)]
 #[command(
     name = "genq-provider-sim",
-    about = "A video provider for tests and demos, speaking one provider's API (--dialect): taskid (POST /v1/tasks, GET /v1/tasks/{id}, POST /v1/tasks/{id}/cancel), replicate, fal, runway, luma or kling. Also GET /v1/stats, and the output videos at /files/{id}/output.mp4.",
+    about = "A video provider for tests and demos, speaking one provider's API (--dialect): taskid (POST /v1/tasks, GET /v1/tasks/{id}, POST /v1/tasks/{id}/cancel), replicate, fal, runway, luma, kling, veo, seedance or minimax. Also GET /v1/stats, and the output videos at /files/{id}/output.mp4.",
     after_help = MARKERS_HELP,
     version
 )]

@@ -76,6 +76,9 @@ struct Downloads {
     /// For everything else: public addresses only (unless allow_private).
     public: reqwest::Client,
     trusted_origins: Vec<url::Origin>,
+    /// Headers a provider's own output URLs need (Veo's API key), each
+    /// sent only to that provider's origin, never across a redirect away.
+    credentials: Vec<(url::Origin, &'static str, secrecy::SecretString)>,
     allow_private: bool,
 }
 
@@ -296,22 +299,27 @@ impl Downloads {
                 .build()
         };
         let allow_private = settings.provider.allow_private;
-        let trusted_origins = std::iter::once(settings.provider.effective_base_url())
-            .chain(
-                settings
-                    .models
-                    .iter()
-                    .map(|(name, m)| m.provider(name).effective_base_url()),
-            )
-            .filter_map(|u| url::Url::parse(&u).ok())
-            .map(|u| u.origin())
-            .filter(url::Origin::is_tuple)
+        let providers = settings.configured_providers();
+        let origin_of = |p: &genq_core::config::ProviderSettings| {
+            url::Url::parse(&p.effective_base_url())
+                .ok()
+                .map(|u| u.origin())
+                .filter(url::Origin::is_tuple)
+        };
+        let trusted_origins = providers.iter().filter_map(origin_of).collect();
+        let credentials = providers
+            .iter()
+            .filter_map(|p| {
+                let (header, secret) = crate::provider::download_credential(p)?;
+                Some((origin_of(p)?, header, secret))
+            })
             .collect();
         Ok(Self {
             // The configured providers' own origins may be private.
             trusted: client(true)?,
             public: client(allow_private)?,
             trusted_origins,
+            credentials,
             allow_private,
         })
     }
@@ -322,7 +330,13 @@ impl Downloads {
         let mut url = url::Url::parse(url).map_err(|_| refused_url())?;
         for hop in 0..=MAX_REDIRECTS {
             let client = self.client_for(&url)?;
-            let response = client.get(url.clone()).send().await.map_err(|e| {
+            let mut request = client.get(url.clone());
+            for (origin, header, secret) in &self.credentials {
+                if *origin == url.origin() {
+                    request = request.header(*header, secret.expose_secret());
+                }
+            }
+            let response = request.send().await.map_err(|e| {
                 if refused_by_resolver(&e) {
                     refused_url()
                 } else {

@@ -279,6 +279,7 @@ impl Handler {
             duration_seconds: job.params.duration_seconds,
             aspect_ratio: job.params.aspect_ratio.as_str().to_owned(),
             cancel_after: Some(self.settings.job_timeout()),
+            callback_url: None,
         };
         let started = std::time::Instant::now();
         let submitted = provider.adapter.submit(&request).await;

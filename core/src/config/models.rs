@@ -216,7 +216,8 @@ pub(super) fn check_provider(prefix: &str, p: &ProviderSettings) -> Result<(), (
         return Err((
             key("kind"),
             format!(
-                "must be one of taskid, replicate, fal, runway, luma, kling (not {:?})",
+                "must be one of {} (not {:?})",
+                ProviderKind::ALL.map(ProviderKind::as_str).join(", "),
                 p.kind
             ),
         ));

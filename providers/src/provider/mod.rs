@@ -6,10 +6,13 @@ mod fal;
 pub mod http;
 mod kling;
 mod luma;
+mod minimax;
 pub mod registry;
 mod replicate;
 mod runway;
+mod seedance;
 mod taskid;
+mod veo;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +26,13 @@ use genq_core::config::{ProviderKind, ProviderSettings};
 pub use fal::FalProvider;
 pub use kling::KlingProvider;
 pub use luma::LumaProvider;
+pub use minimax::MiniMaxProvider;
 pub use registry::{ConfiguredProvider, Providers};
 pub use replicate::ReplicateProvider;
 pub use runway::RunwayProvider;
+pub use seedance::SeedanceProvider;
 pub use taskid::TaskIdProvider;
+pub use veo::VeoProvider;
 
 /// `ProviderError::Permanent.code` of a content or moderation refusal: the
 /// worker fails the job with error code `content_rejected` and the message.
@@ -43,6 +49,10 @@ pub struct TaskRequest {
     /// itself (Replicate's `Cancel-After`); the job's own deadline.
     #[serde(skip)]
     pub cancel_after: Option<Duration>,
+    /// Where the provider should call back when the task ends (dialects
+    /// with callbacks, when `provider.callback_base_url` is set).
+    #[serde(skip)]
+    pub callback_url: Option<String>,
 }
 
 /// Why a task ended without a video.
@@ -195,7 +205,18 @@ pub fn build(settings: &ProviderSettings) -> anyhow::Result<Arc<dyn VideoProvide
         ProviderKind::Runway => Arc::new(RunwayProvider::new(settings)?),
         ProviderKind::Luma => Arc::new(LumaProvider::new(settings)?),
         ProviderKind::Kling => Arc::new(KlingProvider::new(settings)?),
+        ProviderKind::Veo => Arc::new(VeoProvider::new(settings)?),
+        ProviderKind::Seedance => Arc::new(SeedanceProvider::new(settings)?),
+        ProviderKind::MiniMax => Arc::new(MiniMaxProvider::new(settings)?),
     })
+}
+
+/// The header a provider's own output URLs need (Veo's files are read with
+/// the API key), sent only to that provider's origin.
+pub fn download_credential(
+    settings: &ProviderSettings,
+) -> Option<(&'static str, secrecy::SecretString)> {
+    (settings.kind() == ProviderKind::Veo).then(|| (veo::API_KEY_HEADER, settings.api_key.clone()))
 }
 
 /// A status word `provider` answered that its adapter does not know: logged,

@@ -89,7 +89,14 @@ async fn kept_past_expiry(kind: ProviderKind, dialect: Dialect) {
     let url = provider_url(&env, &id).await;
     assert!(url.starts_with(&env.sim().base_url()), "{url}");
     let expired = eventually(WAIT, || async {
-        let r = env.client.get(&url).send().await.ok()?;
+        // With Veo's key, so the expiry is what refuses it.
+        let r = env
+            .client
+            .get(&url)
+            .header("x-goog-api-key", "test-access-key:test-secret-key")
+            .send()
+            .await
+            .ok()?;
         (!r.status().is_success()).then_some(r.status())
     })
     .await;
@@ -151,6 +158,60 @@ async fn luma_video_is_kept_past_the_provider_url() {
 #[tokio::test]
 async fn kling_video_is_kept_past_the_provider_url() {
     kept_past_expiry(ProviderKind::Kling, Dialect::Kling).await;
+}
+
+#[tokio::test]
+async fn veo_video_is_kept_past_the_provider_url() {
+    kept_past_expiry(ProviderKind::Veo, Dialect::Veo).await;
+}
+
+#[tokio::test]
+async fn seedance_video_is_kept_past_the_provider_url() {
+    kept_past_expiry(ProviderKind::Seedance, Dialect::Seedance).await;
+}
+
+#[tokio::test]
+async fn minimax_video_is_kept_past_the_provider_url() {
+    kept_past_expiry(ProviderKind::MiniMax, Dialect::MiniMax).await;
+}
+
+/// For each newer dialect, the worker end to end: a prompt the provider's
+/// moderation refuses fails as `content_rejected` in the provider's words,
+/// and its credits come back.
+async fn refusal_is_refunded(kind: ProviderKind, dialect: Dialect) {
+    let env = env_for(kind, dialect, Duration::from_secs(60)).await;
+    let worker = env.spawn_worker().await;
+    let token = env.new_user("refused", "refused@example.com").await;
+    env.grant("refused@example.com", 10).await;
+    let (_, before) = env.get("/v1/credits", &token).await;
+    let (status, job) = env.submit(&token, "something [sim:moderation]").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let failed = env.wait_for_status(&token, &id, "failed", WAIT).await;
+    assert_eq!(failed["error"]["code"], "content_rejected", "{failed:#}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("simulated"), "{kind}: {message}");
+    let (_, credits) = env.get("/v1/credits", &token).await;
+    assert_eq!(credits["available"], before["available"], "{credits}");
+    assert_eq!(credits["spent"], 0, "{credits}");
+    assert_eq!(credits["reserved"], 0, "{credits}");
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn veo_refusal_is_refunded() {
+    refusal_is_refunded(ProviderKind::Veo, Dialect::Veo).await;
+}
+
+#[tokio::test]
+async fn seedance_refusal_is_refunded() {
+    refusal_is_refunded(ProviderKind::Seedance, Dialect::Seedance).await;
+}
+
+#[tokio::test]
+async fn minimax_refusal_is_refunded() {
+    refusal_is_refunded(ProviderKind::MiniMax, Dialect::MiniMax).await;
 }
 
 /// Submits `prompt` and returns the finished job and the user's credits.
