@@ -16,7 +16,9 @@ use utoipa_axum::routes;
 
 use crate::routes::admin::billing as admin_billing;
 use crate::routes::admin::{self, dlq, jobs, system, users, webhooks};
-use crate::routes::{billing, credits, dev, events, generations, health, models, video, web};
+use crate::routes::{
+    billing, callbacks, credits, dev, events, generations, health, models, video, web,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -72,6 +74,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::delivery_replay))
         .routes(routes!(dev::sign_in))
         .routes(routes!(billing::stripe_webhook))
+        .routes(routes!(callbacks::provider_callback))
         .routes(routes!(admin_billing::billing_events))
         .routes(routes!(admin_billing::waive))
         .routes(routes!(health::healthz))

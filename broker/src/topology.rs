@@ -11,7 +11,9 @@ use lapin::{Channel, ExchangeKind};
 
 /// Delays the wait queues offer, in milliseconds. Per-message TTLs only expire
 /// at a queue's head, so each delay is its own queue with a fixed TTL.
-pub const DELAY_TIERS_MS: [u64; 8] = [100, 250, 1_000, 2_000, 5_000, 15_000, 30_000, 60_000];
+pub const DELAY_TIERS_MS: [u64; 9] = [
+    100, 250, 1_000, 2_000, 5_000, 15_000, 30_000, 60_000, 300_000,
+];
 
 /// The longer delays of webhook retries (5 min, 30 min, 2 h, 5 h, 10 h, the
 /// steps of the Standard Webhooks schedule), for webhook messages only. A
@@ -324,10 +326,12 @@ mod tests {
     fn tiers_round_the_right_way() {
         assert_eq!(tier_at_most(Duration::from_millis(10)), 100);
         assert_eq!(tier_at_most(Duration::from_millis(1_500)), 1_000);
-        assert_eq!(tier_at_most(Duration::from_secs(3_600)), 60_000);
+        assert_eq!(tier_at_most(Duration::from_secs(3_600)), 300_000);
+        assert_eq!(tier_at_most(Duration::from_secs(120)), 60_000);
         assert_eq!(tier_at_least(Duration::from_millis(1_500)), 2_000);
         assert_eq!(tier_at_least(Duration::from_secs(1)), 1_000);
-        assert_eq!(tier_at_least(Duration::from_secs(3_600)), 60_000);
+        assert_eq!(tier_at_least(Duration::from_secs(3_600)), 300_000);
+        assert_eq!(tier_at_least(Duration::from_secs(120)), 300_000);
     }
 
     #[test]

@@ -233,6 +233,24 @@ pub struct ProviderSettings {
     /// without a trip through the broker (for a provider that usually has
     /// the video by then). Other values are rounded down to a wait tier.
     pub first_poll_ms: Option<u64>,
+    /// The API's public base URL as providers reach it (e.g.
+    /// `https://genq.example.com`): when set, a submit to a kind with
+    /// callbacks (replicate, fal, kling, luma, seedance) hands the provider
+    /// `{this}/v1/providers/{name}/callback?job=…&token=…`, and polling
+    /// becomes the safety net. Empty: no callbacks, polling as usual.
+    /// Read from `provider` for every configured provider.
+    pub callback_base_url: String,
+    /// The key of the per-job callback tokens (at least 32 bytes; required
+    /// with `callback_base_url`). Changing it voids the URLs of tasks in flight
+    /// (they end through polling).
+    pub callback_secret: SecretString,
+    /// Between polls of a task whose provider will call back (rounded down
+    /// to a wait tier, at most 300000).
+    pub poll_with_callbacks_ms: u64,
+    /// Replicate's webhook signing secret (`whsec_…`, from its
+    /// `/v1/webhooks/default/secret`): when set, a Replicate callback must
+    /// also carry a valid Standard Webhooks signature.
+    pub webhook_secret: SecretString,
 }
 
 /// The provider APIs genq has an adapter for.
@@ -520,6 +538,10 @@ impl Default for ProviderSettings {
             max_per_minute: 0,
             allow_private: false,
             first_poll_ms: None,
+            callback_base_url: String::new(),
+            callback_secret: SecretString::from(""),
+            poll_with_callbacks_ms: 300_000,
+            webhook_secret: SecretString::from(""),
         }
     }
 }
@@ -612,6 +634,37 @@ impl Settings {
         }
         if self.credits.initial < 0 {
             fail("credits.initial", "must be 0 or more")?;
+        }
+        let p = &self.provider;
+        let callback_base = p.callback_base_url.trim();
+        if !callback_base.is_empty() {
+            let ok = url::Url::parse(callback_base).is_ok_and(|u| {
+                matches!(u.scheme(), "https" | "http") && u.query().is_none() && u.host().is_some()
+            });
+            if !ok {
+                fail(
+                    "provider.callback_base_url",
+                    "must be the API's public base URL, such as https://genq.example.com (or empty for no callbacks)",
+                )?;
+            }
+            if p.callback_secret.expose_secret().len() < 32 {
+                fail(
+                    "provider.callback_secret",
+                    "must be at least 32 bytes when provider.callback_base_url is set",
+                )?;
+            }
+        }
+        if !(1_000..=300_000).contains(&p.poll_with_callbacks_ms) {
+            fail(
+                "provider.poll_with_callbacks_ms",
+                "must be between 1000 and 300000",
+            )?;
+        }
+        let webhook_secret = p.webhook_secret.expose_secret();
+        if !webhook_secret.is_empty() {
+            if let Err(why) = crate::webhooks::Secret::parse(webhook_secret) {
+                fail("provider.webhook_secret", &why)?;
+            }
         }
         if self.credits.video_cost <= 0 {
             fail("credits.video_cost", "must be more than 0")?;

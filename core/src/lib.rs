@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod bugs;
+pub mod callbacks;
 pub mod config;
 pub mod domain;
 pub mod messages;

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::{credential, with_retry_after, Cancel, Phase, Refusal, Sim, SAMPLE_MP4};
+use crate::{credential, with_retry_after, Cancel, Phase, Refusal, Sim};
 
 pub(crate) fn routes() -> Router<Arc<Sim>> {
     Router::new().fallback(handle)
@@ -72,7 +72,12 @@ async fn handle(
             cancel(&sim, &format!("{owner}/{app}"), id).await
         }
         (Method::POST, [owner, app, ..]) if !parts.contains(&"requests") => {
-            submit(&sim, &path, &format!("{owner}/{app}"), &body).await
+            let webhook = uri.query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "fal_webhook")
+                    .map(|(_, v)| v.into_owned())
+            });
+            submit(&sim, &path, &format!("{owner}/{app}"), &body, webhook).await
         }
         _ => detail(StatusCode::NOT_FOUND, "Not Found"),
     }
@@ -87,7 +92,13 @@ fn urls(sim: &Sim, app: &str, id: &str) -> (String, String, String) {
     )
 }
 
-async fn submit(sim: &Sim, endpoint: &str, app: &str, body: &[u8]) -> Response {
+async fn submit(
+    sim: &Arc<Sim>,
+    endpoint: &str,
+    app: &str,
+    body: &[u8],
+    webhook: Option<String>,
+) -> Response {
     let input: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let Some(prompt) = input["prompt"].as_str() else {
         return (
@@ -106,8 +117,9 @@ async fn submit(sim: &Sim, endpoint: &str, app: &str, body: &[u8]) -> Response {
         None,
         prompt,
         None,
-        json!({"app": app, "endpoint": endpoint}),
+        json!({"app": app, "endpoint": endpoint, "callback_url": webhook}),
     );
+    sim.created(&id).await;
     let (response_url, status_url, cancel_url) = urls(sim, app, &id);
     Json(json!({
         "status": "IN_QUEUE",
@@ -198,7 +210,7 @@ async fn result(sim: &Sim, app: &str, id: &str) -> Response {
                 "url": t.video_url,
                 "content_type": "video/mp4",
                 "file_name": "output.mp4",
-                "file_size": SAMPLE_MP4.len(),
+                "file_size": crate::video_len(sim.config.video_bytes),
             }
         }))
         .into_response(),

@@ -77,7 +77,7 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-fn task(t: &View) -> Value {
+pub(crate) fn task(t: &View) -> Value {
     let (word, msg) = match t.phase {
         Phase::Queued | Phase::Throttled { .. } => ("submitted", ""),
         Phase::Running { .. } => ("processing", ""),
@@ -139,8 +139,9 @@ async fn create(
         external.clone(),
         prompt,
         None,
-        json!({"external_task_id": external, "model": body["model_name"]}),
+        json!({"external_task_id": external, "model": body["model_name"], "callback_url": body["callback_url"]}),
     );
+    sim.created(&id).await;
     let t = sim.view(&id).expect("just created");
     envelope(StatusCode::OK, 0, "SUCCEED", task(&t))
 }

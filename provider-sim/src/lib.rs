@@ -5,6 +5,7 @@
 //! markers that force one task's outcome, and output videos it serves itself
 //! at URLs that expire. This file owns the task engine every dialect shares.
 
+mod callbacks;
 mod fal;
 mod files;
 mod kling;
@@ -31,7 +32,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use files::SAMPLE_MP4;
+pub use callbacks::CallbackFaults;
+pub use files::{video_len, video_pieces, SAMPLE_MP4};
 
 /// Prompt markers, each forcing an outcome for the task whose prompt has it.
 pub const MARKERS_HELP: &str = "\
@@ -96,6 +98,11 @@ pub struct SimConfig {
     pub url_ttl: Option<Duration>,
     /// How long serving one output video takes (it is sent in pieces).
     pub download: Duration,
+    /// Calling back when tasks end, and its faults.
+    pub callbacks: CallbackFaults,
+    /// The size of each output video: a real MP4 padded with a `free` box
+    /// (at least the sample's own size, [`SAMPLE_MP4`]).
+    pub video_bytes: u64,
 }
 
 impl Default for SimConfig {
@@ -111,6 +118,8 @@ impl Default for SimConfig {
             dialect: Dialect::TaskId,
             url_ttl: None,
             download: Duration::ZERO,
+            callbacks: CallbackFaults::default(),
+            video_bytes: 0,
         }
     }
 }
@@ -190,6 +199,11 @@ pub struct Stats {
     pub injected_429: AtomicU64,
     pub downloads: AtomicU64,
     pub expired_downloads: AtomicU64,
+    pub callbacks_sent: AtomicU64,
+    pub callbacks_forged: AtomicU64,
+    pub callbacks_dropped: AtomicU64,
+    /// Callbacks answered with anything but a 2xx (or not answered).
+    pub callbacks_refused: AtomicU64,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
@@ -205,6 +219,14 @@ pub struct StatsSnapshot {
     pub downloads: u64,
     #[serde(default)]
     pub expired_downloads: u64,
+    #[serde(default)]
+    pub callbacks_sent: u64,
+    #[serde(default)]
+    pub callbacks_forged: u64,
+    #[serde(default)]
+    pub callbacks_dropped: u64,
+    #[serde(default)]
+    pub callbacks_refused: u64,
 }
 
 impl Stats {
@@ -220,6 +242,10 @@ impl Stats {
             injected_429: l(&self.injected_429),
             downloads: l(&self.downloads),
             expired_downloads: l(&self.expired_downloads),
+            callbacks_sent: l(&self.callbacks_sent),
+            callbacks_forged: l(&self.callbacks_forged),
+            callbacks_dropped: l(&self.callbacks_dropped),
+            callbacks_refused: l(&self.callbacks_refused),
         }
     }
 }
@@ -254,6 +280,8 @@ pub(crate) struct Sim {
     pub(crate) stats: Arc<Stats>,
     /// `http://addr`, for the output URLs the simulator serves.
     base: String,
+    /// Sends the callbacks (bounded: a timeout, no redirects).
+    callback_client: reqwest::Client,
 }
 
 /// A running simulator.
@@ -289,6 +317,10 @@ pub async fn start(config: SimConfig, addr: &str) -> anyhow::Result<SimHandle> {
         tasks: Mutex::new(Tasks::default()),
         stats: stats.clone(),
         base: format!("http://{addr}"),
+        callback_client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
     });
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -54,7 +54,7 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-fn generation(t: &View) -> Value {
+pub(crate) fn generation(t: &View) -> Value {
     let (state, reason) = match t.phase {
         Phase::Queued | Phase::Throttled { .. } => ("queued", None),
         Phase::Running { .. } => ("dreaming", None),
@@ -107,8 +107,9 @@ async fn create(
         None,
         prompt,
         None,
-        json!({"model": body["model"]}),
+        json!({"model": body["model"], "callback_url": body["callback_url"]}),
     );
+    sim.created(&id).await;
     let t = sim.view(&id).expect("just created");
     (StatusCode::CREATED, Json(generation(&t))).into_response()
 }

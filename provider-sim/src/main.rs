@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use genq_provider_sim::{start, Dialect, SimConfig, MARKERS_HELP};
+use genq_provider_sim::{start, CallbackFaults, Dialect, SimConfig, MARKERS_HELP};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,33 @@ struct Cli {
     /// milliseconds, so a download can be interrupted half-way.
     #[arg(long, default_value_t = 0)]
     download_ms: u64,
+    /// Call back when a task ends, for submits that name a callback URL
+    /// (replicate, fal, kling, luma, seedance).
+    #[arg(long)]
+    callbacks: bool,
+    /// Share of callbacks never sent (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    callback_drop_rate: f64,
+    /// Send every callback twice.
+    #[arg(long)]
+    callback_duplicate: bool,
+    /// Wait this long after a task ends before calling back, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    callback_delay_ms: u64,
+    /// Before each callback, send a forged one (a wrong token, or for
+    /// replicate with --webhook-secret a wrong signature).
+    #[arg(long)]
+    callback_forge: bool,
+    /// Call back once while a task is still working, before its submit is answered.
+    #[arg(long)]
+    callback_early: bool,
+    /// The size of each output video in bytes: a real, playable MP4 padded
+    /// to that size (default: the 23 KB sample as it is).
+    #[arg(long, default_value_t = 0)]
+    video_bytes: u64,
+    /// Replicate's webhook signing secret (whsec_…): its callbacks are signed.
+    #[arg(long)]
+    webhook_secret: Option<String>,
 }
 
 #[tokio::main]
@@ -63,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         ("--rate-limit-rate", cli.rate_limit_rate),
         ("--permanent-fail-rate", cli.permanent_fail_rate),
         ("--hang-rate", cli.hang_rate),
+        ("--callback-drop-rate", cli.callback_drop_rate),
     ] {
         if !(0.0..=1.0).contains(&rate) {
             anyhow::bail!("{name} must be between 0.0 and 1.0, not {rate}");
@@ -80,6 +108,16 @@ async fn main() -> anyhow::Result<()> {
             download: Duration::from_millis(cli.download_ms),
             dialect: cli.dialect,
             url_ttl: cli.url_ttl_ms.map(Duration::from_millis),
+            video_bytes: cli.video_bytes,
+            callbacks: CallbackFaults {
+                enabled: cli.callbacks,
+                drop_rate: cli.callback_drop_rate,
+                duplicate: cli.callback_duplicate,
+                delay: Duration::from_millis(cli.callback_delay_ms),
+                forge: cli.callback_forge,
+                early: cli.callback_early,
+                webhook_secret: cli.webhook_secret,
+            },
         },
         &cli.addr,
     )

@@ -143,7 +143,7 @@ async fn retrieve(
         Some(t) => Json(json!({
             "file": {
                 "file_id": t.id.parse::<u64>().unwrap_or_default(),
-                "bytes": crate::SAMPLE_MP4.len(),
+                "bytes": crate::video_len(sim.config.video_bytes),
                 "created_at": crate::unix_ms(t.created_at) / 1000,
                 "filename": "output.mp4",
                 "purpose": "video_generation",

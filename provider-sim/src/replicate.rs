@@ -153,12 +153,14 @@ async fn create(sim: Arc<Sim>, headers: HeaderMap, body: Value, model: String) -
     }
     // Replicate has no idempotency key: every create is a new prediction.
     let id: String = uuid::Uuid::new_v4().simple().to_string()[..26].to_owned();
-    let (id, _) = sim.create(id, None, prompt, cancel_after, json!({"model": model}));
+    let meta = json!({"model": model, "callback_url": body["webhook"]});
+    let (id, _) = sim.create(id, None, prompt, cancel_after, meta);
+    sim.created(&id).await;
     let view = sim.view(&id).expect("just created");
     (StatusCode::CREATED, Json(prediction(&sim, &view))).into_response()
 }
 
-fn prediction(sim: &Sim, t: &View) -> Value {
+pub(crate) fn prediction(sim: &Sim, t: &View) -> Value {
     let (status, output, error) = match t.phase {
         Phase::Queued | Phase::Throttled { .. } => ("starting", Value::Null, Value::Null),
         Phase::Running { .. } => ("processing", Value::Null, Value::Null),

@@ -63,7 +63,7 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-fn task(t: &View) -> Value {
+pub(crate) fn task(t: &View) -> Value {
     let failed = |code: &str, message: &str| json!({"code": code, "message": message});
     let (status, error) = match t.phase {
         Phase::Queued | Phase::Throttled { .. } => ("queued", Value::Null),
@@ -131,6 +131,7 @@ async fn create(
     );
     let meta = json!({"model": body["model"], "callback_url": body["callback_url"]});
     let (id, _) = sim.create(id, None, prompt, None, meta);
+    sim.created(&id).await;
     Json(json!({"id": id})).into_response()
 }
 

@@ -136,6 +136,14 @@ impl Handler {
 
     /// Publishes `message` to come back on the work exchange after `delay`
     /// (rounded to a wait tier), keeping its routing key.
+    /// Publishes `message` to the work exchange at once.
+    pub(crate) async fn publish_now<T: serde::Serialize>(&self, key: &str, message: &T) -> Step {
+        self.publisher
+            .publish_json(&self.topology.work_exchange(), key, message)
+            .await?;
+        Ok(())
+    }
+
     pub(crate) async fn publish_delayed<T: serde::Serialize>(
         &self,
         key: &str,
@@ -279,7 +287,7 @@ impl Handler {
             duration_seconds: job.params.duration_seconds,
             aspect_ratio: job.params.aspect_ratio.as_str().to_owned(),
             cancel_after: Some(self.settings.job_timeout()),
-            callback_url: None,
+            callback_url: provider.callback_url(job_id),
         };
         let started = std::time::Instant::now();
         let submitted = provider.adapter.submit(&request).await;
@@ -299,6 +307,13 @@ impl Handler {
                         let w = &self.settings.worker;
                         poll_delay(w.poll_initial_ms, w.poll_max_ms, 0)
                     });
+                    // The provider called back before its answer to the
+                    // submit was recorded: ask it now.
+                    let first = if job.callback_at.is_some() {
+                        Duration::ZERO
+                    } else {
+                        first
+                    };
                     // Asked at once: this step polls, saving a trip through
                     // a wait queue and the poll queue.
                     if first.is_zero() {
@@ -412,19 +427,30 @@ impl Handler {
                     key: &key,
                     message: &message,
                 };
-                if !store::advance_poll(&self.pool, job_id, seq, &state).await? {
+                let store::Advanced::Advanced { called_back } =
+                    store::advance_poll(&self.pool, job_id, seq, &state, job.callback_at).await?
+                else {
                     return Ok(());
-                }
+                };
                 let next = PollMessage::Poll {
                     job_id,
                     seq: seq + 1,
                     errors: 0,
                 };
-                let delay = poll_delay(
-                    self.settings.worker.poll_initial_ms,
-                    self.settings.worker.poll_max_ms,
-                    seq + 1,
-                );
+                if called_back {
+                    // The provider called back while it was being asked:
+                    // its news may be newer than this answer.
+                    return self.publish_now(POLL_KEY, &next).await;
+                }
+                let delay = match provider.callbacks {
+                    // The provider will say when it is done: a slow safety net.
+                    Some(_) => Duration::from_millis(self.settings.provider.poll_with_callbacks_ms),
+                    None => poll_delay(
+                        self.settings.worker.poll_initial_ms,
+                        self.settings.worker.poll_max_ms,
+                        seq + 1,
+                    ),
+                };
                 self.publish_delayed(POLL_KEY, &next, tier_at_most(delay))
                     .await
             }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod billing;
+pub mod callbacks;
 pub mod credits;
 pub mod dev;
 pub mod events;

@@ -120,6 +120,19 @@ export type BillingEvent = {
 };
 
 /**
+ * What genq did with a callback.
+ */
+export type CallbackAnswer = {
+    /**
+     * `polled` (the job's next poll was sent now), `already_polling`,
+     * `noted` (the submit is still being recorded; polled right after) or
+     * `ignored` (the job is no longer at the provider).
+     */
+    outcome: string;
+    received: boolean;
+};
+
+/**
  * A request for one video.
  */
 export type CreateGeneration = {
@@ -2783,6 +2796,66 @@ export type ListModelsResponses = {
 };
 
 export type ListModelsResponse = ListModelsResponses[keyof ListModelsResponses];
+
+export type ProviderCallbackData = {
+    /**
+     * The provider's own callback body; read only to check a signature
+     */
+    body: {
+        [key: string]: unknown;
+    };
+    path: {
+        /**
+         * The configured provider's name
+         */
+        provider: string;
+    };
+    query: {
+        /**
+         * The job the callback is about (genq put it in the URL).
+         */
+        job: string;
+        /**
+         * The job's callback token (genq put it in the URL).
+         */
+        token: string;
+    };
+    url: '/v1/providers/{provider}/callback';
+};
+
+export type ProviderCallbackErrors = {
+    /**
+     * The `job` or `token` query parameter is missing or malformed, or the body is over 1 MiB: nothing changed
+     */
+    400: ErrorBody;
+    /**
+     * The token or the provider's signature does not verify: nothing changed
+     */
+    401: ErrorBody;
+    /**
+     * No configured provider of that name calls back here
+     */
+    404: ErrorBody;
+    /**
+     * Internal error (no details)
+     */
+    500: ErrorBody;
+    /**
+     * The database is unavailable; try again
+     */
+    503: ErrorBody;
+};
+
+export type ProviderCallbackError = ProviderCallbackErrors[keyof ProviderCallbackErrors];
+
+export type ProviderCallbackResponses = {
+    /**
+     * Verified: the job's next poll is sent (or already on its way)
+     */
+    200: CallbackAnswer;
+};
+
+export type ProviderCallbackResponse = ProviderCallbackResponses[keyof ProviderCallbackResponses];
 
 export type CreateStreamTokenData = {
     body?: never;

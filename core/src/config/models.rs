@@ -74,6 +74,8 @@ impl ModelSettings {
             first_poll_ms: self.first_poll_ms,
             // One switch for every download: `provider.allow_private`.
             allow_private: false,
+            // Callbacks are the deployment's: read from `provider`.
+            ..ProviderSettings::default()
         }
     }
 }

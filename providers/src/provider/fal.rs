@@ -145,7 +145,11 @@ impl VideoProvider for FalProvider {
                 "aspect_ratio": request.aspect_ratio,
             });
             let url = format!("{}/{}", self.base_url, self.model);
-            let builder = self.authorized(self.client.post(url)).json(&body);
+            let mut builder = self.authorized(self.client.post(url)).json(&body);
+            if let Some(callback) = &request.callback_url {
+                // fal calls the URL given as `fal_webhook` when the request ends.
+                builder = builder.query(&[("fal_webhook", callback)]);
+            }
             let r: Submitted = http::send_json(builder, |reply| {
                 // A prompt refused at submission: 422 content_policy_violation.
                 let rejected = reply.status.as_u16() == 422

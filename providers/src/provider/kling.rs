@@ -164,7 +164,7 @@ fn interpret(data: &Value) -> ProviderResult<TaskStatus> {
 impl VideoProvider for KlingProvider {
     fn submit<'a>(&'a self, request: &'a TaskRequest) -> BoxFuture<'a, ProviderResult<String>> {
         Box::pin(async move {
-            let body = json!({
+            let mut body = json!({
                 "model_name": self.model,
                 "prompt": request.prompt,
                 "mode": "std",
@@ -172,6 +172,9 @@ impl VideoProvider for KlingProvider {
                 "duration": request.duration_seconds.to_string(),
                 "external_task_id": request.idempotency_key,
             });
+            if let Some(callback) = &request.callback_url {
+                body["callback_url"] = json!(callback);
+            }
             let url = format!("{}/v1/videos/text2video", self.base_url);
             match self.call(self.client.post(url).json(&body)).await {
                 Ok(data) => data["task_id"]

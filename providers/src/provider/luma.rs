@@ -96,13 +96,16 @@ fn interpret(g: Generation) -> ProviderResult<TaskStatus> {
 impl VideoProvider for LumaProvider {
     fn submit<'a>(&'a self, request: &'a TaskRequest) -> BoxFuture<'a, ProviderResult<String>> {
         Box::pin(async move {
-            let body = json!({
+            let mut body = json!({
                 "prompt": request.prompt,
                 "model": self.model,
                 "aspect_ratio": request.aspect_ratio,
                 // Luma's ray models take 5 s or 9 s.
                 "duration": if request.duration_seconds <= 5 { "5s" } else { "9s" },
             });
+            if let Some(callback) = &request.callback_url {
+                body["callback_url"] = json!(callback);
+            }
             let url = format!("{}/dream-machine/v1/generations", self.base_url);
             let builder = self.authorized(self.client.post(url)).json(&body);
             let g: Generation = http::send_json(builder, classify).await?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{build, VideoProvider};
+use genq_core::callbacks::{has_callbacks, CallbackKeys};
 use genq_core::config::Settings;
 use genq_store::store::gate::{Caps, Rules};
 
@@ -20,6 +21,16 @@ pub struct ConfiguredProvider {
     /// When to poll a new task the first time (`first_poll_ms`); `None`:
     /// the worker's `poll_initial_ms`.
     pub first_poll: Option<Duration>,
+    /// Set when this provider calls back (a kind with callbacks, and
+    /// `provider.callback_base_url` set): polling is then the safety net.
+    pub callbacks: Option<CallbackKeys>,
+}
+
+impl ConfiguredProvider {
+    /// The URL the provider calls back on for `job_id`, when it does.
+    pub fn callback_url(&self, job_id: uuid::Uuid) -> Option<String> {
+        self.callbacks.as_ref().map(|k| k.url(&self.name, job_id))
+    }
 }
 
 /// The providers of a deployment, by name.
@@ -40,6 +51,7 @@ impl Providers {
     ) -> anyhow::Result<Self> {
         let mut by_name = HashMap::new();
         let mut default_adapter = default_adapter;
+        let keys = CallbackKeys::from_settings(settings);
         for (i, p) in settings.configured_providers().into_iter().enumerate() {
             let adapter = match default_adapter.take().filter(|_| i == 0) {
                 Some(a) => a,
@@ -49,6 +61,7 @@ impl Providers {
                 max_concurrent: p.max_concurrent,
                 max_per_minute: p.max_per_minute,
             };
+            let callbacks = keys.clone().filter(|_| has_callbacks(p.kind()));
             by_name.insert(
                 p.name.clone(),
                 ConfiguredProvider {
@@ -56,6 +69,7 @@ impl Providers {
                     adapter,
                     caps,
                     first_poll: p.first_poll_ms.map(Duration::from_millis),
+                    callbacks,
                 },
             );
         }

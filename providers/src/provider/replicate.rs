@@ -130,7 +130,7 @@ impl VideoProvider for ReplicateProvider {
         Box::pin(async move {
             // Model inputs differ; `prompt` is the one every text-to-video model takes.
             let input = json!({ "prompt": request.prompt });
-            let (url, body) = match self.model.split_once(':') {
+            let (url, mut body) = match self.model.split_once(':') {
                 Some((_, version)) => (
                     format!("{}/v1/predictions", self.base_url),
                     json!({ "version": version, "input": input }),
@@ -140,6 +140,11 @@ impl VideoProvider for ReplicateProvider {
                     json!({ "input": input }),
                 ),
             };
+            if let Some(callback) = &request.callback_url {
+                // Called once, when the prediction ends.
+                body["webhook"] = json!(callback);
+                body["webhook_events_filter"] = json!(["completed"]);
+            }
             let mut builder = self.authorized(self.client.post(url)).json(&body);
             if let Some(after) = request.cancel_after {
                 builder = builder.header("Cancel-After", cancel_after_header(after));

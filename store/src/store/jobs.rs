@@ -50,6 +50,9 @@ pub struct Job {
     pub priority: Priority,
     /// In a line for a slot (its provider's cap or its user's limit).
     pub waiting: bool,
+    /// When the provider last called back about the task (verified).
+    #[serde(skip)]
+    pub callback_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -57,7 +60,7 @@ pub struct Job {
 pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
     provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, priority, waiting, \
-    created_at, updated_at";
+    callback_at, created_at, updated_at";
 
 #[derive(Debug)]
 pub enum SubmitOutcome {
@@ -494,39 +497,106 @@ pub struct ProviderState<'a> {
     pub message: &'a str,
 }
 
+/// What [`advance_poll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advanced {
+    /// `seq` was not current: a stale or duplicated poll message, dropped.
+    Stale,
+    /// Advanced; `called_back`: the provider called back since the job was
+    /// loaded as `callback_at` (during the poll), so it is worth asking again now.
+    Advanced { called_back: bool },
+}
+
 /// Advances the poll sequence of a running job and notes the provider's
-/// state, with a timeline event when it changed: true when `seq` is
-/// current, false for a stale or duplicated poll message, which is then
-/// dropped.
+/// state, with a timeline event when it changed. `seen_callback` is the
+/// job's `callback_at` when the poll loaded it.
 pub async fn advance_poll(
     pool: &PgPool,
     job_id: Uuid,
     seq: i32,
     state: &ProviderState<'_>,
-) -> Result<bool> {
-    let advanced: i64 = sqlx::query_scalar(&format!(
+    seen_callback: Option<DateTime<Utc>>,
+) -> Result<Advanced> {
+    let row: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(&format!(
         "WITH old AS (
             SELECT id, provider_state FROM jobs
              WHERE id = $1 AND status = 'running' AND poll_seq = $2 FOR UPDATE
         ), j AS (
             UPDATE jobs SET poll_seq = poll_seq + 1, polled_at = now(), provider_state = $3
               FROM old WHERE jobs.id = old.id
-            RETURNING jobs.id, old.provider_state AS was
+            RETURNING jobs.id, jobs.callback_at, old.provider_state AS was
         ), e AS (
             INSERT INTO job_events (job_id, kind, message, data)
             SELECT id, '{provider}', $4, jsonb_build_object('state', $3::text)
               FROM j WHERE was IS DISTINCT FROM $3
         )
-        SELECT count(*) FROM j",
+        SELECT callback_at FROM j",
         provider = EventKind::Provider
     ))
     .bind(job_id)
     .bind(seq)
     .bind(state.key)
     .bind(state.message)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(advanced == 1)
+    Ok(match row {
+        None => Advanced::Stale,
+        Some((at,)) => Advanced::Advanced {
+            called_back: at.is_some() && at != seen_callback,
+        },
+    })
+}
+
+/// What a verified provider callback did to its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackWake {
+    /// Running, and no wake-up was on its way: poll now (`seq`, in the
+    /// same transaction's outbox).
+    Sent,
+    /// Running, and a wake-up for the current poll is already on its way.
+    AlreadyOnItsWay,
+    /// Still being submitted: polled as soon as the provider's answer is recorded.
+    Noted,
+    /// No such job, or no longer at the provider: nothing to do.
+    Ignored,
+}
+
+/// Records a verified callback for `job_id` on `provider` and, while the
+/// job runs there, sends its next poll now (at most one such wake-up per
+/// poll); the callback's body is never read for the outcome.
+pub async fn wake_on_callback(pool: &PgPool, job_id: Uuid, provider: &str) -> Result<CallbackWake> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(JobStatus, i32, Option<i32>)> = sqlx::query_as(
+        "WITH old AS (
+            SELECT id, callback_wake_seq FROM jobs
+             WHERE id = $1 AND provider = $2 AND status IN ('submitting', 'running') FOR UPDATE
+        )
+        UPDATE jobs SET callback_at = clock_timestamp(),
+               callback_wake_seq = CASE WHEN status = 'running' THEN poll_seq ELSE jobs.callback_wake_seq END
+          FROM old WHERE jobs.id = old.id
+        RETURNING jobs.status, jobs.poll_seq, old.callback_wake_seq",
+    )
+    .bind(job_id)
+    .bind(provider)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let wake = match row {
+        None => CallbackWake::Ignored,
+        Some((JobStatus::Running, seq, was)) if was != Some(seq) => {
+            let poll =
+                genq_core::messages::WorkMessage::Poll(genq_core::messages::PollMessage::Poll {
+                    job_id,
+                    seq,
+                    errors: 0,
+                });
+            super::outbox::enqueue(&mut *tx, &poll).await?;
+            CallbackWake::Sent
+        }
+        Some((JobStatus::Running, _, _)) => CallbackWake::AlreadyOnItsWay,
+        Some(_) => CallbackWake::Noted,
+    };
+    tx.commit().await?;
+    Ok(wake)
 }
 
 // ------------------------------------------------------------ sweeper ----

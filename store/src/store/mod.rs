@@ -39,8 +39,9 @@ pub use cancel::{cancel_job, CancelOutcome};
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
 pub use events::{of_job as job_events, JobEvent};
 pub use jobs::{
-    advance_poll, get_job, list_jobs, mark_provider_canceled, record_event, submit, Job, JobCursor,
-    NewSubmission, SubmitOutcome, JOB_COLS,
+    advance_poll, get_job, list_jobs, mark_provider_canceled, record_event, submit,
+    wake_on_callback, Advanced, CallbackWake, Job, JobCursor, NewSubmission, SubmitOutcome,
+    JOB_COLS,
 };
 pub use transition::{transition, Note, Settlement, Transition};
 pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};

@@ -9,6 +9,7 @@ mod harness;
 mod api;
 mod archive;
 mod billing;
+mod callbacks;
 mod console;
 mod events;
 mod fairness;

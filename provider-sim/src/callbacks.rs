@@ -1,0 +1,202 @@
+//! The simulator calling back: when a task given a callback URL ends, a POST
+//! of the dialect's own body to that URL (Replicate's signed the Standard
+//! Webhooks way with `--webhook-secret`), with the faults of a real
+//! provider's callbacks: dropped, duplicated, delayed, forged, or one sent
+//! before the submit is even answered.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::{Dialect, Phase, Sim, View};
+
+/// How the simulator calls back (all off by default).
+#[derive(Debug, Clone, Default)]
+pub struct CallbackFaults {
+    /// Call back at all (for tasks whose submit named a callback URL).
+    pub enabled: bool,
+    /// Share of callbacks never sent.
+    pub drop_rate: f64,
+    /// Send every callback twice.
+    pub duplicate: bool,
+    /// Wait this long after the task ends before calling back.
+    pub delay: Duration,
+    /// Before each real callback, send one with a wrong token (or, for
+    /// Replicate with a secret, a wrong signature).
+    pub forge: bool,
+    /// Call back once while the task is still working, before the submit's
+    /// answer is sent.
+    pub early: bool,
+    /// Replicate's signing secret (`whsec_…`); unsigned without it.
+    pub webhook_secret: Option<String>,
+}
+
+/// The callback URL a submit named, as the dialect stored it.
+fn url_of(t: &View) -> Option<String> {
+    t.meta["callback_url"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+}
+
+impl Sim {
+    /// After a dialect created task `id`: the early callback (awaited, so it
+    /// arrives before the submit's answer), and the one when it ends.
+    pub(crate) async fn created(self: &Arc<Self>, id: &str) {
+        let faults = &self.config.callbacks;
+        if !faults.enabled {
+            return;
+        }
+        let Some(view) = self.view(id) else { return };
+        let Some(url) = url_of(&view) else { return };
+        if faults.early {
+            self.send(&url, &view, false).await;
+        }
+        let sim = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move { sim.call_back_when_done(id, url).await });
+    }
+
+    async fn call_back_when_done(self: Arc<Self>, id: String, url: String) {
+        let ends_at = {
+            let tasks = self.tasks.lock().expect("sim lock");
+            let Some(task) = tasks.by_id.get(&id) else {
+                return;
+            };
+            task.ready_at(self.config.generation)
+        };
+        // A task canceled earlier ends then; checking again after the
+        // generation time covers both.
+        loop {
+            let wait = ends_at
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
+            tokio::time::sleep(wait).await;
+            let Some(view) = self.view(&id) else { return };
+            if view.phase.is_terminal() {
+                tokio::time::sleep(self.config.callbacks.delay).await;
+                let view = self.view(&id).unwrap_or(view);
+                return self.deliver(&url, &view).await;
+            }
+            if Instant::now() >= ends_at {
+                // Hangs and unknown words never end: no callback.
+                return;
+            }
+        }
+    }
+
+    async fn deliver(&self, url: &str, view: &View) {
+        let faults = &self.config.callbacks;
+        if rand::rng().random_bool(faults.drop_rate.clamp(0.0, 1.0)) {
+            self.stats.callbacks_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if faults.forge {
+            self.send(url, view, true).await;
+        }
+        self.send(url, view, false).await;
+        if faults.duplicate {
+            self.send(url, view, false).await;
+        }
+    }
+
+    /// One POST; `forged` spoils the token (or Replicate's signature).
+    async fn send(&self, url: &str, view: &View, forged: bool) {
+        let body = serde_json::to_vec(&self.callback_body(view)).expect("serializes");
+        let secret = self
+            .config
+            .callbacks
+            .webhook_secret
+            .as_deref()
+            .filter(|_| self.config.dialect == Dialect::Replicate);
+        let url = if forged && secret.is_none() {
+            spoil_token(url)
+        } else {
+            url.to_owned()
+        };
+        let mut request = self
+            .callback_client
+            .post(&url)
+            .header("content-type", "application/json");
+        if let Some(secret) = secret {
+            let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+            let ts = chrono::Utc::now().timestamp();
+            let mut sig = sign(secret, &id, ts, &body);
+            if forged {
+                sig = format!("v1,{}", BASE64.encode([0u8; 32]));
+            }
+            request = request
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", sig);
+        }
+        let counter = if forged {
+            &self.stats.callbacks_forged
+        } else {
+            &self.stats.callbacks_sent
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match request.body(body).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                self.stats.callbacks_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(status = %r.status(), forged, "callback refused");
+            }
+            Err(e) => {
+                self.stats.callbacks_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "callback failed");
+            }
+        }
+    }
+
+    /// What the dialect's provider posts: its task as its status call shows it.
+    fn callback_body(&self, t: &View) -> Value {
+        match self.config.dialect {
+            Dialect::Replicate => crate::replicate::prediction(self, t),
+            Dialect::Kling => crate::kling::task(t),
+            Dialect::Luma => crate::luma::generation(t),
+            Dialect::Seedance => crate::seedance::task(t),
+            Dialect::Fal => {
+                let ok = t.phase == Phase::Succeeded;
+                json!({
+                    "request_id": t.id,
+                    "gateway_request_id": t.id,
+                    "status": if ok { "OK" } else { "ERROR" },
+                    "payload": if ok { json!({"video": {"url": t.video_url}}) } else { Value::Null },
+                    "error": if ok { Value::Null } else { json!("the request failed (simulated)") },
+                })
+            }
+            _ => json!({"id": t.id}),
+        }
+    }
+}
+
+/// The URL with its `token` parameter replaced by a wrong one.
+fn spoil_token(url: &str) -> String {
+    match url.find("token=") {
+        Some(at) => format!(
+            "{}token=forged-{}",
+            &url[..at],
+            uuid::Uuid::new_v4().simple()
+        ),
+        None => format!("{url}&token=forged"),
+    }
+}
+
+/// A Standard Webhooks `v1` signature with a `whsec_` secret.
+fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
+    let key = BASE64
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap_or_default();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
