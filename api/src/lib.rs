@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod fal_keys;
 pub mod jwks;
 pub mod openapi;
 pub mod queue_stats;

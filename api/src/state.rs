@@ -31,6 +31,9 @@ pub struct AppState {
     pub outbox_bell: Doorbell,
     /// The identity provider's keys, when `auth.jwks_url` is set.
     pub jwks: Option<Arc<crate::jwks::Jwks>>,
+    /// fal's webhook keys, when `provider.fal_jwks_url` is set (fetched
+    /// only when a fal callback arrives).
+    pub fal_keys: Option<Arc<crate::fal_keys::FalKeys>>,
     /// genq's copies of finished videos.
     pub videos: VideoStore,
     /// This process's live job-event feed and stream bounds.
@@ -59,6 +62,10 @@ impl AppState {
                 )?))
             } else {
                 None
+            },
+            fal_keys: match settings.provider.fal_jwks_url.trim() {
+                "" => None,
+                url => Some(Arc::new(crate::fal_keys::FalKeys::new(url)?)),
             },
             submit_limiter: Arc::new(submit_limiter(&settings.api)),
             outbox_bell: Doorbell::outbox(),

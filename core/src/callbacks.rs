@@ -23,6 +23,38 @@ pub const TOLERANCE_SECS: i64 = 300;
 pub const TOKEN_MAX: usize = 128;
 pub const SIGNATURE_HEADER_MAX: usize = 1024;
 
+/// Where fal publishes its webhook signing keys.
+pub const FAL_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jwks.json";
+
+/// The headers of a fal callback's signature.
+pub const FAL_REQUEST_ID: &str = "x-fal-webhook-request-id";
+pub const FAL_USER_ID: &str = "x-fal-webhook-user-id";
+pub const FAL_TIMESTAMP: &str = "x-fal-webhook-timestamp";
+pub const FAL_SIGNATURE: &str = "x-fal-webhook-signature";
+
+/// What fal signs (ED25519): the request ID, the user ID, the timestamp and
+/// the hex SHA-256 of the body, one per line; `None` when a header is
+/// missing, too long, or the timestamp is not within [`TOLERANCE_SECS`].
+pub fn fal_message(
+    request_id: &str,
+    user_id: &str,
+    timestamp: &str,
+    body: &[u8],
+    now: i64,
+) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let plain = |s: &str| !s.is_empty() && s.len() <= 256;
+    if !plain(request_id) || !plain(user_id) {
+        return None;
+    }
+    let ts: i64 = timestamp.parse().ok()?;
+    if (now - ts).abs() > TOLERANCE_SECS {
+        return None;
+    }
+    let digest = hex::encode(Sha256::digest(body));
+    Some(format!("{request_id}\n{user_id}\n{timestamp}\n{digest}").into_bytes())
+}
+
 /// The kinds whose API takes a callback URL on submit.
 pub fn has_callbacks(kind: ProviderKind) -> bool {
     matches!(
@@ -154,6 +186,21 @@ mod tests {
         assert!(!k.verify_token("replicate", a, &"A".repeat(200)));
         let url = k.url("replicate", a);
         assert!(url.starts_with("https://genq.example/v1/providers/replicate/callback?job="));
+    }
+
+    #[test]
+    fn fals_message_is_four_lines() {
+        let m = fal_message("req-1", "user-1", "1000", b"{}", 1_010).unwrap();
+        let text = String::from_utf8(m).unwrap();
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines[..3], ["req-1", "user-1", "1000"]);
+        assert_eq!(lines[3].len(), 64);
+        assert!(
+            fal_message("req-1", "user-1", "1000", b"{}", 2_000).is_none(),
+            "stale"
+        );
+        assert!(fal_message("", "user-1", "1000", b"{}", 1_000).is_none());
+        assert!(fal_message("r", "u", "soon", b"{}", 1_000).is_none());
     }
 
     #[test]

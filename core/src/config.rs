@@ -251,6 +251,10 @@ pub struct ProviderSettings {
     /// `/v1/webhooks/default/secret`): when set, a Replicate callback must
     /// also carry a valid Standard Webhooks signature.
     pub webhook_secret: SecretString,
+    /// Where fal publishes the ED25519 keys it signs callbacks with; a fal
+    /// callback must carry a valid signature by one of them. Empty: the
+    /// per-job token alone.
+    pub fal_jwks_url: String,
 }
 
 /// The provider APIs genq has an adapter for.
@@ -542,6 +546,7 @@ impl Default for ProviderSettings {
             callback_secret: SecretString::from(""),
             poll_with_callbacks_ms: 300_000,
             webhook_secret: SecretString::from(""),
+            fal_jwks_url: crate::callbacks::FAL_JWKS_URL.into(),
         }
     }
 }
@@ -658,6 +663,12 @@ impl Settings {
             fail(
                 "provider.poll_with_callbacks_ms",
                 "must be between 1000 and 300000",
+            )?;
+        }
+        if !p.fal_jwks_url.trim().is_empty() && url::Url::parse(p.fal_jwks_url.trim()).is_err() {
+            fail(
+                "provider.fal_jwks_url",
+                "must be a URL (or empty to rely on the per-job token alone)",
             )?;
         }
         let webhook_secret = p.webhook_secret.expose_secret();

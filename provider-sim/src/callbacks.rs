@@ -116,7 +116,10 @@ impl Sim {
             .webhook_secret
             .as_deref()
             .filter(|_| self.config.dialect == Dialect::Replicate);
-        let url = if forged && secret.is_none() {
+        let fal = self.config.dialect == Dialect::Fal;
+        // Where the provider signs, a forgery has a bad signature (and a
+        // good token); elsewhere, a wrong token.
+        let url = if forged && secret.is_none() && !fal {
             spoil_token(url)
         } else {
             url.to_owned()
@@ -136,6 +139,25 @@ impl Sim {
                 .header("webhook-id", id)
                 .header("webhook-timestamp", ts.to_string())
                 .header("webhook-signature", sig);
+        }
+        if fal {
+            use ed25519_dalek::Signer;
+            use sha2::Digest;
+            let ts = chrono::Utc::now().timestamp().to_string();
+            let message = format!(
+                "{}\n{FAL_USER}\n{ts}\n{}",
+                view.id,
+                hex::encode(Sha256::digest(&body))
+            );
+            let mut signature = self.fal_key.sign(message.as_bytes()).to_bytes();
+            if forged {
+                signature[0] ^= 0xff;
+            }
+            request = request
+                .header("x-fal-webhook-request-id", &view.id)
+                .header("x-fal-webhook-user-id", FAL_USER)
+                .header("x-fal-webhook-timestamp", ts)
+                .header("x-fal-webhook-signature", hex::encode(signature));
         }
         let counter = if forged {
             &self.stats.callbacks_forged
@@ -176,6 +198,18 @@ impl Sim {
             _ => json!({"id": t.id}),
         }
     }
+}
+
+/// The account fal's signed callbacks name.
+const FAL_USER: &str = "sim-user";
+
+/// fal's key set: the simulator's signing key, as fal publishes its own.
+pub(crate) async fn jwks(
+    axum::extract::State(sim): axum::extract::State<Arc<Sim>>,
+) -> axum::Json<Value> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let x = URL_SAFE_NO_PAD.encode(sim.fal_key.verifying_key().to_bytes());
+    axum::Json(json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "use": "sig"}]}))
 }
 
 /// The URL with its `token` parameter replaced by a wrong one.

@@ -282,6 +282,8 @@ pub(crate) struct Sim {
     base: String,
     /// Sends the callbacks (bounded: a timeout, no redirects).
     callback_client: reqwest::Client,
+    /// Signs fal's callbacks; its public half is at `/.well-known/jwks.json`.
+    fal_key: ed25519_dalek::SigningKey,
 }
 
 /// A running simulator.
@@ -321,6 +323,7 @@ pub async fn start(config: SimConfig, addr: &str) -> anyhow::Result<SimHandle> {
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
+        fal_key: ed25519_dalek::SigningKey::from_bytes(&rand::rng().random()),
     });
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -342,6 +345,7 @@ pub async fn start(config: SimConfig, addr: &str) -> anyhow::Result<SimHandle> {
 fn router(sim: Arc<Sim>) -> Router {
     let common = Router::new()
         .route("/v1/stats", get(stats))
+        .route("/.well-known/jwks.json", get(callbacks::jwks))
         .route("/files/{id}/output.mp4", get(files::download));
     let dialect = match sim.config.dialect {
         Dialect::TaskId => taskid::routes(),

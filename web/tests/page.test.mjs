@@ -74,6 +74,16 @@ test('a click makes one job that goes queued → running → succeeded live, and
   const video = row(page, id).locator('video');
   await video.waitFor();
   assert.match(await video.getAttribute('src'), /^blob:/);
+  // A real video: the browser decodes it (the simulator's 2 s, 320x180 MP4)
+  // and plays a frame, which the screenshot shows.
+  await eventually('the video to decode', async () =>
+    video.evaluate((v) => v.readyState >= 1 && v.videoWidth === 320 && Math.round(v.duration) === 2),
+  );
+  await video.evaluate(async (v) => {
+    v.muted = true;
+    v.currentTime = 1;
+    await new Promise((resolve) => v.addEventListener('seeked', resolve, { once: true }));
+  });
   await eventually('the row to say what was spent', async () =>
     /10 credits spent/.test(await row(page, id).locator('.detail').textContent()),
   );

@@ -105,7 +105,9 @@ pub async fn provider_callback(
         metrics::counter!("genq_provider_callbacks_total", "kind" => kind.as_str(), "outcome" => outcome)
             .increment(1);
     };
-    if !keys.verify_token(&provider, q.job, &q.token) || !signed(settings, kind, &headers, &body) {
+    if !keys.verify_token(&provider, q.job, &q.token)
+        || !signed(&state, kind, &headers, &body).await
+    {
         count("forged");
         tracing::warn!("a provider callback did not verify; nothing changed");
         return Err(forged());
@@ -128,33 +130,54 @@ pub async fn provider_callback(
     }))
 }
 
-/// The provider's own signature, where it signs and genq has its secret:
-/// Replicate's Standard Webhooks signature with `provider.webhook_secret`.
-fn signed(
-    settings: &genq_core::config::Settings,
-    kind: ProviderKind,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> bool {
-    let secret = settings.provider.webhook_secret.expose_secret();
-    if kind != ProviderKind::Replicate || secret.is_empty() {
-        return true;
-    }
-    let Ok(secret) = Secret::parse(secret) else {
-        return false;
-    };
+/// The provider's own signature, where it signs and genq has its key:
+/// Replicate's Standard Webhooks signature with `provider.webhook_secret`,
+/// fal's ED25519 signature with the keys at `provider.fal_jwks_url`.
+async fn signed(state: &AppState, kind: ProviderKind, headers: &HeaderMap, body: &[u8]) -> bool {
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    callbacks::verify_standard_webhook(
-        &secret,
-        header(HEADER_ID),
-        header(HEADER_TIMESTAMP),
-        header(HEADER_SIGNATURE),
-        body,
-        chrono::Utc::now().timestamp(),
-    )
+    let now = chrono::Utc::now().timestamp();
+    match kind {
+        ProviderKind::Replicate => {
+            let secret = state.settings.provider.webhook_secret.expose_secret();
+            if secret.is_empty() {
+                return true;
+            }
+            let Ok(secret) = Secret::parse(secret) else {
+                return false;
+            };
+            callbacks::verify_standard_webhook(
+                &secret,
+                header(HEADER_ID),
+                header(HEADER_TIMESTAMP),
+                header(HEADER_SIGNATURE),
+                body,
+                now,
+            )
+        }
+        ProviderKind::Fal => {
+            let Some(keys) = &state.fal_keys else {
+                return true;
+            };
+            let message = callbacks::fal_message(
+                header(callbacks::FAL_REQUEST_ID),
+                header(callbacks::FAL_USER_ID),
+                header(callbacks::FAL_TIMESTAMP),
+                body,
+                now,
+            );
+            let signature = hex::decode(header(callbacks::FAL_SIGNATURE))
+                .ok()
+                .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok());
+            match (message, signature) {
+                (Some(m), Some(s)) => keys.verify(&m, &s).await,
+                _ => false,
+            }
+        }
+        _ => true,
+    }
 }

@@ -322,3 +322,36 @@ async fn early_duplicated_and_delayed_callbacks_settle_once() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+/// fal signs its callbacks with ED25519 (keys at its JWKS): the simulator's
+/// forgeries (a good token, a bad signature) are refused, an unsigned
+/// callback too, and the real ones end the job.
+#[tokio::test]
+async fn fal_callbacks_must_carry_fals_signature() {
+    let faults = CallbackFaults {
+        forge: true,
+        ..CallbackFaults::default()
+    };
+    let env = env_for(ProviderKind::Fal, faults, Duration::from_secs(300), None).await;
+    let token = env.new_user("s", "s@example.com").await;
+    env.grant("s@example.com", 10).await;
+    let id = submit(&env, &token, "a lantern in fog").await;
+    let keys = genq_core::callbacks::CallbackKeys::from_settings(&env.settings).unwrap();
+    let url = format!(
+        "{}/v1/providers/fal/callback?job={id}&token={}",
+        env.base,
+        keys.token("fal", id)
+    );
+    let r = env.client.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "unsigned");
+    assert_eq!(callback_at(&env, id).await, None);
+    let worker = env.spawn_worker().await;
+    env.wait_for_status(&token, &id.to_string(), "succeeded", WAIT)
+        .await;
+    let stats = env.sim().stats.snapshot();
+    assert!(stats.callbacks_forged >= 1, "{stats:?}");
+    assert_eq!(stats.callbacks_refused, stats.callbacks_forged, "{stats:?}");
+    assert!(stats.callbacks_sent >= 1, "{stats:?}");
+    worker.stop().await;
+    env.cleanup().await;
+}

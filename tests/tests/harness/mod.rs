@@ -149,6 +149,8 @@ impl TestEnv {
             .await
             .expect("sim starts");
         settings.provider.base_url = handle.base_url();
+        // The simulator publishes its fal signing key where fal publishes its own.
+        settings.provider.fal_jwks_url = format!("{}/.well-known/jwks.json", handle.base_url());
         let mut env = Self::with_settings(settings).await;
         env.sim = Some(handle);
         env
