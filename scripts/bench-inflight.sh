@@ -1,39 +1,79 @@
 #!/usr/bin/env bash
-# Benchmark: N jobs in flight at a provider that never finishes them, one
-# worker. Prints how fast they went from 202 to running, and the worker's
-# memory and CPU while it polls them all. Release binaries; fresh database
-# and queue prefix; everything is stopped and dropped at the end.
+# Benchmark: N tasks in flight at once at the simulated provider (Seedance's
+# dialect, generations of GEN_MS, default an hour, so none ends), one
+# worker, in each MODE (default "callbacks poll"): `callbacks` hands the
+# provider a callback URL, so polling is the safety net
+# (provider.poll_with_callbacks_ms, default 300000); `poll` polls as genq
+# does without callbacks (doubling from worker.poll_initial_ms to
+# worker.poll_max_ms). Once all N run, it samples SAMPLE seconds (default
+# 60): the worker's RSS (and its peak), the CPU seconds per second of the
+# worker, Postgres (all its processes) and RabbitMQ, and the polls the
+# provider answered. Release binaries, a fresh database and queue prefix per
+# mode; everything is stopped and dropped at the end of each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N="${N:-10000}"
+N="${N:-100000}"
+GEN_MS="${GEN_MS:-3600000}"
+SAMPLE="${SAMPLE:-60}"
+MODES="${MODES:-callbacks poll}"
+USERS="${USERS:-100}"
 . scripts/isolated-env.sh
-bench_env bench 18282 18283
-export GENQ__WORKER__JOB_TIMEOUT_SECS=3600 GENQ__WORKER__MAX_JOB_AGE_SECS=7200 GENQ__WORKER__STALE_AFTER_SECS=900
-"$bin/genq-provider-sim" --addr 127.0.0.1:18283 --hang-rate 1.0 > "$log/sim.log" 2>&1 & pids+=($!)
-bench_start_api
-"$bin/genq-worker" > "$log/worker.log" 2>&1 & worker=$!; pids+=($worker)
-token=$("$bin/genq-api" token --sub bench --ttl 7200)
-curl -sf "http://$GENQ__API__ADDR/v1/credits" -H "Authorization: Bearer $token" >/dev/null
-"$bin/genqctl" credits grant --user bench --amount $((N * 10)) --reason bench >/dev/null
 
-start=$(date +%s.%N)
-seq 1 "$N" | xargs -P 16 -I{} curl -s -o /dev/null -X POST "http://$GENQ__API__ADDR/v1/generations" \
-  -H "Authorization: Bearer $token" -H 'content-type: application/json' -d '{"prompt": "bench {}"}'
-submitted=$(date +%s.%N)
-for _ in $(seq 1 600); do
-  [ "$(sql "SELECT count(*) FROM jobs WHERE status = 'running'")" -ge "$N" ] && break
-  sleep 0.5
-done
-running=$(date +%s.%N)
-cpu0=$(awk '{print $14 + $15}' "/proc/$worker/stat")
-sleep 30
-cpu1=$(awk '{print $14 + $15}' "/proc/$worker/stat")
 hz=$(getconf CLK_TCK)
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$worker/status")
-echo "jobs in flight:            $(sql "SELECT count(*) FROM jobs WHERE status = 'running'") of $N"
-echo "submit (202s, 16 clients): $(echo "$N / ($submitted - $start)" | bc) jobs/s"
-echo "202 → running, all:        $(echo "$running - $start" | bc) s  ($(echo "$N / ($running - $start)" | bc) jobs/s through API, relay, worker and provider)"
-echo "worker RSS while polling:  $((rss / 1024)) MiB"
-echo "worker CPU while polling:  $(echo "scale=1; 100 * ($cpu1 - $cpu0) / $hz / 30" | bc)% of one core (30 s sample)"
-echo "broker:"
-rabbitmqctl -q list_queues name messages | grep "$GENQ__QUEUE__PREFIX" | sed 's/^/  /'
+# CPU ticks (user + system) of every process whose command is $1.
+ticks_of() {
+  local total=0 pid
+  for pid in $(pgrep -x "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
+polls() { curl -sf "http://127.0.0.1:18283/v1/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status_requests"])'; }
+
+for mode in $MODES; do
+  (
+  bench_env inflight 18282 18283
+  export GENQ__PROVIDER__KIND=seedance GENQ__PROVIDER__API_KEY=bench
+  export GENQ__WORKER__JOB_TIMEOUT_SECS=36000 GENQ__WORKER__MAX_JOB_AGE_SECS=72000 GENQ__WORKER__STALE_AFTER_SECS=36000
+  sim_flags=(--dialect seedance --generation-ms "$GEN_MS")
+  if [ "$mode" = callbacks ]; then
+    export GENQ__PROVIDER__CALLBACK_BASE_URL="http://$GENQ__API__ADDR"
+    GENQ__PROVIDER__CALLBACK_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+    export GENQ__PROVIDER__CALLBACK_SECRET
+    sim_flags+=(--callbacks)
+  fi
+  "$bin/genq-provider-sim" --addr 127.0.0.1:18283 "${sim_flags[@]}" > "$log/sim.log" 2>&1 & pids+=($!)
+  bench_start_api
+  bench_users "$USERS"
+  "$bin/genq-worker" > "$log/worker.log" 2>&1 & worker=$!; pids+=($worker)
+
+  start=$(date +%s)
+  QUOTA=$(( N / 4 + 1 )) wrk -t4 -c32 -d3600s -s "$log/submit.lua" "http://$GENQ__API__ADDR" > "$log/wrk.txt" 2>&1 & wrk=$!
+  for _ in $(seq 1 7200); do
+    [ "$(sql "SELECT count(*) FROM jobs")" -ge "$N" ] && break
+    sleep 0.5
+  done
+  kill "$wrk" 2>/dev/null || true
+  submitted=$(date +%s)
+  for _ in $(seq 1 7200); do
+    [ "$(sql "SELECT count(*) FROM jobs WHERE status = 'running'")" -ge "$N" ] && break
+    sleep 1
+  done
+  running=$(date +%s)
+  in_flight=$(sql "SELECT count(*) FROM jobs WHERE status = 'running'")
+
+  w0=$(awk '{print $14 + $15}' "/proc/$worker/stat"); p0=$(ticks_of postgres); r0=$(ticks_of beam.smp); q0=$(polls)
+  sleep "$SAMPLE"
+  w1=$(awk '{print $14 + $15}' "/proc/$worker/stat"); p1=$(ticks_of postgres); r1=$(ticks_of beam.smp); q1=$(polls)
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$worker/status")
+  peak=$(awk '/VmHWM/ {print $2}' "/proc/$worker/status")
+  per_s() { echo "scale=2; ($2 - $1) / $hz / $SAMPLE" | bc; }
+  {
+    echo "mode=$mode N=$N in flight=$in_flight"
+    echo "  submitted in $(( submitted - start )) s; all running after $(( running - start )) s"
+    echo "  worker RSS $(( rss / 1024 )) MiB (peak $(( peak / 1024 )) MiB)"
+    echo "  CPU s/s over ${SAMPLE} s: worker $(per_s "$w0" "$w1"), postgres $(per_s "$p0" "$p1"), rabbitmq $(per_s "$r0" "$r1")"
+    echo "  polls answered: $(( (q1 - q0) / SAMPLE ))/s"
+  } | tee -a target/bench-inflight.txt
+  )
+done
