@@ -8,8 +8,11 @@
 # worker.poll_max_ms). Once all N run, it samples SAMPLE seconds (default
 # 60): the worker's RSS (and its peak), the CPU seconds per second of the
 # worker, Postgres (all its processes) and RabbitMQ, and the polls the
-# provider answered. Release binaries, a fresh database and queue prefix per
-# mode; everything is stopped and dropped at the end of each.
+# provider answered. In `callbacks` mode a second sample follows over one
+# whole safety-net period (provider.poll_with_callbacks_ms, 300 s), in which
+# every task is asked once (STEADY=0 skips it). Release binaries, a fresh
+# database and queue prefix per mode; everything is stopped and dropped at
+# the end of each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-100000}"
@@ -17,6 +20,7 @@ GEN_MS="${GEN_MS:-3600000}"
 SAMPLE="${SAMPLE:-60}"
 MODES="${MODES:-callbacks poll}"
 USERS="${USERS:-100}"
+command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 . scripts/isolated-env.sh
 
 hz=$(getconf CLK_TCK)
@@ -62,18 +66,24 @@ for mode in $MODES; do
   running=$(date +%s)
   in_flight=$(sql "SELECT count(*) FROM jobs WHERE status = 'running'")
 
-  w0=$(awk '{print $14 + $15}' "/proc/$worker/stat"); p0=$(ticks_of postgres); r0=$(ticks_of beam.smp); q0=$(polls)
-  sleep "$SAMPLE"
-  w1=$(awk '{print $14 + $15}' "/proc/$worker/stat"); p1=$(ticks_of postgres); r1=$(ticks_of beam.smp); q1=$(polls)
-  rss=$(awk '/VmRSS/ {print $2}' "/proc/$worker/status")
-  peak=$(awk '/VmHWM/ {print $2}' "/proc/$worker/status")
-  per_s() { echo "scale=2; ($2 - $1) / $hz / $SAMPLE" | bc; }
+  # `sample LABEL SECONDS`
+  sample() {
+    local w0 p0 r0 q0 w1 p1 r1 q1 rss peak secs=$2
+    per_s() { echo "scale=2; ($2 - $1) / $hz / $secs" | bc; }
+    w0=$(awk '{print $14 + $15}' "/proc/$worker/stat"); p0=$(ticks_of postgres); r0=$(ticks_of beam.smp); q0=$(polls)
+    sleep "$secs"
+    w1=$(awk '{print $14 + $15}' "/proc/$worker/stat"); p1=$(ticks_of postgres); r1=$(ticks_of beam.smp); q1=$(polls)
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$worker/status")
+    peak=$(awk '/VmHWM/ {print $2}' "/proc/$worker/status")
+    echo "  $1: worker RSS $(( rss / 1024 )) MiB (peak $(( peak / 1024 )) MiB); CPU s/s over $secs s: worker $(per_s "$w0" "$w1"), postgres $(per_s "$p0" "$p1"), rabbitmq $(per_s "$r0" "$r1"); polls answered $(( (q1 - q0) / secs ))/s"
+  }
   {
     echo "mode=$mode N=$N in flight=$in_flight"
     echo "  submitted in $(( submitted - start )) s; all running after $(( running - start )) s"
-    echo "  worker RSS $(( rss / 1024 )) MiB (peak $(( peak / 1024 )) MiB)"
-    echo "  CPU s/s over ${SAMPLE} s: worker $(per_s "$w0" "$w1"), postgres $(per_s "$p0" "$p1"), rabbitmq $(per_s "$r0" "$r1")"
-    echo "  polls answered: $(( (q1 - q0) / SAMPLE ))/s"
+    sample "just after" "$SAMPLE"
+    if [ "$mode" = callbacks ] && [ "${STEADY:-1}" = 1 ]; then
+      sample "one safety-net period" 300
+    fi
   } | tee -a target/bench-inflight.txt
   )
 done

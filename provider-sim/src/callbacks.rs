@@ -1,8 +1,8 @@
 //! The simulator calling back: when a task given a callback URL ends, a POST
 //! of the dialect's own body to that URL (Replicate's signed the Standard
-//! Webhooks way with `--webhook-secret`), with the faults of a real
-//! provider's callbacks: dropped, duplicated, delayed, forged, or one sent
-//! before the submit is even answered.
+//! Webhooks way with `--webhook-secret`, fal's with an ED25519 key), with
+//! the faults of a real provider's callbacks: dropped, duplicated, delayed,
+//! out of order, forged, or one sent before the submit is even answered.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +34,9 @@ pub struct CallbackFaults {
     /// Call back once while the task is still working, before the submit's
     /// answer is sent.
     pub early: bool,
+    /// After each real callback, send a stale one (the task still running):
+    /// callbacks out of order.
+    pub reorder: bool,
     /// Replicate's signing secret (`whsec_…`); unsigned without it.
     pub webhook_secret: Option<String>,
 }
@@ -96,6 +99,14 @@ impl Sim {
         self.send(url, view, false).await;
         if faults.duplicate {
             self.send(url, view, false).await;
+        }
+        if faults.reorder {
+            let stale = View {
+                phase: Phase::Running { progress: 0.5 },
+                video_url: None,
+                ..view.clone()
+            };
+            self.send(url, &stale, false).await;
         }
     }
 

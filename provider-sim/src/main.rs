@@ -68,6 +68,9 @@ struct Cli {
     /// Call back once while a task is still working, before its submit is answered.
     #[arg(long)]
     callback_early: bool,
+    /// After each callback, send a stale one (the task still running).
+    #[arg(long)]
+    callback_reorder: bool,
     /// The size of each output video in bytes: a real, playable MP4 padded
     /// to that size (default: the 23 KB sample as it is).
     #[arg(long, default_value_t = 0)]
@@ -116,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 delay: Duration::from_millis(cli.callback_delay_ms),
                 forge: cli.callback_forge,
                 early: cli.callback_early,
+                reorder: cli.callback_reorder,
                 webhook_secret: cli.webhook_secret,
             },
         },

@@ -11,6 +11,26 @@ use serde_json::Value;
 use super::{clip, ProviderError, ProviderResult};
 use genq_core::config::ProviderSettings;
 
+/// What most adapters hold: the client, the API base (no trailing slash),
+/// the key and the model, from one provider's settings.
+pub struct Endpoint {
+    pub client: reqwest::Client,
+    pub base_url: String,
+    pub api_key: secrecy::SecretString,
+    pub model: String,
+}
+
+impl Endpoint {
+    pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: client(settings)?,
+            base_url: settings.effective_base_url(),
+            api_key: settings.api_key.clone(),
+            model: settings.effective_model(),
+        })
+    }
+}
+
 /// A client with the deployment's timeouts.
 pub fn client(settings: &ProviderSettings) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()

@@ -210,12 +210,6 @@ impl VideoProvider for KlingProvider {
     }
 
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
-        Box::pin(async move {
-            tracing::debug!(
-                task_id,
-                "Kling has no cancel endpoint; the task runs to its end"
-            );
-            Ok(())
-        })
+        super::no_cancel(NAME, task_id)
     }
 }

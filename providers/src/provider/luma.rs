@@ -4,7 +4,7 @@
 //! way to stop one; `Authorization: Bearer`. Luma offers no idempotency key.
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -18,10 +18,7 @@ use genq_core::config::ProviderSettings;
 const NAME: &str = "luma";
 
 pub struct LumaProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
-    model: String,
+    api: http::Endpoint,
 }
 
 #[derive(Deserialize)]
@@ -39,21 +36,18 @@ struct Generation {
 impl LumaProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
-            model: settings.effective_model(),
+            api: http::Endpoint::new(settings)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        builder.bearer_auth(self.api_key.expose_secret())
+        builder.bearer_auth(self.api.api_key.expose_secret())
     }
 
     fn generation_url(&self, id: &str) -> String {
         format!(
             "{}/dream-machine/v1/generations/{}",
-            self.base_url,
+            self.api.base_url,
             segment(id)
         )
     }
@@ -98,7 +92,7 @@ impl VideoProvider for LumaProvider {
         Box::pin(async move {
             let mut body = json!({
                 "prompt": request.prompt,
-                "model": self.model,
+                "model": self.api.model,
                 "aspect_ratio": request.aspect_ratio,
                 // Luma's ray models take 5 s or 9 s.
                 "duration": if request.duration_seconds <= 5 { "5s" } else { "9s" },
@@ -106,8 +100,8 @@ impl VideoProvider for LumaProvider {
             if let Some(callback) = &request.callback_url {
                 body["callback_url"] = json!(callback);
             }
-            let url = format!("{}/dream-machine/v1/generations", self.base_url);
-            let builder = self.authorized(self.client.post(url)).json(&body);
+            let url = format!("{}/dream-machine/v1/generations", self.api.base_url);
+            let builder = self.authorized(self.api.client.post(url)).json(&body);
             let g: Generation = http::send_json(builder, classify).await?;
             Ok(g.id)
         })
@@ -115,7 +109,7 @@ impl VideoProvider for LumaProvider {
 
     fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
         Box::pin(async move {
-            let builder = self.authorized(self.client.get(self.generation_url(task_id)));
+            let builder = self.authorized(self.api.client.get(self.generation_url(task_id)));
             interpret(http::send_json(builder, classify).await?)
         })
     }
@@ -124,7 +118,7 @@ impl VideoProvider for LumaProvider {
         Box::pin(async move {
             // Luma has no cancel: deleting the generation is the only way to let it go.
             let reply =
-                http::send(self.authorized(self.client.delete(self.generation_url(task_id))))
+                http::send(self.authorized(self.api.client.delete(self.generation_url(task_id))))
                     .await?;
             if reply.is_success() || reply.status.as_u16() == 404 {
                 Ok(())

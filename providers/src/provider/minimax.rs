@@ -7,7 +7,7 @@
 //! No cancel, no idempotency key.
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::http;
@@ -23,19 +23,13 @@ const NAME: &str = "minimax";
 const MAX_ID_CHARS: usize = 64;
 
 pub struct MiniMaxProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
-    model: String,
+    api: http::Endpoint,
 }
 
 impl MiniMaxProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
-            model: settings.effective_model(),
+            api: http::Endpoint::new(settings)?,
         })
     }
 
@@ -47,7 +41,7 @@ impl MiniMaxProvider {
         builder: reqwest::RequestBuilder,
         task_answer: bool,
     ) -> ProviderResult<Value> {
-        let reply = http::send(builder.bearer_auth(self.api_key.expose_secret())).await?;
+        let reply = http::send(builder.bearer_auth(self.api.api_key.expose_secret())).await?;
         let code = reply
             .json
             .as_ref()
@@ -119,13 +113,13 @@ impl VideoProvider for MiniMaxProvider {
             // Hailuo 02 makes 6 s or 10 s clips.
             let duration = if request.duration_seconds <= 6 { 6 } else { 10 };
             let body = json!({
-                "model": self.model,
+                "model": self.api.model,
                 "prompt": request.prompt,
                 "duration": duration,
                 "resolution": "768P",
             });
-            let url = format!("{}/v1/video_generation", self.base_url);
-            let body = self.call(self.client.post(url).json(&body), false).await?;
+            let url = format!("{}/v1/video_generation", self.api.base_url);
+            let body = self.call(self.api.client.post(url).json(&body), false).await?;
             id_of(&body["task_id"])
                 .ok_or_else(|| ProviderError::transient("submit answered without a task_id"))
         })
@@ -133,9 +127,9 @@ impl VideoProvider for MiniMaxProvider {
 
     fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
         Box::pin(async move {
-            let url = format!("{}/v1/query/video_generation", self.base_url);
+            let url = format!("{}/v1/query/video_generation", self.api.base_url);
             let task = self
-                .call(self.client.get(url).query(&[("task_id", task_id)]), true)
+                .call(self.api.client.get(url).query(&[("task_id", task_id)]), true)
                 .await?;
             Ok(match task["status"].as_str().unwrap_or_default() {
                 "Preparing" | "Queueing" => TaskStatus::Queued { position: None },
@@ -144,9 +138,9 @@ impl VideoProvider for MiniMaxProvider {
                     let file_id = id_of(&task["file_id"]).ok_or_else(|| {
                         ProviderError::transient("task succeeded without a file_id")
                     })?;
-                    let url = format!("{}/v1/files/retrieve", self.base_url);
+                    let url = format!("{}/v1/files/retrieve", self.api.base_url);
                     let file = self
-                        .call(self.client.get(url).query(&[("file_id", &file_id)]), false)
+                        .call(self.api.client.get(url).query(&[("file_id", &file_id)]), false)
                         .await?;
                     match file["file"]["download_url"].as_str() {
                         Some(u) if !u.is_empty() => TaskStatus::Succeeded {
@@ -181,13 +175,7 @@ impl VideoProvider for MiniMaxProvider {
     }
 
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
-        Box::pin(async move {
-            tracing::debug!(
-                task_id,
-                "MiniMax has no cancel endpoint; the task runs to its end"
-            );
-            Ok(())
-        })
+        super::no_cancel(NAME, task_id)
     }
 }
 

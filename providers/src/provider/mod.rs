@@ -293,6 +293,18 @@ pub(crate) fn reads_as_content_refusal(text: &str) -> bool {
     .any(|w| t.contains(w))
 }
 
+/// The cancel of a provider with no way to stop a task: nothing to do, the
+/// task runs to its end (the job is refunded in genq all the same).
+pub(crate) fn no_cancel<'a>(
+    provider: &'static str,
+    task_id: &'a str,
+) -> BoxFuture<'a, ProviderResult<()>> {
+    Box::pin(async move {
+        tracing::debug!(provider, task_id, "no cancel at this provider; the task runs to its end");
+        Ok(())
+    })
+}
+
 /// One path segment: task IDs come from the provider.
 pub(crate) fn segment(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes()).collect()

@@ -5,7 +5,7 @@
 //! offers no idempotency key.
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,10 +22,7 @@ const NAME: &str = "runway";
 pub const RUNWAY_VERSION: &str = "2024-11-06";
 
 pub struct RunwayProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
-    model: String,
+    api: http::Endpoint,
 }
 
 #[derive(Deserialize)]
@@ -46,21 +43,18 @@ struct Task {
 impl RunwayProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
-            model: settings.effective_model(),
+            api: http::Endpoint::new(settings)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         builder
-            .bearer_auth(self.api_key.expose_secret())
+            .bearer_auth(self.api.api_key.expose_secret())
             .header("X-Runway-Version", RUNWAY_VERSION)
     }
 
     fn task_url(&self, id: &str) -> String {
-        format!("{}/v1/tasks/{}", self.base_url, segment(id))
+        format!("{}/v1/tasks/{}", self.api.base_url, segment(id))
     }
 }
 
@@ -140,13 +134,13 @@ impl VideoProvider for RunwayProvider {
     fn submit<'a>(&'a self, request: &'a TaskRequest) -> BoxFuture<'a, ProviderResult<String>> {
         Box::pin(async move {
             let body = json!({
-                "model": self.model,
+                "model": self.api.model,
                 "promptText": request.prompt,
                 "ratio": ratio(&request.aspect_ratio),
-                "duration": duration(&self.model, request.duration_seconds),
+                "duration": duration(&self.api.model, request.duration_seconds),
             });
-            let url = format!("{}/v1/text_to_video", self.base_url);
-            let builder = self.authorized(self.client.post(url)).json(&body);
+            let url = format!("{}/v1/text_to_video", self.api.base_url);
+            let builder = self.authorized(self.api.client.post(url)).json(&body);
             let r: Created = http::send_json(builder, generic).await?;
             Ok(r.id)
         })
@@ -154,7 +148,7 @@ impl VideoProvider for RunwayProvider {
 
     fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
         Box::pin(async move {
-            let builder = self.authorized(self.client.get(self.task_url(task_id)));
+            let builder = self.authorized(self.api.client.get(self.task_url(task_id)));
             interpret(http::send_json(builder, generic).await?)
         })
     }
@@ -162,7 +156,7 @@ impl VideoProvider for RunwayProvider {
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
         Box::pin(async move {
             let reply =
-                http::send(self.authorized(self.client.delete(self.task_url(task_id)))).await?;
+                http::send(self.authorized(self.api.client.delete(self.task_url(task_id)))).await?;
             // 204 canceled (or deleted, when already finished); 404 nothing to stop.
             if reply.is_success() || reply.status.as_u16() == 404 {
                 Ok(())

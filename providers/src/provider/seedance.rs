@@ -6,7 +6,7 @@
 //! running one goes on); `Authorization: Bearer`. No idempotency key.
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::http::{self, Reply};
@@ -19,30 +19,24 @@ use genq_core::config::ProviderSettings;
 const NAME: &str = "seedance";
 
 pub struct SeedanceProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
-    model: String,
+    api: http::Endpoint,
 }
 
 impl SeedanceProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
-            model: settings.effective_model(),
+            api: http::Endpoint::new(settings)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        builder.bearer_auth(self.api_key.expose_secret())
+        builder.bearer_auth(self.api.api_key.expose_secret())
     }
 
     fn task_url(&self, id: &str) -> String {
         format!(
             "{}/api/v3/contents/generations/tasks/{}",
-            self.base_url,
+            self.api.base_url,
             segment(id)
         )
     }
@@ -114,7 +108,7 @@ impl VideoProvider for SeedanceProvider {
     fn submit<'a>(&'a self, request: &'a TaskRequest) -> BoxFuture<'a, ProviderResult<String>> {
         Box::pin(async move {
             let mut body = json!({
-                "model": self.model,
+                "model": self.api.model,
                 "content": [{"type": "text", "text": request.prompt}],
                 "ratio": request.aspect_ratio,
                 "duration": request.duration_seconds,
@@ -122,9 +116,9 @@ impl VideoProvider for SeedanceProvider {
             if let Some(url) = &request.callback_url {
                 body["callback_url"] = json!(url);
             }
-            let url = format!("{}/api/v3/contents/generations/tasks", self.base_url);
+            let url = format!("{}/api/v3/contents/generations/tasks", self.api.base_url);
             let task: Value =
-                http::send_json(self.authorized(self.client.post(url)).json(&body), classify)
+                http::send_json(self.authorized(self.api.client.post(url)).json(&body), classify)
                     .await?;
             task["id"]
                 .as_str()
@@ -136,7 +130,7 @@ impl VideoProvider for SeedanceProvider {
 
     fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
         Box::pin(async move {
-            let builder = self.authorized(self.client.get(self.task_url(task_id)));
+            let builder = self.authorized(self.api.client.get(self.task_url(task_id)));
             interpret(&http::send_json::<Value>(builder, classify).await?)
         })
     }
@@ -144,7 +138,7 @@ impl VideoProvider for SeedanceProvider {
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
         Box::pin(async move {
             let reply =
-                http::send(self.authorized(self.client.delete(self.task_url(task_id)))).await?;
+                http::send(self.authorized(self.api.client.delete(self.task_url(task_id)))).await?;
             if reply.is_success() || reply.status.as_u16() == 404 {
                 return Ok(());
             }

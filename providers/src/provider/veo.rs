@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::http::{self, Reply};
@@ -28,24 +28,18 @@ pub const API_KEY_HEADER: &str = "x-goog-api-key";
 const MAX_NAME_CHARS: usize = 300;
 
 pub struct VeoProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
-    model: String,
+    api: http::Endpoint,
 }
 
 impl VeoProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
-            model: settings.effective_model(),
+            api: http::Endpoint::new(settings)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        builder.header(API_KEY_HEADER, self.api_key.expose_secret())
+        builder.header(API_KEY_HEADER, self.api.api_key.expose_secret())
     }
 }
 
@@ -165,11 +159,11 @@ impl VideoProvider for VeoProvider {
             });
             let url = format!(
                 "{}/v1beta/models/{}:predictLongRunning",
-                self.base_url,
-                super::segment(&self.model)
+                self.api.base_url,
+                super::segment(&self.api.model)
             );
             let op: Value =
-                http::send_json(self.authorized(self.client.post(url)).json(&body), classify)
+                http::send_json(self.authorized(self.api.client.post(url)).json(&body), classify)
                     .await?;
             op["name"]
                 .as_str()
@@ -186,21 +180,15 @@ impl VideoProvider for VeoProvider {
             let name = checked_name(task_id).ok_or_else(|| {
                 ProviderError::permanent("provider_task_id", "not an operation name")
             })?;
-            let url = format!("{}/v1beta/{name}", self.base_url);
+            let url = format!("{}/v1beta/{name}", self.api.base_url);
             let op: Value =
-                http::send_json(self.authorized(self.client.get(url)), classify).await?;
+                http::send_json(self.authorized(self.api.client.get(url)), classify).await?;
             interpret(&op)
         })
     }
 
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
-        Box::pin(async move {
-            tracing::debug!(
-                task_id,
-                "the Gemini API has no cancel for video operations; it runs to its end"
-            );
-            Ok(())
-        })
+        super::no_cancel(NAME, task_id)
     }
 }
 

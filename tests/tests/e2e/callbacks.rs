@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{test_settings, TestEnv};
+use crate::harness::{eventually, test_settings, TestEnv};
 use chrono::{DateTime, Utc};
 use genq_core::config::ProviderKind;
 use genq_provider_sim::{CallbackFaults, Dialect, SimConfig};
@@ -242,13 +242,19 @@ async fn forged_callbacks_are_refused_and_move_nothing() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["outcome"], "ignored", "{body}");
 
-    // The simulator forges one before each real callback: refused, and the
-    // job still ends by the real one.
+    // The simulator forges one before each real callback.
+    ends_despite_forgeries(env, &token, id).await;
+}
+
+/// With a worker, the job ends by the simulator's real callbacks while
+/// every one it forged was refused.
+async fn ends_despite_forgeries(env: TestEnv, token: &str, id: Uuid) {
     let worker = env.spawn_worker().await;
-    env.wait_for_status(&token, &id.to_string(), "succeeded", WAIT)
+    env.wait_for_status(token, &id.to_string(), "succeeded", WAIT)
         .await;
     let stats = env.sim().stats.snapshot();
     assert!(stats.callbacks_forged >= 1, "{stats:?}");
+    assert!(stats.callbacks_sent >= 1, "{stats:?}");
     assert_eq!(stats.callbacks_refused, stats.callbacks_forged, "{stats:?}");
     worker.stop().await;
     env.cleanup().await;
@@ -278,13 +284,14 @@ async fn dropped_callbacks_leave_the_job_to_the_safety_net() {
 }
 
 /// A callback before the submit is answered, then the real one twice and
-/// late: one settlement, the ledger sound, and no wait for the minute-long
-/// first poll.
+/// late, then a stale one (out of order): one settlement, the ledger sound,
+/// and no wait for the minute-long first poll.
 #[tokio::test]
-async fn early_duplicated_and_delayed_callbacks_settle_once() {
+async fn early_duplicated_delayed_and_reordered_callbacks_settle_once() {
     let faults = CallbackFaults {
         early: true,
         duplicate: true,
+        reorder: true,
         delay: Duration::from_millis(300),
         ..CallbackFaults::default()
     };
@@ -307,8 +314,13 @@ async fn early_duplicated_and_delayed_callbacks_settle_once() {
         started.elapsed() < Duration::from_secs(30),
         "waited for the first poll"
     );
-    let stats = env.sim().stats.snapshot();
-    assert!(stats.callbacks_sent >= 9, "{stats:?}");
+    // Early, real, duplicate and stale for each job, all answered.
+    let all_sent = eventually(WAIT, || async {
+        let s = env.sim().stats.snapshot();
+        (s.callbacks_sent >= 12).then_some(s)
+    })
+    .await;
+    assert!(all_sent.is_some(), "{:?}", env.sim().stats.snapshot());
     let settled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM credit_ledger WHERE job_id = ANY($1) AND kind = 'commit'",
     )
@@ -345,13 +357,5 @@ async fn fal_callbacks_must_carry_fals_signature() {
     let r = env.client.post(&url).body("{}").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "unsigned");
     assert_eq!(callback_at(&env, id).await, None);
-    let worker = env.spawn_worker().await;
-    env.wait_for_status(&token, &id.to_string(), "succeeded", WAIT)
-        .await;
-    let stats = env.sim().stats.snapshot();
-    assert!(stats.callbacks_forged >= 1, "{stats:?}");
-    assert_eq!(stats.callbacks_refused, stats.callbacks_forged, "{stats:?}");
-    assert!(stats.callbacks_sent >= 1, "{stats:?}");
-    worker.stop().await;
-    env.cleanup().await;
+    ends_despite_forgeries(env, &token, id).await;
 }
