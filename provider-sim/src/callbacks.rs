@@ -70,7 +70,9 @@ impl Sim {
     async fn call_back_when_done(self: Arc<Self>, id: String, url: String) {
         let ends_at = {
             let tasks = self.tasks.lock().expect("sim lock");
-            let Some(task) = tasks.by_id.get(&id) else { return };
+            let Some(task) = tasks.by_id.get(&id) else {
+                return;
+            };
             task.ready_at(self.config.generation)
         };
         // One sleep per task (a hundred thousand in flight are a hundred

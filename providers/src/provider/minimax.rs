@@ -119,7 +119,9 @@ impl VideoProvider for MiniMaxProvider {
                 "resolution": "768P",
             });
             let url = format!("{}/v1/video_generation", self.api.base_url);
-            let body = self.call(self.api.client.post(url).json(&body), false).await?;
+            let body = self
+                .call(self.api.client.post(url).json(&body), false)
+                .await?;
             id_of(&body["task_id"])
                 .ok_or_else(|| ProviderError::transient("submit answered without a task_id"))
         })
@@ -129,7 +131,10 @@ impl VideoProvider for MiniMaxProvider {
         Box::pin(async move {
             let url = format!("{}/v1/query/video_generation", self.api.base_url);
             let task = self
-                .call(self.api.client.get(url).query(&[("task_id", task_id)]), true)
+                .call(
+                    self.api.client.get(url).query(&[("task_id", task_id)]),
+                    true,
+                )
                 .await?;
             Ok(match task["status"].as_str().unwrap_or_default() {
                 "Preparing" | "Queueing" => TaskStatus::Queued { position: None },
@@ -140,7 +145,10 @@ impl VideoProvider for MiniMaxProvider {
                     })?;
                     let url = format!("{}/v1/files/retrieve", self.api.base_url);
                     let file = self
-                        .call(self.api.client.get(url).query(&[("file_id", &file_id)]), false)
+                        .call(
+                            self.api.client.get(url).query(&[("file_id", &file_id)]),
+                            false,
+                        )
                         .await?;
                     match file["file"]["download_url"].as_str() {
                         Some(u) if !u.is_empty() => TaskStatus::Succeeded {

@@ -300,7 +300,11 @@ pub(crate) fn no_cancel<'a>(
     task_id: &'a str,
 ) -> BoxFuture<'a, ProviderResult<()>> {
     Box::pin(async move {
-        tracing::debug!(provider, task_id, "no cancel at this provider; the task runs to its end");
+        tracing::debug!(
+            provider,
+            task_id,
+            "no cancel at this provider; the task runs to its end"
+        );
         Ok(())
     })
 }

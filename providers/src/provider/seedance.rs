@@ -117,9 +117,11 @@ impl VideoProvider for SeedanceProvider {
                 body["callback_url"] = json!(url);
             }
             let url = format!("{}/api/v3/contents/generations/tasks", self.api.base_url);
-            let task: Value =
-                http::send_json(self.authorized(self.api.client.post(url)).json(&body), classify)
-                    .await?;
+            let task: Value = http::send_json(
+                self.authorized(self.api.client.post(url)).json(&body),
+                classify,
+            )
+            .await?;
             task["id"]
                 .as_str()
                 .filter(|id| !id.is_empty())

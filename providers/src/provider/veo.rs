@@ -162,9 +162,11 @@ impl VideoProvider for VeoProvider {
                 self.api.base_url,
                 super::segment(&self.api.model)
             );
-            let op: Value =
-                http::send_json(self.authorized(self.api.client.post(url)).json(&body), classify)
-                    .await?;
+            let op: Value = http::send_json(
+                self.authorized(self.api.client.post(url)).json(&body),
+                classify,
+            )
+            .await?;
             op["name"]
                 .as_str()
                 .and_then(checked_name)
