@@ -95,6 +95,13 @@ async fn ends_by_callback(kind: ProviderKind) {
     let token = env.new_user("cb", "cb@example.com").await;
     env.grant("cb@example.com", 10).await;
     let id = submit(&env, &token, "a lighthouse at dusk").await;
+    // A callback with a made-up token is refused and moves nothing.
+    let forged = format!(
+        "{}/v1/providers/{kind}/callback?job={id}&token=forged",
+        env.base
+    );
+    let r = env.client.post(&forged).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{kind}");
     env.wait_for_status(&token, &id.to_string(), "succeeded", WAIT)
         .await;
     let accepted = event_at(&env, id, "running").await;
@@ -261,15 +268,14 @@ async fn ends_despite_forgeries(env: TestEnv, token: &str, id: Uuid) {
 }
 
 /// Every callback dropped: the job ends through the safety-net poll.
-#[tokio::test]
-async fn dropped_callbacks_leave_the_job_to_the_safety_net() {
+async fn dropped_callbacks_leave_the_job_to_the_safety_net(kind: ProviderKind) {
     let faults = CallbackFaults {
         drop_rate: 1.0,
         ..CallbackFaults::default()
     };
-    let mut env = env_for(ProviderKind::Seedance, faults, Duration::from_secs(1), None).await;
-    // The first poll soon too, so the safety net is what is tested.
-    env.settings.worker.poll_initial_ms = 1_000;
+    let mut env = env_for(kind, faults, Duration::from_secs(1), None).await;
+    // The first poll before the task ends, so the safety net is what ends it.
+    env.settings.worker.poll_initial_ms = 250;
     let worker = env.spawn_worker().await;
     let token = env.new_user("d", "d@example.com").await;
     env.grant("d@example.com", 10).await;
@@ -277,10 +283,36 @@ async fn dropped_callbacks_leave_the_job_to_the_safety_net() {
     env.wait_for_status(&token, &id.to_string(), "succeeded", WAIT)
         .await;
     let stats = env.sim().stats.snapshot();
-    assert_eq!(stats.callbacks_sent, 0, "{stats:?}");
-    assert!(stats.callbacks_dropped >= 1, "{stats:?}");
+    assert_eq!(stats.callbacks_sent, 0, "{kind}: {stats:?}");
+    assert!(stats.status_requests >= 2, "{kind}: {stats:?}");
+    assert!(stats.callbacks_dropped >= 1, "{kind}: {stats:?}");
     worker.stop().await;
     env.cleanup().await;
+}
+
+#[tokio::test]
+async fn replicate_without_callbacks_ends_by_the_safety_net() {
+    dropped_callbacks_leave_the_job_to_the_safety_net(ProviderKind::Replicate).await;
+}
+
+#[tokio::test]
+async fn fal_without_callbacks_ends_by_the_safety_net() {
+    dropped_callbacks_leave_the_job_to_the_safety_net(ProviderKind::Fal).await;
+}
+
+#[tokio::test]
+async fn kling_without_callbacks_ends_by_the_safety_net() {
+    dropped_callbacks_leave_the_job_to_the_safety_net(ProviderKind::Kling).await;
+}
+
+#[tokio::test]
+async fn luma_without_callbacks_ends_by_the_safety_net() {
+    dropped_callbacks_leave_the_job_to_the_safety_net(ProviderKind::Luma).await;
+}
+
+#[tokio::test]
+async fn seedance_without_callbacks_ends_by_the_safety_net() {
+    dropped_callbacks_leave_the_job_to_the_safety_net(ProviderKind::Seedance).await;
 }
 
 /// A callback before the submit is answered, then the real one twice and
