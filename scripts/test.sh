@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: every Rust test against the real Postgres and
 # RabbitMQ, the generated TypeScript client and the page checked against
-# their sources, the page in a real browser, then (never beside them) the
+# their sources, the page in a real browser, Prometheus's rules and a real
+# Prometheus scraping genq, then (never beside them) the
 # short chaos run, which SIGKILLs workers and the API and restarts RabbitMQ
 # and Postgres.
 set -euo pipefail
@@ -26,5 +27,8 @@ cargo test --workspace
 scripts/web.sh check
 # The page in Debian's Chromium against a real stack.
 scripts/browser-test.sh
+# The alert rules and their unit tests, the dashboard's queries, and a real
+# Prometheus scraping a running API and worker.
+scripts/prometheus.sh
 cargo build --bins
 "${CARGO_TARGET_DIR:-target}"/debug/genq-chaos --profile short

@@ -36,10 +36,28 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
+            use metrics_exporter_prometheus::Matcher;
+            // Whole jobs and provider tasks take seconds to hours.
+            let long = [
+                1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+            ];
+            let bytes = [1e5, 1e6, 1e7, 5e7, 1e8, 2e8, 5e8, 1e9];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("genq_job_seconds".into()), &long)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("genq_provider_task_seconds".into()),
+                        &long,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("genq_archive_bytes".into()), &bytes)
+                })
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();

@@ -522,6 +522,33 @@ pub struct HourCount {
     pub count: i64,
 }
 
+/// What the sweeper reports as gauges for alerts: the outbox's backlog and
+/// its oldest row, open dead letters, jobs waiting in line, and open jobs
+/// past their deadline.
+#[derive(Debug, Clone, Copy, FromRow)]
+pub struct HealthGauges {
+    pub outbox_backlog: i64,
+    pub outbox_oldest_secs: Option<i64>,
+    pub dead_letters_open: i64,
+    pub jobs_waiting: i64,
+    pub jobs_past_deadline: i64,
+}
+
+/// One statement, each count on an index or a small table.
+pub async fn health_gauges(pool: &PgPool) -> Result<HealthGauges, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS outbox_backlog,
+                (SELECT EXTRACT(EPOCH FROM now() - min(created_at))::bigint
+                   FROM outbox WHERE published_at IS NULL) AS outbox_oldest_secs,
+                (SELECT count(*) FROM dead_letters WHERE state = 'open') AS dead_letters_open,
+                (SELECT count(*) FROM jobs WHERE waiting AND status = 'queued') AS jobs_waiting,
+                (SELECT count(*) FROM jobs WHERE status IN ('submitting', 'running')
+                    AND deadline_at < now()) AS jobs_past_deadline",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Counts for [`SystemSummary`]: a few aggregate queries, each on an index
 /// or a small table.
 pub async fn system_summary(pool: &PgPool) -> Result<SystemSummary, StoreError> {

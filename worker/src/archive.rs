@@ -23,6 +23,8 @@ impl Handler {
             Ok(archived) => {
                 metrics::counter!("genq_videos_archived_total").increment(1);
                 metrics::counter!("genq_video_bytes_archived_total").increment(archived.bytes);
+                metrics::histogram!("genq_archive_seconds").record(archived.took.as_secs_f64());
+                metrics::histogram!("genq_archive_bytes").record(archived.bytes as f64);
                 let mut done = Transition::new(
                     job.id,
                     &[JobStatus::Running],

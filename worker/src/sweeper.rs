@@ -185,9 +185,18 @@ async fn sweep(handler: &Handler, verify: bool) -> anyhow::Result<SweepReport> {
         report.lots_expired += 1;
     }
 
+    let g = ops::health_gauges(&handler.pool).await?;
+    metrics::gauge!("genq_outbox_backlog").set(g.outbox_backlog as f64);
+    metrics::gauge!("genq_outbox_oldest_seconds").set(g.outbox_oldest_secs.unwrap_or(0) as f64);
+    metrics::gauge!("genq_dead_letters_open").set(g.dead_letters_open as f64);
+    metrics::gauge!("genq_jobs_waiting").set(g.jobs_waiting as f64);
+    metrics::gauge!("genq_jobs_past_deadline").set(g.jobs_past_deadline as f64);
+
     if verify {
         let violations = ops::verify_and_record(&handler.pool, "worker").await?;
         metrics::gauge!("genq_ledger_violations").set(violations.len() as f64);
+        metrics::gauge!("genq_ledger_verified_timestamp_seconds")
+            .set(chrono::Utc::now().timestamp() as f64);
         for v in violations.iter().take(20) {
             tracing::error!(rule = %v.rule, user_id = ?v.user_id, job_id = ?v.job_id, detail = %v.detail, "ledger invariant violated");
         }

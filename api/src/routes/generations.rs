@@ -258,6 +258,7 @@ pub async fn create(
     }
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    let started = std::time::Instant::now();
     let outcome = store::submit(
         &state.pool,
         &NewSubmission {
@@ -271,6 +272,8 @@ pub async fn create(
         },
     )
     .await?;
+    // The submitting statement, whatever its answer (accepted, refused).
+    metrics::histogram!("genq_submit_seconds").record(started.elapsed().as_secs_f64());
     match outcome {
         SubmitOutcome::Accepted { job, replayed } => {
             metrics::counter!("genq_submissions_total", "outcome" => if replayed { "replayed" } else { "accepted" }).increment(1);

@@ -53,6 +53,9 @@ pub struct Job {
     /// When the provider last called back about the task (verified).
     #[serde(skip)]
     pub callback_at: Option<DateTime<Utc>>,
+    /// When the provider accepted the task (the job's last move to running).
+    #[serde(skip)]
+    pub running_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -60,7 +63,7 @@ pub struct Job {
 pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
     provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, priority, waiting, \
-    callback_at, created_at, updated_at";
+    callback_at, running_at, created_at, updated_at";
 
 #[derive(Debug)]
 pub enum SubmitOutcome {

@@ -127,6 +127,7 @@ pub(crate) fn statement() -> &'static Named {
                    deadline_at = COALESCE(now() + make_interval(secs => :deadline_secs), deadline_at),
                    attempts = attempts + CASE WHEN :count_attempt THEN 1 ELSE 0 END,
                    poll_seq = CASE WHEN :to = 'running' THEN 0 ELSE poll_seq END,
+                   running_at = CASE WHEN :to = 'running' THEN now() ELSE running_at END,
                    -- Leaving queued leaves the line, whoever moves the job.
                    waiting = waiting AND :to = 'queued',
                    updated_at = now()
@@ -239,6 +240,7 @@ pub async fn transition<'e>(
     }
     // Counted here, where every terminal transition passes, whoever made it
     // (worker, API cancel, sweeper, operator).
+    record_durations(&r.job, r.old_status, t.to);
     if t.to.is_terminal() {
         metrics::counter!("genq_jobs_finished_total", "status" => t.to.as_str()).increment(1);
         let cost = r.job.cost.max(0) as u64;
@@ -249,4 +251,30 @@ pub async fn transition<'e>(
         }
     }
     Ok(Some((r.job, r.old_status)))
+}
+
+/// The durations a move completes, as histograms: the wait from acceptance
+/// to the first claim (`genq_queue_wait_seconds`), the provider's time from
+/// accepting the task to its end (`genq_provider_task_seconds{provider}`),
+/// and the whole job (`genq_job_seconds{status}`). Labels are bounded: the
+/// configured providers' names and the terminal statuses.
+fn record_durations(job: &Job, from: JobStatus, to: JobStatus) {
+    let since = |at: chrono::DateTime<chrono::Utc>| {
+        (chrono::Utc::now() - at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    if from == JobStatus::Queued && to == JobStatus::Submitting && job.attempts == 1 {
+        metrics::histogram!("genq_queue_wait_seconds").record(since(job.created_at));
+    }
+    if !to.is_terminal() {
+        return;
+    }
+    if let (JobStatus::Running, Some(running_at)) = (from, job.running_at) {
+        let provider = job.provider.clone().unwrap_or_else(|| "default".into());
+        metrics::histogram!("genq_provider_task_seconds", "provider" => provider)
+            .record(since(running_at));
+    }
+    metrics::histogram!("genq_job_seconds", "status" => to.as_str()).record(since(job.created_at));
 }
