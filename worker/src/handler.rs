@@ -134,8 +134,6 @@ impl Handler {
         crate::step::dead_letter(&self.publisher, &self.topology, queue, body, job_id, reason).await
     }
 
-    /// Publishes `message` to come back on the work exchange after `delay`
-    /// (rounded to a wait tier), keeping its routing key.
     /// Publishes `message` to the work exchange at once.
     pub(crate) async fn publish_now<T: serde::Serialize>(&self, key: &str, message: &T) -> Step {
         self.publisher
@@ -144,6 +142,8 @@ impl Handler {
         Ok(())
     }
 
+    /// Publishes `message` to come back on the work exchange after `delay`
+    /// (rounded to a wait tier), keeping its routing key.
     pub(crate) async fn publish_delayed<T: serde::Serialize>(
         &self,
         key: &str,
