@@ -31,6 +31,8 @@ pub struct AppState {
     pub outbox_bell: Doorbell,
     /// The identity provider's keys, when `auth.jwks_url` is set.
     pub jwks: Option<Arc<crate::jwks::Jwks>>,
+    /// The providers this API takes callbacks for, when callbacks are on.
+    pub callbacks: Option<Arc<crate::routes::callbacks::CallbackRoutes>>,
     /// fal's webhook keys, when `provider.fal_jwks_url` is set (fetched
     /// only when a fal callback arrives).
     pub fal_keys: Option<Arc<crate::fal_keys::FalKeys>>,
@@ -63,6 +65,8 @@ impl AppState {
             } else {
                 None
             },
+            callbacks: crate::routes::callbacks::CallbackRoutes::from_settings(&settings)
+                .map(Arc::new),
             fal_keys: match settings.provider.fal_jwks_url.trim() {
                 "" => None,
                 url => Some(Arc::new(crate::fal_keys::FalKeys::new(url)?)),

@@ -561,16 +561,12 @@ pub async fn system_summary(pool: &PgPool) -> Result<SystemSummary, StoreError> 
     )
     .fetch_all(pool)
     .await?;
-    let (outbox_backlog, outbox_oldest_secs): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::bigint
-           FROM outbox WHERE published_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await?;
-    let dead_letters_open: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE state = 'open'")
-            .fetch_one(pool)
-            .await?;
+    let HealthGauges {
+        outbox_backlog,
+        outbox_oldest_secs,
+        dead_letters_open,
+        ..
+    } = health_gauges(pool).await?;
     let failures: Vec<(String, i64)> = sqlx::query_as(
         "SELECT COALESCE(error_code, 'none'), count(*) FROM jobs
           WHERE status IN ('failed', 'dead') AND updated_at > now() - interval '24 hours'

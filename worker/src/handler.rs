@@ -303,16 +303,15 @@ impl Handler {
                 running.provider_task_id = Some(&task_id);
                 running.deadline_in = Some(self.settings.job_timeout());
                 if let Some((job, _)) = store::transition(&self.pool, &running).await? {
-                    let first = provider.first_poll.unwrap_or_else(|| {
-                        let w = &self.settings.worker;
-                        poll_delay(w.poll_initial_ms, w.poll_max_ms, 0)
-                    });
-                    // The provider called back before its answer to the
-                    // submit was recorded: ask it now.
                     let first = if job.callback_at.is_some() {
+                        // The provider called back before its answer to
+                        // the submit was recorded: ask it now.
                         Duration::ZERO
                     } else {
-                        first
+                        provider.first_poll.unwrap_or_else(|| {
+                            let w = &self.settings.worker;
+                            poll_delay(w.poll_initial_ms, w.poll_max_ms, 0)
+                        })
                     };
                     // Asked at once: this step polls, saving a trip through
                     // a wait queue and the poll queue.

@@ -45,6 +45,28 @@ pub struct CallbackAnswer {
     pub outcome: String,
 }
 
+/// Where this API takes callbacks: the token key and, by name, the kind of
+/// each configured provider that calls back. Built once, at start.
+pub struct CallbackRoutes {
+    keys: CallbackKeys,
+    kinds: std::collections::HashMap<String, ProviderKind>,
+}
+
+impl CallbackRoutes {
+    /// `None` when callbacks are off (`provider.callback_base_url` empty).
+    pub fn from_settings(settings: &genq_core::config::Settings) -> Option<Self> {
+        let keys = CallbackKeys::from_settings(settings)?;
+        let kinds = settings
+            .configured_providers()
+            .into_iter()
+            .map(|p| (p.kind(), p.name))
+            .filter(|(kind, _)| callbacks::has_callbacks(*kind))
+            .map(|(kind, name)| (name, kind))
+            .collect();
+        Some(Self { keys, kinds })
+    }
+}
+
 fn forged() -> ApiError {
     ApiError::Unauthorized("The callback's token or signature is not valid.".into())
 }
@@ -71,19 +93,11 @@ pub async fn provider_callback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CallbackAnswer>, ApiError> {
-    let settings = &state.settings;
-    let keys = CallbackKeys::from_settings(settings);
-    let kind = (provider.len() <= NAME_MAX)
-        .then(|| {
-            settings
-                .configured_providers()
-                .into_iter()
-                .find(|p| p.name == provider)
-                .map(|p| p.kind())
-        })
-        .flatten()
-        .filter(|k| callbacks::has_callbacks(*k));
-    let (Some(keys), Some(kind)) = (keys, kind) else {
+    let routes = state.callbacks.as_deref();
+    let found = routes
+        .filter(|_| provider.len() <= NAME_MAX)
+        .and_then(|r| Some((&r.keys, *r.kinds.get(&provider)?)));
+    let Some((keys, kind)) = found else {
         return Err(ApiError::NotFound("not found".into()));
     };
     let span = tracing::Span::current();

@@ -5,7 +5,7 @@
 //! fal offers no idempotency key.
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -19,11 +19,9 @@ use genq_core::config::ProviderSettings;
 const NAME: &str = "fal";
 
 pub struct FalProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
-    /// The full endpoint ID, e.g. `fal-ai/kling-video/v1.6/standard/text-to-video`.
-    model: String,
+    /// Its model is the full endpoint ID, e.g.
+    /// `fal-ai/kling-video/v1.6/standard/text-to-video`.
+    api: http::Endpoint,
     /// Its `owner/app`: status, result and cancel URLs use only these.
     app: String,
 }
@@ -45,37 +43,39 @@ struct QueueStatus {
 
 impl FalProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
-        let model = settings.effective_model().trim_matches('/').to_owned();
+        let mut api = http::Endpoint::new(settings)?;
+        api.model = api.model.trim_matches('/').to_owned();
+        let model = &api.model;
         let parts: Vec<&str> = model.split('/').collect();
         if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
             anyhow::bail!(
                 "invalid configuration: provider.model (GENQ__PROVIDER__MODEL) must be a fal endpoint ID such as fal-ai/kling-video/v1.6/standard/text-to-video, not {model:?}"
             );
         }
-        Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
-            app: format!("{}/{}", parts[0], parts[1]),
-            model,
-        })
+        let app = format!("{}/{}", parts[0], parts[1]);
+        Ok(Self { api, app })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         builder.header(
             reqwest::header::AUTHORIZATION,
-            format!("Key {}", self.api_key.expose_secret()),
+            format!("Key {}", self.api.api_key.expose_secret()),
         )
     }
 
     fn request_url(&self, id: &str) -> String {
-        format!("{}/{}/requests/{}", self.base_url, self.app, segment(id))
+        format!(
+            "{}/{}/requests/{}",
+            self.api.base_url,
+            self.app,
+            segment(id)
+        )
     }
 
     /// A COMPLETED request's result: the video, or why there is none.
     /// `failed`: the status already said the request failed.
     async fn result(&self, id: &str, failed: bool) -> ProviderResult<TaskStatus> {
-        let reply = http::send(self.authorized(self.client.get(self.request_url(id)))).await?;
+        let reply = http::send(self.authorized(self.api.client.get(self.request_url(id)))).await?;
         if reply.is_success() {
             let body: Value = reply.parse()?;
             return match video_url(&body) {
@@ -144,8 +144,8 @@ impl VideoProvider for FalProvider {
                 "duration": request.duration_seconds.to_string(),
                 "aspect_ratio": request.aspect_ratio,
             });
-            let url = format!("{}/{}", self.base_url, self.model);
-            let mut builder = self.authorized(self.client.post(url)).json(&body);
+            let url = format!("{}/{}", self.api.base_url, self.api.model);
+            let mut builder = self.authorized(self.api.client.post(url)).json(&body);
             if let Some(callback) = &request.callback_url {
                 // fal calls the URL given as `fal_webhook` when the request ends.
                 builder = builder.query(&[("fal_webhook", callback)]);
@@ -169,7 +169,7 @@ impl VideoProvider for FalProvider {
         Box::pin(async move {
             let url = format!("{}/status", self.request_url(task_id));
             let s: QueueStatus =
-                http::send_json(self.authorized(self.client.get(url)), generic).await?;
+                http::send_json(self.authorized(self.api.client.get(url)), generic).await?;
             match s.status.as_str() {
                 "IN_QUEUE" => Ok(TaskStatus::Queued {
                     position: s.queue_position,
@@ -197,7 +197,7 @@ impl VideoProvider for FalProvider {
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
         Box::pin(async move {
             let url = format!("{}/cancel", self.request_url(task_id));
-            let reply = http::send(self.authorized(self.client.put(url))).await?;
+            let reply = http::send(self.authorized(self.api.client.put(url))).await?;
             let word = reply
                 .json
                 .as_ref()

@@ -55,6 +55,11 @@ impl Reply {
         self.status.is_success()
     }
 
+    /// The answer to a cancel or delete: done, or (404) nothing to stop.
+    pub fn nothing_left_to_stop(&self) -> bool {
+        self.is_success() || self.status == StatusCode::NOT_FOUND
+    }
+
     /// The body as `T`; an unreadable success is transient (a proxy's page, a
     /// truncated body), so it is retried rather than trusted.
     pub fn parse<T: DeserializeOwned>(&self) -> ProviderResult<T> {

@@ -120,7 +120,7 @@ impl VideoProvider for LumaProvider {
             let reply =
                 http::send(self.authorized(self.api.client.delete(self.generation_url(task_id))))
                     .await?;
-            if reply.is_success() || reply.status.as_u16() == 404 {
+            if reply.nothing_left_to_stop() {
                 Ok(())
             } else {
                 Err(reply.error())

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -23,11 +23,9 @@ const NAME: &str = "replicate";
 const MIN_CANCEL_AFTER: Duration = Duration::from_secs(5);
 
 pub struct ReplicateProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
-    /// `owner/name` (the model's current version) or `owner/name:version`.
-    model: String,
+    /// Its model is `owner/name` (the model's current version) or
+    /// `owner/name:version`.
+    api: http::Endpoint,
 }
 
 #[derive(Deserialize)]
@@ -42,27 +40,23 @@ struct Prediction {
 
 impl ReplicateProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
-        let model = settings.effective_model();
-        let (name, _) = model.split_once(':').unwrap_or((&model, ""));
+        let api = http::Endpoint::new(settings)?;
+        let model = &api.model;
+        let (name, _) = model.split_once(':').unwrap_or((model, ""));
         if name.split('/').count() != 2 {
             anyhow::bail!(
                 "invalid configuration: provider.model (GENQ__PROVIDER__MODEL) must be owner/name or owner/name:version for replicate, not {model:?}"
             );
         }
-        Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
-            model,
-        })
+        Ok(Self { api })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        builder.bearer_auth(self.api_key.expose_secret())
+        builder.bearer_auth(self.api.api_key.expose_secret())
     }
 
     fn prediction_url(&self, id: &str) -> String {
-        format!("{}/v1/predictions/{}", self.base_url, segment(id))
+        format!("{}/v1/predictions/{}", self.api.base_url, segment(id))
     }
 }
 
@@ -130,13 +124,16 @@ impl VideoProvider for ReplicateProvider {
         Box::pin(async move {
             // Model inputs differ; `prompt` is the one every text-to-video model takes.
             let input = json!({ "prompt": request.prompt });
-            let (url, mut body) = match self.model.split_once(':') {
+            let (url, mut body) = match self.api.model.split_once(':') {
                 Some((_, version)) => (
-                    format!("{}/v1/predictions", self.base_url),
+                    format!("{}/v1/predictions", self.api.base_url),
                     json!({ "version": version, "input": input }),
                 ),
                 None => (
-                    format!("{}/v1/models/{}/predictions", self.base_url, self.model),
+                    format!(
+                        "{}/v1/models/{}/predictions",
+                        self.api.base_url, self.api.model
+                    ),
                     json!({ "input": input }),
                 ),
             };
@@ -145,7 +142,7 @@ impl VideoProvider for ReplicateProvider {
                 body["webhook"] = json!(callback);
                 body["webhook_events_filter"] = json!(["completed"]);
             }
-            let mut builder = self.authorized(self.client.post(url)).json(&body);
+            let mut builder = self.authorized(self.api.client.post(url)).json(&body);
             if let Some(after) = request.cancel_after {
                 builder = builder.header("Cancel-After", cancel_after_header(after));
             }
@@ -156,7 +153,7 @@ impl VideoProvider for ReplicateProvider {
 
     fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
         Box::pin(async move {
-            let builder = self.authorized(self.client.get(self.prediction_url(task_id)));
+            let builder = self.authorized(self.api.client.get(self.prediction_url(task_id)));
             interpret(http::send_json(builder, generic).await?)
         })
     }
@@ -164,7 +161,8 @@ impl VideoProvider for ReplicateProvider {
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
         Box::pin(async move {
             let url = format!("{}/cancel", self.prediction_url(task_id));
-            let _: Value = http::send_json(self.authorized(self.client.post(url)), generic).await?;
+            let _: Value =
+                http::send_json(self.authorized(self.api.client.post(url)), generic).await?;
             Ok(())
         })
     }

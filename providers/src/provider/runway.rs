@@ -158,7 +158,7 @@ impl VideoProvider for RunwayProvider {
             let reply =
                 http::send(self.authorized(self.api.client.delete(self.task_url(task_id)))).await?;
             // 204 canceled (or deleted, when already finished); 404 nothing to stop.
-            if reply.is_success() || reply.status.as_u16() == 404 {
+            if reply.nothing_left_to_stop() {
                 Ok(())
             } else {
                 Err(reply.error())

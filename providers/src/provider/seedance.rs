@@ -141,7 +141,7 @@ impl VideoProvider for SeedanceProvider {
         Box::pin(async move {
             let reply =
                 http::send(self.authorized(self.api.client.delete(self.task_url(task_id)))).await?;
-            if reply.is_success() || reply.status.as_u16() == 404 {
+            if reply.nothing_left_to_stop() {
                 return Ok(());
             }
             if http::is_transient(reply.status) {

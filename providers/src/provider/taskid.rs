@@ -3,7 +3,7 @@
 //! `GET /v1/tasks/{id}`, `POST /v1/tasks/{id}/cancel`, `Idempotency-Key` honoured.
 
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, generic};
@@ -16,9 +16,8 @@ use genq_core::config::ProviderSettings;
 const NAME: &str = "taskid";
 
 pub struct TaskIdProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: SecretString,
+    /// TaskID's API names no model.
+    api: http::Endpoint,
 }
 
 #[derive(Serialize)]
@@ -47,14 +46,12 @@ struct StatusResponse {
 impl TaskIdProvider {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: http::client(settings)?,
-            base_url: settings.effective_base_url(),
-            api_key: settings.api_key.clone(),
+            api: http::Endpoint::new(settings)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let key = self.api_key.expose_secret();
+        let key = self.api.api_key.expose_secret();
         if key.is_empty() {
             builder
         } else {
@@ -63,7 +60,7 @@ impl TaskIdProvider {
     }
 
     fn task_url(&self, task_id: &str) -> String {
-        format!("{}/v1/tasks/{}", self.base_url, segment(task_id))
+        format!("{}/v1/tasks/{}", self.api.base_url, segment(task_id))
     }
 }
 
@@ -115,8 +112,9 @@ impl VideoProvider for TaskIdProvider {
                 aspect_ratio: &request.aspect_ratio,
             };
             let builder = self
+                .api
                 .client
-                .post(format!("{}/v1/tasks", self.base_url))
+                .post(format!("{}/v1/tasks", self.api.base_url))
                 .header("Idempotency-Key", &request.idempotency_key)
                 .json(&body);
             let r: SubmitResponse = http::send_json(self.authorized(builder), generic).await?;
@@ -126,7 +124,7 @@ impl VideoProvider for TaskIdProvider {
 
     fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
         Box::pin(async move {
-            let builder = self.authorized(self.client.get(self.task_url(task_id)));
+            let builder = self.authorized(self.api.client.get(self.task_url(task_id)));
             interpret(http::send_json(builder, generic).await?)
         })
     }
@@ -135,7 +133,7 @@ impl VideoProvider for TaskIdProvider {
         Box::pin(async move {
             let url = format!("{}/cancel", self.task_url(task_id));
             let _: serde_json::Value =
-                http::send_json(self.authorized(self.client.post(url)), generic).await?;
+                http::send_json(self.authorized(self.api.client.post(url)), generic).await?;
             Ok(())
         })
     }
