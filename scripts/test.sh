@@ -2,7 +2,7 @@
 # The whole test suite: every Rust test against the real Postgres and
 # RabbitMQ, the generated TypeScript client and the page checked against
 # their sources, the page in a real browser, Prometheus's rules and a real
-# Prometheus scraping genq, then (never beside them) the
+# Prometheus scraping genq, one job's trace at a real OTLP receiver, then (never beside them) the
 # short chaos run, which SIGKILLs workers and the API and restarts RabbitMQ
 # and Postgres.
 set -euo pipefail
@@ -30,5 +30,8 @@ scripts/browser-test.sh
 # The alert rules and their unit tests, the dashboard's queries, and a real
 # Prometheus scraping a running API and worker.
 scripts/prometheus.sh
+# One job's OpenTelemetry trace across the API and the worker, received by
+# a real OTLP receiver; and a receiver that is down changes nothing.
+scripts/traces.sh
 cargo build --bins
 "${CARGO_TARGET_DIR:-target}"/debug/genq-chaos --profile short

@@ -108,11 +108,14 @@ async fn run() -> anyhow::Result<()> {
             unreachable!("handled before the configuration is loaded")
         }
         Command::Serve => {
-            telemetry::init_tracing(&settings.log);
+            let tracing = telemetry::init_tracing(&settings.log, "genq-api");
             let shutdown = CancellationToken::new();
             tokio::spawn(genq_core::shutdown::on_signal(shutdown.clone()));
             let app = Application::build(settings).await?;
-            app.run_until_stopped(shutdown).await
+            let result = app.run_until_stopped(shutdown).await;
+            // The exporter's last send blocks (bounded by its timeout).
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+            result
         }
     }
 }

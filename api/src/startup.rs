@@ -225,14 +225,36 @@ async fn method_not_allowed() -> ApiError {
 
 /// The span of one request, at DEBUG as tower-http's own, with the URI's
 /// `access_token` (a stream token, sent in the query because `EventSource`
-/// can't send headers) redacted.
+/// can't send headers) redacted. With traces on, it is the trace's server
+/// span, child of the caller's `traceparent` when one is sent and valid.
 fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    tracing::debug_span!(
+    // The route's template (never the raw path), known here: the layer runs
+    // after routing.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let method = method_label(request.method());
+    let span = tracing::debug_span!(
         "request",
         method = %request.method(),
         uri = %redact_uri(request.uri()),
         version = ?request.version(),
-    )
+        "otel.name" = %format_args!("{method} {route}"),
+        "otel.kind" = "server",
+        "http.request.method" = method,
+        "http.route" = route,
+        "http.response.status_code" = tracing::field::Empty,
+        "otel.status_code" = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(traceparent) = header("traceparent") {
+            let parent = genq_core::trace::TraceParent::parse(traceparent, header("tracestate"));
+            genq_core::trace::set_parent(&span, parent.as_ref());
+        }
+    }
+    span
 }
 
 /// The URI as logged: every `access_token` value in the query replaced.
@@ -274,7 +296,12 @@ async fn count_requests(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = method_label(request.method());
+    let span = tracing::Span::current();
     let response = next.run(request).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     metrics::counter!(
         "genq_http_responses_total",
         "route" => route, "method" => method, "status" => response.status().as_u16().to_string()

@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 use serde::Serialize;
+use tracing::Instrument;
 
 use genq_core::config::Settings;
 
@@ -136,6 +137,8 @@ impl Publisher {
         check_confirm(pending.await?)
     }
 
+    /// Publishes a work message as a producer span of the current trace,
+    /// whose context the message carries.
     pub async fn publish_json<T: Serialize>(
         &self,
         exchange: &str,
@@ -143,7 +146,11 @@ impl Publisher {
         message: &T,
     ) -> anyhow::Result<()> {
         let body = serde_json::to_vec(message)?;
-        self.publish(exchange, routing_key, &body, FieldTable::default())
+        let span = crate::trace::producer_span(exchange, routing_key);
+        let headers =
+            crate::trace::trace_headers(genq_core::trace::TraceParent::of(&span).as_ref());
+        self.publish(exchange, routing_key, &body, headers)
+            .instrument(span)
             .await
     }
 }

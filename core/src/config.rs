@@ -47,6 +47,25 @@ pub struct Settings {
     pub billing: BillingSettings,
     /// How much of the providers one user may hold at once.
     pub limits: LimitsSettings,
+    /// Links from genq to the deployment's trace viewer.
+    pub observability: ObservabilitySettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObservabilitySettings {
+    /// A URL of the trace viewer with `{trace_id}` where a job's trace ID
+    /// goes (e.g. `https://jaeger.example.com/trace/{trace_id}`); empty for
+    /// no link. Traces themselves are configured by the `OTEL_*` variables.
+    pub trace_url_template: String,
+}
+
+impl ObservabilitySettings {
+    /// The link to trace `trace_id`, when a template is set.
+    pub fn trace_url(&self, trace_id: &str) -> Option<String> {
+        let t = self.trace_url_template.trim();
+        (!t.is_empty()).then(|| t.replace("{trace_id}", trace_id))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -639,6 +658,19 @@ impl Settings {
         }
         if self.credits.initial < 0 {
             fail("credits.initial", "must be 0 or more")?;
+        }
+        let template = self.observability.trace_url_template.trim();
+        if !template.is_empty() {
+            let ok = template.contains("{trace_id}")
+                && template.len() <= 2000
+                && url::Url::parse(&template.replace("{trace_id}", "0"))
+                    .is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
+            if !ok {
+                fail(
+                    "observability.trace_url_template",
+                    "must be an http(s) URL containing {trace_id}, at most 2000 characters (or empty for no link)",
+                )?;
+            }
         }
         let p = &self.provider;
         let callback_base = p.callback_base_url.trim();

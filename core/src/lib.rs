@@ -12,4 +12,5 @@ pub mod messages;
 pub mod outbound;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 pub mod webhooks;

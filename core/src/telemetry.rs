@@ -1,5 +1,5 @@
-//! Logging and metrics set-up shared by every binary, and how an error
-//! reads on one line.
+//! Logging, trace export and metrics set-up shared by every binary, and
+//! how an error reads on one line.
 
 use std::sync::OnceLock;
 
@@ -8,25 +8,103 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogSettings;
 
+/// What [`init_tracing`] set up. Call [`Tracing::shutdown`] on the way
+/// out, so that the last spans are sent (within the exporter's timeout).
+#[must_use]
+pub struct Tracing {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Whether spans are exported (an OTLP endpoint is configured).
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends what is waiting and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown() {
+                tracing::debug!(error = %e, "the trace exporter did not shut down cleanly");
+            }
+        }
+    }
+}
+
 /// Installs the tracing subscriber once; later calls (tests) are no-ops.
-pub fn init_tracing(settings: &LogSettings) {
+/// Logs go to stdout as `settings` say; with an OTLP endpoint in the
+/// environment (see [`crate::trace`]), genq's spans are also exported as
+/// OpenTelemetry traces of service `service` (unless `OTEL_SERVICE_NAME`).
+pub fn init_tracing(settings: &LogSettings, service: &str) -> Tracing {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if settings.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    if !crate::trace::enabled() {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        let _ = if settings.json {
+            builder.json().try_init()
+        } else {
+            builder.try_init()
+        };
+        return Tracing { provider: None };
+    }
+    let provider = match crate::trace::provider(service) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+            tracing::error!(error = %format!("{e:#}"), "traces are off: the exporter could not be set up");
+            return Tracing { provider: None };
+        }
     };
+    // The traces take genq's spans down to DEBUG (a request's span is at
+    // DEBUG), whatever the log's level: the subscriber lets them through,
+    // and the log filters for itself. (A filter on the trace layer alone
+    // lost spans: per-layer filters on both layers left some consumer spans
+    // disabled for the trace layer.)
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.trim().is_empty())
+        .unwrap_or_else(|| settings.filter.clone());
+    let global = EnvFilter::try_new(format!("{directives},genq=debug"))
+        .unwrap_or_else(|_| EnvFilter::new("info,genq=debug"));
+    let fmt: Box<dyn Layer<_> + Send + Sync> = if settings.json {
+        Box::new(tracing_subscriber::fmt::layer().json().with_filter(filter))
+    } else {
+        Box::new(tracing_subscriber::fmt::layer().with_filter(filter))
+    };
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "genq");
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false);
+    if tracing_subscriber::registry()
+        .with(global)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok()
+    {
+        crate::trace::set_exporting();
+    }
+    Tracing {
+        provider: Some(provider),
+    }
 }
 
 /// Quiet in tests unless `TEST_LOG` is set.
 pub fn init_test_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {
-        init_tracing(&LogSettings {
-            json: false,
-            filter: "info,sqlx=warn".into(),
-        });
+        // Never exports: a test process has no collector to flush to.
+        let _ = init_tracing(
+            &LogSettings {
+                json: false,
+                filter: "info,sqlx=warn".into(),
+            },
+            "genq-test",
+        );
     }
 }
 

@@ -661,8 +661,12 @@ async fn job_show(json_out: bool, pool: &PgPool, id: Uuid) -> anyhow::Result<Out
     };
     let events = store::job_events(pool, id).await?;
     if json_out {
+        let trace_id = job
+            .traceparent
+            .as_deref()
+            .and_then(genq_core::trace::trace_id_of);
         return ok(serde_json::to_string_pretty(
-            &json!({"job": job, "events": events}),
+            &json!({"job": job, "trace_id": trace_id, "events": events}),
         )?);
     }
     ok(job_text(&job, &events)?)
@@ -694,6 +698,14 @@ pub(crate) fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fm
         out,
         "  provider url  {}",
         job.provider_result_url.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "  trace         {}",
+        job.traceparent
+            .as_deref()
+            .and_then(genq_core::trace::trace_id_of)
+            .unwrap_or("-")
     )?;
     if let Some(code) = &job.error_code {
         writeln!(

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
 use secrecy::ExposeSecret;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use genq_core::config::StorageSettings;
@@ -336,7 +337,9 @@ impl Downloads {
                     request = request.header(*header, secret.expose_secret());
                 }
             }
-            let response = request.send().await.map_err(|e| {
+            let span = genq_core::trace::http_client_span("GET", &url, "download");
+            let response = request.send().instrument(span.clone()).await.map_err(|e| {
+                genq_core::trace::record_http_failure(&span, "connect");
                 if refused_by_resolver(&e) {
                     refused_url()
                 } else {
@@ -346,6 +349,7 @@ impl Downloads {
                     ))
                 }
             })?;
+            genq_core::trace::record_http_status(&span, response.status().as_u16());
             if !response.status().is_redirection() {
                 return Ok(response);
             }

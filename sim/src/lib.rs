@@ -699,6 +699,7 @@ impl Run<'_> {
             idempotency_key: key.map(|k| self.keys[k].key.as_str()),
             provider: &s.provider.name,
             allowance: None,
+            trace: None,
         };
         if racing {
             bugs::set(Switch::StaleKeyLookup, true);

@@ -467,6 +467,15 @@ function jobParts(job: JobView): HTMLElement[] {
     el('p', `${job.status}; costs ${plural(job.cost, 'credit', 'credits')}; prompt “${job.prompt}”.` +
       (job.error ? ` Error ${job.error.code}: ${job.error.message}` : '')),
   ];
+  if (job.trace_id) {
+    // The deployment's trace viewer, when configured (observability.trace_url_template).
+    const trace = job.trace_url
+      ? el('a', job.trace_id, { href: job.trace_url, target: '_blank', rel: 'noopener noreferrer', 'data-role': 'trace-link' })
+      : el('code', job.trace_id, { 'data-role': 'trace-id' });
+    const p = el('p', 'Trace ');
+    p.append(trace);
+    out.push(p);
+  }
   const table = el('table', undefined, { 'data-role': 'timeline' });
   table.append(el('thead'));
   table.tHead!.append(el('tr'));

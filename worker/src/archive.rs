@@ -16,7 +16,7 @@ impl Handler {
     /// settles it. A transient failure polls again later (the provider says
     /// succeeded again, and the copy is retried, overwriting any half of it);
     /// `errors` counts towards the job's retry limit.
-    #[tracing::instrument(skip_all, fields(job_id = %job.id, user_id = %job.user_id))]
+    #[tracing::instrument(name = "archive", skip_all, fields(job_id = %job.id, user_id = %job.user_id))]
     pub async fn archive_and_finish(&self, job: &Job, video_url: &str, errors: u32) -> Step {
         let key = VideoStore::key(job.id, job.reservation);
         match self.videos.archive(video_url, &key).await {

@@ -273,7 +273,7 @@ impl Handler {
             job_id,
             attempt: attempt + 1,
         };
-        tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
+        crate::step::note_job(&job);
         let Some(provider) = provider else {
             // Claimed so the attempt counts: retried slowly, then dead,
             // refunded and dead-lettered (replayable once configured).
@@ -357,7 +357,7 @@ impl Handler {
         let Some(job) = self.load(WorkQueue::Poll, job_id, &body).await? else {
             return Ok(());
         };
-        tracing::Span::current().record("user_id", tracing::field::display(job.user_id));
+        crate::step::note_job(&job);
         self.poll_job(job, seq, errors).await
     }
 

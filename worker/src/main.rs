@@ -30,10 +30,13 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init_tracing(&settings.log);
+    let tracing = telemetry::init_tracing(&settings.log, "genq-worker");
     let shutdown = CancellationToken::new();
     tokio::spawn(genq_core::shutdown::on_signal(shutdown.clone()));
     let worker = Worker::build(settings, None).await?;
     tracing::info!(metrics_port = worker.metrics_port(), "genq-worker starting");
-    worker.run_until_stopped(shutdown).await
+    let result = worker.run_until_stopped(shutdown).await;
+    // The exporter's last send blocks (bounded by its timeout).
+    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    result
 }

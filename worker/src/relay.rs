@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use genq_broker::{check_confirm, Publisher, Topology};
+use genq_core::trace::TraceParent;
 use genq_store::store::events::JOB_EVENTS_CHANNEL;
 use genq_store::store::outbox::{self, OUTBOX_CHANNEL};
-use lapin::types::FieldTable;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -32,13 +32,26 @@ pub async fn relay_once(
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
         let body = serde_json::to_vec(&row.payload)?;
-        pending.push(
-            publisher
-                .start(&exchange, &row.routing_key, &body, FieldTable::default())
-                .await?,
-        );
+        // The job's trace (kept with it since the submission): the publish
+        // is a span of it, and the message carries that span's context.
+        let trace = row
+            .traceparent
+            .as_deref()
+            .and_then(|tp| TraceParent::parse(tp, row.tracestate.as_deref()));
+        let span = trace.as_ref().map(|t| {
+            let span = genq_broker::trace::producer_span(&exchange, &row.routing_key);
+            genq_core::trace::set_parent(&span, Some(t));
+            span
+        });
+        let sent = span.as_ref().and_then(TraceParent::of).or(trace);
+        let headers = genq_broker::trace_headers(sent.as_ref());
+        let confirm = publisher
+            .start(&exchange, &row.routing_key, &body, headers)
+            .await?;
+        pending.push((confirm, span));
     }
-    for confirm in pending {
+    // Each span ends with its confirm.
+    for (confirm, _span) in pending {
         check_confirm(confirm.await?)?;
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();

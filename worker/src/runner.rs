@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use genq_broker::{reconnect_backoff, Publisher, Topology, CONNECT_TIMEOUT};
 use genq_core::config::Settings;
+use genq_core::trace::TraceParent;
 use genq_providers::provider::Providers;
 use genq_store::store::outbox::Doorbell;
 use lapin::options::{
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::handler::{Handler, WorkQueue};
 use crate::relay;
@@ -316,7 +318,23 @@ fn task_ended(
 /// message round a wait queue (which doesn't count as a redelivery) or, if
 /// even that fails, hands it back to the broker. True when handled and acked.
 async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::Delivery) -> bool {
-    match handler.handle(queue, &delivery.data).await {
+    // A span of the trace the message carries: the step's own spans (and
+    // whatever it publishes) join that trace.
+    let queue_name = match queue {
+        WorkQueue::Start => handler.topology.start_queue(),
+        WorkQueue::Poll => handler.topology.poll_queue(),
+        WorkQueue::Webhook => handler.topology.webhook_queue(),
+    };
+    let span = genq_broker::trace::consumer_span(
+        &queue_name,
+        &delivery.properties,
+        delivery.routing_key.as_str(),
+    );
+    match handler
+        .handle(queue, &delivery.data)
+        .instrument(span.clone())
+        .await
+    {
         Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
             Ok(_) => true,
             Err(e) => {
@@ -333,8 +351,14 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
                     &handler.topology.delay_exchange(INFRA_RETRY_TIER_MS),
                     queue.routing_key(),
                     &delivery.data,
-                    FieldTable::default(),
+                    // The same trace: the retry is a new span of it.
+                    genq_broker::trace_headers(
+                        TraceParent::of(&span)
+                            .or_else(|| genq_broker::delivery_trace(&delivery.properties))
+                            .as_ref(),
+                    ),
                 )
+                .instrument(span)
                 .await;
             let r = match delayed {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await,

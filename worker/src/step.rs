@@ -45,6 +45,14 @@ impl From<store::StoreError> for InfraError {
 
 pub type Step = Result<(), InfraError>;
 
+/// Names the job on the current span: `user_id` for log lines, and the
+/// `genq.*` attributes of its trace span.
+pub fn note_job(job: &genq_store::store::Job) {
+    let span = tracing::Span::current();
+    span.record("user_id", tracing::field::display(job.user_id));
+    genq_core::trace::job_attributes(&span, job.id, job.user_id, job.provider.as_deref());
+}
+
 /// Publishes `body` to the dead-letter exchange with the reason in headers.
 pub async fn dead_letter(
     publisher: &Publisher,
@@ -54,7 +62,11 @@ pub async fn dead_letter(
     job_id: Option<Uuid>,
     reason: &str,
 ) -> Step {
-    let headers = dead_letters::headers(reason, queue.routing_key(), job_id);
+    let mut headers = dead_letters::headers(reason, queue.routing_key(), job_id);
+    // Requeued later, the message goes on in its job's trace.
+    for (name, value) in genq_broker::current_trace_headers().inner() {
+        headers.insert(name.clone(), value.clone());
+    }
     publisher
         .publish(
             &topology.dead_letter_exchange(),

@@ -19,8 +19,8 @@ use genq_store::store::outbox;
 use genq_store::store::webhooks::{
     self as store, AttemptRecord, DeliveryStatus, EndpointState, Outgoing, Verdict,
 };
-use lapin::types::FieldTable;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use tracing::Instrument;
 
 use crate::step::{Step, WorkQueue};
 
@@ -84,6 +84,10 @@ impl WebhookClient {
         };
         let timestamp = Utc::now().timestamp();
         let signature = signature_header(&secrets, &d.msg_id, timestamp, &body);
+        let span = match reqwest::Url::parse(&d.url) {
+            Ok(url) => genq_core::trace::http_client_span("POST", &url, "webhook"),
+            Err(_) => tracing::Span::none(),
+        };
         let sent = self
             .client
             .post(&d.url)
@@ -93,10 +97,12 @@ impl WebhookClient {
             .header(HEADER_SIGNATURE, signature)
             .body(body)
             .send()
+            .instrument(span.clone())
             .await;
         match sent {
             Ok(mut response) => {
                 let status = response.status();
+                genq_core::trace::record_http_status(&span, status.as_u16());
                 let retry_after = response
                     .headers()
                     .get(RETRY_AFTER)
@@ -131,6 +137,8 @@ impl WebhookClient {
                 }
             }
             Err(e) => {
+                let kind = if e.is_timeout() { "timeout" } else { "connect" };
+                genq_core::trace::record_http_failure(&span, kind);
                 let why = if e.is_timeout() {
                     format!("no answer within {} ms", self.timeout.as_millis())
                 } else {
@@ -292,7 +300,7 @@ impl WebhookSender {
                 &self.topology.webhook_delay_for(delay),
                 WEBHOOK_KEY,
                 &body,
-                FieldTable::default(),
+                genq_broker::current_trace_headers(),
             )
             .await?;
         Ok(())

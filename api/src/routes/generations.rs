@@ -9,6 +9,7 @@ use genq_core::config::{ProviderChoice, Settings};
 use genq_core::domain::{
     AspectRatio, DurationSeconds, InvalidInput, JobStatus, Priority, Prompt, VideoRequest,
 };
+use genq_core::trace::TraceParent;
 use genq_store::store::{
     self, CancelOutcome, Job, JobCursor, JobEvent, NewSubmission, SubmitOutcome,
 };
@@ -132,6 +133,14 @@ pub struct JobView {
     /// The timeline; only on `GET /v1/generations/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<JobEventView>>,
+    /// The job's trace ID (W3C), when traces were on at its submission;
+    /// operators' views only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The job's trace in the deployment's trace viewer
+    /// (`observability.trace_url_template`); operators' views only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
 }
 
 impl JobView {
@@ -157,7 +166,21 @@ impl JobView {
             queue_position: None,
             video_link: None,
             events: None,
+            trace_id: None,
+            trace_url: None,
         }
+    }
+
+    /// Adds the job's trace ID and viewer link (operators' views).
+    pub fn with_trace(mut self, traceparent: Option<&str>, settings: &Settings) -> Self {
+        self.trace_id = traceparent
+            .and_then(genq_core::trace::trace_id_of)
+            .map(str::to_owned);
+        self.trace_url = self
+            .trace_id
+            .as_deref()
+            .and_then(|id| settings.observability.trace_url(id));
+        self
     }
 
     pub fn with_events(mut self, events: Vec<JobEvent>) -> Self {
@@ -227,7 +250,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     ),
     security(("bearer" = []))
 )]
-#[tracing::instrument(skip_all, fields(user_id = %user.id, job_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, job_id, trace_id, genq.user_id = %user.id, genq.job_id))]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -257,7 +280,15 @@ pub async fn create(
         state.check_memory_rate(user.id).map_err(rate_limited)?;
     }
     let job_id = Uuid::now_v7();
-    tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    let span = tracing::Span::current();
+    span.record("job_id", tracing::field::display(job_id));
+    span.record("genq.job_id", tracing::field::display(job_id));
+    // The job's trace: this span's context, kept with the job so that every
+    // process's work on it joins the trace.
+    let trace = TraceParent::of(&span);
+    if let Some(t) = &trace {
+        span.record("trace_id", tracing::field::display(t.trace_id()));
+    }
     let started = std::time::Instant::now();
     let outcome = store::submit(
         &state.pool,
@@ -269,6 +300,7 @@ pub async fn create(
             idempotency_key: key.as_deref(),
             provider: choice.provider,
             allowance,
+            trace: trace.as_ref(),
         },
     )
     .await?;

@@ -451,6 +451,16 @@ export type JobView = {
      */
     result_url?: string | null;
     status: JobStatus;
+    /**
+     * The job's trace ID (W3C), when traces were on at its submission;
+     * operators' views only.
+     */
+    trace_id?: string | null;
+    /**
+     * The job's trace in the deployment's trace viewer
+     * (`observability.trace_url_template`); operators' views only.
+     */
+    trace_url?: string | null;
     updated_at: string;
     video_link?: null | VideoLink;
 };

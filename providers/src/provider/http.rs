@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use super::{clip, ProviderError, ProviderResult};
 use genq_core::config::ProviderSettings;
+use genq_core::trace;
+use tracing::Instrument;
 
 /// What most adapters hold: the client, the API base (no trailing slash),
 /// the key and the model, from one provider's settings.
@@ -148,10 +150,22 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 /// Sends `builder`; a connection failure or timeout is transient, any answer
 /// (success or not) comes back as a `Reply`.
 pub async fn send(builder: reqwest::RequestBuilder) -> ProviderResult<Reply> {
-    let response = builder.send().await.map_err(|e| {
-        // Without the URL: it may carry the provider's IDs, and the error is enough.
+    // Without the URL: it may carry the provider's IDs, and the error is enough.
+    let failed = |e: reqwest::Error| {
         ProviderError::transient(format!("request failed: {}", e.without_url()))
-    })?;
+    };
+    let (client, request) = builder.build_split();
+    let request = request.map_err(failed)?;
+    let span = trace::http_client_span(request.method().as_str(), request.url(), "provider");
+    let response = client
+        .execute(request)
+        .instrument(span.clone())
+        .await
+        .map_err(|e| {
+            trace::record_http_failure(&span, if e.is_timeout() { "timeout" } else { "connect" });
+            failed(e)
+        })?;
+    trace::record_http_status(&span, response.status().as_u16());
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let text = response.text().await.map_err(|e| {

@@ -10,6 +10,8 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
+use genq_core::trace::TraceParent;
+
 use super::credits::{self, Reserve};
 use super::named::Named;
 use super::outbox::{self, JOB_HAS_UNPUBLISHED};
@@ -56,6 +58,12 @@ pub struct Job {
     /// When the provider accepted the task (the job's last move to running).
     #[serde(skip)]
     pub running_at: Option<DateTime<Utc>>,
+    /// The W3C trace context of the submitting request: every message about
+    /// the job carries it (see `genq_core::trace`); `None` with traces off.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
+    #[serde(skip)]
+    pub tracestate: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -63,7 +71,7 @@ pub struct Job {
 pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider, model, provider_task_id, \
     attempts, poll_seq, reservation, error_code, error_message, required_credits, available_credits, \
     provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, priority, waiting, \
-    callback_at, running_at, created_at, updated_at";
+    callback_at, running_at, traceparent, tracestate, created_at, updated_at";
 
 #[derive(Debug)]
 pub enum SubmitOutcome {
@@ -99,6 +107,8 @@ pub struct NewSubmission<'a> {
     /// (`api.rate_limit = "postgres"`); `None` when not limited here. A
     /// replay of an idempotency key takes none.
     pub allowance: Option<rate::Allowance>,
+    /// The trace the submission is part of, kept with the job.
+    pub trace: Option<&'a TraceParent>,
 }
 
 async fn job_by_key<'e>(
@@ -231,6 +241,11 @@ async fn try_accept(
             "rate_tolerance",
             new.allowance.map(rate::Allowance::tolerance_secs),
         )
+        .bind("traceparent", new.trace.map(|t| t.traceparent.as_str()))
+        .bind(
+            "tracestate",
+            new.trace.and_then(|t| t.tracestate.as_deref()),
+        )
         .done()
         .fetch_one(pool)
         .await?;
@@ -267,9 +282,11 @@ pub(crate) fn accept_statement() -> &'static Named {
         let text = format!(
             "WITH {take}, {reserve}, j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
-                              idempotency_key, request_fingerprint, model, priority)
+                              idempotency_key, request_fingerprint, model, priority,
+                              traceparent, tracestate)
             SELECT :job, user_id, 'queued', :prompt, :params, :cost, :provider,
-                   :idempotency_key, :fingerprint, :model, :priority FROM acct
+                   :idempotency_key, :fingerprint, :model, :priority,
+                   :traceparent, :tracestate FROM acct
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -295,6 +312,8 @@ pub(crate) fn accept_statement() -> &'static Named {
                 "priority",
                 "rate_interval",
                 "rate_tolerance",
+                "traceparent",
+                "tracestate",
             ],
         )
     })
@@ -350,8 +369,8 @@ async fn reject(
         "WITH j AS (
             INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider, request_fingerprint,
                               error_code, error_message, required_credits, available_credits, model,
-                              priority)
-            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $11, $8, $5, $9, $10, $12)
+                              priority, traceparent, tracestate)
+            VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $11, $8, $5, $9, $10, $12, $13, $14)
             RETURNING {JOB_COLS}
         ), e AS (
             INSERT INTO job_events (job_id, kind, to_status, message, data)
@@ -373,6 +392,8 @@ async fn reject(
     .bind(new.request.model.as_deref())
     .bind(code)
     .bind(new.request.priority)
+    .bind(new.trace.map(|t| t.traceparent.as_str()))
+    .bind(new.trace.and_then(|t| t.tracestate.as_deref()))
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -51,6 +51,10 @@ pub struct OutboxRow {
     pub id: i64,
     pub routing_key: String,
     pub payload: serde_json::Value,
+    /// The trace context of the row's job (for a webhook delivery's wake-up,
+    /// of the delivery's job; see `jobs.traceparent`), sent as headers.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// Locks up to `limit` unpublished rows in `tx`, oldest first. `SKIP LOCKED`
@@ -70,8 +74,14 @@ pub(crate) fn claim_statement() -> &'static Named {
     static SQL: OnceLock<Named> = OnceLock::new();
     SQL.get_or_init(|| {
         Named::new(
-            "SELECT id, routing_key, payload FROM outbox
-              WHERE published_at IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED",
+            "SELECT o.id, o.routing_key, o.payload, j.traceparent, j.tracestate
+               FROM outbox o
+               LEFT JOIN jobs j ON j.id = COALESCE(o.job_id,
+                    (SELECT d.job_id FROM webhook_deliveries d
+                      WHERE o.payload ->> 'type' = 'deliver'
+                        AND d.id = (o.payload ->> 'delivery_id')::bigint))
+              WHERE o.published_at IS NULL ORDER BY o.id LIMIT :batch
+                FOR UPDATE OF o SKIP LOCKED",
             &["batch"],
         )
     })

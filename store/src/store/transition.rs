@@ -181,6 +181,18 @@ pub(crate) fn statement() -> &'static Named {
 /// the job was not in an expected status (a duplicate or stale message).
 /// `executor` is the pool, or a transaction the change belongs to (a claim
 /// under a provider's cap).
+#[tracing::instrument(
+    level = "debug",
+    skip_all,
+    fields(
+        otel.name = %if t.to.is_terminal() { format!("settle {}", t.to) } else { format!("move to {}", t.to) },
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "transition",
+        genq.job_id = %t.job_id,
+        genq.status = %t.to,
+    )
+)]
 pub async fn transition<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     t: &Transition<'_>,

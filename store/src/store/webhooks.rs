@@ -376,6 +376,9 @@ pub struct Outgoing {
     /// which goes first, and how long until it is due.
     pub earlier_id: Option<i64>,
     pub earlier_wait_ms: Option<i64>,
+    /// The job's trace context, which the delivery's span joins.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// Milliseconds from now until a delivery row `t` is due (0 if it is).
@@ -389,9 +392,11 @@ pub async fn load_outgoing(pool: &PgPool, id: i64) -> Result<Option<Outgoing>> {
         "SELECT d.id, d.endpoint_id, d.job_id, d.msg_id, d.payload, d.status, d.seq, d.round_attempts,
                 e.url, e.state AS endpoint_state, e.secret,
                 CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret,
-                {} AS wait_ms, p.id AS earlier_id, {} AS earlier_wait_ms
+                {} AS wait_ms, p.id AS earlier_id, {} AS earlier_wait_ms,
+                j.traceparent, j.tracestate
            FROM webhook_deliveries d
            JOIN webhook_endpoints e ON e.id = d.endpoint_id
+           LEFT JOIN jobs j ON j.id = d.job_id
            LEFT JOIN LATERAL (
                 SELECT id, next_attempt_at, claimed_until FROM webhook_deliveries p
                  WHERE p.endpoint_id = d.endpoint_id AND p.job_id = d.job_id

@@ -89,7 +89,12 @@ pub async fn job(
         .await?
         .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
     let events = store::job_events(&state.pool, id).await?;
-    Ok(Json(JobView::from_job(job).with_events(events)))
+    let traceparent = job.traceparent.clone();
+    Ok(Json(
+        JobView::from_job(job)
+            .with_events(events)
+            .with_trace(traceparent.as_deref(), &state.settings),
+    ))
 }
 
 /// Any user's job's ledger entries, oldest first: what the job reserved,
