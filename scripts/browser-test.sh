@@ -36,6 +36,10 @@ export GENQ__API__SUBMIT_BURST=3 GENQ__API__SUBMIT_PER_MINUTE=1
 export GENQ__WORKER__POLL_INITIAL_MS=250 GENQ__WORKER__POLL_MAX_MS=500
 # A provider that always answers 503 kills the job soon: the console's dead letters.
 export GENQ__WORKER__MAX_ATTEMPTS=2 GENQ__WORKER__RETRY_BASE_MS=100 GENQ__WORKER__RETRY_MAX_MS=200
+# Traces on, to a collector that is not there (the discard port): every job
+# has a trace ID for the console to link, and no page may notice the loss.
+export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9
+export GENQ__OBSERVABILITY__TRACE_URL_TEMPLATE='https://traces.example.com/trace/{trace_id}'
 # Stripe's webhook, for the console's payment events (the tests sign with it).
 GENQ__BILLING__STRIPE__WEBHOOK_SECRET="whsec_$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
 export GENQ__BILLING__STRIPE__WEBHOOK_SECRET

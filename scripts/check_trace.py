@@ -9,8 +9,8 @@ below, then prints it as a tree; exits 1 with what is missing otherwise.
 - the outbox relay's publish (a producer span of genq-worker) is the child of
   the API's submission, and each consumer span the child of a producer span;
 - every other span's parent is in the trace: one tree;
-- the provider call, the download and the settlement are there, and the
-  worker's steps name the job (genq.job_id).
+- the provider call, the download, the settlement and a webhook delivery
+  are there, and the worker's steps name the job (genq.job_id).
 """
 
 import json
@@ -47,7 +47,8 @@ def problems(spans, client_span, job_id):
         if s["parent_span_id"] not in by_id and s["parent_span_id"] != client_span:
             out.append(f"span {s['name']} ({s['service']}) has a parent outside the trace")
     names = {s["name"] for s in spans}
-    for wanted in ("POST provider", "GET download", "settle succeeded", "start", "poll", "archive"):
+    for wanted in ("POST provider", "GET download", "settle succeeded", "start", "poll", "archive",
+                   "POST webhook"):
         if wanted not in names:
             out.append(f"no {wanted!r} span")
     steps = [s for s in spans if s["name"] in ("start", "poll", "create")]

@@ -7,7 +7,8 @@ to OUT: service, name, kind, trace/span/parent IDs (hex), links and
 attributes. With `--count` (the benchmark) it decodes as much but keeps
 only the number of spans received, rewritten in OUT. It answers as a
 collector does (an empty ExportTraceServiceResponse), so the exporter
-counts the spans as sent.
+counts the spans as sent. `POST /hook` answers 204: a webhook endpoint
+for the trace test.
 """
 
 import gzip
@@ -63,6 +64,12 @@ def spans(request):
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
+        if self.path == "/hook":
+            # A webhook endpoint for the trace test: takes anything.
+            self.rfile.read(min(length, MAX_BODY))
+            self.send_response(204)
+            self.end_headers()
+            return
         if self.path != "/v1/traces" or not 0 < length <= MAX_BODY:
             self.send_error(404 if self.path != "/v1/traces" else 400)
             return

@@ -5,7 +5,8 @@
 # database and queue prefix of their own) export to it; one job, submitted
 # with a client's traceparent, must come back as one trace of both services,
 # parented as docs/operations.md#traces describes (scripts/check_trace.py),
-# with its trace ID in the admin API, genqctl and the worker's log lines.
+# webhook deliveries included, with its trace ID in the admin API, genqctl
+# and the worker's log lines.
 # Then, with the receiver gone, a submission and its job are unaffected and
 # the lost spans are counted.
 set -euo pipefail
@@ -29,12 +30,17 @@ export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18324
 export OTEL_BSP_SCHEDULE_DELAY=200
 export GENQ__WORKER__METRICS_ADDR=127.0.0.1:18325
 export GENQ__OBSERVABILITY__TRACE_URL_TEMPLATE='https://traces.example.com/trace/{trace_id}'
+export GENQ__WEBHOOKS__ALLOW_PRIVATE=true
 "$bin/genq-provider-sim" --addr 127.0.0.1:18323 --generation-ms 300 > "$log/sim.log" 2>&1 & pids+=($!)
 bench_start_api
 bench_users 1
 GENQ__LOG__FILTER=info "$bin/genq-worker" > "$log/worker.log" 2>&1 & pids+=($!)
 
 token=$(head -1 "$TOKENS_FILE")
+admin=$("$bin/genq-api" token --sub traces-admin --admin)
+# A webhook endpoint (the receiver takes POST /hook): deliveries join the trace.
+curl -sf -X POST "http://$GENQ__API__ADDR/v1/admin/webhooks" -H "Authorization: Bearer $admin" \
+  -H 'content-type: application/json' -d '{"url": "http://127.0.0.1:18324/hook"}' >/dev/null
 submit() {
   curl -sf -X POST "http://$GENQ__API__ADDR/v1/generations" -H "Authorization: Bearer $token" \
     -H 'content-type: application/json' "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
@@ -57,7 +63,6 @@ ends "$job" succeeded
 "$venv/bin/python" scripts/check_trace.py "$log/spans.jsonl" "$trace_id" "$client_span" "$job" | tee "$log/trace.txt"
 
 # Its trace ID where operators look.
-admin=$("$bin/genq-api" token --sub traces-admin --admin)
 curl -sf "http://$GENQ__API__ADDR/v1/admin/jobs/$job" -H "Authorization: Bearer $admin" |
   python3 -c '
 import json, sys

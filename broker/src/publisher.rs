@@ -146,10 +146,21 @@ impl Publisher {
         message: &T,
     ) -> anyhow::Result<()> {
         let body = serde_json::to_vec(message)?;
+        self.publish_traced(exchange, routing_key, &body).await
+    }
+
+    /// Publishes `body` as a producer span of the current trace, whose
+    /// context the message carries (no trace headers when untraced).
+    pub async fn publish_traced(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
         let span = crate::trace::producer_span(exchange, routing_key);
         let headers =
             crate::trace::trace_headers(genq_core::trace::TraceParent::of(&span).as_ref());
-        self.publish(exchange, routing_key, &body, headers)
+        self.publish(exchange, routing_key, body, headers)
             .instrument(span)
             .await
     }

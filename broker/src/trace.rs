@@ -54,10 +54,15 @@ pub fn producer_span(exchange: &str, routing_key: &str) -> tracing::Span {
 /// The consumer span of one delivery, child of the trace the message
 /// carries. Its OpenTelemetry attributes stay out of log lines; the trace
 /// ID is a field, so that every line logged while handling it names it.
+/// Untraced, a message without a trace gets no span.
 pub fn consumer_span(queue: &str, props: &BasicProperties, routing_key: &str) -> tracing::Span {
     use tracing::field::Empty;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let parent = delivery_trace(props);
+    if parent.is_none() && !genq_core::trace::exporting() {
+        // Nothing to trace and no trace ID to log: no span to pay for.
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "delivery",
         "otel.name" = Empty,

@@ -263,7 +263,9 @@ struct Shared<E> {
 #[derive(Debug, Default)]
 struct Queue {
     spans: Vec<SpanData>,
-    /// Rounds the thread completed; a flush waits for the next one.
+    /// Rounds the thread started (took the waiting spans) and completed;
+    /// a flush waits for a round that starts after it asks.
+    started: u64,
     rounds: u64,
     flush: bool,
     stop: bool,
@@ -294,13 +296,13 @@ impl<E: SpanExporter + 'static> Batcher<E> {
     fn round_now(&self, stop: bool, timeout: Duration) {
         let shared = &self.shared;
         let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let after = q.rounds;
+        let target = q.started + 1;
         q.flush = true;
         q.stop |= stop;
         shared.wake.notify_one();
         let _ = shared
             .done
-            .wait_timeout_while(q, timeout, |q| q.rounds == after);
+            .wait_timeout_while(q, timeout, |q| q.rounds < target);
     }
 }
 
@@ -316,6 +318,7 @@ impl<E: SpanExporter> Shared<E> {
                     })
                     .unwrap_or_else(|e| e.into_inner());
                 q.flush = false;
+                q.started += 1;
                 (std::mem::take(&mut q.spans), q.stop)
             };
             self.export(spans);
@@ -397,6 +400,70 @@ impl<E: SpanExporter + 'static> SpanProcessor for Batcher<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+    use std::sync::{Condvar, Mutex};
+
+    /// An exporter that holds each export until opened, and counts.
+    #[derive(Debug, Clone, Default)]
+    struct Gate {
+        received: Arc<Mutex<usize>>,
+        open: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl SpanExporter for Gate {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let (lock, cv) = &*self.open;
+            let _open = cv.wait_while(lock.lock().unwrap(), |open| !*open).unwrap();
+            *self.received.lock().unwrap() += batch.len();
+            Ok(())
+        }
+    }
+
+    fn span() -> SpanData {
+        SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "test".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: vec![],
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[test]
+    fn spans_past_the_bound_are_dropped_and_a_flush_sends_the_rest() {
+        let gate = Gate::default();
+        let batcher = Batcher::start(gate.clone(), 4, 2, Duration::from_secs(3600)).unwrap();
+        // A full batch wakes the thread, which then waits on the exporter.
+        batcher.on_end(span());
+        batcher.on_end(span());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while batcher.shared.queue.lock().unwrap().started == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never took the batch"
+            );
+            std::thread::yield_now();
+        }
+        // Four more wait (the bound); three past it are dropped.
+        for _ in 0..7 {
+            batcher.on_end(span());
+        }
+        assert_eq!(batcher.shared.queue.lock().unwrap().spans.len(), 4);
+        *gate.open.0.lock().unwrap() = true;
+        gate.open.1.notify_all();
+        // The flush waits for a round begun after it: every waiting span sent.
+        batcher.force_flush().unwrap();
+        assert_eq!(*gate.received.lock().unwrap(), 6);
+        batcher.shutdown().unwrap();
+    }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

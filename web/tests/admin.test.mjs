@@ -106,6 +106,10 @@ test('a filtered bulk replay reserves again only for the user who can afford it,
   const ledger = await detail.locator('[data-role=ledger]').textContent();
   assert.match(ledger, /reserve/);
   assert.match(ledger, /refund/);
+  // The job's trace, linked to the deployment's trace viewer.
+  const trace = detail.locator('[data-role=trace-link]');
+  assert.match(await trace.getAttribute('href'), /^https:\/\/traces\.example\.com\/trace\/[0-9a-f]{32}$/);
+  assert.equal(await trace.getAttribute('rel'), 'noopener noreferrer');
   await shot(page, 'admin-dlq-detail');
 
   // Users: the diagnosis, conclusion first, and a grant with a reason.

@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use genq_broker::{reconnect_backoff, Publisher, Topology, CONNECT_TIMEOUT};
 use genq_core::config::Settings;
-use genq_core::trace::TraceParent;
 use genq_providers::provider::Providers;
 use genq_store::store::outbox::Doorbell;
 use lapin::options::{
@@ -345,18 +344,13 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
         Err(e) => {
             tracing::warn!(error = %e, ?queue, "delivery failed; retrying later");
             metrics::counter!("genq_infra_errors_total").increment(1);
+            // The same trace: the retry is a new span of it.
             let delayed = handler
                 .publisher
-                .publish(
+                .publish_traced(
                     &handler.topology.delay_exchange(INFRA_RETRY_TIER_MS),
                     queue.routing_key(),
                     &delivery.data,
-                    // The same trace: the retry is a new span of it.
-                    genq_broker::trace_headers(
-                        TraceParent::of(&span)
-                            .or_else(|| genq_broker::delivery_trace(&delivery.properties))
-                            .as_ref(),
-                    ),
                 )
                 .instrument(span)
                 .await;

@@ -296,12 +296,7 @@ impl WebhookSender {
         })
         .expect("webhook messages serialize");
         self.publisher
-            .publish(
-                &self.topology.webhook_delay_for(delay),
-                WEBHOOK_KEY,
-                &body,
-                genq_broker::current_trace_headers(),
-            )
+            .publish_traced(&self.topology.webhook_delay_for(delay), WEBHOOK_KEY, &body)
             .await?;
         Ok(())
     }

@@ -250,7 +250,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     ),
     security(("bearer" = []))
 )]
-#[tracing::instrument(skip_all, fields(user_id = %user.id, job_id, trace_id, genq.user_id = %user.id, genq.job_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, job_id, trace_id))]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -282,7 +282,7 @@ pub async fn create(
     let job_id = Uuid::now_v7();
     let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(job_id));
-    span.record("genq.job_id", tracing::field::display(job_id));
+    genq_core::trace::job_attributes(&span, job_id, user.id, Some(choice.provider));
     // The job's trace: this span's context, kept with the job so that every
     // process's work on it joins the trace.
     let trace = TraceParent::of(&span);
