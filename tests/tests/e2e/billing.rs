@@ -573,6 +573,17 @@ async fn grants_racing_submissions_never_break_the_lots() {
     let env = TestEnv::with_settings(stripe_settings()).await;
     let admin = env.admin_token("ops");
     let token = env.new_user("racer", "racer@example.com").await;
+    // One video's credits before the race: whatever the timing, at least
+    // one submission reserves (the race alone may see every grant late).
+    let (s, r) = env
+        .post(
+            "/v1/admin/credits",
+            &admin,
+            &json!({"email": "racer@example.com", "amount": 10, "reason": "before the race",
+                    "kind": "grant"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
     let mut tasks = Vec::new();
     for i in 0..30 {
         let (client, base, admin, token) = (
