@@ -70,13 +70,17 @@ job, want = json.load(sys.stdin), sys.argv[1]
 assert job["trace_id"] == want, job.get("trace_id")
 assert job["trace_url"] == "https://traces.example.com/trace/" + want, job.get("trace_url")
 print("admin API: trace_id and trace_url")' "$trace_id"
-"$bin/genqctl" jobs show "$job" | grep -q "trace  *$trace_id"
+# Read whole before matching: `grep -q` would stop reading at its match and
+# the writer fail on the closed pipe.
+shown=$("$bin/genqctl" jobs show "$job")
+grep -q "trace  *$trace_id" <<<"$shown"
 echo "genqctl jobs show: trace $trace_id"
 # A job the provider refuses is logged (INFO) by the worker: with its trace ID.
 refused_trace=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 refused=$(submit -H "traceparent: 00-$refused_trace-$client_span-01" -d '{"prompt": "a lighthouse [sim:reject]"}')
 ends "$refused" failed
-if ! sed 's/\x1b\[[0-9;]*m//g' "$log/worker.log" | grep "job failed" | grep -q "trace_id=$refused_trace"; then
+failed_lines=$(sed 's/\x1b\[[0-9;]*m//g' "$log/worker.log" | grep "job failed" || true)
+if ! grep -q "trace_id=$refused_trace" <<<"$failed_lines"; then
   echo "the worker's log line of job $refused does not name trace $refused_trace" >&2
   exit 1
 fi
