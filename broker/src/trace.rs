@@ -54,8 +54,13 @@ pub fn producer_span(exchange: &str, routing_key: &str) -> tracing::Span {
 /// The consumer span of one delivery, child of the trace the message
 /// carries. Its OpenTelemetry attributes stay out of log lines; the trace
 /// ID is a field, so that every line logged while handling it names it.
-/// Untraced, a message without a trace gets no span.
-pub fn consumer_span(queue: &str, props: &BasicProperties, routing_key: &str) -> tracing::Span {
+/// Untraced, a message without a trace gets no span (and `queue`, its
+/// name, is not made).
+pub fn consumer_span(
+    queue: impl FnOnce() -> String,
+    props: &BasicProperties,
+    routing_key: &str,
+) -> tracing::Span {
     use tracing::field::Empty;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let parent = delivery_trace(props);
@@ -74,12 +79,13 @@ pub fn consumer_span(queue: &str, props: &BasicProperties, routing_key: &str) ->
     }
     if genq_core::trace::exporting() {
         // Recorded only when traced: log lines stay short otherwise.
+        let queue = queue();
         span.record("otel.name", format!("process {queue}"));
         span.record("otel.kind", "consumer");
         genq_core::trace::set_parent(&span, parent.as_ref());
         span.set_attribute("messaging.system", "rabbitmq");
         span.set_attribute("messaging.operation.type", "process");
-        span.set_attribute("messaging.destination.name", queue.to_owned());
+        span.set_attribute("messaging.destination.name", queue);
         span.set_attribute(
             "messaging.rabbitmq.destination.routing_key",
             routing_key.to_owned(),

@@ -36,6 +36,10 @@ pub struct TraceParent {
 impl TraceParent {
     /// The trace context of `span`, if it is part of a trace (tracing on).
     pub fn of(span: &tracing::Span) -> Option<Self> {
+        // Untraced, every publish asks: answer without the subscriber.
+        if !exporting() {
+            return None;
+        }
         Self::from_context(&span.context())
     }
 

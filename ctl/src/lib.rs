@@ -661,12 +661,8 @@ async fn job_show(json_out: bool, pool: &PgPool, id: Uuid) -> anyhow::Result<Out
     };
     let events = store::job_events(pool, id).await?;
     if json_out {
-        let trace_id = job
-            .traceparent
-            .as_deref()
-            .and_then(genq_core::trace::trace_id_of);
         return ok(serde_json::to_string_pretty(
-            &json!({"job": job, "trace_id": trace_id, "events": events}),
+            &json!({"job": job, "trace_id": job.trace_id(), "events": events}),
         )?);
     }
     ok(job_text(&job, &events)?)
@@ -699,14 +695,7 @@ pub(crate) fn job_text(job: &Job, events: &[JobEvent]) -> Result<String, std::fm
         "  provider url  {}",
         job.provider_result_url.as_deref().unwrap_or("-")
     )?;
-    writeln!(
-        out,
-        "  trace         {}",
-        job.traceparent
-            .as_deref()
-            .and_then(genq_core::trace::trace_id_of)
-            .unwrap_or("-")
-    )?;
+    writeln!(out, "  trace         {}", job.trace_id().unwrap_or("-"))?;
     if let Some(code) = &job.error_code {
         writeln!(
             out,

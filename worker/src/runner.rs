@@ -319,13 +319,13 @@ fn task_ended(
 async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::Delivery) -> bool {
     // A span of the trace the message carries: the step's own spans (and
     // whatever it publishes) join that trace.
-    let queue_name = match queue {
+    let queue_name = || match queue {
         WorkQueue::Start => handler.topology.start_queue(),
         WorkQueue::Poll => handler.topology.poll_queue(),
         WorkQueue::Webhook => handler.topology.webhook_queue(),
     };
     let span = genq_broker::trace::consumer_span(
-        &queue_name,
+        queue_name,
         &delivery.properties,
         delivery.routing_key.as_str(),
     );

@@ -68,9 +68,10 @@ impl WebhookClient {
             error: Some(why),
             retry_after: None,
         };
-        if let Err(e) = check_url(&d.url, self.allow_private) {
-            return refused(format!("refused: {}", e.message));
-        }
+        let url = match check_url(&d.url, self.allow_private) {
+            Ok(url) => url,
+            Err(e) => return refused(format!("refused: {}", e.message)),
+        };
         let mut secrets = vec![];
         for text in std::iter::once(&d.secret).chain(d.previous_secret.as_ref()) {
             match Secret::parse(text) {
@@ -84,13 +85,10 @@ impl WebhookClient {
         };
         let timestamp = Utc::now().timestamp();
         let signature = signature_header(&secrets, &d.msg_id, timestamp, &body);
-        let span = match reqwest::Url::parse(&d.url) {
-            Ok(url) => genq_core::trace::http_client_span("POST", &url, "webhook"),
-            Err(_) => tracing::Span::none(),
-        };
+        let span = genq_core::trace::http_client_span("POST", &url, "webhook");
         let sent = self
             .client
-            .post(&d.url)
+            .post(url)
             .header(CONTENT_TYPE, "application/json")
             .header(HEADER_ID, &d.msg_id)
             .header(HEADER_TIMESTAMP, timestamp.to_string())

@@ -172,10 +172,8 @@ impl JobView {
     }
 
     /// Adds the job's trace ID and viewer link (operators' views).
-    pub fn with_trace(mut self, traceparent: Option<&str>, settings: &Settings) -> Self {
-        self.trace_id = traceparent
-            .and_then(genq_core::trace::trace_id_of)
-            .map(str::to_owned);
+    pub fn with_trace(mut self, trace_id: Option<&str>, settings: &Settings) -> Self {
+        self.trace_id = trace_id.map(str::to_owned);
         self.trace_url = self
             .trace_id
             .as_deref()

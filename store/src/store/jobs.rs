@@ -73,6 +73,15 @@ pub const JOB_COLS: &str = "id, user_id, status, prompt, params, cost, provider,
     provider_result_url, video_key, video_bytes, provider_state, request_fingerprint, deadline_at, priority, waiting, \
     callback_at, running_at, traceparent, tracestate, created_at, updated_at";
 
+impl Job {
+    /// The job's trace ID, when it was submitted with traces on.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent
+            .as_deref()
+            .and_then(genq_core::trace::trace_id_of)
+    }
+}
+
 #[derive(Debug)]
 pub enum SubmitOutcome {
     /// Reserved and queued; `replayed` when an earlier request with the same

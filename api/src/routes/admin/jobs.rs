@@ -89,11 +89,11 @@ pub async fn job(
         .await?
         .ok_or_else(|| ApiError::NotFound("No such job.".into()))?;
     let events = store::job_events(&state.pool, id).await?;
-    let traceparent = job.traceparent.clone();
+    let trace_id = job.trace_id().map(str::to_owned);
     Ok(Json(
         JobView::from_job(job)
             .with_events(events)
-            .with_trace(traceparent.as_deref(), &state.settings),
+            .with_trace(trace_id.as_deref(), &state.settings),
     ))
 }
 
