@@ -410,6 +410,12 @@ pub struct WorkerSettings {
     /// Safety-net interval of the outbox relay (it is woken by NOTIFY otherwise).
     pub relay_interval_ms: u64,
     pub relay_batch: i64,
+    /// The most job moves (claims, running transitions, commits) one
+    /// statement applies at once; 1 applies each alone.
+    pub settle_batch: usize,
+    /// Batch statements one worker runs at once: moves ready while all are
+    /// busy form the next batch.
+    pub settle_in_flight: usize,
     /// How often the sweeper looks for stuck jobs (one worker at a time).
     pub sweep_interval_ms: u64,
     /// An open job untouched this long is re-driven by the sweeper.
@@ -584,6 +590,8 @@ impl Default for WorkerSettings {
             shutdown_grace_secs: 20,
             relay_interval_ms: 1_000,
             relay_batch: 200,
+            settle_batch: 64,
+            settle_in_flight: 2,
             sweep_interval_ms: 5_000,
             stale_after_secs: 120,
             max_job_age_secs: 2 * 60 * 60,
@@ -843,6 +851,12 @@ impl Settings {
         }
         if self.worker.relay_batch <= 0 {
             fail("worker.relay_batch", "must be more than 0")?;
+        }
+        if !(1..=256).contains(&self.worker.settle_batch) {
+            fail("worker.settle_batch", "must be between 1 and 256")?;
+        }
+        if !(1..=64).contains(&self.worker.settle_in_flight) {
+            fail("worker.settle_in_flight", "must be between 1 and 64")?;
         }
         let w = &self.webhooks;
         if w.timeout_ms == 0 || w.timeout_ms > 120_000 {

@@ -55,6 +55,9 @@ pub struct VideoStore {
     /// place but never syncs it, so a power cut after the job was recorded
     /// as succeeded could leave an empty file where the video was.
     local_dir: Option<std::path::PathBuf>,
+    /// The `fs` back end's directory syncs, shared by the videos renamed
+    /// into it meanwhile.
+    dir_sync: Arc<DirSync>,
     downloads: Downloads,
     max_bytes: u64,
     /// The `s3` back end, to presign links to videos, and their life
@@ -138,6 +141,12 @@ impl VideoStore {
         };
         Ok(Self {
             inner,
+            dir_sync: Arc::new(DirSync::new(
+                local_dir
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join(VIDEOS_DIR),
+            )),
             local_dir,
             downloads: Downloads::new(all)?,
             max_bytes: settings.max_bytes,
@@ -236,15 +245,17 @@ impl VideoStore {
             .map_err(|e| ArchiveError::Transient(format!("storing the video failed: {e}")))?;
         if let Some(root) = &self.local_dir {
             // Durable before the caller records it: the file's bytes, then
-            // the directory entry its rename made.
+            // the directory entry its rename made (a sync shared with the
+            // files renamed in meanwhile).
             let file = root.join(key);
-            tokio::task::spawn_blocking(move || {
-                sync_path(&file)?;
-                sync_path(file.parent().unwrap_or(&file))
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|e| {
+            let synced = tokio::task::spawn_blocking(move || sync_path(&file))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let synced = match synced {
+                Ok(()) => self.dir_sync.sync().await,
+                Err(e) => Err(e),
+            };
+            synced.map_err(|e| {
                 ArchiveError::Transient(format!("syncing the video to disk failed: {e}"))
             })?;
         }
@@ -420,6 +431,59 @@ fn refused_url() -> ArchiveError {
     }
 }
 
+/// Group commit of one directory's `fsync`: a caller whose rename is done
+/// waits for a sync that began after it asked. Whoever finds no sync
+/// running starts one for everyone who asked before it began; those who ask
+/// while it runs share the next. So files archived together share their
+/// directory's sync, and none is reported durable before its entry is.
+pub struct DirSync {
+    dir: std::path::PathBuf,
+    /// Callers that have asked, ever (each takes the next number).
+    asked: std::sync::atomic::AtomicU64,
+    /// Every caller up to this number is covered by a finished sync.
+    /// Held while syncing, so that the next sync starts after this one.
+    synced: tokio::sync::Mutex<u64>,
+    /// Syncs made (read by tests).
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+impl DirSync {
+    pub fn new(dir: std::path::PathBuf) -> Self {
+        Self {
+            dir,
+            asked: Default::default(),
+            synced: Default::default(),
+            syncs: Default::default(),
+        }
+    }
+
+    /// Returns once a sync of the directory that began after this call has
+    /// finished.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let me = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self.synced.lock().await;
+        if *synced >= me {
+            return Ok(());
+        }
+        // Everyone who has asked by now renamed before this sync begins.
+        let upto = self.asked.load(Ordering::SeqCst);
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || sync_path(&dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("genq_video_dir_syncs_total").increment(1);
+        *synced = upto;
+        Ok(())
+    }
+
+    /// The syncs made so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// `fsync` of a file or a directory (opened read-only, which Linux allows for both).
 fn sync_path(path: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_all()
@@ -460,6 +524,31 @@ pub fn looks_like_video(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn videos_renamed_together_share_their_directory_sync() {
+        let dir = std::env::temp_dir().join(format!("genq-dirsync-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sync = Arc::new(DirSync::new(dir.clone()));
+        let callers: Vec<_> = (0..64)
+            .map(|_| {
+                let sync = sync.clone();
+                tokio::spawn(async move { sync.sync().await })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap().unwrap();
+        }
+        let syncs = sync.syncs();
+        assert!(syncs >= 1, "no sync made");
+        assert!(syncs < 64, "each caller synced alone: {syncs}");
+        // A caller after them all gets a sync of its own.
+        sync.sync().await.unwrap();
+        assert_eq!(sync.syncs(), syncs + 1);
+        // A directory that is gone is an error, not a silent success.
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(sync.sync().await.is_err());
+    }
 
     #[test]
     fn only_video_containers_pass_the_sniff() {

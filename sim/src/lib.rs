@@ -163,6 +163,11 @@ impl Env {
         let topology = Arc::new(topology);
         let shared = Arc::new(settings.clone());
         let handler = Handler {
+            settler: genq_worker::settle::Settler::spawn(
+                pool.clone(),
+                settings.worker.settle_batch,
+                settings.worker.settle_in_flight,
+            ),
             pool: pool.clone(),
             publisher: publisher.clone(),
             topology: topology.clone(),
@@ -447,7 +452,8 @@ impl Run<'_> {
         match self.roll(100) {
             0..36 => {
                 let mode = match self.roll(100) {
-                    0..64 => Mode::Ack,
+                    0..56 => Mode::Ack,
+                    56..64 => return self.deliver_together().await,
                     64..74 => Mode::CrashBeforeAck,
                     74..82 => Mode::CrashBeforePublish,
                     82..92 => Mode::CrashAfterCall,
@@ -549,6 +555,39 @@ impl Run<'_> {
                 "       {} follow-up message(s) lost",
                 lost.work.len()
             ));
+        }
+        Ok(None)
+    }
+
+    /// Two to four messages handled at once, each acked: the moves of their
+    /// steps may share one batch statement, as in a busy worker.
+    async fn deliver_together(&mut self) -> Check {
+        if self.msgs.len() < 2 {
+            return self.deliver(Mode::Ack).await;
+        }
+        let k = (2 + self.roll(3) as usize).min(self.msgs.len());
+        let mut msgs = Vec::with_capacity(k);
+        for _ in 0..k {
+            let i = self.roll(self.msgs.len() as u64) as usize;
+            msgs.push(self.msgs.remove(i));
+        }
+        let what: Vec<String> = {
+            let w = lock(&self.env.world);
+            msgs.iter().map(|m| describe(m, |id| w.alias(id))).collect()
+        };
+        self.note(format!(
+            "{:>4} deliver together: {}",
+            self.steps,
+            what.join("; ")
+        ));
+        let results = futures::future::join_all(msgs.iter().cloned().map(|m| self.handle(m))).await;
+        for (r, msg) in results.into_iter().zip(msgs) {
+            match r? {
+                Err(v) => return Ok(Some(v)),
+                // Never acked: the broker delivers it again.
+                Ok(true) => self.msgs.push(msg),
+                Ok(false) => {}
+            }
         }
         Ok(None)
     }

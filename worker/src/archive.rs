@@ -7,7 +7,7 @@ use genq_core::domain::{EventKind, JobStatus};
 use genq_core::messages::PollMessage;
 use genq_providers::provider::ProviderError;
 use genq_providers::storage::{ArchiveError, VideoStore};
-use genq_store::store::{self, Job, Note, Transition};
+use genq_store::store::{Job, Note, Transition};
 
 use crate::handler::{Handler, ProviderCall, Step};
 
@@ -46,7 +46,7 @@ impl Handler {
                         "duration_ms": archived.took.as_millis() as u64,
                     })),
                 });
-                if store::transition(&self.pool, &done).await?.is_some() {
+                if self.settler.apply(&done).await?.is_some() {
                     tracing::info!(bytes = archived.bytes, "job succeeded");
                 }
                 Ok(())

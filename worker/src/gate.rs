@@ -11,7 +11,7 @@ use genq_core::domain::JobStatus;
 use genq_providers::provider::ConfiguredProvider;
 use genq_store::store::gate::{self, Arrival, Dispatched};
 use genq_store::store::outbox;
-use genq_store::store::{self, Job, Transition};
+use genq_store::store::{Job, Transition};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
@@ -38,9 +38,7 @@ impl Handler {
     ) -> Result<Option<Job>, InfraError> {
         // A submitting job holds its slot already (a retry, a redelivery).
         if job.status == JobStatus::Submitting {
-            return Ok(store::transition(&self.pool, claim)
-                .await?
-                .map(|(job, _)| job));
+            return Ok(self.settler.apply(claim).await?.map(|(job, _)| job));
         }
         if job.waiting {
             // In its line already (a redelivered start message): the

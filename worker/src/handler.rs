@@ -61,6 +61,8 @@ pub struct Handler {
     pub events_bell: Doorbell,
     /// The outbound client of webhook deliveries.
     pub webhooks: crate::webhooks::WebhookSender,
+    /// Where the steps' moves go, to share statements with each other's.
+    pub settler: crate::settle::Settler,
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -197,7 +199,7 @@ impl Handler {
             // the claim is the step's first statement and reads the job as
             // it moves it (a round trip less).
             claim.unless_user_limited = true;
-            match store::transition(&self.pool, &claim).await? {
+            match self.settler.apply(&claim).await? {
                 Some((job, _)) => {
                     let provider = self.providers.for_job(job.provider.as_deref()).cloned();
                     Some((job, provider))
@@ -228,6 +230,16 @@ impl Handler {
     ) -> Result<Option<(Job, Option<ConfiguredProvider>)>, InfraError> {
         if !claim.from.contains(&job.status) {
             tracing::debug!(status = %job.status, "start message for a job past submission; dropped");
+            if job.status == JobStatus::Running && job.poll_seq == 0 {
+                // Running and never polled: the step that moved it may have
+                // crashed before its first poll was on its way (a redelivered
+                // start message). Poll again; of two polls of one sequence
+                // number only the first advances the job, the other is dropped.
+                if let Some(provider) = self.providers.for_job(job.provider.as_deref()) {
+                    crate::step::note_job(job);
+                    self.first_poll(job.clone(), &provider.clone()).await?;
+                }
+            }
             return Ok(None);
         }
         Ok(
@@ -237,9 +249,7 @@ impl Handler {
                     .await?
                     .map(|job| (job, Some(provider))),
                 // Claimed so the attempt counts (see `submit_claimed`).
-                None => store::transition(&self.pool, claim)
-                    .await?
-                    .map(|(job, _)| (job, None)),
+                None => self.settler.apply(claim).await?.map(|(job, _)| (job, None)),
             },
         )
     }
@@ -302,30 +312,8 @@ impl Handler {
                 );
                 running.provider_task_id = Some(&task_id);
                 running.deadline_in = Some(self.settings.job_timeout());
-                if let Some((job, _)) = store::transition(&self.pool, &running).await? {
-                    let first = if job.callback_at.is_some() {
-                        // The provider called back before its answer to
-                        // the submit was recorded: ask it now.
-                        Duration::ZERO
-                    } else {
-                        provider.first_poll.unwrap_or_else(|| {
-                            let w = &self.settings.worker;
-                            poll_delay(w.poll_initial_ms, w.poll_max_ms, 0)
-                        })
-                    };
-                    // Asked at once: this step polls, saving a trip through
-                    // a wait queue and the poll queue.
-                    if first.is_zero() {
-                        return self.poll_job(job, 0, 0).await;
-                    }
-                    let poll = PollMessage::Poll {
-                        job_id,
-                        seq: 0,
-                        errors: 0,
-                    };
-                    return self
-                        .publish_delayed(POLL_KEY, &poll, tier_at_most(first))
-                        .await;
+                if let Some((job, _)) = self.settler.apply(&running).await? {
+                    return self.first_poll(job, &provider).await;
                 }
                 // Someone else moved the job: another worker (a duplicate
                 // message) or the user's cancel, whose task we must stop.
@@ -343,6 +331,33 @@ impl Handler {
                     .await
             }
         }
+    }
+
+    /// Schedules the first poll of a job that just became `running` (or
+    /// makes it now, in this step, when it is due at once).
+    async fn first_poll(&self, job: Job, provider: &ConfiguredProvider) -> Step {
+        let first = if job.callback_at.is_some() {
+            // The provider called back before its answer to the submit
+            // was recorded: ask it now.
+            Duration::ZERO
+        } else {
+            provider.first_poll.unwrap_or_else(|| {
+                let w = &self.settings.worker;
+                poll_delay(w.poll_initial_ms, w.poll_max_ms, 0)
+            })
+        };
+        // Asked at once: this step polls, saving a trip through a wait
+        // queue and the poll queue.
+        if first.is_zero() {
+            return self.poll_job(job, 0, 0).await;
+        }
+        let poll = PollMessage::Poll {
+            job_id: job.id,
+            seq: 0,
+            errors: 0,
+        };
+        self.publish_delayed(POLL_KEY, &poll, tier_at_most(first))
+            .await
     }
 
     /// poll: ask the provider about the task; reschedule, commit or refund.
@@ -562,7 +577,7 @@ impl Handler {
             format!("Failed: {reason}; credits refunded."),
         );
         t.error = Some((code, reason.to_owned()));
-        if store::transition(&self.pool, &t).await?.is_some() {
+        if self.settler.apply(&t).await?.is_some() {
             tracing::info!(code, reason, "job failed");
         }
         Ok(())
@@ -590,7 +605,7 @@ impl Handler {
                 format!("Dead: {reason}; credits refunded."),
             );
             t.error = Some(("retries_exhausted", reason.clone()));
-            if store::transition(&self.pool, &t).await?.is_some() {
+            if self.settler.apply(&t).await?.is_some() {
                 tracing::warn!(reason, "job dead");
                 let body = serde_json::to_vec(next).expect("serializes");
                 self.dead_letter(queue, &body, Some(job.id), &reason)

@@ -1,11 +1,13 @@
 //! genq's worker: the outbox relay, the start/poll consumers, provider calls
 //! and settlement, webhook deliveries, and the worker's `/metrics`.
 
+pub mod acks;
 pub mod archive;
 pub mod gate;
 pub mod handler;
 pub mod relay;
 pub mod runner;
+pub mod settle;
 pub mod step;
 pub mod sweeper;
 pub mod webhooks;
@@ -40,6 +42,11 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(&settings.database).await?;
         let providers = std::sync::Arc::new(Providers::build(&settings, provider)?);
+        let settler = settle::Settler::spawn(
+            pool.clone(),
+            settings.worker.settle_batch,
+            settings.worker.settle_in_flight,
+        );
         let metrics_listener = TcpListener::bind(&settings.worker.metrics_addr).await?;
         Ok(Self {
             runner: Runner {
@@ -49,8 +56,10 @@ impl Worker {
                 settings: Arc::new(settings),
                 pool,
                 providers,
+                settler,
                 processed: Arc::default(),
                 kill: CancellationToken::new(),
+                crash_before_ack: Arc::default(),
                 events_bell: genq_store::store::outbox::Doorbell::job_events(),
             },
             metrics_listener,
@@ -70,6 +79,7 @@ impl Worker {
         TestHooks {
             kill: self.runner.kill.clone(),
             processed: self.runner.processed.clone(),
+            crash_before_ack: self.runner.crash_before_ack.clone(),
         }
     }
 
@@ -104,4 +114,7 @@ pub struct TestHooks {
     pub kill: CancellationToken,
     /// Deliveries handled and acked so far.
     pub processed: Arc<std::sync::atomic::AtomicU64>,
+    /// Set: the worker crashes at its next ack instead of sending it
+    /// (after the commit of what it would have acked).
+    pub crash_before_ack: Arc<std::sync::atomic::AtomicBool>,
 }

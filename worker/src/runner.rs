@@ -3,7 +3,7 @@
 //! (its own channel, prefetch and concurrency, so that slow endpoints never
 //! hold jobs) and on shutdown stops consuming and drains in-flight work.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::acks::Acker;
 use crate::handler::{Handler, WorkQueue};
 use crate::relay;
 
@@ -46,6 +47,10 @@ pub struct Runner {
     pub(crate) processed: Arc<AtomicU64>,
     /// Drops everything at once, as a crash would; only tests cancel it.
     pub(crate) kill: CancellationToken,
+    /// Test hook: crash at the next ack instead of sending it.
+    pub(crate) crash_before_ack: Arc<AtomicBool>,
+    /// The steps' moves, batched across deliveries (one per process).
+    pub(crate) settler: crate::settle::Settler,
     /// Rung after each handled delivery: wakes the APIs' event feeds.
     pub(crate) events_bell: Doorbell,
 }
@@ -169,6 +174,7 @@ impl Runner {
                 settings: self.settings.clone(),
                 client: self.webhook_client.clone(),
             },
+            settler: self.settler.clone(),
         };
         let session_over = CancellationToken::new();
         let relay = tokio::spawn({
@@ -197,6 +203,16 @@ impl Runner {
                 return SessionEnd::Lost(e.into());
             }
         };
+        let acker_for = |channel: &lapin::Channel| {
+            Acker::start(
+                channel.clone(),
+                self.processed.clone(),
+                self.crash_before_ack.clone(),
+                kill.clone(),
+                session_over.clone(),
+            )
+        };
+        let (acker, webhook_acker) = (acker_for(&channel), acker_for(&webhook_channel));
         tracing::info!(prefix = %self.topology.prefix, "worker consuming");
 
         let start_tag = start.tag();
@@ -241,20 +257,18 @@ impl Runner {
                 }
                 next = deliveries.next() => match next {
                     Some((queue, Ok(delivery))) => {
-                        let limit = match queue {
-                            WorkQueue::Webhook => webhook_limit.clone(),
-                            _ => limit.clone(),
+                        let (limit, acker) = match queue {
+                            WorkQueue::Webhook => (webhook_limit.clone(), webhook_acker.clone()),
+                            _ => (limit.clone(), acker.clone()),
                         };
+                        acker.delivered(delivery.delivery_tag);
                         let handler = handler.clone();
-                        let processed = self.processed.clone();
                         // Prefetch bounds the tasks; the semaphore bounds the
                         // provider calls, without blocking this loop (so a
                         // shutdown or kill is seen at once).
                         in_flight.spawn(async move {
                             let permit = limit.acquire_owned().await.expect("semaphore open");
-                            if process(&handler, queue, delivery).await {
-                                processed.fetch_add(1, Ordering::Relaxed);
-                            }
+                            process(&handler, &acker, queue, delivery).await;
                             drop(permit);
                         });
                     }
@@ -313,10 +327,16 @@ fn task_ended(
     e.context(task.to_owned())
 }
 
-/// Handles one delivery and acks it; an infrastructure failure sends the
-/// message round a wait queue (which doesn't count as a redelivery) or, if
-/// even that fails, hands it back to the broker. True when handled and acked.
-async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::Delivery) -> bool {
+/// Handles one delivery and has it acked; an infrastructure failure sends
+/// the message round a wait queue (which doesn't count as a redelivery) or,
+/// if even that fails, hands it back to the broker.
+async fn process(
+    handler: &Handler,
+    acker: &Acker,
+    queue: WorkQueue,
+    delivery: lapin::message::Delivery,
+) {
+    let tag = delivery.delivery_tag;
     // A span of the trace the message carries: the step's own spans (and
     // whatever it publishes) join that trace.
     let queue_name = || match queue {
@@ -334,13 +354,7 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
         .instrument(span.clone())
         .await
     {
-        Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-                false
-            }
-        },
+        Ok(()) => acker.ack(tag),
         Err(e) => {
             tracing::warn!(error = %e, ?queue, "delivery failed; retrying later");
             metrics::counter!("genq_infra_errors_total").increment(1);
@@ -354,21 +368,20 @@ async fn process(handler: &Handler, queue: WorkQueue, delivery: lapin::message::
                 )
                 .instrument(span)
                 .await;
-            let r = match delayed {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+            match delayed {
+                Ok(()) => acker.ack(tag),
                 Err(_) => {
-                    delivery
-                        .nack(BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        })
-                        .await
+                    let nack = BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    };
+                    if let Err(e) = delivery.nack(nack).await {
+                        tracing::warn!(error = %e, "nack failed; the message will be redelivered");
+                    }
+                    // Only once the nack is sent: no multiple ack may cover it.
+                    acker.forget(tag);
                 }
-            };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
             }
-            false
         }
     }
 }

@@ -43,7 +43,7 @@ pub use jobs::{
     wake_on_callback, Advanced, CallbackWake, Job, JobCursor, NewSubmission, SubmitOutcome,
     JOB_COLS,
 };
-pub use transition::{transition, Note, Settlement, Transition};
+pub use transition::{transition, transition_batch, Note, Settlement, Transition};
 pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef};
 
 /// Every statement composed from parts that other statements share (the
@@ -51,10 +51,11 @@ pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef
 /// the relay's, by name: a test prepares each against the migrated schema,
 /// so a part that no longer fits fails in seconds, not in an end-to-end
 /// test; `genq-api print-sql NAME` prints one for the benchmark.
-pub fn composed_statements() -> [(&'static str, &'static named::Named); 5] {
+pub fn composed_statements() -> [(&'static str, &'static named::Named); 6] {
     [
         ("submit", jobs::accept_statement()),
         ("transition", transition::statement()),
+        ("transition-batch", transition::batch_statement()),
         ("replay", dead_letters::replay_statement()),
         ("outbox-claim", outbox::claim_statement()),
         ("outbox-mark", outbox::mark_statement()),

@@ -9,6 +9,7 @@ use super::credits;
 use super::jobs::{Job, JOB_COLS};
 use super::named::Named;
 use super::Result;
+use super::SYSTEM_ACTOR;
 use genq_core::domain::{EventKind, JobStatus};
 
 /// A change of a job's status, applied only when the job is in one of `from`.
@@ -239,30 +240,276 @@ pub async fn transition<'e>(
         .fetch_optional(executor)
         .await?;
     let Some(r) = row else { return Ok(None) };
+    moved(&r.job, r.old_status, t.to, settle);
+    Ok(Some((r.job, r.old_status)))
+}
+
+/// What follows a move that happened, whichever statement made it: the
+/// checks of its invariants, the gate's wake-up and the metrics.
+fn moved(job: &Job, old_status: JobStatus, to: JobStatus, settle: Settlement) {
     debug_assert!(
-        settle == Settlement::None || !r.old_status.is_terminal(),
+        settle == Settlement::None || !old_status.is_terminal(),
         "settled job {} from {} (never reserved, or settled before)",
-        t.job_id,
-        r.old_status
+        job.id,
+        old_status
     );
-    debug_assert!(r.job.cost >= 0, "job {} has a negative cost", t.job_id);
+    debug_assert!(job.cost >= 0, "job {} has a negative cost", job.id);
     // A slot at the provider freed: this process's dispatchers look again.
-    if r.old_status.is_at_provider() && !t.to.is_at_provider() {
+    if old_status.is_at_provider() && !to.is_at_provider() {
         super::gate::slot_freed();
     }
     // Counted here, where every terminal transition passes, whoever made it
     // (worker, API cancel, sweeper, operator).
-    record_durations(&r.job, r.old_status, t.to);
-    if t.to.is_terminal() {
-        metrics::counter!("genq_jobs_finished_total", "status" => t.to.as_str()).increment(1);
-        let cost = r.job.cost.max(0) as u64;
+    record_durations(job, old_status, to);
+    if to.is_terminal() {
+        metrics::counter!("genq_jobs_finished_total", "status" => to.as_str()).increment(1);
+        let cost = job.cost.max(0) as u64;
         match settle {
             Settlement::Commit => metrics::counter!("genq_credits_committed_total").increment(cost),
             Settlement::Refund => metrics::counter!("genq_credits_refunded_total").increment(cost),
             Settlement::None => {}
         }
     }
-    Ok(Some((r.job, r.old_status)))
+}
+
+/// Whether `t` may share a statement with others ([`transition_batch`]):
+/// it moves no money, or commits. A refund gives credits back to the lots
+/// they came from, which only the one-job statement does.
+pub fn batchable(t: &Transition<'_>) -> bool {
+    Settlement::for_status(t.to) != Settlement::Refund
+}
+
+/// The most transitions one batch statement takes.
+pub const MAX_BATCH: usize = 256;
+
+#[derive(FromRow)]
+struct BatchRow {
+    #[sqlx(flatten)]
+    job: Job,
+    old_status: JobStatus,
+    ord: i64,
+}
+
+/// The statement of [`transition_batch`]: [`statement`]'s steps over many
+/// jobs, one row of parallel arrays each. Jobs are locked in id order and
+/// accounts in user order, so two batches never wait on each other in a
+/// cycle; each job keeps its own status guard; the commits of one user's
+/// jobs move its account once, by their sum, with a ledger entry each (the
+/// one-settlement-per-reservation index holds per job).
+pub(crate) fn batch_statement() -> &'static Named {
+    static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let status = EventKind::Status;
+        let text = format!(
+            "WITH b AS (
+            SELECT * FROM unnest(:jobs::uuid[], :froms::text[], :tos::text[], :error_codes::text[],
+                   :error_messages::text[], :result_urls::text[], :task_ids::text[],
+                   :deadline_secs::float8[], :count_attempts::bool[], :unless_user_limited::bool[],
+                   :settles::text[], :messages::text[], :datas::jsonb[], :video_keys::text[],
+                   :video_bytes::int8[], :note_kinds::text[], :note_messages::text[], :note_datas::jsonb[])
+                   WITH ORDINALITY AS b (b_job, b_from, b_to, b_error_code, b_error_message, b_result_url,
+                   b_task_id, b_deadline_secs, b_count_attempt, b_unless_user_limited, b_settle,
+                   b_message, b_data, b_video_key, b_video_bytes, b_note_kind, b_note_message,
+                   b_note_data, b_ord)
+        ), old AS (
+            SELECT jobs.id, jobs.status FROM jobs JOIN b ON jobs.id = b.b_job
+             ORDER BY jobs.id FOR UPDATE OF jobs
+        ), j AS (
+            UPDATE jobs SET status = b_to,
+                   error_code = COALESCE(b_error_code, error_code),
+                   error_message = COALESCE(b_error_message, error_message),
+                   provider_result_url = COALESCE(b_result_url, provider_result_url),
+                   video_key = COALESCE(b_video_key, video_key),
+                   video_bytes = COALESCE(b_video_bytes, video_bytes),
+                   provider_task_id = COALESCE(b_task_id, provider_task_id),
+                   deadline_at = COALESCE(now() + make_interval(secs => b_deadline_secs), deadline_at),
+                   attempts = attempts + CASE WHEN b_count_attempt THEN 1 ELSE 0 END,
+                   poll_seq = CASE WHEN b_to = 'running' THEN 0 ELSE poll_seq END,
+                   running_at = CASE WHEN b_to = 'running' THEN now() ELSE running_at END,
+                   waiting = waiting AND b_to = 'queued',
+                   updated_at = now()
+              FROM old, b
+             WHERE jobs.id = old.id AND b.b_job = old.id
+               AND old.status = ANY(string_to_array(b_from, ','))
+               AND (NOT b_unless_user_limited OR NOT EXISTS (
+                    SELECT 1 FROM user_limits ul WHERE ul.user_id = jobs.user_id AND ul.max_active > 0))
+            RETURNING jobs.*, old.status AS old_status, b.*
+        ), owed AS (
+            SELECT user_id, sum(cost)::bigint AS cost FROM j WHERE b_settle = 'commit' GROUP BY user_id
+        ), acct_lock AS (
+            SELECT c.user_id FROM credit_accounts c JOIN owed o ON o.user_id = c.user_id
+             ORDER BY c.user_id FOR UPDATE OF c
+        ), settle_acct AS (
+            UPDATE credit_accounts c
+               SET reserved = c.reserved - o.cost, spent = c.spent + o.cost, updated_at = now()
+              FROM owed o JOIN acct_lock l ON l.user_id = o.user_id
+             WHERE c.user_id = o.user_id
+        ), settle_row AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
+            SELECT user_id, 'commit', cost, id, reservation, '{SYSTEM_ACTOR}', b_message
+              FROM j WHERE b_settle = 'commit' ORDER BY b_ord
+        ), e AS (
+            -- Per job, the note (if any), then the status change.
+            INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
+            SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
+              FROM j CROSS JOIN LATERAL (VALUES
+                   (1, j.b_note_kind, NULL, NULL, j.b_note_message, j.b_note_data),
+                   (2, '{status}', j.old_status, j.b_to, j.b_message, j.b_data)
+                   ) AS ev (ord, kind, from_status, to_status, message, data)
+             WHERE ev.kind IS NOT NULL
+             ORDER BY j.b_ord, ev.ord
+        )
+        SELECT {JOB_COLS}, old_status, b_ord AS ord FROM j"
+        );
+        Named::new(
+            &text,
+            &[
+                "jobs",
+                "froms",
+                "tos",
+                "error_codes",
+                "error_messages",
+                "result_urls",
+                "task_ids",
+                "deadline_secs",
+                "count_attempts",
+                "unless_user_limited",
+                "settles",
+                "messages",
+                "datas",
+                "video_keys",
+                "video_bytes",
+                "note_kinds",
+                "note_messages",
+                "note_datas",
+            ],
+        )
+    })
+}
+
+/// Applies every transition of `batch` in one statement, as [`transition`]
+/// applies one: the answer at each index is that transition's (`None`: its
+/// job was not in an expected status). Each job at most once per batch, and
+/// only [`batchable`] transitions, at most [`MAX_BATCH`].
+#[tracing::instrument(
+    level = "debug",
+    skip_all,
+    fields(
+        otel.name = "settle batch",
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "transition_batch",
+        genq.batch_size = batch.len(),
+    )
+)]
+pub async fn transition_batch<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    batch: &[Transition<'_>],
+) -> Result<Vec<Option<(Job, JobStatus)>>> {
+    assert!(
+        batch.len() <= MAX_BATCH,
+        "a batch of {} transitions",
+        batch.len()
+    );
+    debug_assert!(batch.iter().all(batchable), "a refund in a batch");
+    debug_assert!(
+        {
+            let mut ids: Vec<Uuid> = batch.iter().map(|t| t.job_id).collect();
+            ids.sort();
+            ids.windows(2).all(|w| w[0] != w[1])
+        },
+        "a job twice in one batch"
+    );
+    let all = JobStatus::ALL.map(|s| s.as_str()).join(",");
+    let no_check = genq_core::bugs::on(genq_core::bugs::Switch::NoStatusCheck);
+    let mut c = BatchColumns::default();
+    for t in batch {
+        debug_assert!(t.from.iter().all(|s| !s.is_terminal()));
+        c.jobs.push(t.job_id);
+        c.froms.push(if no_check {
+            all.clone()
+        } else {
+            t.from
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        c.tos.push(t.to.as_str());
+        c.error_codes.push(t.error.as_ref().map(|(code, _)| *code));
+        c.error_messages
+            .push(t.error.as_ref().map(|(_, m)| m.as_str()));
+        c.result_urls.push(t.provider_result_url);
+        c.task_ids.push(t.provider_task_id);
+        c.deadline_secs.push(t.deadline_in.map(|d| d.as_secs_f64()));
+        c.count_attempts.push(t.count_attempt);
+        c.unless_user_limited.push(t.unless_user_limited);
+        c.settles.push(Settlement::for_status(t.to).ledger_kind());
+        c.messages.push(t.message.as_str());
+        c.datas.push(t.data.clone());
+        c.video_keys.push(t.video.map(|(key, _)| key));
+        c.video_bytes.push(t.video.map(|(_, bytes)| bytes));
+        c.note_kinds.push(t.note.as_ref().map(|n| n.kind.as_str()));
+        c.note_messages
+            .push(t.note.as_ref().map(|n| n.message.as_str()));
+        c.note_datas
+            .push(t.note.as_ref().and_then(|n| n.data.clone()));
+    }
+    let rows: Vec<BatchRow> = batch_statement()
+        .query()
+        .bind("jobs", c.jobs)
+        .bind("froms", c.froms)
+        .bind("tos", c.tos)
+        .bind("error_codes", c.error_codes)
+        .bind("error_messages", c.error_messages)
+        .bind("result_urls", c.result_urls)
+        .bind("task_ids", c.task_ids)
+        .bind("deadline_secs", c.deadline_secs)
+        .bind("count_attempts", c.count_attempts)
+        .bind("unless_user_limited", c.unless_user_limited)
+        .bind("settles", c.settles)
+        .bind("messages", c.messages)
+        .bind("datas", c.datas)
+        .bind("video_keys", c.video_keys)
+        .bind("video_bytes", c.video_bytes)
+        .bind("note_kinds", c.note_kinds)
+        .bind("note_messages", c.note_messages)
+        .bind("note_datas", c.note_datas)
+        .done_as()
+        .fetch_all(executor)
+        .await?;
+    let mut out: Vec<Option<(Job, JobStatus)>> = batch.iter().map(|_| None).collect();
+    for r in rows {
+        // WITH ORDINALITY counts from 1.
+        let i = (r.ord - 1) as usize;
+        let t = &batch[i];
+        moved(&r.job, r.old_status, t.to, Settlement::for_status(t.to));
+        out[i] = Some((r.job, r.old_status));
+    }
+    Ok(out)
+}
+
+/// The batch statement's parameters, one array each, a row per transition.
+#[derive(Default)]
+struct BatchColumns<'a> {
+    jobs: Vec<Uuid>,
+    froms: Vec<String>,
+    tos: Vec<&'a str>,
+    error_codes: Vec<Option<&'a str>>,
+    error_messages: Vec<Option<&'a str>>,
+    result_urls: Vec<Option<&'a str>>,
+    task_ids: Vec<Option<&'a str>>,
+    deadline_secs: Vec<Option<f64>>,
+    count_attempts: Vec<bool>,
+    unless_user_limited: Vec<bool>,
+    settles: Vec<Option<&'static str>>,
+    messages: Vec<&'a str>,
+    datas: Vec<Option<serde_json::Value>>,
+    video_keys: Vec<Option<&'a str>>,
+    video_bytes: Vec<Option<i64>>,
+    note_kinds: Vec<Option<&'static str>>,
+    note_messages: Vec<Option<&'a str>>,
+    note_datas: Vec<Option<serde_json::Value>>,
 }
 
 /// The durations a move completes, as histograms: the wait from acceptance

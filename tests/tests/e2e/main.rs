@@ -8,6 +8,7 @@ mod harness;
 
 mod api;
 mod archive;
+mod batches;
 mod billing;
 mod callbacks;
 mod console;

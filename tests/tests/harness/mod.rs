@@ -79,6 +79,8 @@ pub struct WorkerHandle {
     pub kill: CancellationToken,
     pub metrics_port: u16,
     pub processed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set: the worker crashes at its next ack instead of sending it.
+    pub crash_before_ack: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub join: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -166,11 +168,20 @@ impl TestEnv {
 
     /// Starts an in-process worker against this test's database, broker prefix and simulator.
     pub async fn spawn_worker(&self) -> WorkerHandle {
+        self.spawn_worker_with(false).await
+    }
+
+    /// A worker that, if `crash_before_ack`, crashes at its first ack
+    /// instead of sending it.
+    pub async fn spawn_worker_with(&self, crash_before_ack: bool) -> WorkerHandle {
         let worker = Worker::build(self.settings.clone(), None)
             .await
             .expect("worker builds");
         let metrics_port = worker.metrics_port();
         let hooks = worker.test_hooks();
+        hooks
+            .crash_before_ack
+            .store(crash_before_ack, std::sync::atomic::Ordering::SeqCst);
         let shutdown = CancellationToken::new();
         let join = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         WorkerHandle {
@@ -178,6 +189,7 @@ impl TestEnv {
             kill: hooks.kill,
             metrics_port,
             processed: hooks.processed,
+            crash_before_ack: hooks.crash_before_ack,
             join,
         }
     }
