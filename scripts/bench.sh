@@ -142,7 +142,10 @@ ticks_to_s() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", 
 cpu0=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)" "$(cpu_secs genq-provider-s)")
 worker_pids=()
 t0=$(now)
-for i in $(seq 1 "$WORKERS"); do "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); worker_pids+=($!); done
+# Each worker's /metrics on a port of its own, read at the end of the drain.
+for i in $(seq 1 "$WORKERS"); do
+  GENQ__WORKER__METRICS_ADDR="127.0.0.1:$(( 18300 + i ))" "$bin/genq-worker" > "$log/worker$i.log" 2>&1 & pids+=($!); worker_pids+=($!)
+done
 relayed_at=""
 deadline=$(( $(date +%s) + 120 + backlog / 10 ))
 while :; do
@@ -157,6 +160,21 @@ t1=$(now)
 [ -n "$relayed_at" ] || relayed_at=$t1
 cpu1=("$(cpu_secs beam.smp)" "$(cpu_secs postgres)" "$(cpu_secs genq-worker)" "$(cpu_secs genq-provider-s)")
 drain_cpu="RabbitMQ $(ticks_to_s $(( cpu1[0] - cpu0[0] ))) s, Postgres $(ticks_to_s $(( cpu1[1] - cpu0[1] ))) s, the workers $(ticks_to_s "${cpu1[2]}") s, the simulated provider $(ticks_to_s $(( cpu1[3] - cpu0[2] ))) s"
+# How the workers batched: moves per statement, deliveries per ack.
+sum_metric() { # name: summed over the workers
+  local i t=0 v
+  for i in $(seq 1 "$WORKERS"); do
+    v=$(curl -sf "http://127.0.0.1:$(( 18300 + i ))/metrics" | awk -v m="$1" '$1 == m { s += $2 } END { printf "%d", s }') || v=0
+    t=$(( t + ${v:-0} ))
+  done
+  echo "$t"
+}
+moves=$(sum_metric genq_settle_batch_size_sum)
+statements=$(sum_metric genq_settle_batch_size_count)
+acked=$(sum_metric genq_deliveries_acked_total)
+acks=$(( $(sum_metric 'genq_acks_sent_total{kind="multiple"}') + $(sum_metric 'genq_acks_sent_total{kind="single"}') ))
+batching="none (a build without batches)"
+[ "$statements" -gt 0 ] && batching="$moves moves in $statements statements ($(ratio "$moves" "$statements") a statement), $acked deliveries in $acks acks"
 stop "${worker_pids[@]}"
 succeeded=$(sql "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
 [ "$succeeded" -eq "$backlog" ] || echo "WARNING: $succeeded of $backlog jobs succeeded: $(sql "SELECT status || ' ' || count(*) FROM jobs GROUP BY status")" >&2
@@ -225,7 +243,7 @@ statement() { # name [NAME=SQL...]: the statement, ended for pgbench
   for a in "$@"; do args+=(--set "$a"); done
   printf '%s;\n' "$("$bin/genq-api" print-sql "$name" "${args[@]}")"
 }
-statement submit idempotency_key=NULL model=NULL "priority='normal'" > "$log/submit-statement.sql"
+statement submit idempotency_key=NULL model=NULL "priority='normal'" traceparent=NULL tracestate=NULL > "$log/submit-statement.sql"
 cat "$log/pick.sql" "$log/submit-statement.sql" > "$log/pgbench-submit.sql"
 # The run's allowance as genq binds it (store/src/store/rate.rs).
 interval=$(echo "scale=12; 60 / $GENQ__API__SUBMIT_PER_MINUTE" | bc)
@@ -340,6 +358,70 @@ pgbench_cycle=$tps
 open_left=$(sql_on "$db" "SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
 [ "$open_left" -le "$worker_concurrency" ] || echo "WARNING: $open_left lifecycle jobs did not reach succeeded" >&2
 
+# The drain as genq's workers batch it (worker/src/settle.rs), as a limit:
+# each worker runs worker.settle_in_flight batch statements at once, so
+# this runs WORKERS x that many clients, each moving batches of as many
+# jobs as a worker's concurrency fills per slot, from a backlog of BACKLOG
+# jobs submitted first (untimed, as the drain's backlog is). Per
+# transaction of the script: the relay's claim and mark of a batch of
+# outbox rows, then the claim, running and settle steps of their jobs as
+# one batch statement each. Its rate is the jobs it moved per second.
+# (Skipped for a build without batches, GENQ_BIN of an older one.)
+pgbench_batched=""
+if "$bin/genq-api" print-sql transition-batch >/dev/null 2>&1; then
+settle_in_flight=${GENQ__WORKER__SETTLE_IN_FLIGHT:-1}
+settle_batch=${GENQ__WORKER__SETTLE_BATCH:-64}
+batch_clients=$(( WORKERS * settle_in_flight ))
+batch_size=$(( ${GENQ__WORKER__CONCURRENCY:-32} / settle_in_flight ))
+[ "$batch_size" -le "$settle_batch" ] || batch_size=$settle_batch
+[ "$batch_size" -ge 1 ] || batch_size=1
+# Every array of a batch statement: the step's value for each job, or NULLs.
+fill() { # SQL-value type
+  echo "array_fill($1::$2, ARRAY[:outbox_n::int])"
+}
+batch_transition() { # NAME=SQL... of the step; the others NULL
+  statement transition-batch jobs=:outbox_jobs::uuid[] \
+    "error_codes=$(fill NULL text)" "error_messages=$(fill NULL text)" "result_urls=$(fill NULL text)" \
+    "task_ids=$(fill NULL text)" "deadline_secs=$(fill NULL float8)" "count_attempts=$(fill false bool)" \
+    "unless_user_limited=$(fill false bool)" "settles=$(fill NULL text)" "datas=$(fill NULL jsonb)" \
+    "video_keys=$(fill NULL text)" "video_bytes=$(fill NULL int8)" "note_kinds=$(fill NULL text)" \
+    "note_messages=$(fill NULL text)" "note_datas=$(fill NULL jsonb)" "$@"
+}
+{
+  echo "\\set batch $batch_size"
+  echo 'BEGIN;'
+  printf 'SELECT coalesce(array_agg(id), %s) AS ids, coalesce(array_agg((payload ->> %s)::uuid), %s) AS jobs, count(*) AS n FROM (%s) c \\gset outbox_\n' \
+    "'{}'" "'job_id'" "'{}'" "$("$bin/genq-api" print-sql outbox-claim)"
+  statement outbox-mark 'ids=:outbox_ids::bigint[]'
+  echo 'COMMIT;'
+  batch_transition "froms=$(fill "'queued,submitting'" text)" "tos=$(fill "'submitting'" text)" \
+    "count_attempts=$(fill true bool)" "unless_user_limited=$(fill true bool)" "messages=$(fill ":claim_message" text)"
+  batch_transition "froms=$(fill "'submitting'" text)" "tos=$(fill "'running'" text)" \
+    "task_ids=$(fill ":task_id" text)" "deadline_secs=$(fill 900 float8)" "messages=$(fill ":running_message" text)"
+  batch_transition "froms=$(fill "'running'" text)" "tos=$(fill "'succeeded'" text)" \
+    "result_urls=$(fill ":result_url" text)" "settles=$(fill "'commit'" text)" \
+    "messages=$(fill ":settle_message" text)" "video_keys=$(fill ":video_key" text)" \
+    "video_bytes=$(fill ":video_bytes" int8)" "note_kinds=$(fill "'archived'" text)" \
+    "note_messages=$(fill ":archived_message" text)" "note_datas=$(fill ":archived_data" jsonb)"
+} > "$log/pgbench-drain-batched.sql"
+limit_db batched
+echo "== limit: $BACKLOG jobs submitted by pgbench -c$CLIENTS (untimed)"
+per_client=$(( (BACKLOG + CLIENTS - 1) / CLIENTS ))
+pgbench -n -M prepared -h 127.0.0.1 -U postgres -c "$CLIENTS" -j 2 -t "$per_client" "${pgbench_vars[@]}" \
+  -f "$log/pgbench-submit.sql" "$db" > "$log/pgbench-backlog.txt" 2>&1 || { cat "$log/pgbench-backlog.txt" >&2; exit 1; }
+batched_backlog=$(sql_on "$db" "SELECT count(*) FROM jobs WHERE status = 'queued'")
+echo "== limit: pgbench -c$batch_clients draining them with the batched statements, $batch_size jobs a batch"
+t0=$(now)
+pgbench -n -r -M prepared -h 127.0.0.1 -U postgres -c "$batch_clients" -j 2 \
+  -t $(( batched_backlog / (batch_clients * batch_size) + 1 )) "${pgbench_vars[@]}" \
+  -f "$log/pgbench-drain-batched.sql" "$db" > "$log/pgbench-drain-batched.txt" 2>&1 || { cat "$log/pgbench-drain-batched.txt" >&2; exit 1; }
+t1=$(now)
+cat "$log/pgbench-drain-batched.txt"
+batched_moved=$(sql_on "$db" "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+pgbench_batched=$(echo "scale=0; $batched_moved / ($t1 - $t0)" | bc)
+[ "$batched_moved" -ge $(( batched_backlog - batch_clients * batch_size )) ] || echo "WARNING: the batched drain moved $batched_moved of $batched_backlog jobs" >&2
+fi # batched
+
 # --------------------------------------------------------------- celery ----
 echo "== limit: Celery, $BACKLOG no-op tasks, prefork -c 2, $CELERY_QUEUE_TYPE queue on the same RabbitMQ"
 # The task module, and (run as a script) the publisher and the drain timer. The timer asks the broker for the queue's ready count
@@ -418,9 +500,11 @@ fi # lifecycle and Celery
   echo "|---|---|---|---|"
   [ "$ONLY" = drain ] || echo "| POST /v1/generations (wrk -c$CLIENTS) vs pgbench -c$CLIENTS running genq's submit statement, $ROUNDS turns each (medians) | $submit_rate/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx | $pgbench_submit tps | **$submit_ratio** (rounds: ${ratios[*]}) |"
   [ "$ONLY" = submit ] || echo "| drain of $succeeded jobs ($WORKERS workers, instant provider, relay included) vs pgbench -c$worker_concurrency running one job's durable statements | $drain_rate jobs/s | $pgbench_cycle jobs/s | **$(ratio "$drain_rate" "$pgbench_cycle")** |"
+  [ "$ONLY" = submit ] || [ -z "$pgbench_batched" ] || echo "| same drain vs pgbench -c$batch_clients draining $batched_moved jobs with genq's batched statements, $batch_size jobs a batch | $drain_rate jobs/s | $pgbench_batched jobs/s | **$(ratio "$drain_rate" "$pgbench_batched")** |"
   [ "$ONLY" = submit ] || echo "| same drain vs Celery $("$venv/bin/celery" --version | cut -d' ' -f1), no-op task, prefork -c 2, $CELERY_QUEUE_TYPE queue, same RabbitMQ | $drain_rate jobs/s | $celery_rate tasks/s | $(ratio "$drain_rate" "$celery_rate") |"
   echo
   [ "$ONLY" = drain ] || echo "at half the pgbench submit rate ($half_rate/s, autocannon -c$CLIENTS): $half_rate_p99"
   [ "$ONLY" = submit ] || echo "drain: ${drain_s}s from starting the workers to no open job; the outbox was relayed after ${relay_s}s; CPU used meanwhile: $drain_cpu"
+  [ "$ONLY" = submit ] || echo "drain batching: $batching"
   echo "genqctl ledger verify: passed after the drain and after the submit run ($log/ledger-verify.txt)"
 } | tee "$log/summary.txt"

@@ -4,11 +4,14 @@
 # sampled with perf (DWARF call graphs of the release build) and drawn by
 # inferno into docs/perf/*.svg. Needs perf (linux-perf) and inferno
 # (`cargo install inferno`). Release binaries; its own database and queues.
+# NAME_SUFFIX names the graphs (api-submit$NAME_SUFFIX.svg), to keep two
+# builds' side by side (GENQ_BIN=dir: binaries built elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-15}"
 USERS="${USERS:-200}"
 FREQ="${FREQ:-199}"
+NAME_SUFFIX="${NAME_SUFFIX:-}"
 for tool in perf wrk inferno-collapse-perf inferno-flamegraph; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (perf: apt-get install linux-perf; inferno: cargo install inferno)" >&2; exit 1; }
 done
@@ -30,8 +33,8 @@ record() {
 # Folds $log/NAME.perf and draws docs/perf/NAME.svg.
 draw() {
   perf script -i "$log/$1.perf" 2>/dev/null | inferno-collapse-perf > "$log/$1.folded"
-  inferno-flamegraph --title "$2" --width 1400 < "$log/$1.folded" > "docs/perf/$1.svg"
-  echo "docs/perf/$1.svg drawn"
+  inferno-flamegraph --title "$2" --width 1400 < "$log/$1.folded" > "docs/perf/$1$NAME_SUFFIX.svg"
+  echo "docs/perf/$1$NAME_SUFFIX.svg drawn"
 }
 
 record api-submit "$api_pid" "$DURATION" &

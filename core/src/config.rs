@@ -414,7 +414,8 @@ pub struct WorkerSettings {
     /// statement applies at once; 1 applies each alone.
     pub settle_batch: usize,
     /// Batch statements one worker runs at once: moves ready while all are
-    /// busy form the next batch.
+    /// busy form the next batch (1 makes the largest batches; more keep
+    /// moves going while one statement waits on a lock).
     pub settle_in_flight: usize,
     /// How often the sweeper looks for stuck jobs (one worker at a time).
     pub sweep_interval_ms: u64,
@@ -591,7 +592,7 @@ impl Default for WorkerSettings {
             relay_interval_ms: 1_000,
             relay_batch: 200,
             settle_batch: 64,
-            settle_in_flight: 2,
+            settle_in_flight: 1,
             sweep_interval_ms: 5_000,
             stale_after_secs: 120,
             max_job_age_secs: 2 * 60 * 60,
