@@ -169,8 +169,8 @@ sum_metric() { # name: summed over the workers
   done
   echo "$t"
 }
-moves=$(sum_metric genq_settle_batch_size_sum)
-statements=$(sum_metric genq_settle_batch_size_count)
+moves=$(sum_metric 'genq_batch_size_sum{batch="settle"}')
+statements=$(sum_metric 'genq_batch_size_count{batch="settle"}')
 acked=$(sum_metric genq_deliveries_acked_total)
 acks=$(( $(sum_metric 'genq_acks_sent_total{kind="multiple"}') + $(sum_metric 'genq_acks_sent_total{kind="single"}') ))
 batching="none (a build without batches)"

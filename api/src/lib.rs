@@ -13,5 +13,6 @@ pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod stripe;
+pub mod submits;
 
 pub use startup::Application;

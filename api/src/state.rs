@@ -27,6 +27,8 @@ pub struct AppState {
     pub jwt_key: Arc<DecodingKey>,
     pub metrics: PrometheusHandle,
     pub submit_limiter: Arc<SubmitLimiter>,
+    /// Submissions, group-committed (see [`crate::submits`]).
+    pub submitter: crate::submits::Submitter,
     /// Rung after each committed outbox write; see [`Doorbell`].
     pub outbox_bell: Doorbell,
     /// The identity provider's keys, when `auth.jwks_url` is set.
@@ -53,7 +55,6 @@ impl AppState {
     /// The state of an API over `pool` (which may not be reachable yet).
     pub fn new(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
         Ok(Self {
-            pool,
             jwt_key: Arc::new(DecodingKey::from_secret(
                 settings.auth.jwt_secret.expose_secret().as_bytes(),
             )),
@@ -72,6 +73,11 @@ impl AppState {
                 url => Some(Arc::new(crate::fal_keys::FalKeys::new(url)?)),
             },
             submit_limiter: Arc::new(submit_limiter(&settings.api)),
+            submitter: crate::submits::Submitter::new(
+                pool.clone(),
+                settings.api.submit_batch,
+                settings.api.submit_in_flight,
+            ),
             outbox_bell: Doorbell::outbox(),
             metrics: telemetry::metrics_handle(),
             videos: VideoStore::new(&settings)?,
@@ -83,6 +89,7 @@ impl AppState {
             users: known_users(),
             gate: Arc::new(genq_store::store::gate::Rules::from_settings(&settings)),
             settings: Arc::new(settings),
+            pool,
         })
     }
 

@@ -127,6 +127,12 @@ pub struct ApiSettings {
     /// Where the allowance is kept: `postgres` (one allowance across every
     /// API process) or `memory` (per process, no database round trip).
     pub rate_limit: RateLimitStore,
+    /// The most submissions (of different users) one statement accepts at
+    /// once; 1 submits each alone.
+    pub submit_batch: usize,
+    /// Submit statements one API process runs at once: submissions ready
+    /// while they run form the next batch.
+    pub submit_in_flight: usize,
 }
 
 /// Where the per-user submission allowance is kept.
@@ -518,6 +524,8 @@ impl Default for ApiSettings {
             submit_per_minute: 60,
             submit_burst: 20,
             rate_limit: RateLimitStore::default(),
+            submit_batch: 64,
+            submit_in_flight: 2,
         }
     }
 }
@@ -766,6 +774,12 @@ impl Settings {
         }
         if self.api.body_limit_bytes < 256 {
             fail("api.body_limit_bytes", "must be at least 256")?;
+        }
+        if !(1..=256).contains(&self.api.submit_batch) {
+            fail("api.submit_batch", "must be between 1 and 256")?;
+        }
+        if !(1..=64).contains(&self.api.submit_in_flight) {
+            fail("api.submit_in_flight", "must be between 1 and 64")?;
         }
         if self.api.submit_per_minute == 0 || self.api.submit_burst == 0 {
             fail(

@@ -8,6 +8,7 @@ pub mod bugs;
 pub mod callbacks;
 pub mod config;
 pub mod domain;
+pub mod group;
 pub mod messages;
 pub mod outbound;
 pub mod shutdown;

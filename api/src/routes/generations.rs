@@ -288,9 +288,9 @@ pub async fn create(
         span.record("trace_id", tracing::field::display(t.trace_id()));
     }
     let started = std::time::Instant::now();
-    let outcome = store::submit(
-        &state.pool,
-        &NewSubmission {
+    let outcome = state
+        .submitter
+        .submit(&NewSubmission {
             job_id,
             user_id: user.id,
             request: &request,
@@ -299,9 +299,8 @@ pub async fn create(
             provider: choice.provider,
             allowance,
             trace: trace.as_ref(),
-        },
-    )
-    .await?;
+        })
+        .await?;
     // The submitting statement, whatever its answer (accepted, refused).
     metrics::histogram!("genq_submit_seconds").record(started.elapsed().as_secs_f64());
     match outcome {

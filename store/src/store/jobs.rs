@@ -328,6 +328,305 @@ pub(crate) fn accept_statement() -> &'static Named {
     })
 }
 
+/// The most submissions one [`submit_batch`] statement takes.
+pub const MAX_SUBMIT_BATCH: usize = 256;
+
+/// Submits many at once, as [`submit`] submits one: the answer at each
+/// index is that submission's. The submissions must be of different users
+/// (a user's submissions keep their order by going in separate batches).
+/// Accepted ones share one statement: each takes its user's allowance,
+/// reserves its cost from its user's lots, and queues its job. What that
+/// statement refuses is answered as [`submit`] answers it (the wait of a
+/// 429, the 402 recorded under the account lock); a repeated idempotency
+/// key is answered before, and a statement that fails as a whole (a key
+/// that raced, lots that changed) is tried one submission at a time.
+pub async fn submit_batch(pool: &PgPool, news: &[NewSubmission<'_>]) -> Vec<Result<SubmitOutcome>> {
+    assert!(
+        news.len() <= MAX_SUBMIT_BATCH,
+        "a batch of {} submissions",
+        news.len()
+    );
+    debug_assert!(
+        {
+            let mut users: Vec<Uuid> = news.iter().map(|n| n.user_id).collect();
+            users.sort();
+            users.windows(2).all(|w| w[0] != w[1])
+        },
+        "a user twice in one batch"
+    );
+    let mut out: Vec<Option<Result<SubmitOutcome>>> = news.iter().map(|_| None).collect();
+    let fingerprints: Vec<String> = news.iter().map(|n| n.request.fingerprint()).collect();
+    // A key used before is a replay (or a conflict), as in `submit`.
+    let mut go: Vec<usize> = Vec::with_capacity(news.len());
+    for (i, new) in news.iter().enumerate() {
+        if let Some(key) = new.idempotency_key {
+            match job_by_key(pool, new.user_id, key).await {
+                Ok(Some(job)) => {
+                    out[i] = Some(Ok(replay_or_conflict(job, &fingerprints[i])));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    continue;
+                }
+            }
+        }
+        go.push(i);
+    }
+    let accepted = if go.len() > 1 {
+        try_accept_batch(pool, news, &go, &fingerprints).await
+    } else {
+        Err(sqlx::Error::RowNotFound)
+    };
+    match accepted {
+        Ok(answers) => {
+            for (&i, answer) in go.iter().zip(answers) {
+                let new = &news[i];
+                out[i] = Some(match answer {
+                    Accept::Queued(job) => Ok(SubmitOutcome::Accepted {
+                        job: *job,
+                        replayed: false,
+                    }),
+                    Accept::RateLimited => {
+                        let allowance =
+                            new.allowance.expect("only a limited submission is refused");
+                        rate::wait_after_refusal(pool, new.user_id, allowance)
+                            .await
+                            .map(|retry_after| SubmitOutcome::RateLimited { retry_after })
+                    }
+                    Accept::CannotPay => {
+                        let new = NewSubmission {
+                            allowance: None,
+                            ..*new
+                        };
+                        let params = Json(new.request.params());
+                        reject(pool, &new, &params, &fingerprints[i], 3).await
+                    }
+                });
+            }
+        }
+        Err(e) => {
+            if go.len() > 1 {
+                metrics::counter!("genq_submit_batch_failures_total").increment(1);
+                tracing::debug!(error = %e, "a submit batch failed; submitting one at a time");
+            }
+            for &i in &go {
+                out[i] = Some(submit_attempt(pool, &news[i], 3).await);
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| o.expect("every submission answered"))
+        .collect()
+}
+
+/// The batch statement over the submissions `go` of `news`: what it did to
+/// each, in `go`'s order.
+async fn try_accept_batch(
+    pool: &PgPool,
+    news: &[NewSubmission<'_>],
+    go: &[usize],
+    fingerprints: &[String],
+) -> std::result::Result<Vec<Accept>, sqlx::Error> {
+    let first = &news[go[0]];
+    // One allowance per API (the settings'): the same for every row.
+    let allowance = first.allowance;
+    debug_assert!(go.iter().all(|&i| news[i].allowance == allowance));
+    let start_key = WorkMessage::from(StartMessage::first(first.job_id)).routing_key();
+    let mut c = SubmitColumns::default();
+    for &i in go {
+        let new = &news[i];
+        c.jobs.push(new.job_id);
+        c.users.push(new.user_id);
+        c.costs.push(new.cost);
+        c.prompts.push(new.request.prompt.as_str());
+        c.params
+            .push(serde_json::to_value(new.request.params()).expect("serializes"));
+        c.providers.push(new.provider);
+        c.keys.push(new.idempotency_key);
+        c.fingerprints.push(fingerprints[i].as_str());
+        c.starts
+            .push(WorkMessage::from(StartMessage::first(new.job_id)).to_json());
+        c.models.push(new.request.model.as_deref());
+        c.priorities.push(new.request.priority.as_str());
+        c.traceparents
+            .push(new.trace.map(|t| t.traceparent.as_str()));
+        c.tracestates
+            .push(new.trace.and_then(|t| t.tracestate.as_deref()));
+    }
+    let rows = accept_batch_statement()
+        .query()
+        .bind("jobs", c.jobs)
+        .bind("users", c.users)
+        .bind("costs", c.costs)
+        .bind("prompts", c.prompts)
+        .bind("params", c.params)
+        .bind("providers", c.providers)
+        .bind("idempotency_keys", c.keys)
+        .bind("fingerprints", c.fingerprints)
+        .bind("starts", c.starts)
+        .bind("models", c.models)
+        .bind("priorities", c.priorities)
+        .bind("traceparents", c.traceparents)
+        .bind("tracestates", c.tracestates)
+        .bind("start_key", start_key)
+        .bind(
+            "rate_interval",
+            allowance.map(rate::Allowance::interval_secs),
+        )
+        .bind(
+            "rate_tolerance",
+            allowance.map(rate::Allowance::tolerance_secs),
+        )
+        .done()
+        .fetch_all(pool)
+        .await?;
+    // One row per submission, in order: `allowed`, and the job's columns,
+    // NULL when none was made.
+    rows.iter()
+        .map(|row| {
+            if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+                return Ok(Accept::Queued(Box::new(Job::from_row(row)?)));
+            }
+            Ok(if row.try_get("allowed")? {
+                Accept::CannotPay
+            } else {
+                Accept::RateLimited
+            })
+        })
+        .collect()
+}
+
+/// The batch statement's parameters, one array each, a row per submission.
+#[derive(Default)]
+struct SubmitColumns<'a> {
+    jobs: Vec<Uuid>,
+    users: Vec<Uuid>,
+    costs: Vec<i64>,
+    prompts: Vec<&'a str>,
+    params: Vec<serde_json::Value>,
+    providers: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+    fingerprints: Vec<&'a str>,
+    starts: Vec<serde_json::Value>,
+    models: Vec<Option<&'a str>>,
+    priorities: Vec<&'static str>,
+    traceparents: Vec<Option<&'a str>>,
+    tracestates: Vec<Option<&'a str>>,
+}
+
+/// [`accept_statement`] over many submissions of different users, a row
+/// of parallel arrays each. The allowances are taken in user order and the
+/// accounts locked in user order (before their lots, as every path locks),
+/// so two batches never wait on each other in a cycle; each user's lots
+/// are taken from in their own order ([`lots::take_ctes`], per user).
+pub(crate) fn accept_batch_statement() -> &'static Named {
+    static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let interval = ":rate_interval::float8";
+        let tolerance = ":rate_tolerance::float8";
+        let status = EventKind::Status;
+        let text = format!(
+            "WITH b AS (
+            SELECT * FROM unnest(:jobs::uuid[], :users::uuid[], :costs::int8[], :prompts::text[],
+                   :params::jsonb[], :providers::text[], :idempotency_keys::text[], :fingerprints::text[],
+                   :starts::jsonb[], :models::text[], :priorities::text[], :traceparents::text[],
+                   :tracestates::text[])
+                   WITH ORDINALITY AS b (b_job, b_user, b_cost, b_prompt, b_params, b_provider, b_key,
+                   b_fingerprint, b_start, b_model, b_priority, b_traceparent, b_tracestate, b_ord)
+        ), rate_now AS (SELECT clock_timestamp() AS t),
+        took AS (
+             INSERT INTO submit_rate AS r (user_id, tat)
+             SELECT b_user, rate_now.t + make_interval(secs => {interval}) FROM b, rate_now
+              WHERE {interval} IS NOT NULL
+              ORDER BY b_user
+             ON CONFLICT (user_id) DO UPDATE
+                SET tat = greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
+                          + make_interval(secs => {interval})
+              WHERE greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
+                    <= EXCLUDED.tat - make_interval(secs => {interval}) + make_interval(secs => {tolerance})
+             RETURNING r.user_id
+        ), ok AS (
+            SELECT * FROM b WHERE {interval} IS NULL OR b_user IN (SELECT user_id FROM took)
+        ), acct_lock AS (
+            SELECT c.user_id FROM credit_accounts c JOIN ok ON ok.b_user = c.user_id
+             ORDER BY c.user_id FOR UPDATE OF c
+        ), acct AS (
+            UPDATE credit_accounts c
+               SET available = c.available - ok.b_cost, reserved = c.reserved + ok.b_cost, updated_at = now()
+              FROM ok JOIN acct_lock l ON l.user_id = ok.b_user
+             WHERE c.user_id = ok.b_user AND c.available >= ok.b_cost AND c.owed = 0
+            RETURNING c.user_id, ok.*
+        ), reserve_row AS (
+            INSERT INTO credit_ledger (user_id, kind, amount, job_id, reservation, actor, reason)
+            SELECT user_id, 'reserve', b_cost, b_job, 1, '{SYSTEM_ACTOR}', 'video requested'
+              FROM acct ORDER BY b_ord
+            RETURNING id, user_id, amount
+        ), live_lots AS (
+            SELECT l.id, l.user_id, l.remaining, l.expires_at
+              FROM credit_lots l JOIN acct ON l.user_id = acct.user_id
+             WHERE l.remaining > 0
+             FOR UPDATE OF l
+        ), alloc AS (
+            SELECT s.id, s.user_id, LEAST(s.remaining, a.b_cost - (s.running - s.remaining)) AS take
+              FROM (SELECT id, user_id, remaining,
+                           sum(remaining) OVER (PARTITION BY user_id ORDER BY {order}) AS running
+                      FROM live_lots) s
+              JOIN acct a ON a.user_id = s.user_id
+             WHERE s.running - s.remaining < a.b_cost
+        ), lot_take AS (
+            UPDATE credit_lots l SET remaining = l.remaining - a.take FROM alloc a WHERE l.id = a.id
+        ), lot_take_move AS (
+            INSERT INTO credit_lot_moves (lot_id, ledger_id, amount)
+            SELECT a.id, r.id, -a.take FROM alloc a JOIN reserve_row r ON r.user_id = a.user_id
+            UNION ALL
+            SELECT NULL, r.id, 0 FROM reserve_row r
+             WHERE (SELECT COALESCE(sum(take), 0) FROM alloc a WHERE a.user_id = r.user_id) < r.amount
+        ), j AS (
+            INSERT INTO jobs (id, user_id, status, prompt, params, cost, provider,
+                              idempotency_key, request_fingerprint, model, priority,
+                              traceparent, tracestate)
+            SELECT b_job, user_id, 'queued', b_prompt, b_params, b_cost, b_provider,
+                   b_key, b_fingerprint, b_model, b_priority, b_traceparent, b_tracestate
+              FROM acct ORDER BY b_ord
+            RETURNING {JOB_COLS}
+        ), e AS (
+            INSERT INTO job_events (job_id, kind, to_status, message, data)
+            SELECT id, '{status}', 'queued', 'Accepted; ' || cost || ' credits reserved.',
+                   jsonb_build_object('cost', cost) FROM j
+        ), outbox_row AS (
+            INSERT INTO outbox (job_id, routing_key, payload)
+            SELECT j.id, :start_key, b.b_start FROM j JOIN b ON b.b_job = j.id ORDER BY b.b_ord
+        )
+        SELECT ({interval} IS NULL OR b.b_user IN (SELECT user_id FROM took)) AS allowed, j.*
+          FROM b LEFT JOIN j ON j.id = b.b_job ORDER BY b.b_ord",
+            order = super::lots::TAKE_ORDER,
+        );
+        Named::new(
+            &text,
+            &[
+                "jobs",
+                "users",
+                "costs",
+                "prompts",
+                "params",
+                "providers",
+                "idempotency_keys",
+                "fingerprints",
+                "starts",
+                "models",
+                "priorities",
+                "traceparents",
+                "tracestates",
+                "start_key",
+                "rate_interval",
+                "rate_tolerance",
+            ],
+        )
+    })
+}
+
 /// Records a refused submission. The balance is read under the account lock
 /// and checked again, so a 402 always reflects a real shortfall at that moment.
 async fn reject(

@@ -18,7 +18,7 @@ use super::{Result, SYSTEM_ACTOR};
 
 /// The order a reservation takes lots in: those that expire first, then
 /// those that last, oldest first.
-const TAKE_ORDER: &str = "expires_at ASC NULLS LAST, id";
+pub(crate) const TAKE_ORDER: &str = "expires_at ASC NULLS LAST, id";
 
 /// A lot for each row of the ledger CTE `ledger_cte` (`id`, `user_id`,
 /// `amount`), expiring at the SQL `expires` (NULL: never), with its

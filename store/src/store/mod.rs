@@ -39,7 +39,7 @@ pub use cancel::{cancel_job, CancelOutcome};
 pub use credits::{account, add_credits, Account, CreditGrant, GrantOutcome, LedgerEntry};
 pub use events::{of_job as job_events, JobEvent};
 pub use jobs::{
-    advance_poll, get_job, list_jobs, mark_provider_canceled, record_event, submit,
+    advance_poll, get_job, list_jobs, mark_provider_canceled, record_event, submit, submit_batch,
     wake_on_callback, Advanced, CallbackWake, Job, JobCursor, NewSubmission, SubmitOutcome,
     JOB_COLS,
 };
@@ -51,9 +51,10 @@ pub use users::{ensure_user, find_user, find_user_by_id, Identity, User, UserRef
 /// the relay's, by name: a test prepares each against the migrated schema,
 /// so a part that no longer fits fails in seconds, not in an end-to-end
 /// test; `genq-api print-sql NAME` prints one for the benchmark.
-pub fn composed_statements() -> [(&'static str, &'static named::Named); 6] {
+pub fn composed_statements() -> [(&'static str, &'static named::Named); 7] {
     [
         ("submit", jobs::accept_statement()),
+        ("submit-batch", jobs::accept_batch_statement()),
         ("transition", transition::statement()),
         ("transition-batch", transition::batch_statement()),
         ("replay", dead_letters::replay_statement()),

@@ -1,13 +1,14 @@
-//! Batched settlement: many jobs' moves in one statement, each job under
-//! its own guard, and a crash between a batch's commit and its ack.
+//! Batches: many jobs' moves in one statement, each job under its own
+//! guard; a crash between a batch's commit and its ack; submissions of
+//! many users in one statement, each with its own answer.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::harness::{eventually, test_settings, user_id, TestEnv};
-use genq_core::domain::JobStatus;
+use genq_core::domain::{AspectRatio, DurationSeconds, JobStatus, Priority, Prompt, VideoRequest};
 use genq_provider_sim::SimConfig;
-use genq_store::store::{self, Note, Transition};
+use genq_store::store::{self, NewSubmission, Note, SubmitOutcome, Transition};
 use genq_worker::settle::Settler;
 use reqwest::StatusCode;
 use uuid::Uuid;
@@ -266,5 +267,198 @@ async fn a_crash_between_a_batch_commit_and_its_ack_loses_nothing_and_settles_on
     }
     assert_ledger_verifies(&env).await;
     worker.stop().await;
+    env.cleanup().await;
+}
+
+fn request(prompt: &str) -> VideoRequest {
+    VideoRequest {
+        prompt: Prompt::parse(prompt).unwrap(),
+        duration: DurationSeconds::default(),
+        aspect_ratio: AspectRatio::default(),
+        model: None,
+        priority: Priority::Normal,
+    }
+}
+
+#[tokio::test]
+async fn submissions_in_one_statement_each_get_their_own_answer() {
+    let env = TestEnv::new().await;
+    let users: Vec<Uuid> = {
+        let mut out = vec![];
+        for who in ["fa", "gus", "hal", "ivy", "jo", "kit"] {
+            let email = format!("{who}@example.com");
+            env.new_user(who, &email).await;
+            // gus gets nothing: the initial credits don't pay for a video.
+            if who != "gus" {
+                env.grant(&email, 100).await;
+            }
+            out.push(user_id(&env.pool, who).await);
+        }
+        out
+    };
+    let (fa, gus, hal, ivy, jo, kit) = (users[0], users[1], users[2], users[3], users[4], users[5]);
+    // A burst of one: hal spends his before the batch.
+    let allowance = store::rate::Allowance {
+        per_minute: 1,
+        burst: 1,
+    };
+    let new =
+        |user: Uuid, request: &'static VideoRequest, key: Option<&'static str>| NewSubmission {
+            job_id: Uuid::now_v7(),
+            user_id: user,
+            request,
+            cost: 10,
+            idempotency_key: key,
+            provider: "default",
+            allowance: Some(allowance),
+            trace: None,
+        };
+    let plain: &'static VideoRequest = Box::leak(Box::new(request("a cat")));
+    let other: &'static VideoRequest = Box::leak(Box::new(request("a dog")));
+    let first = store::submit(&env.pool, &new(hal, plain, None))
+        .await
+        .unwrap();
+    assert!(matches!(first, SubmitOutcome::Accepted { .. }));
+    // ivy and jo used their keys before (each spending their one allowance).
+    let ivy_first = new(ivy, plain, Some("ivy-1"));
+    let SubmitOutcome::Accepted { job: ivy_job, .. } =
+        store::submit(&env.pool, &ivy_first).await.unwrap()
+    else {
+        panic!("ivy's first submission")
+    };
+    store::submit(&env.pool, &new(jo, plain, Some("jo-1")))
+        .await
+        .unwrap();
+    let (avail_before, ..) = account(&env, "fa").await;
+
+    let batch = [
+        new(fa, plain, None),           // accepted
+        new(gus, plain, None),          // 402
+        new(hal, plain, None),          // 429
+        new(ivy, plain, Some("ivy-1")), // the same request again: its job
+        new(jo, other, Some("jo-1")),   // another request, same key: 409
+        new(kit, plain, Some("kit-1")), // accepted, with its key
+    ];
+    let answers = store::submit_batch(&env.pool, &batch).await;
+    let answers: Vec<SubmitOutcome> = answers.into_iter().map(Result::unwrap).collect();
+    assert!(
+        matches!(&answers[0], SubmitOutcome::Accepted { job, replayed: false } if job.id == batch[0].job_id),
+        "{:?}",
+        answers[0]
+    );
+    assert!(
+        matches!(&answers[1], SubmitOutcome::Rejected { required: 10, .. }),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        matches!(&answers[2], SubmitOutcome::RateLimited { retry_after } if !retry_after.is_zero()),
+        "{:?}",
+        answers[2]
+    );
+    assert!(
+        matches!(&answers[3], SubmitOutcome::Accepted { job, replayed: true } if job.id == ivy_job.id),
+        "{:?}",
+        answers[3]
+    );
+    assert!(
+        matches!(answers[4], SubmitOutcome::IdempotencyConflict),
+        "{:?}",
+        answers[4]
+    );
+    assert!(
+        matches!(
+            &answers[5],
+            SubmitOutcome::Accepted {
+                replayed: false,
+                ..
+            }
+        ),
+        "{:?}",
+        answers[5]
+    );
+    // Only the accepted ones reserved, each once; the refused changed nothing
+    // but the 402's rejected job.
+    assert_eq!(account(&env, "fa").await.0, avail_before - 10);
+    let reserves: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT user_id, count(*) FROM credit_ledger WHERE kind = 'reserve' GROUP BY user_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let count = |u: Uuid| {
+        reserves
+            .iter()
+            .find(|(id, _)| *id == u)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(
+        [fa, gus, hal, ivy, jo, kit].map(count),
+        [1, 0, 1, 1, 1, 1],
+        "reservations per user"
+    );
+    let statuses: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM jobs")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    let status_of = |id: Uuid| {
+        statuses
+            .iter()
+            .find(|(j, _)| *j == id)
+            .map(|(_, s)| s.clone())
+    };
+    assert_eq!(status_of(batch[1].job_id).as_deref(), Some("rejected"));
+    assert_eq!(status_of(batch[2].job_id), None, "a 429 makes no job");
+    assert_eq!(status_of(batch[4].job_id), None, "a 409 makes no job");
+    // Every accepted job has its start message in the outbox.
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j WHERE status = 'queued'
+            AND EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(queued, 5, "hal, ivy, jo before; fa and kit in the batch");
+    assert_ledger_verifies(&env).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn concurrent_submissions_through_the_api_are_answered_as_alone() {
+    let env = TestEnv::new().await;
+    let mut tokens = vec![];
+    for u in 0..12 {
+        let email = format!("s{u}@example.com");
+        let t = env.new_user(&format!("s{u}"), &email).await;
+        // Even users can pay for three videos, odd ones for none.
+        if u % 2 == 0 {
+            env.grant(&email, 22).await;
+        }
+        tokens.push(t);
+    }
+    // Five submissions per user at once: the even users' first three are
+    // accepted, the rest of theirs and all of the odd users' refused (402).
+    let e = &env;
+    let answers = futures::future::join_all(
+        tokens
+            .iter()
+            .flat_map(|t| (0..5).map(move |i| (t, i)))
+            .map(|(t, i)| async move { e.submit(t, &format!("video {i}")).await.0 }),
+    )
+    .await;
+    for (u, chunk) in answers.chunks(5).enumerate() {
+        let accepted = chunk.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+        let refused = chunk
+            .iter()
+            .filter(|s| **s == StatusCode::PAYMENT_REQUIRED)
+            .count();
+        let expected = if u % 2 == 0 { 3 } else { 0 };
+        assert_eq!(
+            (accepted, refused),
+            (expected, 5 - expected),
+            "user {u}: {chunk:?}"
+        );
+    }
+    assert_ledger_verifies(&env).await;
     env.cleanup().await;
 }
