@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Requests waiting for a slot, at most; a full queue makes the callers
@@ -57,6 +58,8 @@ impl<G: Grouped> Clone for GroupCommit<G> {
 struct Request<G: Grouped> {
     item: G::Item,
     answer: oneshot::Sender<G::Answer>,
+    /// The caller's span: a batch of one runs in it, a larger batch links it.
+    span: tracing::Span,
 }
 
 impl<G: Grouped> GroupCommit<G> {
@@ -80,7 +83,11 @@ impl<G: Grouped> GroupCommit<G> {
     pub async fn request(&self, item: G::Item) -> Result<G::Answer, Gone> {
         let (answer, answered) = oneshot::channel();
         self.queue
-            .send(Request { item, answer })
+            .send(Request {
+                item,
+                answer,
+                span: tracing::Span::current(),
+            })
             .await
             .map_err(|_| Gone)?;
         answered.await.map_err(|_| Gone)
@@ -140,9 +147,25 @@ async fn run<G: Grouped>(
         metrics::histogram!("genq_batch_size", "batch" => G::NAME).record(batch.len() as f64);
         let runner = runner.clone();
         tokio::spawn(async move {
+            // Alone, the request's work is part of its own trace; together,
+            // the batch is a trace of its own linked to each request's.
+            let span = match batch.as_slice() {
+                [one] => one.span.clone(),
+                _ => {
+                    let span = tracing::debug_span!(
+                        "batch",
+                        otel.name = %format!("{} batch", G::NAME),
+                        genq.batch_size = batch.len(),
+                    );
+                    for r in &batch {
+                        crate::trace::link(&span, &r.span);
+                    }
+                    span
+                }
+            };
             let (items, answers): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|r| (r.item, r.answer)).unzip();
-            let results = runner.run(items).await;
+            let results = runner.run(items).instrument(span).await;
             debug_assert_eq!(results.len(), answers.len());
             for (answer, result) in answers.into_iter().zip(results) {
                 // A caller that stopped waiting (its task aborted) is gone.

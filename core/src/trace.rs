@@ -175,6 +175,20 @@ pub fn record_http_failure(span: &tracing::Span, kind: &'static str) {
     span.record("otel.status_code", "ERROR");
 }
 
+/// Links `span` to `to`'s trace span (a batch to each request it serves:
+/// the batch is in a trace of its own, its requests in theirs); no-op
+/// untraced.
+pub fn link(span: &tracing::Span, to: &tracing::Span) {
+    if !exporting() {
+        return;
+    }
+    let cx = to.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}
+
 /// The trace ID of `span` as text, for log lines; `None` when tracing is off.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
