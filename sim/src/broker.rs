@@ -179,6 +179,21 @@ impl Broker {
 }
 
 /// A message in words, with `alias` naming jobs.
+/// The job a message is about (`None`: malformed, or a webhook delivery).
+pub fn job_of(msg: &Msg) -> Option<uuid::Uuid> {
+    match msg.queue() {
+        WorkQueue::Start => match serde_json::from_slice::<StartMessage>(&msg.body).ok()? {
+            StartMessage::Start { job_id, .. } | StartMessage::Granted { job_id, .. } => {
+                Some(job_id)
+            }
+        },
+        WorkQueue::Poll => match serde_json::from_slice::<PollMessage>(&msg.body).ok()? {
+            PollMessage::Poll { job_id, .. } | PollMessage::Cancel { job_id } => Some(job_id),
+        },
+        WorkQueue::Webhook => None,
+    }
+}
+
 pub fn describe(msg: &Msg, alias: impl Fn(uuid::Uuid) -> String) -> String {
     match msg.queue() {
         WorkQueue::Start => match serde_json::from_slice::<StartMessage>(&msg.body) {

@@ -559,17 +559,27 @@ impl Run<'_> {
         Ok(None)
     }
 
-    /// Two to four messages handled at once, each acked: the moves of their
-    /// steps may share one batch statement, as in a busy worker.
+    /// Two to four messages of different jobs handled at once, each acked:
+    /// the moves of their steps may share one batch statement, as in a busy
+    /// worker. They reach the provider one after another, in order (see
+    /// [`provider::wait_turn`]), so the seed still decides the trace.
     async fn deliver_together(&mut self) -> Check {
-        if self.msgs.len() < 2 {
-            return self.deliver(Mode::Ack).await;
-        }
-        let k = (2 + self.roll(3) as usize).min(self.msgs.len());
+        let k = 2 + self.roll(3) as usize;
         let mut msgs = Vec::with_capacity(k);
+        let mut jobs = std::collections::HashSet::new();
         for _ in 0..k {
+            if self.msgs.is_empty() {
+                break;
+            }
             let i = self.roll(self.msgs.len() as u64) as usize;
-            msgs.push(self.msgs.remove(i));
+            // Malformed messages and webhooks have no job: one of each kind at most.
+            if jobs.insert(broker::job_of(&self.msgs[i])) {
+                msgs.push(self.msgs.remove(i));
+            }
+        }
+        if msgs.len() < 2 {
+            self.msgs.extend(msgs);
+            return self.deliver(Mode::Ack).await;
         }
         let what: Vec<String> = {
             let w = lock(&self.env.world);
@@ -580,7 +590,19 @@ impl Run<'_> {
             self.steps,
             what.join("; ")
         ));
-        let results = futures::future::join_all(msgs.iter().cloned().map(|m| self.handle(m))).await;
+        let (turn, turns) = tokio::sync::watch::channel(0usize);
+        let this = &*self;
+        let results = futures::future::join_all(msgs.iter().cloned().enumerate().map(|(i, m)| {
+            let (turn, turns) = (&turn, turns.clone());
+            provider::TURN.scope((i, turns), async move {
+                let r = this.handle(m).await;
+                // Done in order: the next handler's turn comes after this one's.
+                provider::wait_turn().await;
+                turn.send_replace(i + 1);
+                r
+            })
+        }))
+        .await;
         for (r, msg) in results.into_iter().zip(msgs) {
             match r? {
                 Err(v) => return Ok(Some(v)),

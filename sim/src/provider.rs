@@ -205,9 +205,29 @@ fn said<T: std::fmt::Debug>(r: &ProviderResult<T>) -> String {
     }
 }
 
+tokio::task_local! {
+    /// In a step that handles several messages at once: this handler's
+    /// place among them, and the place whose turn it is at the provider.
+    pub static TURN: (usize, tokio::sync::watch::Receiver<usize>);
+}
+
+/// Waits until it is this handler's turn at the provider (at once outside
+/// a step of several messages). Handlers reach the provider in the order
+/// of their messages, each after the previous one has finished, so the
+/// world's random answers come in one order whatever the timing: the same
+/// seed replays the same trace. Their database moves before that (claims)
+/// run together and may share a batch statement.
+pub async fn wait_turn() {
+    let Ok((me, mut turn)) = TURN.try_with(|(me, turn)| (*me, turn.clone())) else {
+        return;
+    };
+    let _ = turn.wait_for(|t| *t >= me).await;
+}
+
 impl VideoProvider for SimProvider {
     fn submit<'a>(&'a self, request: &'a TaskRequest) -> BoxFuture<'a, ProviderResult<String>> {
         Box::pin(async move {
+            wait_turn().await;
             let job = job_of_key(&request.idempotency_key);
             self.interleave(job).await;
             {
@@ -228,6 +248,7 @@ impl VideoProvider for SimProvider {
 
     fn status<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<TaskStatus>> {
         Box::pin(async move {
+            wait_turn().await;
             let job = task_id.strip_prefix("task-").and_then(job_of_key);
             self.interleave(job).await;
             let mut w = lock(&self.world);
@@ -245,6 +266,7 @@ impl VideoProvider for SimProvider {
 
     fn cancel<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ProviderResult<()>> {
         Box::pin(async move {
+            wait_turn().await;
             let mut w = lock(&self.world);
             let fails = !w.calm && w.rng.random_range(0..100) < 20;
             let answer = if fails {
