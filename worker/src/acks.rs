@@ -44,15 +44,15 @@ struct State {
 }
 
 impl Acker {
-    /// The acker of `channel`, and the task that sends its acks (it ends
-    /// when `stop` is cancelled).
+    /// The acker of `channel`, and the task that sends its acks (it acks
+    /// what finished and ends when `stop` is cancelled).
     pub fn start(
         channel: lapin::Channel,
         acked: Arc<AtomicU64>,
         crash_before_ack: Arc<AtomicBool>,
         kill: CancellationToken,
         stop: CancellationToken,
-    ) -> Self {
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let acker = Self {
             inner: Arc::new(Inner {
                 channel,
@@ -63,8 +63,8 @@ impl Acker {
                 kill,
             }),
         };
-        tokio::spawn(acker.clone().run(stop));
-        acker
+        let task = tokio::spawn(acker.clone().run(stop));
+        (acker, task)
     }
 
     /// Notes a delivery as it arrives, before it is handed to a task.
@@ -100,56 +100,68 @@ impl Acker {
 
     async fn run(self, stop: CancellationToken) {
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.inner.wake.notified() => {}
-            }
+            let last = tokio::select! {
+                // A crash: nothing more is sent (the broker redelivers).
+                _ = self.inner.kill.cancelled() => return,
+                // The session is over (its deliveries drained): what
+                // finished is acked before the channel closes.
+                _ = stop.cancelled() => true,
+                _ = self.inner.wake.notified() => false,
+            };
             // Deliveries finishing in the same instant (a batch's answers)
             // get their turn to join this flush.
             tokio::task::yield_now().await;
-            if self.inner.crash_before_ack.load(Ordering::SeqCst) {
-                let finished = !self
-                    .inner
-                    .state
-                    .lock()
-                    .expect("not poisoned")
-                    .done
-                    .is_empty();
-                if finished {
-                    tracing::warn!("test hook: crashing before the ack");
-                    self.inner.kill.cancel();
-                    return;
-                }
+            self.flush().await;
+            if last {
+                return;
             }
-            let (upto, alone) = self.take();
-            let mut acked = 0;
-            if let Some((tag, n)) = upto {
-                let multiple = BasicAckOptions { multiple: true };
-                match self.inner.channel.basic_ack(tag, multiple).await {
-                    Ok(()) => acked += n,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ack failed; the messages will be redelivered")
-                    }
-                }
-                metrics::counter!("genq_acks_sent_total", "kind" => "multiple").increment(1);
-            }
-            for tag in alone {
-                match self
-                    .inner
-                    .channel
-                    .basic_ack(tag, BasicAckOptions::default())
-                    .await
-                {
-                    Ok(()) => acked += 1,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ack failed; the message will be redelivered")
-                    }
-                }
-                metrics::counter!("genq_acks_sent_total", "kind" => "single").increment(1);
-            }
-            metrics::counter!("genq_deliveries_acked_total").increment(acked);
-            self.inner.acked.fetch_add(acked, Ordering::Relaxed);
         }
+    }
+
+    /// Sends the acks of what has finished.
+    async fn flush(&self) {
+        if self.inner.crash_before_ack.load(Ordering::SeqCst) {
+            let finished = !self
+                .inner
+                .state
+                .lock()
+                .expect("not poisoned")
+                .done
+                .is_empty();
+            if finished {
+                tracing::warn!("test hook: crashing before the ack");
+                self.inner.kill.cancel();
+                return;
+            }
+        }
+        let (upto, alone) = self.take();
+        let mut acked = 0;
+        if let Some((tag, n)) = upto {
+            let multiple = BasicAckOptions { multiple: true };
+            match self.inner.channel.basic_ack(tag, multiple).await {
+                Ok(()) => acked += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ack failed; the messages will be redelivered")
+                }
+            }
+            metrics::counter!("genq_acks_sent_total", "kind" => "multiple").increment(1);
+        }
+        for tag in alone {
+            match self
+                .inner
+                .channel
+                .basic_ack(tag, BasicAckOptions::default())
+                .await
+            {
+                Ok(()) => acked += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ack failed; the message will be redelivered")
+                }
+            }
+            metrics::counter!("genq_acks_sent_total", "kind" => "single").increment(1);
+        }
+        metrics::counter!("genq_deliveries_acked_total").increment(acked);
+        self.inner.acked.fetch_add(acked, Ordering::Relaxed);
     }
 
     /// Takes what can be acked now: the highest tag of the finished run at

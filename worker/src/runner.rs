@@ -212,7 +212,8 @@ impl Runner {
                 session_over.clone(),
             )
         };
-        let (acker, webhook_acker) = (acker_for(&channel), acker_for(&webhook_channel));
+        let (acker, acks) = acker_for(&channel);
+        let (webhook_acker, webhook_acks) = acker_for(&webhook_channel);
         tracing::info!(prefix = %self.topology.prefix, "worker consuming");
 
         let start_tag = start.tag();
@@ -301,6 +302,9 @@ impl Runner {
             in_flight.abort_all();
         }
         session_over.cancel();
+        // What finished is acked before the channels close.
+        let _ = acks.await;
+        let _ = webhook_acks.await;
         if !relay_ended {
             let _ = relay.await;
         }
