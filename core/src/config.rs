@@ -525,7 +525,7 @@ impl Default for ApiSettings {
             submit_burst: 20,
             rate_limit: RateLimitStore::default(),
             submit_batch: 64,
-            submit_in_flight: 2,
+            submit_in_flight: 1,
         }
     }
 }

@@ -237,7 +237,7 @@ impl Handler {
                 // number only the first advances the job, the other is dropped.
                 if let Some(provider) = self.providers.for_job(job.provider.as_deref()) {
                     crate::step::note_job(job);
-                    self.first_poll(job.clone(), &provider.clone()).await?;
+                    self.first_poll(job.clone(), provider).await?;
                 }
             }
             return Ok(None);
