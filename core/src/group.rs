@@ -78,7 +78,7 @@ impl<G: Grouped> GroupCommit<G> {
         Self { queue, batches }
     }
 
-    /// `item`'s answer, from the batch it joined; `Err(item)` when the
+    /// `item`'s answer, from the batch it joined; `Err(Gone)` when the
     /// batching task is gone (the runtime is shutting down).
     pub async fn request(&self, item: G::Item) -> Result<G::Answer, Gone> {
         let (answer, answered) = oneshot::channel();
