@@ -530,18 +530,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("genq-dirsync-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let sync = Arc::new(DirSync::new(dir.clone()));
+        // A sync is running (its lock held) while all 64 ask.
+        let running = sync.synced.lock().await;
         let callers: Vec<_> = (0..64)
             .map(|_| {
                 let sync = sync.clone();
                 tokio::spawn(async move { sync.sync().await })
             })
             .collect();
+        while sync.asked.load(std::sync::atomic::Ordering::SeqCst) < 64 {
+            tokio::task::yield_now().await;
+        }
+        drop(running);
         for c in callers {
             c.await.unwrap().unwrap();
         }
+        // The first to get the lock syncs for everyone who asked before.
         let syncs = sync.syncs();
-        assert!(syncs >= 1, "no sync made");
-        assert!(syncs < 64, "each caller synced alone: {syncs}");
+        assert_eq!(syncs, 1, "the 64 callers did not share one sync");
         // A caller after them all gets a sync of its own.
         sync.sync().await.unwrap();
         assert_eq!(sync.syncs(), syncs + 1);
