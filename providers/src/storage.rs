@@ -53,11 +53,10 @@ pub struct VideoStore {
     /// The directory of the `fs` back end, whose writes genq makes durable
     /// itself: object_store 0.12's local store renames a staged file into
     /// place but never syncs it, so a power cut after the job was recorded
-    /// as succeeded could leave an empty file where the video was.
-    local_dir: Option<std::path::PathBuf>,
-    /// The `fs` back end's directory syncs, shared by the videos renamed
+    /// as succeeded could leave an empty file where the video was. With
+    /// it, the syncs of its videos' directory, shared by the videos renamed
     /// into it meanwhile.
-    dir_sync: Arc<DirSync>,
+    local_dir: Option<(std::path::PathBuf, Arc<DirSync>)>,
     downloads: Downloads,
     max_bytes: u64,
     /// The `s3` back end, to presign links to videos, and their life
@@ -133,7 +132,10 @@ impl VideoStore {
                     .map_err(|e| {
                         anyhow::anyhow!("storage.path {:?} can't be created: {e}", settings.path)
                     })?;
-                local_dir = Some(std::path::PathBuf::from(&settings.path));
+                local_dir = Some((
+                    std::path::PathBuf::from(&settings.path),
+                    Arc::new(DirSync::new(videos)),
+                ));
                 Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
                     &settings.path,
                 )?)
@@ -141,12 +143,6 @@ impl VideoStore {
         };
         Ok(Self {
             inner,
-            dir_sync: Arc::new(DirSync::new(
-                local_dir
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new("."))
-                    .join(VIDEOS_DIR),
-            )),
             local_dir,
             downloads: Downloads::new(all)?,
             max_bytes: settings.max_bytes,
@@ -243,7 +239,7 @@ impl VideoStore {
             .finish()
             .await
             .map_err(|e| ArchiveError::Transient(format!("storing the video failed: {e}")))?;
-        if let Some(root) = &self.local_dir {
+        if let Some((root, dir_sync)) = &self.local_dir {
             // Durable before the caller records it: the file's bytes, then
             // the directory entry its rename made (a sync shared with the
             // files renamed in meanwhile).
@@ -252,7 +248,7 @@ impl VideoStore {
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             let synced = match synced {
-                Ok(()) => self.dir_sync.sync().await,
+                Ok(()) => dir_sync.sync().await,
                 Err(e) => Err(e),
             };
             synced.map_err(|e| {
