@@ -274,8 +274,8 @@ async fn try_accept(
 pub(crate) fn accept_statement() -> &'static Named {
     static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let take = rate::take_ctes(":user");
-        let allowed = rate::allowed();
+        let take = rate::take_ctes(":user", "rate_now", "");
+        let allowed = rate::allowed(":user");
         let reserve = credits::reserve_ctes(&Reserve {
             user: ":user",
             cost: ":cost",
@@ -524,8 +524,8 @@ struct SubmitColumns<'a> {
 pub(crate) fn accept_batch_statement() -> &'static Named {
     static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let interval = ":rate_interval::float8";
-        let tolerance = ":rate_tolerance::float8";
+        let take = rate::take_ctes("b_user", "b, rate_now", "ORDER BY b_user");
+        let allowed = rate::allowed("b_user");
         let status = EventKind::Status;
         let text = format!(
             "WITH b AS (
@@ -535,20 +535,8 @@ pub(crate) fn accept_batch_statement() -> &'static Named {
                    :tracestates::text[])
                    WITH ORDINALITY AS b (b_job, b_user, b_cost, b_prompt, b_params, b_provider, b_key,
                    b_fingerprint, b_start, b_model, b_priority, b_traceparent, b_tracestate, b_ord)
-        ), rate_now AS (SELECT clock_timestamp() AS t),
-        took AS (
-             INSERT INTO submit_rate AS r (user_id, tat)
-             SELECT b_user, rate_now.t + make_interval(secs => {interval}) FROM b, rate_now
-              WHERE {interval} IS NOT NULL
-              ORDER BY b_user
-             ON CONFLICT (user_id) DO UPDATE
-                SET tat = greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
-                          + make_interval(secs => {interval})
-              WHERE greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
-                    <= EXCLUDED.tat - make_interval(secs => {interval}) + make_interval(secs => {tolerance})
-             RETURNING r.user_id
-        ), ok AS (
-            SELECT * FROM b WHERE {interval} IS NULL OR b_user IN (SELECT user_id FROM took)
+        ), {take}, ok AS (
+            SELECT * FROM b WHERE {allowed}
         ), acct_lock AS (
             SELECT c.user_id FROM credit_accounts c JOIN ok ON ok.b_user = c.user_id
              ORDER BY c.user_id FOR UPDATE OF c
@@ -599,7 +587,7 @@ pub(crate) fn accept_batch_statement() -> &'static Named {
             INSERT INTO outbox (job_id, routing_key, payload)
             SELECT j.id, :start_key, b.b_start FROM j JOIN b ON b.b_job = j.id ORDER BY b.b_ord
         )
-        SELECT ({interval} IS NULL OR b.b_user IN (SELECT user_id FROM took)) AS allowed, j.*
+        SELECT {allowed} AS allowed, j.*
           FROM b LEFT JOIN j ON j.id = b.b_job ORDER BY b.b_ord",
             order = super::lots::TAKE_ORDER,
         );

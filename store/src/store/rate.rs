@@ -29,34 +29,38 @@ impl Allowance {
 }
 
 /// The GCRA step as two CTEs of the caller's statement: `rate_now` (the
-/// clock) and `took`, which returns a row when one submission was taken
-/// from `user`'s allowance and changes nothing when none is left. The
+/// clock) and `took`, which returns the `user_id` of each user one
+/// submission was taken from and changes nothing for a user with none
+/// left. `user` is the SQL of the user, one row for each of `from` (a FROM
+/// list with `rate_now` in it); `order` is empty for one user, and for
+/// several their `ORDER BY` (user order, so that two statements never wait
+/// on each other in a cycle). The
 /// parameters `:rate_interval` and `:rate_tolerance` are the seconds of
 /// [`Allowance`]; a NULL interval takes nothing (the caller tests it for
 /// "not limited here").
-pub(crate) fn take_ctes(user: &str) -> String {
+pub(crate) fn take_ctes(user: &str, from: &str, order: &str) -> String {
     let interval = INTERVAL;
     let tolerance = ":rate_tolerance::float8";
     format!(
         "rate_now AS (SELECT clock_timestamp() AS t),
          took AS (
              INSERT INTO submit_rate AS r (user_id, tat)
-             SELECT {user}, rate_now.t + make_interval(secs => {interval}) FROM rate_now
-              WHERE {interval} IS NOT NULL
+             SELECT {user}, rate_now.t + make_interval(secs => {interval}) FROM {from}
+              WHERE {interval} IS NOT NULL {order}
              ON CONFLICT (user_id) DO UPDATE
                 SET tat = greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
                           + make_interval(secs => {interval})
               WHERE greatest(r.tat, EXCLUDED.tat - make_interval(secs => {interval}))
                     <= EXCLUDED.tat - make_interval(secs => {interval}) + make_interval(secs => {tolerance})
-             RETURNING 1
+             RETURNING r.user_id
          )"
     )
 }
 
-/// Whether the caller's statement may go ahead, as SQL over [`take_ctes`]'
-/// `took`: not limited here (`:rate_interval` NULL), or one submission taken.
-pub(crate) fn allowed() -> String {
-    format!("({INTERVAL} IS NULL OR EXISTS (SELECT 1 FROM took))")
+/// Whether `user`'s submission may go ahead, as SQL over [`take_ctes`]'
+/// `took`: not limited here (`:rate_interval` NULL), or one taken for them.
+pub(crate) fn allowed(user: &str) -> String {
+    format!("({INTERVAL} IS NULL OR {user} IN (SELECT user_id FROM took))")
 }
 
 const INTERVAL: &str = ":rate_interval::float8";
