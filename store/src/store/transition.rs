@@ -108,43 +108,81 @@ struct JobWithOld {
     old_status: JobStatus,
 }
 
+/// What a move writes, whichever statement makes it: the `SET` list of the
+/// job's update, the guard of a claim that skips the gate, and the rows of
+/// the job's events (the note, then the status change, over the CTE `j`).
+struct MoveSql {
+    set: String,
+    guard: String,
+    events: String,
+}
+
+/// [`MoveSql`] over the values `value` names: the one-job statement's
+/// parameters (`:to`), or a batch's columns (`b_to`).
+fn move_sql(v: impl Fn(&str) -> String) -> MoveSql {
+    let to = v("to");
+    let status = EventKind::Status;
+    MoveSql {
+        set: format!(
+            "status = {to},
+                   error_code = COALESCE({error_code}, error_code),
+                   error_message = COALESCE({error_message}, error_message),
+                   provider_result_url = COALESCE({result_url}, provider_result_url),
+                   video_key = COALESCE({video_key}, video_key),
+                   video_bytes = COALESCE({video_bytes}, video_bytes),
+                   provider_task_id = COALESCE({task_id}, provider_task_id),
+                   deadline_at = COALESCE(now() + make_interval(secs => {deadline_secs}), deadline_at),
+                   attempts = attempts + CASE WHEN {count_attempt} THEN 1 ELSE 0 END,
+                   poll_seq = CASE WHEN {to} = 'running' THEN 0 ELSE poll_seq END,
+                   running_at = CASE WHEN {to} = 'running' THEN now() ELSE running_at END,
+                   -- Leaving queued leaves the line, whoever moves the job.
+                   waiting = waiting AND {to} = 'queued',
+                   updated_at = now()",
+            error_code = v("error_code"),
+            error_message = v("error_message"),
+            result_url = v("result_url"),
+            video_key = v("video_key"),
+            video_bytes = v("video_bytes"),
+            task_id = v("task_id"),
+            deadline_secs = v("deadline_secs"),
+            count_attempt = v("count_attempt"),
+        ),
+        guard: format!(
+            "(NOT {} OR NOT EXISTS (
+                    SELECT 1 FROM user_limits ul WHERE ul.user_id = jobs.user_id AND ul.max_active > 0))",
+            v("unless_user_limited")
+        ),
+        events: format!(
+            "(1, {note_kind}::text, NULL, NULL, {note_message}, {note_data}::jsonb),
+                   (2, '{status}', j.old_status, {to}, {message}, {data})",
+            note_kind = v("note_kind"),
+            note_message = v("note_message"),
+            note_data = v("note_data"),
+            message = v("message"),
+            data = v("data"),
+        ),
+    }
+}
+
 /// The statement of [`transition`], composed once with the settle step.
 pub(crate) fn statement() -> &'static Named {
     static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let settle_ctes = credits::settle_ctes("j", ":settle::text", ":message");
-        let status = EventKind::Status;
+        let MoveSql { set, guard, events } = move_sql(|name| format!(":{name}"));
         let text = format!(
             "WITH old AS (
             SELECT id, status FROM jobs WHERE id = :job FOR UPDATE
         ), j AS (
-            UPDATE jobs SET status = :to,
-                   error_code = COALESCE(:error_code, error_code),
-                   error_message = COALESCE(:error_message, error_message),
-                   provider_result_url = COALESCE(:result_url, provider_result_url),
-                   video_key = COALESCE(:video_key, video_key),
-                   video_bytes = COALESCE(:video_bytes, video_bytes),
-                   provider_task_id = COALESCE(:task_id, provider_task_id),
-                   deadline_at = COALESCE(now() + make_interval(secs => :deadline_secs), deadline_at),
-                   attempts = attempts + CASE WHEN :count_attempt THEN 1 ELSE 0 END,
-                   poll_seq = CASE WHEN :to = 'running' THEN 0 ELSE poll_seq END,
-                   running_at = CASE WHEN :to = 'running' THEN now() ELSE running_at END,
-                   -- Leaving queued leaves the line, whoever moves the job.
-                   waiting = waiting AND :to = 'queued',
-                   updated_at = now()
+            UPDATE jobs SET {set}
               FROM old
-             WHERE jobs.id = old.id AND old.status = ANY(:from)
-               AND (NOT :unless_user_limited OR NOT EXISTS (
-                    SELECT 1 FROM user_limits ul WHERE ul.user_id = jobs.user_id AND ul.max_active > 0))
+             WHERE jobs.id = old.id AND old.status = ANY(:from) AND {guard}
             RETURNING jobs.*, old.status AS old_status
         ), {settle_ctes}, e AS (
             -- The note (if any), then the status change, in this order of ids.
             INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
             SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
-              FROM j CROSS JOIN LATERAL (VALUES
-                   (1, :note_kind::text, NULL, NULL, :note_message, :note_data::jsonb),
-                   (2, '{status}', j.old_status, :to, :message, :data)
-                   ) AS ev (ord, kind, from_status, to_status, message, data)
+              FROM j CROSS JOIN LATERAL (VALUES {events}) AS ev (ord, kind, from_status, to_status, message, data)
              WHERE ev.kind IS NOT NULL
              ORDER BY ev.ord
         )
@@ -299,7 +337,7 @@ struct BatchRow {
 pub(crate) fn batch_statement() -> &'static Named {
     static SQL: std::sync::OnceLock<Named> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let status = EventKind::Status;
+        let MoveSql { set, guard, events } = move_sql(|name| format!("b_{name}"));
         let text = format!(
             "WITH b AS (
             SELECT * FROM unnest(:jobs::uuid[], :froms::text[], :tos::text[], :error_codes::text[],
@@ -315,24 +353,10 @@ pub(crate) fn batch_statement() -> &'static Named {
             SELECT jobs.id, jobs.status FROM jobs JOIN b ON jobs.id = b.b_job
              ORDER BY jobs.id FOR UPDATE OF jobs
         ), j AS (
-            UPDATE jobs SET status = b_to,
-                   error_code = COALESCE(b_error_code, error_code),
-                   error_message = COALESCE(b_error_message, error_message),
-                   provider_result_url = COALESCE(b_result_url, provider_result_url),
-                   video_key = COALESCE(b_video_key, video_key),
-                   video_bytes = COALESCE(b_video_bytes, video_bytes),
-                   provider_task_id = COALESCE(b_task_id, provider_task_id),
-                   deadline_at = COALESCE(now() + make_interval(secs => b_deadline_secs), deadline_at),
-                   attempts = attempts + CASE WHEN b_count_attempt THEN 1 ELSE 0 END,
-                   poll_seq = CASE WHEN b_to = 'running' THEN 0 ELSE poll_seq END,
-                   running_at = CASE WHEN b_to = 'running' THEN now() ELSE running_at END,
-                   waiting = waiting AND b_to = 'queued',
-                   updated_at = now()
+            UPDATE jobs SET {set}
               FROM old, b
              WHERE jobs.id = old.id AND b.b_job = old.id
-               AND old.status = ANY(string_to_array(b_from, ','))
-               AND (NOT b_unless_user_limited OR NOT EXISTS (
-                    SELECT 1 FROM user_limits ul WHERE ul.user_id = jobs.user_id AND ul.max_active > 0))
+               AND old.status = ANY(string_to_array(b_from, ',')) AND {guard}
             RETURNING jobs.*, old.status AS old_status, b.*
         ), owed AS (
             SELECT user_id, sum(cost)::bigint AS cost FROM j WHERE b_settle = 'commit' GROUP BY user_id
@@ -352,10 +376,7 @@ pub(crate) fn batch_statement() -> &'static Named {
             -- Per job, the note (if any), then the status change.
             INSERT INTO job_events (job_id, kind, from_status, to_status, message, data)
             SELECT j.id, ev.kind, ev.from_status, ev.to_status, ev.message, ev.data
-              FROM j CROSS JOIN LATERAL (VALUES
-                   (1, j.b_note_kind, NULL, NULL, j.b_note_message, j.b_note_data),
-                   (2, '{status}', j.old_status, j.b_to, j.b_message, j.b_data)
-                   ) AS ev (ord, kind, from_status, to_status, message, data)
+              FROM j CROSS JOIN LATERAL (VALUES {events}) AS ev (ord, kind, from_status, to_status, message, data)
              WHERE ev.kind IS NOT NULL
              ORDER BY j.b_ord, ev.ord
         )
